@@ -1,0 +1,1 @@
+"""Bundled presets as YAML data (see :mod:`ditf_track.presets`)."""

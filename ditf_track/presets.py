@@ -1,0 +1,121 @@
+"""Presets: the model and per-task DiTF settings, stored as data in ``ditf_track/configs/*.yaml``.
+
+A preset names a model (hub id, family, gating) and carries one :class:`TaskSettings` per task,
+because the best timestep t and block k differ between image-pair correspondence (paper
+Table 7) and video label propagation (the official DiTF DAVIS script).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any, Literal
+
+import yaml
+
+from .errors import ConfigError
+
+Family = Literal["pixart", "sd3", "flux", "lab"]
+Task = Literal["correspondence", "video"]
+FAMILIES: tuple[str, ...] = ("pixart", "sd3", "flux", "lab")
+TASKS: tuple[str, ...] = ("correspondence", "video")
+DEFAULT_PRESET = "pixart-alpha"
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    """DiTF settings for one task.
+
+    ``t`` is the diffusion timestep in [0, 1000); ``k`` the global block index (for Flux: 0–18
+    double blocks, 19–56 single blocks). Images are resized so that the square side
+    (``image_size``), the pair's long side (``pair_long_side``) or the video's short side
+    (``short_side``) has that many pixels. ``tuned`` is False where the values were carried over
+    from another task rather than tuned for this one.
+    """
+
+    t: int
+    k: int
+    prompt: str = ""
+    ensemble: int = 1
+    tuned: bool = True
+    image_size: int | None = None
+    pair_long_side: int | None = None
+    short_side: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.t < 1000:
+            raise ConfigError(f"timestep t={self.t} is outside [0, 1000); pick t in 0..999")
+        if self.k < 0:
+            raise ConfigError(f"block index k={self.k} is negative; pick k >= 0")
+        if self.ensemble < 1:
+            raise ConfigError(f"ensemble={self.ensemble} must be at least 1")
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Approximate sizes for the README table (GB; transformer parameters in billions)."""
+
+    transformer_params_b: float
+    download_gb: float
+    gpu_gb_first_run: float
+    gpu_gb: float
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A validated preset file."""
+
+    name: str
+    family: Family
+    model_id: str | None
+    revision: str | None
+    gated: bool
+    evaluated_in_paper: bool
+    description: str
+    max_sequence_length: int | None
+    guidance: float | None
+    resources: Resources
+    correspondence: TaskSettings
+    video: TaskSettings
+
+    def task(self, task: Task) -> TaskSettings:
+        """The settings for ``"correspondence"`` or ``"video"``."""
+        if task not in TASKS:
+            raise ConfigError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
+        return self.correspondence if task == "correspondence" else self.video
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def available_presets() -> list[str]:
+    """Names of the bundled presets, sorted."""
+    files = resources.files("ditf_track.configs").iterdir()
+    return sorted(f.name.removesuffix(".yaml") for f in files if f.name.endswith(".yaml"))
+
+
+@cache
+def load_preset(name: str) -> Preset:
+    """Load and validate a bundled preset by name (e.g. ``"flux"``)."""
+    names = available_presets()
+    if name not in names:
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(names)}")
+    text = resources.files("ditf_track.configs").joinpath(f"{name}.yaml").read_text("utf-8")
+    return preset_from_dict(yaml.safe_load(text), source=f"{name}.yaml")
+
+
+def preset_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Preset:
+    """Validate a preset mapping (as read from YAML) into a frozen :class:`Preset`."""
+    try:
+        data = dict(raw)
+        family = data["family"]
+        if family not in FAMILIES:
+            raise ConfigError(f"{source}: unknown family {family!r}; use one of {FAMILIES}")
+        data["resources"] = Resources(**data["resources"])
+        data["correspondence"] = TaskSettings(**data["correspondence"])
+        data["video"] = TaskSettings(**data["video"])
+        return Preset(**data)
+    except (KeyError, TypeError) as exc:
+        raise ConfigError(f"{source}: invalid preset ({exc}); see ditf_track/configs/*.yaml") from exc
