@@ -30,9 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"ditf-track {__version__}")
-    parser.add_argument(
-        "-v", "--verbose", action="store_true", help="log more detail (to stderr)"
-    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more detail (to stderr)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in _SUBCOMMANDS:
         add(sub)

@@ -27,10 +27,7 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """Turn ``"auto"``/``"cpu"``/``"cuda[:N]"``/``"mps"`` into a usable device, or raise."""
     if device is None:
         return torch.device("cpu")
-    if isinstance(device, torch.device):
-        name = str(device)
-    else:
-        name = device.strip().lower()
+    name = str(device) if isinstance(device, torch.device) else device.strip().lower()
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -40,9 +37,7 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError as exc:
-        raise ConfigError(
-            f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps"
-        ) from exc
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from exc
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise DeviceError(
@@ -84,9 +79,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
                 f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16"
             ) from exc
     if resolved == torch.float16 and device.type == "cpu":
-        raise ConfigError(
-            "float16 is not supported on the CPU; use --dtype float32 (or bfloat16)"
-        )
+        raise ConfigError("float16 is not supported on the CPU; use --dtype float32 (or bfloat16)")
     return resolved
 
 

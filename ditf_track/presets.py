@@ -118,4 +118,6 @@ def preset_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Preset:
         data["video"] = TaskSettings(**data["video"])
         return Preset(**data)
     except (KeyError, TypeError) as exc:
-        raise ConfigError(f"{source}: invalid preset ({exc}); see ditf_track/configs/*.yaml") from exc
+        raise ConfigError(
+            f"{source}: invalid preset ({exc}); see ditf_track/configs/*.yaml"
+        ) from exc

@@ -32,7 +32,14 @@ def test_console_script_installed() -> None:
 
 
 def test_presets_paper_table7() -> None:
-    assert set(available_presets()) >= {"pixart-alpha", "sd3", "sd3.5", "flux", "flux-schnell", "lab"}
+    assert set(available_presets()) >= {
+        "pixart-alpha",
+        "sd3",
+        "sd3.5",
+        "flux",
+        "flux-schnell",
+        "lab",
+    }
     expected = {"pixart-alpha": (141, 14), "sd3": (340, 9), "sd3.5": (380, 23), "flux": (260, 28)}
     for name, (t, k) in expected.items():
         c = load_preset(name).correspondence
@@ -43,7 +50,8 @@ def test_presets_paper_table7() -> None:
     assert flux.guidance == 3.5
     assert load_preset("sd3").video.tuned is False
     assert load_preset("flux-schnell").evaluated_in_paper is False
-    assert DEFAULT_PRESET == "pixart-alpha" and not load_preset(DEFAULT_PRESET).gated
+    assert DEFAULT_PRESET == "pixart-alpha"
+    assert not load_preset(DEFAULT_PRESET).gated
 
 
 def test_preset_errors() -> None:
@@ -77,4 +85,5 @@ def test_module_entry() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "ditf_track.cli", "--version"], capture_output=True, text=True
     )
-    assert out.returncode == 0 and "ditf-track" in out.stdout
+    assert out.returncode == 0
+    assert "ditf-track" in out.stdout

@@ -1,0 +1,265 @@
+"""DiTF itself: AdaLN modulation of the block-k feature and channel discard.
+
+A DiT block's residual stream carries *massive activations*: a few fixed channels about 100×
+the median magnitude on every patch token (paper §1; SD3.5 channel 676, Flux channels 154 and
+1446). They dominate cosine similarity, so raw block features match poorly. DiTF takes the
+block-k feature z *before* the block's AdaLN, applies that AdaLN's own channel-wise modulation
+``ẑ = (1 + γ) · LayerNorm(z) + β`` (which suppresses most of the massive channels' weight),
+then zeroes the channels that are still massive ("channel discard"). The channel set is found
+from statistics of z (never a hard-coded list) and held fixed for every frame of a clip so that
+cosine similarities stay comparable across frames.
+
+Token tensors are ``(N, L, C)`` (batch, image tokens in row-major grid order, channels);
+feature maps are ``(N, C, h, w)`` on the token grid, one cell per ``stride`` model-input pixels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import ConfigError
+
+FeatureMode = Literal["original", "adaln", "adaln+discard"]
+DiscardStage = Literal["post_adaln", "pre_norm"]
+ConditionMode = Literal["t+c", "t", "c"]
+FEATURE_MODES: tuple[str, ...] = ("original", "adaln", "adaln+discard")
+DISCARD_STAGES: tuple[str, ...] = ("post_adaln", "pre_norm")
+CONDITION_MODES: tuple[str, ...] = ("t+c", "t", "c")
+
+
+@dataclass(frozen=True)
+class DiscardRule:
+    """When a channel of the pre-AdaLN feature z counts as massive.
+
+    An activation is massive when ``|v| ≥ ratio × median(|z|)`` of its image's feature map
+    (paper §1, ratio 100). Massive activations sit on *every* patch token, so a channel is
+    discarded when at least ``min_token_fraction`` of its tokens are massive; this keeps a
+    single outlier token from discarding a channel.
+    """
+
+    ratio: float = 100.0
+    min_token_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.ratio <= 1:
+            raise ConfigError(f"discard ratio {self.ratio} must be > 1 (the paper uses 100)")
+        if not 0 < self.min_token_fraction <= 1:
+            raise ConfigError(f"min_token_fraction {self.min_token_fraction} must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class DiTFSettings:
+    """Everything that changes a DiTF feature map (and therefore enters the cache key).
+
+    ``t`` is the timestep in [0, 1000); ``k`` the global block index; ``condition`` picks what
+    conditions the AdaLN modulation used on z (``"t+c"`` timestep and pooled text, ``"t"`` or
+    ``"c"`` alone, an ablation); ``upsample`` > 1 bilinearly upsamples the maps before the L2
+    normalisation (as the official SPair script does).
+    """
+
+    t: int
+    k: int
+    prompt: str = ""
+    guidance: float | None = None
+    condition: ConditionMode = "t+c"
+    feature_mode: FeatureMode = "adaln+discard"
+    discard_stage: DiscardStage = "post_adaln"
+    discard_rule: DiscardRule = field(default_factory=DiscardRule)
+    seed: int = 0
+    ensemble: int = 1
+    upsample: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.t < 1000:
+            raise ConfigError(f"timestep t={self.t} is outside [0, 1000); pick t in 0..999")
+        if self.k < 0:
+            raise ConfigError(f"block index k={self.k} is negative; pick k >= 0")
+        if self.condition not in CONDITION_MODES:
+            raise ConfigError(
+                f"unknown condition mode {self.condition!r}; use one of {CONDITION_MODES}"
+            )
+        if self.feature_mode not in FEATURE_MODES:
+            raise ConfigError(
+                f"unknown feature mode {self.feature_mode!r}; use one of {FEATURE_MODES}"
+            )
+        if self.discard_stage not in DISCARD_STAGES:
+            raise ConfigError(
+                f"unknown discard stage {self.discard_stage!r}; use one of {DISCARD_STAGES}"
+            )
+        if self.ensemble < 1:
+            raise ConfigError(f"ensemble={self.ensemble} must be at least 1")
+        if self.upsample < 1:
+            raise ConfigError(f"upsample={self.upsample} must be at least 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class ActivationStats:
+    """Per-channel statistics of a pre-AdaLN feature map (paper Fig. 2, §1).
+
+    ``mean``/``std`` are across tokens; ``max_ratio`` is ``max|v| / median|z|`` (the median over
+    the whole map of its image); ``massive_fraction`` the share of tokens whose ``|v|`` reaches
+    ``ratio × median|z|``. All arrays are ``(C,)`` float64 numpy (small, serialisable).
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+    max_abs: np.ndarray
+    max_ratio: np.ndarray
+    massive_fraction: np.ndarray
+    median_abs: float
+    ratio: float
+
+    @property
+    def num_channels(self) -> int:
+        return int(self.mean.shape[0])
+
+    def to_rows(self) -> list[dict[str, float]]:
+        """One row per channel, for CSV."""
+        return [
+            {
+                "channel": c,
+                "mean": float(self.mean[c]),
+                "std": float(self.std[c]),
+                "max_abs": float(self.max_abs[c]),
+                "max_over_median": float(self.max_ratio[c]),
+                "massive_fraction": float(self.massive_fraction[c]),
+            }
+            for c in range(self.num_channels)
+        ]
+
+
+def massive_activation_stats(z: torch.Tensor, ratio: float = 100.0) -> ActivationStats:
+    """Statistics of ``z`` ``(N, L, C)`` per channel; medians are per image (paper §1)."""
+    if z.ndim != 3:
+        raise ValueError(f"expected tokens (N, L, C), got shape {tuple(z.shape)}")
+    z32 = z.detach().float()
+    magnitude = z32.abs()
+    median = magnitude.flatten(1).median(dim=1).values.clamp_min(1e-12)  # (N,)
+    massive = magnitude >= ratio * median[:, None, None]
+    flat = z32.reshape(-1, z32.shape[-1])
+    max_ratio = (magnitude / median[:, None, None]).amax(dim=(0, 1))
+    return ActivationStats(
+        mean=flat.mean(0).double().cpu().numpy(),
+        std=flat.std(0, unbiased=False).double().cpu().numpy(),
+        max_abs=magnitude.amax(dim=(0, 1)).double().cpu().numpy(),
+        max_ratio=max_ratio.double().cpu().numpy(),
+        massive_fraction=massive.float().mean(dim=(0, 1)).double().cpu().numpy(),
+        median_abs=float(median.mean()),
+        ratio=float(ratio),
+    )
+
+
+def find_massive_channels(
+    z_or_stats: torch.Tensor | ActivationStats, rule: DiscardRule | None = None
+) -> tuple[int, ...]:
+    """Channels of the pre-AdaLN feature that carry massive activations, sorted."""
+    rule = rule or DiscardRule()
+    if isinstance(z_or_stats, ActivationStats):
+        if z_or_stats.ratio != rule.ratio:
+            raise ConfigError(
+                f"statistics were computed with ratio {z_or_stats.ratio}, the rule asks for "
+                f"{rule.ratio}; pass the feature tensor z instead"
+            )
+        stats = z_or_stats
+    else:
+        z = z_or_stats if z_or_stats.ndim == 3 else z_or_stats.flatten(2).transpose(1, 2)
+        stats = massive_activation_stats(z, rule.ratio)
+    picked = np.flatnonzero(stats.massive_fraction >= rule.min_token_fraction)
+    return tuple(int(c) for c in picked)
+
+
+def adaln_modulate(
+    z: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float = 1e-6
+) -> torch.Tensor:
+    """``(1 + γ) · LayerNorm(z) + β`` with a LayerNorm without affine, as the DiT block does.
+
+    ``z`` is ``(N, L, C)``; ``gamma``/``beta`` are ``(N, C)`` (or broadcastable ``(N, 1, C)``).
+    The arithmetic order equals diffusers' blocks so that the result matches the tensor that
+    enters the block's feed-forward bit for bit in float32.
+    """
+    if gamma.ndim == 2:
+        gamma, beta = gamma[:, None, :], beta[:, None, :]
+    normed = F.layer_norm(z, (z.shape[-1],), eps=eps)
+    return normed * (1 + gamma) + beta
+
+
+def discard_channels(x: torch.Tensor, channels: Sequence[int], dim: int = -1) -> torch.Tensor:
+    """A copy of ``x`` with ``channels`` along ``dim`` set to zero."""
+    if not channels:
+        return x
+    out = x.clone()
+    index = torch.as_tensor(list(channels), device=x.device, dtype=torch.long)
+    out.index_fill_(dim, index, 0)
+    return out
+
+
+@dataclass
+class FeatureMaps:
+    """Dense features on the token grid, ready for cosine similarity.
+
+    ``features`` is ``(N, C, h, w)``, L2-normalised over C at every cell; cell (i, j) covers
+    model-input pixels ``[i·stride, (i+1)·stride) × [j·stride, (j+1)·stride)`` (divide ``stride``
+    by ``upsample`` when the maps were upsampled). ``input_size`` is the model input (H, W).
+    ``discarded_channels`` are the channels zeroed (empty when none were); ``stats`` are the
+    statistics of the pre-AdaLN feature z they were found from.
+    """
+
+    features: torch.Tensor
+    stride: int
+    input_size: tuple[int, int]
+    discarded_channels: tuple[int, ...] = ()
+    stats: ActivationStats | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """(h, w) of the maps."""
+        return int(self.features.shape[-2]), int(self.features.shape[-1])
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+
+@runtime_checkable
+class FeatureExtractor(Protocol):
+    """Anything that turns RGB frames into :class:`FeatureMaps` (DiTF, or the ``lab`` baseline).
+
+    ``extract`` takes ``(N, H, W, 3) uint8`` RGB images whose sides are multiples of ``stride``
+    and returns maps of ``(H/stride, W/stride)`` cells. ``massive_channels`` fixes the discarded
+    channels (found on the first frames of a clip, then held); ``None`` finds them on this batch.
+    ``identity()`` lists everything that changes the features, for cache keys and config.json.
+    """
+
+    stride: int
+
+    def identity(self) -> dict[str, Any]: ...
+
+    def extract(
+        self, images: np.ndarray | torch.Tensor, *, massive_channels: Sequence[int] | None = None
+    ) -> FeatureMaps: ...
+
+
+def tokens_to_maps(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """``(N, h·w, C)`` row-major tokens → ``(N, C, h, w)`` maps."""
+    n, length, c = tokens.shape
+    h, w = grid
+    if length != h * w:
+        raise ValueError(f"{length} tokens do not fill a {h}x{w} grid")
+    return tokens.transpose(1, 2).reshape(n, c, h, w)
+
+
+def normalize_maps(maps: torch.Tensor, upsample: int = 1) -> torch.Tensor:
+    """Optionally upsample ``(N, C, h, w)`` bilinearly by ``upsample``, then L2-normalise over C."""
+    if upsample > 1:
+        maps = F.interpolate(maps, scale_factor=upsample, mode="bilinear", align_corners=False)
+    return F.normalize(maps, dim=1, eps=1e-12)
