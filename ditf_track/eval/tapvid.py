@@ -13,11 +13,12 @@ Coordinate layout (the benchmark's own, kept as is at this boundary; the mapping
   ``occluded`` ``(N, T)`` bool, True = not visible.
 * Positions are pixels of the resized video (256×256 by default): the pickles store ``(x, y)``
   normalised to [0, 1] and the reference multiplies them by ``(W, H)`` of the resized frames,
-  i.e. by (256, 256) — not by (W−1, H−1). For Kinetics, ``generate_tapvid.py`` in the same repo
-  writes the normalised value as ``(u·W − 0.5) / W`` for an annotation ``u`` in [0, 1] across the
-  image, so after scaling a coordinate ``c`` is in the pixel-centre convention (pixel ``i`` covers
-  ``[i − 0.5, i + 0.5)``); a point at coordinate ``c`` of a ``W``-wide frame maps to
-  ``(c + 0.5)·W'/W − 0.5`` in a ``W'``-wide one.
+  i.e. by (256, 256) — not by (W−1, H−1), and with no half-pixel shift. For Kinetics,
+  ``generate_tapvid.py`` in the same repo stores ``(u·W − 0.5) / W`` for an annotation ``u`` in
+  [0, 1] across a ``W``-wide original frame: ``x_norm · W`` is the pixel-index coordinate of the
+  original frame (pixel centres at integers), so a 256-space coordinate ``c`` is the original
+  pixel coordinate times 256 / W, and maps back as ``c · W / 256`` (plain scaling, per axis).
+  The DAVIS pickle ships without its generator, so its sub-pixel convention is not documented.
 * Frames are resized with a Lanczos filter (the reference calls ``mediapy.resize_video``, which
   resizes each uint8 frame with PIL's LANCZOS); here PIL is called directly, the same operation.
 """
