@@ -1,0 +1,44 @@
+"""DiT families behind one protocol (:class:`~ditf_track.backbones.base.DiTBackbone`).
+
+A new family is one module here, one preset file in ``ditf_track/configs/`` and one tiny-model
+test.
+"""
+
+from __future__ import annotations
+
+from ..errors import ConfigError
+from .base import TOKEN_STRIDE, BlockCapture, DiTBackbone, ModelSource, TextCondition
+from .flux import FluxBackbone
+from .pixart import PixArtBackbone
+from .sd3 import SD3Backbone
+
+BACKBONES: dict[str, type[DiTBackbone]] = {
+    "pixart": PixArtBackbone,
+    "sd3": SD3Backbone,
+    "flux": FluxBackbone,
+}
+
+
+def backbone_class(family: str) -> type[DiTBackbone]:
+    """The backbone class of a DiT family (``pixart``, ``sd3`` or ``flux``)."""
+    try:
+        return BACKBONES[family]
+    except KeyError:
+        raise ConfigError(
+            f"unknown model family {family!r}; use one of {', '.join(BACKBONES)} "
+            "(SD3.5 is family sd3)"
+        ) from None
+
+
+__all__ = [
+    "BACKBONES",
+    "TOKEN_STRIDE",
+    "BlockCapture",
+    "DiTBackbone",
+    "FluxBackbone",
+    "ModelSource",
+    "PixArtBackbone",
+    "SD3Backbone",
+    "TextCondition",
+    "backbone_class",
+]

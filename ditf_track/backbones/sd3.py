@@ -1,0 +1,166 @@
+"""SD3 and SD3.5: ``SD3Transformer2DModel`` (MMDiT), CLIP-L + CLIP-G + T5, 16-channel VAE.
+
+Block k is a ``JointTransformerBlock``; its image stream computes
+``ff(norm2(z) · (1 + scale_mlp) + shift_mlp)`` where (shift_mlp, scale_mlp) come from the
+block's ``norm1`` (``AdaLayerNormZero``, or ``SD35AdaLayerNormZeroX`` in dual-attention blocks;
+both return them as outputs 2 and 3). So z is the input of ``block.norm2`` and (γ, β) are read
+from ``norm1``'s output. The AdaLN is conditioned on ``temb = time embedding + pooled-text
+embedding``; the ``"t"`` / ``"c"`` ablations apply the block's own modulation MLP to one part.
+Rectified flow: ``z_t = (1 − σ) z_0 + σ ε`` with σ = t/1000, and the transformer gets t.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .base import (
+    BlockCapture,
+    DiTBackbone,
+    HookSet,
+    TextCondition,
+    _Truncated,
+    modulation_chunks,
+)
+
+
+def flow_noise(latents: torch.Tensor, t: int, noise: torch.Tensor) -> torch.Tensor:
+    """Rectified-flow interpolation at σ = t/1000, without a resolution shift (official code)."""
+    sigma = t / 1000.0
+    return (1.0 - sigma) * latents + sigma * noise.to(latents.device, latents.dtype)
+
+
+def mlp_modulation(
+    block: Any,
+    norm1_output: tuple[torch.Tensor, ...],
+    time_embeds: dict[str, torch.Tensor],
+    condition_mode: str,
+    hidden: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(γ, β, α) = (scale_mlp, shift_mlp, gate_mlp) of an AdaLN-zero block, for the condition.
+
+    ``"t+c"`` takes them from the block's ``norm1`` output (x, gate_msa, shift_mlp, scale_mlp,
+    gate_mlp, ...) as the forward computed them; ``"t"`` and ``"c"`` apply ``norm1.linear`` to
+    the timestep (+ guidance) or pooled-text embedding alone. Chunks 3, 4, 5 are shift_mlp,
+    scale_mlp, gate_mlp in both the 6- and the 9-chunk (dual attention) layouts.
+    """
+    if condition_mode == "t+c":
+        return norm1_output[3], norm1_output[2], norm1_output[4]
+    temb = time_embeds["t"] if condition_mode == "t" else time_embeds["c"]
+    chunks = modulation_chunks(block.norm1.linear, temb, hidden)
+    return chunks[4], chunks[3], chunks[5]
+
+
+def watch_time_embeds(hooks: HookSet, time_text_embed: Any) -> None:
+    """Keep the timestep, guidance and pooled-text parts of ``temb`` for the ablations."""
+    hooks.save_output(time_text_embed.timestep_embedder, "t_emb")
+    hooks.save_output(time_text_embed.text_embedder, "c_emb")
+    if hasattr(time_text_embed, "guidance_embedder"):
+        hooks.save_output(time_text_embed.guidance_embedder, "g_emb")
+
+
+def time_embed_parts(store: dict[str, Any]) -> dict[str, torch.Tensor]:
+    t_part = store["t_emb"] + store["g_emb"] if "g_emb" in store else store["t_emb"]
+    return {"t": t_part, "c": store["c_emb"]}
+
+
+class SD3Backbone(DiTBackbone):
+    family = "sd3"
+    pipeline_class_name = "StableDiffusion3Pipeline"
+    transformer_class_name = "SD3Transformer2DModel"
+
+    @staticmethod
+    def count_blocks(config: dict[str, Any]) -> int:
+        return int(config.get("num_layers", 18))
+
+    @staticmethod
+    def truncate(transformer: Any, k: int) -> None:
+        transformer.transformer_blocks = nn.ModuleList(
+            list(transformer.transformer_blocks)[: k + 1]
+        )
+        transformer.norm_out = _Truncated()
+        transformer.proj_out = _Truncated()
+
+    @staticmethod
+    def text_subfolders() -> list[str]:
+        return [
+            "text_encoder",
+            "text_encoder_2",
+            "text_encoder_3",
+            "tokenizer",
+            "tokenizer_2",
+            "tokenizer_3",
+        ]
+
+    @staticmethod
+    def run_pipeline_encode(
+        pipe: Any, prompt: str, device: torch.device, max_sequence_length: int | None
+    ) -> TextCondition:
+        embeds, _, pooled, _ = pipe.encode_prompt(
+            prompt=prompt,
+            prompt_2=None,
+            prompt_3=None,
+            device=device,
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=False,
+            max_sequence_length=max_sequence_length or 256,
+        )
+        return TextCondition(embeds=embeds, pooled=pooled)
+
+    def noise_latents(self, latents: torch.Tensor, t: int, noise: torch.Tensor) -> torch.Tensor:
+        return flow_noise(latents, t, noise)
+
+    def block_eps(self, k: int) -> float:
+        return float(self.transformer.transformer_blocks[k].norm2.eps)
+
+    def model_inputs(
+        self,
+        noisy_latents: torch.Tensor,
+        t: int,
+        condition: TextCondition,
+        guidance: float | None = None,
+    ) -> dict[str, Any]:
+        """Keyword arguments of the transformer's forward for latents ``(N, 16, h8, w8)``."""
+        n = noisy_latents.shape[0]
+        cond = condition.to(self.device, self.dtype)
+        if cond.pooled is None:
+            raise ValueError("SD3 needs the pooled text embedding")
+        return {
+            "hidden_states": noisy_latents.to(self.device, self.dtype),
+            "encoder_hidden_states": cond.embeds.expand(n, -1, -1),
+            "pooled_projections": cond.pooled.expand(n, -1),
+            "timestep": torch.full((n,), float(t), device=self.device, dtype=self.dtype),
+            "return_dict": False,
+        }
+
+    @torch.inference_mode()
+    def capture(
+        self,
+        noisy_latents: torch.Tensor,
+        t: int,
+        condition: TextCondition,
+        k: int,
+        condition_mode: str = "t+c",
+        guidance: float | None = None,
+    ) -> BlockCapture:
+        self.check_k(k)
+        tr = self.transformer
+        _, _, h8, w8 = noisy_latents.shape
+        patch = int(tr.config.patch_size)
+        block = tr.transformer_blocks[k]
+        with HookSet() as hooks:
+            watch_time_embeds(hooks, tr.time_text_embed)
+            hooks.save_output(block.norm1, "norm1")
+            hooks.save_input_and_stop(block.norm2, "norm2")
+            hooks.run(lambda: tr(**self.model_inputs(noisy_latents, t, condition)))
+            store = hooks.store
+        gamma, beta, gate = mlp_modulation(
+            block, store["norm1"], time_embed_parts(store), condition_mode, self.hidden_size
+        )
+        z = store["norm2"][0][0]
+        grid = (h8 // patch, w8 // patch)
+        return BlockCapture(
+            z=z, gamma=gamma, beta=beta, gate=gate, grid=grid, eps=self.block_eps(k)
+        )

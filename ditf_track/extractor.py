@@ -1,0 +1,325 @@
+"""The DiTF feature extractor: images → latents → block-k feature → AdaLN → discard → maps.
+
+:class:`DiTFExtractor` drives a :class:`~ditf_track.backbones.DiTBackbone` with the DiTF math of
+:mod:`ditf_track.features`. Build it from a preset (``DiTFExtractor.from_preset("flux")``) or
+from a hub id / folder and a family (``DiTFExtractor.from_pretrained(path, family="sd3", t=,
+k=)``); :func:`build_extractor` also returns the weight-free ``lab`` baseline.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .backbones import TOKEN_STRIDE, DiTBackbone, backbone_class
+from .devices import dtype_name, out_of_memory_as_error, resolve_device, resolve_dtype
+from .errors import ConfigError, InputError
+from .features import (
+    ActivationStats,
+    DiscardRule,
+    DiTFSettings,
+    FeatureExtractor,
+    FeatureMaps,
+    adaln_modulate,
+    discard_channels,
+    find_massive_channels,
+    massive_activation_stats,
+    normalize_maps,
+    tokens_to_maps,
+)
+from .presets import Preset, Task, load_preset
+
+#: Offset between the seeds of successive ensemble draws.
+_ENSEMBLE_SEED_STRIDE = 1_000_003
+
+
+class DiTFExtractor:
+    """DiTF features of a DiT (PixArt-α, SD3/SD3.5, Flux); implements ``FeatureExtractor``.
+
+    ``extract(images)`` takes ``(N, H, W, 3) uint8`` RGB with H, W multiples of 16 and returns
+    :class:`FeatureMaps` ``(N, C, H/16, W/16)`` (× ``upsample``). The noise map depends only on
+    the seed, the ensemble draw and the latent size — never on the other images in the batch —
+    so a frame's features are the same whichever frames it is extracted with.
+    """
+
+    def __init__(
+        self,
+        backbone: DiTBackbone,
+        settings: DiTFSettings,
+        *,
+        batch_size: int | None = None,
+        preset: str | None = None,
+    ) -> None:
+        if settings.k > backbone.k_max:
+            raise ConfigError(
+                f"block index k={settings.k} was not loaded (blocks 0..{backbone.k_max} are)"
+            )
+        if backbone.family == "pixart" and settings.condition == "c":
+            raise ConfigError(
+                "condition mode 'c' is not available for PixArt-α: its AdaLN takes the "
+                "timestep (and image size) only; use 't+c' or 't'"
+            )
+        self.backbone = backbone
+        self.settings = settings
+        self.batch_size = batch_size
+        self.preset = preset
+        self.stride = TOKEN_STRIDE // settings.upsample if settings.upsample > 1 else TOKEN_STRIDE
+        self.last_stats: ActivationStats | None = None
+
+    # -- construction ------------------------------------------------------------------------
+    @classmethod
+    def from_preset(
+        cls,
+        name: str | Preset,
+        task: Task = "correspondence",
+        *,
+        model: str | os.PathLike[str] | None = None,
+        device: str | torch.device = "cpu",
+        dtype: str | torch.dtype | None = None,
+        revision: str | None = None,
+        local_files_only: bool | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        batch_size: int | None = None,
+        **overrides: Any,
+    ) -> DiTFExtractor:
+        """A preset's model with its ``task`` settings; ``overrides`` replace any setting.
+
+        ``model`` replaces the preset's hub id with another id or a local folder (same family).
+        """
+        preset = load_preset(name) if isinstance(name, str) else name
+        if preset.family == "lab":
+            raise ConfigError("the lab preset is not a DiT; use build_extractor('lab')")
+        task_settings = preset.task(task)
+        fields = {
+            "t": task_settings.t,
+            "k": task_settings.k,
+            "prompt": task_settings.prompt,
+            "ensemble": task_settings.ensemble,
+            "guidance": preset.guidance,
+        }
+        fields.update({key: v for key, v in overrides.items() if v is not None})
+        settings = _settings_from(fields)
+        return cls.from_pretrained(
+            model or preset.model_id or "",
+            family=preset.family,
+            settings=settings,
+            device=device,
+            dtype=dtype,
+            revision=revision if revision is not None else preset.revision,
+            local_files_only=local_files_only,
+            cache_dir=cache_dir,
+            max_sequence_length=preset.max_sequence_length,
+            batch_size=batch_size,
+            preset=preset.name,
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | os.PathLike[str],
+        *,
+        family: str,
+        settings: DiTFSettings | None = None,
+        device: str | torch.device = "cpu",
+        dtype: str | torch.dtype | None = None,
+        revision: str | None = None,
+        local_files_only: bool | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        max_sequence_length: int | None = None,
+        batch_size: int | None = None,
+        preset: str | None = None,
+        **fields: Any,
+    ) -> DiTFExtractor:
+        """Load blocks 0..k of ``model`` (hub id or folder in the hub's layout) of ``family``."""
+        if settings is None:
+            if "t" not in fields or "k" not in fields:
+                raise ConfigError("give t and k (or a preset) to build a DiTF extractor")
+            settings = _settings_from(fields)
+        dev = resolve_device(device)
+        dt = resolve_dtype(dtype, dev)
+        with out_of_memory_as_error("loading the model"):
+            backbone = backbone_class(family).load(
+                model,
+                k=settings.k,
+                revision=revision,
+                device=dev,
+                dtype=dt,
+                local_files_only=local_files_only,
+                cache_dir=cache_dir,
+                max_sequence_length=max_sequence_length,
+                prompts=(settings.prompt,),
+            )
+        return cls(backbone, settings, batch_size=batch_size, preset=preset)
+
+    # -- protocol ----------------------------------------------------------------------------
+    def identity(self) -> dict[str, Any]:
+        """Everything that changes the features (cache keys, config.json)."""
+        b = self.backbone
+        return {
+            "extractor": "ditf",
+            "preset": self.preset,
+            "family": b.family,
+            "model": b.model_id,
+            "revision": b.revision,
+            "dtype": dtype_name(b.dtype),
+            "stride": self.stride,
+            **self.settings.to_dict(),
+        }
+
+    @torch.inference_mode()
+    def extract(
+        self, images: np.ndarray | torch.Tensor, *, massive_channels: Sequence[int] | None = None
+    ) -> FeatureMaps:
+        """DiTF maps of ``images`` ``(N, H, W, 3) uint8``; see the class docstring."""
+        pixels = _to_pixels(images)
+        size = (int(pixels.shape[2]), int(pixels.shape[3]))
+        step = self.batch_size or len(pixels)
+        parts = [self._capture(pixels[i : i + step]) for i in range(0, len(pixels), step)]
+        z = torch.cat([p[0] for p in parts])
+        gamma = torch.cat([p[1] for p in parts])
+        beta = torch.cat([p[2] for p in parts])
+        grid, eps = parts[0][3], parts[0][4]
+        return self.features_from_block(z, gamma, beta, grid, eps, size, massive_channels)
+
+    def features_from_block(
+        self,
+        z: torch.Tensor,
+        gamma: torch.Tensor,
+        beta: torch.Tensor,
+        grid: tuple[int, int],
+        eps: float,
+        input_size: tuple[int, int],
+        massive_channels: Sequence[int] | None = None,
+    ) -> FeatureMaps:
+        """Apply the feature mode (original / AdaLN / AdaLN + discard) to block-k tensors.
+
+        ``z`` ``(N, h·w, C)``, ``gamma``/``beta`` ``(N, C)``. Massive channels are found on z
+        unless given (fixed for a clip). AdaLN runs in float32; maps come back in the model dtype.
+        """
+        s = self.settings
+        stats = massive_activation_stats(z, s.discard_rule.ratio)
+        channels = (
+            tuple(int(c) for c in massive_channels)
+            if massive_channels is not None
+            else find_massive_channels(stats, s.discard_rule)
+        )
+        discard = s.feature_mode == "adaln+discard"
+        if s.feature_mode == "original":
+            tokens = z.float()
+        else:
+            z_in = (
+                discard_channels(z.float(), channels)
+                if discard and s.discard_stage == "pre_norm"
+                else z.float()
+            )
+            tokens = adaln_modulate(z_in, gamma.float(), beta.float(), eps)
+            if discard and s.discard_stage == "post_adaln":
+                tokens = discard_channels(tokens, channels)
+        maps = normalize_maps(tokens_to_maps(tokens, grid), s.upsample).to(self.backbone.dtype)
+        self.last_stats = stats
+        return FeatureMaps(
+            features=maps,
+            stride=self.stride,
+            input_size=input_size,
+            discarded_channels=channels if discard else (),
+            stats=stats,
+            meta={"massive_channels": list(channels), **self.identity()},
+        )
+
+    def capture(self, images: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Raw block-k tensors (z, γ, β, α), ``(N, L, C)`` and ``(N, C)``; for ``inspect``."""
+        pixels = _to_pixels(images)
+        z, gamma, beta, _grid, _eps, gate = self._capture(pixels, with_gate=True)
+        return z, gamma, beta, gate
+
+    def _capture(self, pixels: torch.Tensor, with_gate: bool = False) -> tuple[Any, ...]:
+        s = self.settings
+        b = self.backbone
+        cond = b.condition(s.prompt)
+        with out_of_memory_as_error("extracting features"):
+            latents = b.encode_images(pixels).to(b.dtype)
+            z_sum: torch.Tensor | None = None
+            for draw in range(s.ensemble):
+                generator = torch.Generator("cpu").manual_seed(
+                    s.seed + draw * _ENSEMBLE_SEED_STRIDE
+                )
+                noise = torch.randn((1, *latents.shape[1:]), generator=generator)
+                noisy = b.noise_latents(latents, s.t, noise.expand_as(latents).to(latents.device))
+                cap = b.capture(noisy, s.t, cond, s.k, s.condition, s.guidance)
+                z32 = cap.z.float()
+                z_sum = z32 if z_sum is None else z_sum + z32
+        assert z_sum is not None
+        z = z_sum / s.ensemble
+        out = (z, cap.gamma, cap.beta, cap.grid, cap.eps)
+        return (*out, cap.gate) if with_gate else out
+
+
+def _settings_from(fields: dict[str, Any]) -> DiTFSettings:
+    fields = dict(fields)
+    ratio = fields.pop("discard_ratio", None)
+    if ratio is not None:
+        fields["discard_rule"] = DiscardRule(ratio=float(ratio))
+    known = set(DiTFSettings.__dataclass_fields__)
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ConfigError(f"unknown DiTF setting(s) {unknown}; known: {sorted(known)}")
+    return DiTFSettings(**fields)
+
+
+def _to_pixels(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """``(N, H, W, 3) uint8`` (or one ``(H, W, 3)`` image) → ``(N, 3, H, W)`` float in [-1, 1]."""
+    arr = torch.as_tensor(np.asarray(images)) if isinstance(images, np.ndarray) else images
+    if arr.ndim == 3:
+        arr = arr[None]
+    if arr.ndim != 4 or arr.shape[-1] != 3:
+        raise InputError(
+            f"images must be (N, H, W, 3) RGB, got shape {tuple(arr.shape)}; convert the input"
+        )
+    if arr.dtype != torch.uint8:
+        raise InputError(f"images must be uint8 RGB, got {arr.dtype}; convert to uint8 0..255")
+    h, w = int(arr.shape[1]), int(arr.shape[2])
+    if h % TOKEN_STRIDE or w % TOKEN_STRIDE or h == 0 or w == 0:
+        raise InputError(
+            f"image size {w}x{h} is not a multiple of the token stride {TOKEN_STRIDE}; resize "
+            "first (ditf_track.video.model_input_size gives a valid size)"
+        )
+    return arr.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def build_extractor(
+    preset: str | None = None,
+    task: Task = "video",
+    *,
+    model: str | os.PathLike[str] | None = None,
+    family: str | None = None,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype | None = None,
+    **kwargs: Any,
+) -> FeatureExtractor:
+    """An extractor from a preset name, or from ``model`` + ``family`` (+ ``t``, ``k``).
+
+    ``preset="lab"`` gives the weight-free colour baseline. With ``model`` and a preset, the
+    preset's settings are used on that model (its family must match).
+    """
+    if preset is None and model is None:
+        raise ConfigError("give a preset (--preset) or a model and its family (--model --family)")
+    if preset is not None:
+        p = load_preset(preset)
+        if p.family == "lab":
+            from .lab import LabExtractor
+
+            return LabExtractor()
+        if family is not None and family != p.family:
+            raise ConfigError(f"preset {preset!r} is family {p.family!r}, not {family!r}")
+        return DiTFExtractor.from_preset(p, task, model=model, device=device, dtype=dtype, **kwargs)
+    if family is None:
+        raise ConfigError(
+            f"--model {model} needs --family (pixart, sd3 or flux) or a --preset of that family"
+        )
+    return DiTFExtractor.from_pretrained(
+        model or "", family=family, device=device, dtype=dtype, **kwargs
+    )
