@@ -1,0 +1,1 @@
+"""Evaluators for the standard benchmarks: metrics and dataset loaders."""
