@@ -1,1 +1,1 @@
-"""Benchmark evaluators: DAVIS J&F, TAP-Vid point tracking and sparse keypoint PCK."""
+"""The standard evaluators: DAVIS J&F, TAP-Vid, keypoint PCK, image-pair PCK, HPatches."""
