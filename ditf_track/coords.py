@@ -20,13 +20,17 @@ Derived maps (all exact affine maps, applied per axis):
 
 * napari Points layers: rows ``(t, y, x)``, same pixel convention: a reshuffle only;
 * CoTracker queries: rows ``(t, x, y)`` in pixels of the frame it sees: a reshuffle only;
-* TAP-Vid (``google-deepmind/tapnet``, ``tapnet/tapvid/evaluation_datasets.py``): the pickles
-  store tracks as ``(x, y)`` normalised to ``[0, 1]``; the reference loader multiplies them by
-  the frame size, **×256 (not ×255)**, for the 256×256 evaluation (``points * [W, H]``), and
-  the metrics take query points ``[t, y, x]`` and tracks ``[x, y]`` in those units. Those are
-  *raster* coordinates in which ``(0, 0)`` is the top-left corner of the top-left pixel
-  (``tapnet/utils/model_utils.py``, ``interp``), so a TAP-Vid coordinate ``r`` at 256 maps to
-  ours by ``y = r · H / 256 − 0.5`` (:data:`TAPVID_PIXEL_CENTER`).
+* TAP-Vid (``google-deepmind/tapnet``): the pickles store tracks as ``(x, y)`` normalised to
+  ``[0, 1]``; the reference loader (``tapnet/tapvid/evaluation_datasets.py``,
+  ``create_davis_dataset``/``create_kinetics_dataset``) multiplies them by the resized frame
+  size, **×256 (not ×255)** (``points * [W, H]``), and the metrics take query points
+  ``[t, y, x]`` and tracks ``[x, y]`` in those units. The generator
+  (``tapnet/tapvid/generate_tapvid.py``) stores ``(u·W − 0.5) / W`` for an annotation ``u``,
+  so ``x_norm · W`` is already a pixel-centre coordinate of the original frame. Hence the maps
+  are **plain scalings**, with no half-pixel shift: ours ``x = x_norm · W``; 256-space
+  ``r = x_norm · 256``, so ``x = r · W / 256``. (That is not the corner-aligned
+  :func:`rescale_points`; it is what the benchmark's numbers mean. The DAVIS pickle ships
+  without its generator; the same convention is assumed, as in ``ditf_track.eval.tapvid``.)
 * CSV files: ``frame,x,y[,id][,visible]`` rows, pixel centres at integers (x before y, as
   spreadsheets and most tools write them).
 
@@ -52,7 +56,6 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
-    "TAPVID_PIXEL_CENTER",
     "TAPVID_SIZE",
     "QueryPoints",
     "flatten_tracks",
@@ -82,10 +85,9 @@ __all__ = [
 ]
 
 #: TAP-Vid is scored on 256×256 frames (co-tracker#4: "TAP-Vid benchmarks require evaluation
-#: on 256x256 videos"); normalised points are scaled by this size, not size − 1.
+#: on 256x256 videos"); normalised points are multiplied by this size, not size − 1, and
+#: converted to and from our pixels by plain scaling (see the module docstring).
 TAPVID_SIZE = 256
-#: Raster coordinate of a pixel centre: TAP-Vid's ``(0, 0)`` is a pixel corner, ours a centre.
-TAPVID_PIXEL_CENTER = 0.5
 
 ArrayT = TypeVar("ArrayT", np.ndarray, "torch.Tensor")
 
@@ -283,11 +285,11 @@ def points_to_txy(frame_idx: Sequence[int] | np.ndarray, points: np.ndarray) -> 
 
 
 def _tapvid_to_ours(r: Any, size: float, resolution: float) -> Any:
-    return r * (size / resolution) - TAPVID_PIXEL_CENTER
+    return r * (size / resolution)  # plain scaling: generate_tapvid.py already shifted by 0.5
 
 
 def _ours_to_tapvid(p: Any, size: float, resolution: float) -> Any:
-    return (p + TAPVID_PIXEL_CENTER) * (resolution / size)
+    return p * (resolution / size)
 
 
 def tapvid_queries_to_points(
@@ -342,8 +344,8 @@ def points_to_tapvid_tracks(
 def tapvid_normalized_to_points(points_xy01: ArrayT, frame_hw: tuple[int, int]) -> ArrayT:
     """TAP-Vid pickle ``points`` ``(..., 2)`` ``(x, y)`` in ``[0, 1]`` → ours ``(y, x)`` pixels.
 
-    The same map as the reference loader's ``points * [W, H]`` followed by the corner → centre
-    shift, at any frame size (use ``(256, 256)`` for the evaluation resolution).
+    ``points * [W, H]`` as the reference loader does, at any frame size (``(256, 256)`` gives the
+    evaluation's 256-space, but swapped to ``(y, x)``).
     """
     return tapvid_tracks_to_points(points_xy01, frame_hw, resolution=(1, 1))
 

@@ -316,7 +316,7 @@ def labels_to_grid(
     if h < 1 or w < 1:
         raise ConfigError(f"grid size {grid_hw} (h,w) must be positive")
     ids = _check_ids(object_ids)
-    lab = np.asarray(labels, dtype=np.uint8)
+    lab = np.ascontiguousarray(labels, dtype=np.uint8)
     # id → channel; everything else (background, void, unlisted ids) → channel 0
     channel_of = np.zeros(256, dtype=np.int64)
     channel_of[ids] = np.arange(1, len(ids) + 1)

@@ -203,14 +203,19 @@ def test_tapvid_round_trips(points: np.ndarray, frame_hw: tuple[int, int], t: in
 
 
 def test_tapvid_hand_values() -> None:
-    # raster 128 of 256 is the frame's middle, H/2 - 0.5 with pixel centres at integers;
-    # raster 64 of 256 is a quarter of the width: 854/4 - 0.5
+    # plain scaling (generate_tapvid.py stores (u·W − 0.5)/W): 128/256 of H, 64/256 of W
     q = tapvid_queries_to_points(np.array([[3.0, 128.0, 64.0]]), (480, 854))
-    np.testing.assert_allclose(q.points, [[239.5, 213.0]], atol=1e-9)
+    np.testing.assert_allclose(q.points, [[240.0, 213.5]], atol=1e-9)
     assert q.frame_idx.tolist() == [3]
-    # at 256x256 itself the only change is the half-pixel shift
+    # at 256x256 itself only the order changes
     np.testing.assert_allclose(
-        tapvid_tracks_to_points(np.array([10.0, 20.0]), (256, 256)), [19.5, 9.5]
+        tapvid_tracks_to_points(np.array([10.0, 20.0]), (256, 256)), [20.0, 10.0]
+    )
+    # Kinetics generator: annotation u → stored (u·W − 0.5)/W → ours u·W − 0.5
+    u, width = 0.25, 640
+    stored = (u * width - 0.5) / width
+    np.testing.assert_allclose(
+        tapvid_normalized_to_points(np.array([stored, 0.5]), (360, width))[1], u * width - 0.5
     )
 
 

