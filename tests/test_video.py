@@ -311,6 +311,24 @@ def test_errors_corrupt_videos(tmp_path: Path, bikes: Path) -> None:
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(fast.read_bytes()[: fast.stat().st_size // 2])
     assert "truncated or corrupt" in _raises_naming(cut)
+    # decord refuses it at open (it indexes every packet); the next reader takes over
+    assert open_video(cut).backend == "pyav"
+
+
+def test_auto_falls_back_when_decord_is_missing(
+    bikes: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ditf_track.video as video
+
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name: str, *args: Any) -> Any:
+        return None if name in ("decord", "av") else real_find_spec(name, *args)
+
+    monkeypatch.setattr(video.importlib.util, "find_spec", find_spec)
+    assert open_video(bikes).backend == "opencv"
+    with pytest.raises(ConfigError, match="pip install decord"):
+        open_video(bikes, backend="decord")
 
 
 def test_errors_range(bikes: Path) -> None:
