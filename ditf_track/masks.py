@@ -20,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ._atomic import atomic_path
 from .errors import ConfigError, InputError
+from .images import resize_image
 
 __all__ = [
     "BACKGROUND_ID",
@@ -358,8 +359,6 @@ def grid_to_labels(
     if scores.shape[0] != len(ids) + 1:
         raise ValueError(f"scores has {scores.shape[0]} channels for {len(ids)} objects + bg")
     planes = np.ascontiguousarray(np.moveaxis(scores.astype(np.float32), 0, -1))
-    from .images import resize_image
-
     big = resize_image(planes, (int(size_hw[0]), int(size_hw[1])), "bilinear")
     if big.ndim == 2:
         big = big[:, :, None]

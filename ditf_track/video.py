@@ -11,9 +11,9 @@ Readers, in the order tried for video files (``.mp4 .avi .mov .mkv``):
 2. PyAV (``av``),
 3. OpenCV (``cv2.VideoCapture``).
 
-A reader that is missing or cannot open the file hands over to the next. All three return the
-same pixels for an H.264 file (they share FFmpeg's decoder) and apply the container's rotation
-(display matrix), so a phone video comes out upright whichever reader is used.
+A reader that is missing or cannot open the file hands over to the next. The three wrap FFmpeg's
+decoders, so they return the same pixels (identical on the test clips), and all apply the
+container's rotation (display matrix): a phone video comes out upright whichever reader is used.
 
 Frame folders hold ``.jpg .jpeg .png`` files, sorted by natural order of the name (``2.jpg``
 before ``10.jpg``); their stems become the frame names used for output files.
@@ -40,6 +40,7 @@ import numpy as np
 from ._atomic import atomic_path
 from .errors import ConfigError, InputError, OutputError
 from .images import Interpolation, image_size, model_input_size, read_image, resize_image
+from .masks import DAVIS_PALETTE
 
 __all__ = [
     "FRAME_EXTENSIONS",
@@ -752,8 +753,6 @@ class FramePoints(NamedTuple):
 
 def _palette_array(palette: bytes | Sequence[int] | np.ndarray | None) -> np.ndarray:
     if palette is None:
-        from .masks import DAVIS_PALETTE
-
         palette = DAVIS_PALETTE
     arr = np.frombuffer(bytes(palette), np.uint8) if isinstance(palette, bytes) else palette
     arr = np.asarray(arr, dtype=np.uint8).reshape(-1)
