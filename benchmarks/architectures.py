@@ -124,7 +124,9 @@ def random_weights(model: torch.nn.Module, device: torch.device, dtype: torch.dt
         if not param.is_meta:
             continue
         if param.ndim >= 2:
-            value = torch.empty(param.shape, device=device, dtype=dtype).normal_(0, 0.02, generator=gen)
+            value = torch.empty(param.shape, device=device, dtype=dtype).normal_(
+                0, 0.02, generator=gen
+            )
         elif "norm" in name and name.endswith("weight"):
             value = torch.ones(param.shape, device=device, dtype=dtype)
         else:

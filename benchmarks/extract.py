@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _results import append_results, device_name  # noqa: E402
+from _results import append_results, device_name
 
 PRESETS = ("pixart-alpha", "sd3", "sd3.5", "flux")
 
@@ -89,15 +89,29 @@ def main() -> None:
         return
     rows = []
     for preset in args.presets.split(","):
-        cmd = [sys.executable, __file__, "--one", preset, "--device", args.device,
-               "--size", str(args.size), "--batch", str(args.batch), "--repeats", str(args.repeats)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one",
+            preset,
+            "--device",
+            args.device,
+            "--size",
+            str(args.size),
+            "--batch",
+            str(args.batch),
+            "--repeats",
+            str(args.repeats),
+        ]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:
             print(f"{preset}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
             continue
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    header = ("| preset | t | k | dtype | params in blocks 0..k (B) | grid | C | ms/frame "
-              "| peak GPU (GB) | peak host RAM (GB) |")
+    header = (
+        "| preset | t | k | dtype | params in blocks 0..k (B) | grid | C | ms/frame "
+        "| peak GPU (GB) | peak host RAM (GB) |"
+    )
     lines = [header, "|" + "---|" * 10]
     for r in rows:
         lines.append(
