@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 from ._version import __version__
 from .errors import DitfError
@@ -35,6 +38,206 @@ def build_parser() -> argparse.ArgumentParser:
     for add in _SUBCOMMANDS:
         add(sub)
     return parser
+
+
+# -- options shared by every command that builds a feature extractor --------------------------
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    """--preset / --model / --family, the device, and every DiTF setting as an override."""
+    from .features import CONDITION_MODES, DISCARD_STAGES, FEATURE_MODES
+    from .presets import DEFAULT_PRESET, available_presets
+
+    g = parser.add_argument_group("model")
+    g.add_argument(
+        "--preset",
+        choices=available_presets(),
+        default=None,
+        help=f"model and settings preset (default {DEFAULT_PRESET}, ungated; 'lab' is a "
+        "weight-free colour baseline, not DiTF)",
+    )
+    g.add_argument(
+        "--model",
+        metavar="PATH_OR_ID",
+        help="a hub id or a local folder in the hub's layout (transformer/, vae/, "
+        "text_encoder*/, tokenizer*/, scheduler/); with --preset, replaces its model",
+    )
+    g.add_argument(
+        "--family",
+        choices=["pixart", "sd3", "flux"],
+        help="the DiT family of --model when no --preset is given (SD3.5 is sd3)",
+    )
+    g.add_argument("--revision", help="hub revision (branch, tag or commit) of the model")
+    g.add_argument(
+        "--local-files-only",
+        action="store_true",
+        help="never touch the network: use the local Hugging Face cache (as HF_HUB_OFFLINE=1)",
+    )
+    g.add_argument(
+        "--device",
+        default="auto",
+        help="auto (cuda → mps → cpu), cpu, cuda, cuda:N or mps (default auto)",
+    )
+    g.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="auto = bf16 on CUDA sm80+, fp16 on older CUDA and MPS, fp32 on CPU",
+    )
+    g.add_argument(
+        "--cache-dir",
+        help="cache root for text embeddings and features (default $DITF_TRACK_CACHE or "
+        "~/.cache/ditf-track)",
+    )
+    d = parser.add_argument_group("DiTF settings (default: the preset's)")
+    d.add_argument("--t", type=int, help="diffusion timestep in 0..999")
+    d.add_argument("--k", type=int, help="block index (Flux: 0-18 double, 19-56 single)")
+    d.add_argument("--prompt", help="text condition (default: the preset's; '' = empty prompt)")
+    d.add_argument("--guidance", type=float, help="Flux-dev guidance value (default 3.5)")
+    d.add_argument(
+        "--feature-mode",
+        choices=FEATURE_MODES,
+        help="original = block feature without AdaLN; adaln; adaln+discard (DiTF, default)",
+    )
+    d.add_argument(
+        "--condition",
+        choices=CONDITION_MODES,
+        help="what conditions the AdaLN modulation: timestep and text (default), t or c alone",
+    )
+    d.add_argument(
+        "--discard-stage",
+        choices=DISCARD_STAGES,
+        help="zero the massive channels after the AdaLN (the paper, default) or before the "
+        "LayerNorm (the official code)",
+    )
+    d.add_argument(
+        "--discard-ratio",
+        type=float,
+        help="a channel is massive at |v| >= RATIO x median |v| (default 100, the paper)",
+    )
+    d.add_argument("--seed", type=int, help="noise seed (default 0)")
+    d.add_argument("--ensemble", type=int, help="noise draws averaged before the LayerNorm")
+    d.add_argument("--batch-size", type=int, help="images per forward pass (default: all)")
+
+
+def _extractor_from_args(args: argparse.Namespace, task: str) -> Any:
+    """Build the extractor the model options describe (a DiTFExtractor or the lab baseline)."""
+    from .extractor import build_extractor
+    from .presets import DEFAULT_PRESET
+
+    preset = args.preset
+    if preset is None and args.model is None:
+        preset = DEFAULT_PRESET
+    overrides = {
+        name: getattr(args, name)
+        for name in (
+            "t",
+            "k",
+            "prompt",
+            "guidance",
+            "feature_mode",
+            "condition",
+            "discard_stage",
+            "discard_ratio",
+            "seed",
+            "ensemble",
+        )
+        if getattr(args, name, None) is not None
+    }
+    kwargs: dict[str, Any] = dict(overrides)
+    if preset != "lab":
+        kwargs.update(
+            revision=args.revision,
+            local_files_only=args.local_files_only or None,
+            cache_dir=args.cache_dir,
+            batch_size=args.batch_size,
+        )
+    elif args.model is not None or overrides:
+        log.warning("the lab preset has no model or DiTF settings; ignoring them")
+        kwargs = {}
+    return build_extractor(
+        preset,
+        task,  # type: ignore[arg-type]
+        model=args.model,
+        family=args.family,
+        device=args.device,
+        dtype=args.dtype,
+        **kwargs,
+    )
+
+
+def _fresh_output_dir(path: Path, overwrite: bool) -> Path:
+    """A temporary sibling of ``path`` to write into; renamed over ``path`` by ``_publish``."""
+    from .errors import OutputError
+
+    if path.exists() and any(path.iterdir()) and not overwrite:
+        raise OutputError(
+            f"output folder {path} exists and is not empty; choose another --out or pass "
+            "--overwrite"
+        )
+    tmp = path.with_name(f".{path.name}.incomplete")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)
+
+
+# -- inspect ----------------------------------------------------------------------------------
+def _add_inspect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "inspect",
+        help="per-channel statistics, massive channels and figures for one image",
+        description="Read one image's block-k feature and write stats.csv (per channel, before "
+        "and after AdaLN), massive_channels.json, and figures like the paper's Figs. 2-5: "
+        "activations.png (magnitude per channel), gate.png (AdaLN gate vs the massive "
+        "channels) and pca.png (PCA-RGB maps before/after AdaLN and after the discard).",
+    )
+    p.add_argument("image", type=Path, help="an image file (jpg, png, ...)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument(
+        "--size",
+        type=int,
+        help="square model input side in pixels (default: the preset's, 960)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    _add_model_options(p)
+    p.set_defaults(handler=_run_inspect)
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    from .errors import ConfigError
+    from .extractor import DiTFExtractor
+    from .images import model_input_size, read_image, resize_image
+    from .inspect import inspect_features
+
+    image = read_image(args.image)
+    extractor = _extractor_from_args(args, "correspondence")
+    if not isinstance(extractor, DiTFExtractor):
+        raise ConfigError("inspect needs a DiT (the lab preset has no block features)")
+    side = args.size or _preset_value(args, "image_size", 960)
+    size = model_input_size(*image.shape[:2], square=side, multiple=extractor.stride)
+    tmp = _fresh_output_dir(args.out, args.overwrite)
+    report = inspect_features(extractor, resize_image(image, size), tmp)
+    _publish(tmp, args.out)
+    channels = ", ".join(map(str, report.massive_channels)) or "none"
+    print(f"massive channels (>= {report.stats_z.ratio:g}x median |z|): {channels}")
+    for f in report.files:
+        print(args.out / f.name)
+    return 0
+
+
+def _preset_value(args: argparse.Namespace, field: str, default: int) -> int:
+    from .presets import DEFAULT_PRESET, load_preset
+
+    if args.preset is None and args.model is not None:
+        return default
+    settings = load_preset(args.preset or DEFAULT_PRESET).correspondence
+    value = getattr(settings, field)
+    return int(value) if value is not None else default
 
 
 def _add_cache(sub: argparse._SubParsersAction) -> None:
@@ -109,7 +312,7 @@ def _add_cache(sub: argparse._SubParsersAction) -> None:
         action.set_defaults(handler=handler)
 
 
-_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_cache]
+_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_inspect, _add_cache]
 
 
 def _command_names() -> set[str]:

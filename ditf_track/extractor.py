@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .backbones import TOKEN_STRIDE, DiTBackbone, backbone_class
+from .backbones import TOKEN_STRIDE, BlockCapture, DiTBackbone, backbone_class
 from .devices import dtype_name, out_of_memory_as_error, resolve_device, resolve_dtype
 from .errors import ConfigError, InputError
 from .features import (
@@ -230,11 +230,11 @@ class DiTFExtractor:
             meta={"massive_channels": list(channels), **self.identity()},
         )
 
-    def capture(self, images: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Raw block-k tensors (z, γ, β, α), ``(N, L, C)`` and ``(N, C)``; for ``inspect``."""
-        pixels = _to_pixels(images)
-        z, gamma, beta, _grid, _eps, gate = self._capture(pixels, with_gate=True)
-        return z, gamma, beta, gate
+    @torch.inference_mode()
+    def capture(self, images: np.ndarray | torch.Tensor) -> BlockCapture:
+        """Raw block-k tensors of ``images`` (z averaged over the ensemble); for ``inspect``."""
+        z, gamma, beta, grid, eps, gate = self._capture(_to_pixels(images), with_gate=True)
+        return BlockCapture(z=z, gamma=gamma, beta=beta, gate=gate, grid=grid, eps=eps)
 
     def _capture(self, pixels: torch.Tensor, with_gate: bool = False) -> tuple[Any, ...]:
         s = self.settings

@@ -156,9 +156,9 @@ def test_seed_and_ensemble(tiny_model: Callable[..., Path]) -> None:
     torch.testing.assert_close(single.features[0], a.features[1], rtol=1e-5, atol=1e-5)
     # ensemble=2 averages the raw z of draws seed and seed + stride before the LayerNorm
     ens = make(seed=0, ensemble=2, feature_mode="original")
-    z_ens = ens.capture(IMAGES)[0]
-    z0 = make(seed=0, feature_mode="original").capture(IMAGES)[0]
-    z1 = make(seed=1_000_003, feature_mode="original").capture(IMAGES)[0]
+    z_ens = ens.capture(IMAGES).z
+    z0 = make(seed=0, feature_mode="original").capture(IMAGES).z
+    z1 = make(seed=1_000_003, feature_mode="original").capture(IMAGES).z
     torch.testing.assert_close(z_ens, (z0 + z1) / 2, rtol=1e-5, atol=1e-5)
 
 

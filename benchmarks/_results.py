@@ -1,0 +1,56 @@
+"""Appending a benchmark's table to benchmarks/RESULTS.md with date, device and commit."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+HEADER = "# Benchmark results\n\nEach section below is appended by a script in `benchmarks/`.\n"
+
+
+def commit() -> str:
+    """The short commit of the working tree, with ``+dirty`` when it has local changes."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return f"{sha}{'+dirty' if dirty else ''}" or "unknown"
+
+
+def device_name(device: str = "cpu") -> str:
+    """``NVIDIA H100 80GB HBM3`` or the CPU model with its core count."""
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.get_device_name(torch.device(device))
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
+def append_results(title: str, body: str) -> None:
+    """Append ``## title`` with the date, commit and ``body`` (a table) to RESULTS.md."""
+    if not RESULTS.exists():
+        RESULTS.write_text(HEADER)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    with RESULTS.open("a") as f:
+        f.write(f"\n## {title}\n\n{stamp} · commit {commit()}\n\n{body.strip()}\n")

@@ -1,0 +1,136 @@
+"""DiTF extraction speed and memory per preset, on full-size architectures with random weights.
+
+For each preset: blocks 0..k of the real transformer (random weights, bf16 on CUDA), its VAE
+encoder, a random text condition of the real shape; one 960×960 image per forward. Reports
+ms/frame (after warm-up), peak GPU memory (``torch.cuda.max_memory_allocated``) and the peak
+host RAM of the process (``ru_maxrss``), each preset in its own process so peaks don't mix.
+Target (issue 3): Flux at k=28 fits a 24 GB GPU with a 960 input.
+
+    python benchmarks/extract.py                      # all presets on CUDA
+    python benchmarks/extract.py --device cpu --presets pixart-alpha --repeats 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _results import append_results, device_name
+
+PRESETS = ("pixart-alpha", "sd3", "sd3.5", "flux")
+
+
+def run_one(preset: str, device_arg: str, size: int, batch: int, repeats: int) -> dict[str, float]:
+    from architectures import build_random_backbone
+
+    from ditf_track.devices import resolve_device, resolve_dtype
+    from ditf_track.extractor import DiTFExtractor
+    from ditf_track.features import DiTFSettings
+    from ditf_track.presets import load_preset
+
+    device = resolve_device(device_arg)
+    dtype = resolve_dtype("auto", device)
+    settings = load_preset(preset).correspondence
+    backbone = build_random_backbone(preset, settings.k, device, dtype)
+    extractor = DiTFExtractor(backbone, DiTFSettings(t=settings.t, k=settings.k))
+    images = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8)
+    params = sum(p.numel() for p in backbone.transformer.parameters())
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    extractor.extract(images)  # warm-up (kernels, allocator)
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        maps = extractor.extract(images)
+    sync()
+    elapsed = (time.perf_counter() - start) / (repeats * batch)
+    peak_gpu = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
+    return {
+        "preset": preset,
+        "t": settings.t,
+        "k": settings.k,
+        "dtype": str(dtype).removeprefix("torch."),
+        "params_b": params / 1e9,
+        "ms_per_frame": elapsed * 1000,
+        "peak_gpu_gb": peak_gpu,
+        "peak_host_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "grid": "x".join(map(str, maps.grid_size)),
+        "channels": int(maps.features.shape[1]),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--presets", default=",".join(PRESETS))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--size", type=int, default=960, help="square input side in pixels")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.one, args.device, args.size, args.batch, args.repeats)))
+        return
+    rows = []
+    for preset in args.presets.split(","):
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one",
+            preset,
+            "--device",
+            args.device,
+            "--size",
+            str(args.size),
+            "--batch",
+            str(args.batch),
+            "--repeats",
+            str(args.repeats),
+        ]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:
+            print(f"{preset}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+            continue
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    header = (
+        "| preset | t | k | dtype | params in blocks 0..k (B) | grid | C | ms/frame "
+        "| peak GPU (GB) | peak host RAM (GB) |"
+    )
+    lines = [header, "|" + "---|" * 10]
+    for r in rows:
+        lines.append(
+            f"| {r['preset']} | {r['t']} | {r['k']} | {r['dtype']} | {r['params_b']:.2f} | "
+            f"{r['grid']} | {r['channels']} | {r['ms_per_frame']:.1f} | {r['peak_gpu_gb']:.2f} | "
+            f"{r['peak_host_gb']:.2f} |"
+        )
+    flux = [r for r in rows if r["preset"] == "flux"]
+    if flux and args.device.startswith("cuda"):
+        fits = "yes" if flux[0]["peak_gpu_gb"] < 24 else "NO"
+        lines.append(f"\nFlux k=28 at {args.size}x{args.size} fits a 24 GB GPU: {fits}")
+    table = "\n".join(lines)
+    print(table)
+    if not args.no_record:
+        append_results(
+            f"DiTF extraction, {args.size}x{args.size}, batch {args.batch}, random weights",
+            f"device: {device_name(args.device)}\n\n{table}",
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,983 @@
+"""Video → frames: read video files and frame folders as a stream of ``(H, W, 3) uint8`` RGB.
+
+:func:`open_video` returns a :class:`VideoSource`, a small handle that knows the size, frame rate
+and frame names of the selected frames and decodes them on demand, so a long video is never
+held whole in memory. Positions ``i`` used by the API are positions in the selected range
+(``0 .. len(source) - 1``); ``source.frame_indices[i]`` is the index in the file or folder.
+
+Readers, in the order tried for video files (``.mp4 .avi .mov .mkv``):
+
+1. decord (fastest, frame-accurate seeks; wheels only for Linux x86-64),
+2. PyAV (``av``),
+3. OpenCV (``cv2.VideoCapture``).
+
+A reader that is missing or cannot open the file hands over to the next. The three wrap FFmpeg's
+decoders, so they return the same pixels (identical on the test clips), and all apply the
+container's rotation (display matrix): a phone video comes out upright whichever reader is used.
+
+Frame folders hold ``.jpg .jpeg .png`` files, sorted by natural order of the name (``2.jpg``
+before ``10.jpg``); their stems become the frame names used for output files.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import importlib.util
+import itertools
+import logging
+import os
+import re
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Literal, NamedTuple, Protocol
+
+import cv2
+import numpy as np
+
+from ._atomic import atomic_path
+from .errors import ConfigError, InputError, OutputError
+from .images import Interpolation, image_size, model_input_size, read_image, resize_image
+from .masks import DAVIS_PALETTE
+
+__all__ = [
+    "FRAME_EXTENSIONS",
+    "VIDEO_EXTENSIONS",
+    "Backend",
+    "FrameBatch",
+    "FramePoints",
+    "VideoSource",
+    "model_input_size",
+    "natural_sort_key",
+    "open_video",
+    "resize_frames",
+    "write_overlay_video",
+]
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".avi", ".mov", ".mkv")
+FRAME_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png")
+Backend = Literal["auto", "decord", "pyav", "opencv"]
+_VIDEO_BACKENDS: tuple[str, ...] = ("decord", "pyav", "opencv")
+
+
+def _reencode_hint(path: Path) -> str:
+    return (
+        f"re-encode it (ffmpeg -i {path} -c:v libx264 -pix_fmt yuv420p fixed.mp4) or extract "
+        f"its frames (ffmpeg -i {path} -q:v 2 -start_number 0 FRAMES/%05d.jpg)"
+    )
+
+
+class FrameBatch(NamedTuple):
+    """One batch from :meth:`VideoSource.iter_frames`.
+
+    ``positions``: ``(B,) int64`` positions in the selected range, increasing;
+    ``frames``: ``(B, H, W, 3) uint8`` RGB.
+    """
+
+    positions: np.ndarray
+    frames: np.ndarray
+
+
+def natural_sort_key(name: str) -> tuple[tuple[Any, ...], str]:
+    """Sort key that orders digit runs by value: ``2.jpg < 10.jpg``, ``a9 < a10``."""
+    parts = re.split(r"(\d+)", name)
+    # re.split with a group alternates str, digits, str, ... so types line up position-wise.
+    key = tuple(int(p) if i % 2 else p.lower() for i, p in enumerate(parts))
+    return key, name
+
+
+# --------------------------------------------------------------------------------------------
+# Readers: each decodes a sorted list of file indices. Not thread-safe; VideoSource locks.
+
+
+class _Reader(Protocol):
+    backend: str
+    num_frames: int
+    height: int
+    width: int
+    fps: float | None
+
+    def read_sorted(self, indices: Sequence[int]) -> list[np.ndarray]: ...
+
+    def close(self) -> None: ...
+
+
+def _decode_error(path: Path, index: int, total: int, exc: BaseException | None) -> InputError:
+    why = f" ({exc})" if exc is not None else ""
+    return InputError(
+        f"video {path} could not be decoded at frame {index} of {total}{why}: the file is "
+        f"truncated or corrupt; {_reencode_hint(path)}"
+    )
+
+
+def _rotate(frame: np.ndarray, degrees_ccw: int) -> np.ndarray:
+    k = round(degrees_ccw / 90) % 4
+    return np.ascontiguousarray(np.rot90(frame, k)) if k else frame
+
+
+class _DecordReader:
+    """decord.VideoReader; ``get_batch`` on sorted indices seeks to key frames as needed."""
+
+    backend = "decord"
+
+    def __init__(self, path: Path, batch_size: int = 16) -> None:
+        import decord
+
+        self.path = path
+        self._vr = decord.VideoReader(str(path), ctx=decord.cpu(0))
+        self.num_frames = len(self._vr)
+        if self.num_frames < 1:
+            raise RuntimeError("no frames")
+        first = self._to_numpy(self._vr[0])
+        self.height, self.width = first.shape[:2]
+        fps = float(self._vr.get_avg_fps())
+        self.fps = fps if fps > 0 else None
+        self._batch_size = batch_size
+
+    @staticmethod
+    def _to_numpy(x: Any) -> np.ndarray:
+        # decord returns its own NDArray, or a torch tensor if someone set the torch bridge.
+        if hasattr(x, "asnumpy"):
+            return np.asarray(x.asnumpy())
+        if hasattr(x, "numpy"):
+            return np.asarray(x.numpy())
+        return np.asarray(x)
+
+    def read_sorted(self, indices: Sequence[int]) -> list[np.ndarray]:
+        out: list[np.ndarray] = []
+        for i in range(0, len(indices), self._batch_size):
+            chunk = list(indices[i : i + self._batch_size])
+            try:
+                batch = self._to_numpy(self._vr.get_batch(chunk))
+            except Exception as exc:  # decord raises DECORDError / RuntimeError
+                raise _decode_error(self.path, chunk[0], self.num_frames, exc) from exc
+            out.extend(batch[j] for j in range(len(chunk)))
+        return out
+
+    def close(self) -> None:
+        self._vr = None
+
+
+class _SequentialReader:
+    """Shared logic of the decoders that read forward (PyAV, OpenCV).
+
+    The decoder sits at ``_next``: reading index ``i >= _next`` skips forward (decoding but not
+    converting the frames in between); a backward jump or a long forward one seeks (to the key
+    frame before ``i``) when the format allows it, else restarts from the file's start.
+    """
+
+    backend = "sequential"
+    # Beyond this many frames ahead a seek (to the previous key frame) beats decoding forward.
+    _SEEK_AHEAD = 64
+
+    path: Path
+    num_frames: int
+    _next: int
+
+    def _restart(self) -> None:
+        raise NotImplementedError
+
+    def _seek(self, index: int) -> bool:
+        """Move so that the next decoded frame is at or before ``index``; False if impossible."""
+        return False
+
+    def _grab(self) -> bool:
+        """Decode the frame at ``_next`` without converting it; False at the end of the file."""
+        raise NotImplementedError
+
+    def _retrieve(self) -> np.ndarray:
+        """RGB pixels of the frame last grabbed."""
+        raise NotImplementedError
+
+    def read_sorted(self, indices: Sequence[int]) -> list[np.ndarray]:
+        out: list[np.ndarray] = []
+        for index in indices:
+            jump = index < self._next or index - self._next > self._SEEK_AHEAD
+            if jump and not self._seek(index):
+                self._restart()
+            try:
+                while self._next <= index:
+                    if not self._grab():
+                        raise _decode_error(self.path, self._next, self.num_frames, None)
+                    self._next += 1
+                out.append(self._retrieve())
+            except InputError:
+                raise
+            except Exception as exc:  # av.FFmpegError, cv2.error
+                raise _decode_error(self.path, self._next, self.num_frames, exc) from exc
+        return out
+
+
+class _PyAVReader(_SequentialReader):
+    backend = "pyav"
+
+    def __init__(self, path: Path) -> None:
+        import av
+
+        self.path = path
+        self._av = av
+        self._container: Any = None
+        self._restart()
+        stream = self._stream
+        rate = stream.average_rate or stream.guessed_rate
+        self._rate: Fraction | None = Fraction(rate) if rate else None
+        self.fps = float(rate) if rate else None
+        self._time_base = stream.time_base
+        self._start_pts = stream.start_time or 0
+        if not self._grab():
+            raise RuntimeError("no decodable frame")
+        first = self._retrieve()
+        self.height, self.width = first.shape[:2]
+        self.num_frames = stream.frames if stream.frames > 0 else self._count_packets()
+        self._restart()
+
+    def _count_packets(self) -> int:
+        # Containers such as mkv carry no frame count: count the video packets (no decoding).
+        with self._av.open(str(self.path)) as container:
+            stream = container.streams.video[0]
+            return sum(1 for packet in container.demux(stream) if packet.size)
+
+    def _restart(self) -> None:
+        if self._container is not None:
+            self._container.close()
+        self._container = self._av.open(str(self.path))
+        self._stream = self._container.streams.video[0]
+        self._stream.thread_type = "AUTO"
+        self._frames = self._container.decode(self._stream)
+        self._frame: Any = None
+        self._pending = False  # True after a seek: _frame is decoded but not yet counted
+        self._next = 0
+
+    def _index_of(self, frame: Any) -> int | None:
+        if frame.pts is None or self._rate is None or self._time_base is None:
+            return None
+        seconds = (frame.pts - self._start_pts) * self._time_base
+        return round(seconds * self._rate)
+
+    def _seek(self, index: int) -> bool:
+        if self._rate is None or self._time_base is None:
+            return False
+        target = self._start_pts + int(index / self._rate / self._time_base)
+        try:
+            self._container.seek(target, backward=True, any_frame=False, stream=self._stream)
+            self._frames = self._container.decode(self._stream)
+            frame = next(self._frames)
+        except Exception:
+            return False
+        landed = self._index_of(frame)
+        if landed is None or landed > index or landed < 0:
+            return False
+        self._frame, self._pending = frame, True
+        self._next = landed
+        return True
+
+    def _grab(self) -> bool:
+        if self._pending:
+            self._pending = False
+            return True
+        try:
+            self._frame = next(self._frames)
+        except StopIteration:
+            return False
+        return True
+
+    def _retrieve(self) -> np.ndarray:
+        frame = self._frame
+        rgb = frame.to_ndarray(format="rgb24")
+        return _rotate(rgb, int(getattr(frame, "rotation", 0) or 0))
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+
+
+class _OpenCVReader(_SequentialReader):
+    backend = "opencv"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._cap: Any = cv2.VideoCapture(str(path))
+        self._next = 0
+        if not self._cap.isOpened():
+            raise RuntimeError("cv2.VideoCapture could not open the file")
+        fps = float(self._cap.get(cv2.CAP_PROP_FPS))
+        self.fps = fps if fps > 0 else None
+        if not self._grab():
+            raise RuntimeError("no decodable frame")
+        first = self._retrieve()
+        self.height, self.width = first.shape[:2]
+        count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        if count <= 0:  # some containers report no count: grab through the file once
+            count = 1
+            while self._grab():
+                count += 1
+        self.num_frames = count
+        self._restart()
+
+    def _restart(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+        self._cap = cv2.VideoCapture(str(self.path))
+        self._next = 0
+
+    def _seek(self, index: int) -> bool:
+        # OpenCV's FFmpeg backend seeks to the key frame before `index` and decodes forward.
+        if not self._cap.set(cv2.CAP_PROP_POS_FRAMES, index):
+            return False
+        self._next = int(self._cap.get(cv2.CAP_PROP_POS_FRAMES))
+        return 0 <= self._next <= index
+
+    def _grab(self) -> bool:
+        return bool(self._cap.grab())
+
+    def _retrieve(self) -> np.ndarray:
+        ok, bgr = self._cap.retrieve()
+        if not ok:
+            raise RuntimeError("cv2.VideoCapture.retrieve failed")
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+
+class _FolderReader:
+    """Frames stored as image files; sizes checked against the first frame."""
+
+    backend = "images"
+
+    def __init__(self, files: Sequence[Path], size: tuple[int, int]) -> None:
+        self.files = list(files)
+        self.num_frames = len(self.files)
+        self.height, self.width = size
+        self.fps: float | None = None
+
+    def read_sorted(self, indices: Sequence[int]) -> list[np.ndarray]:
+        out = []
+        for i in indices:
+            frame = read_image(self.files[i])
+            if frame.shape[:2] != (self.height, self.width):
+                raise _size_mismatch(self.files[i], frame.shape[:2], (self.height, self.width))
+            out.append(frame)
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+def _size_mismatch(path: Path, got: tuple[int, ...], want: tuple[int, int]) -> InputError:
+    return InputError(
+        f"frame {path} is {got[1]}x{got[0]} (WxH) but the first frame is {want[1]}x{want[0]}; "
+        "all frames of a folder must have the same size, resize or remove it"
+    )
+
+
+def _open_video_file(path: Path, backend: Backend) -> _Reader:
+    order = _VIDEO_BACKENDS if backend == "auto" else (backend,)
+    if backend != "auto" and backend not in _VIDEO_BACKENDS:
+        raise ConfigError(f"backend={backend!r} is not one of auto, decord, pyav, opencv")
+    modules = {"decord": "decord", "pyav": "av", "opencv": "cv2"}
+    failures: list[str] = []
+    for name in order:
+        if importlib.util.find_spec(modules[name]) is None:
+            if backend != "auto":
+                raise ConfigError(
+                    f"video backend {name!r} is not installed; pip install {modules[name]} "
+                    "or use backend='auto'"
+                )
+            failures.append(f"{name}: not installed")
+            continue
+        try:
+            if name == "decord":
+                return _DecordReader(path)
+            if name == "pyav":
+                return _PyAVReader(path)
+            return _OpenCVReader(path)
+        except Exception as exc:
+            reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+            failures.append(f"{name}: {reason}")
+            log.debug("reader %s could not open %s: %s", name, path, reason)
+    raise InputError(
+        f"video {path} cannot be opened ({'; '.join(failures)}); it is not a readable video "
+        f"or it is corrupt: {_reencode_hint(path)}"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+
+
+class VideoSource:
+    """Frames ``frame_indices`` of one video file or frame folder, decoded on demand.
+
+    Attributes:
+        path: the video file or frame folder.
+        kind: ``"video"`` or ``"frames"`` (a folder).
+        backend: the reader in use: ``"decord"``, ``"pyav"``, ``"opencv"`` or ``"images"``.
+        height, width: frame size in pixels (after the container's rotation).
+        fps: frames per second of the file (``None`` for folders, which carry no timing).
+            The selected frames play at ``fps / stride``.
+        total_frames: frames in the whole file or folder.
+        frame_indices: ``(T,) int64`` index in the file/folder of each selected position.
+        frame_names: one name per position for output files: for videos the file index
+            zero-padded to 5 digits (``"00000"``, ``"00005"`` with stride 5); for folders the
+            file stem (``"00002058"``).
+
+    Frames are ``(H, W, 3) uint8`` RGB. The object also behaves as a read-only lazy
+    ``(T, H, W, 3) uint8`` array (``shape``, ``dtype``, ``ndim``, ``source[t]``,
+    ``source[a:b]``), which napari can display without loading the whole video.
+    Reads are serialised by a lock, so a GUI thread and a worker may share one source.
+    """
+
+    dtype = np.dtype(np.uint8)
+    ndim = 4
+
+    def __init__(
+        self,
+        path: Path,
+        kind: Literal["video", "frames"],
+        reader: _Reader,
+        start: int,
+        stop: int,
+        stride: int,
+        frame_names: Sequence[str],
+        files: Sequence[Path] = (),
+    ) -> None:
+        self.path = path
+        self.kind = kind
+        self._reader: _Reader | None = reader
+        self.backend: str = reader.backend
+        self.height: int = reader.height
+        self.width: int = reader.width
+        self.fps: float | None = reader.fps
+        self.total_frames: int = reader.num_frames
+        self.start, self.stop, self.stride = start, stop, stride
+        self.frame_indices: np.ndarray = np.arange(start, stop, stride, dtype=np.int64)
+        self.frame_names: list[str] = list(frame_names)
+        self._files = list(files)
+        self._lock = threading.Lock()
+
+    # ---- sizes -----------------------------------------------------------------------------
+    @property
+    def num_frames(self) -> int:
+        """Number of selected frames ``T``."""
+        return len(self.frame_indices)
+
+    def __len__(self) -> int:
+        return len(self.frame_indices)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """``(T, H, W, 3)``."""
+        return (len(self), self.height, self.width, 3)
+
+    def __repr__(self) -> str:
+        return (
+            f"VideoSource({str(self.path)!r}, kind={self.kind!r}, backend={self.backend!r}, "
+            f"frames={len(self)} of {self.total_frames}, range={self.start}:{self.stop}:"
+            f"{self.stride}, size={self.height}x{self.width} (HxW), fps={self.fps})"
+        )
+
+    # ---- reading ---------------------------------------------------------------------------
+    def _position(self, i: int) -> int:
+        n = len(self)
+        j = int(i) + n if int(i) < 0 else int(i)
+        if not 0 <= j < n:
+            raise IndexError(f"frame position {i} is outside 0..{n - 1} of {self.path}")
+        return j
+
+    def _decode(self, positions: Sequence[int]) -> list[np.ndarray]:
+        """Decode sorted, unique positions (under the lock; nothing is yielded while held)."""
+        file_indices = [int(self.frame_indices[p]) for p in positions]
+        with self._lock:
+            if self._reader is None:
+                raise ValueError(f"{self.path} was closed; open it again with open_video")
+            frames = self._reader.read_sorted(file_indices)
+        for frame in frames:
+            if frame.shape != (self.height, self.width, 3):
+                raise InputError(
+                    f"video {self.path} changes frame size mid-stream ({frame.shape[1]}x"
+                    f"{frame.shape[0]} vs {self.width}x{self.height}); {_reencode_hint(self.path)}"
+                )
+        return frames
+
+    def read(self, i: int) -> np.ndarray:
+        """Frame at position ``i`` (negative counts from the end): ``(H, W, 3) uint8`` RGB."""
+        return self._decode([self._position(i)])[0]
+
+    def read_batch(self, positions: Iterable[int]) -> np.ndarray:
+        """Frames at ``positions``, in the order given: ``(B, H, W, 3) uint8`` RGB.
+
+        Decodes in increasing order (each distinct position once), so any order costs one pass.
+        Holds all B frames; for long ranges use :meth:`iter_frames`.
+        """
+        wanted = [self._position(p) for p in positions]
+        if not wanted:
+            return np.zeros((0, self.height, self.width, 3), np.uint8)
+        unique = sorted(set(wanted))
+        decoded = dict(zip(unique, self._decode(unique)))
+        return np.stack([decoded[p] for p in wanted])
+
+    def iter_frames(
+        self, positions: Iterable[int] | None = None, batch_size: int = 8
+    ) -> Iterator[FrameBatch]:
+        """Stream frames as :class:`FrameBatch` ``(positions (B,), frames (B, H, W, 3) uint8)``.
+
+        ``positions`` (default: all) are visited once each in increasing order whatever order
+        they are given in, ``batch_size`` at a time, so at most one batch is in memory and the
+        file is decoded in a single forward pass.
+        """
+        if batch_size < 1:
+            raise ConfigError(f"batch_size={batch_size} must be at least 1")
+        if positions is None:
+            order = list(range(len(self)))
+        else:
+            order = sorted({self._position(p) for p in positions})
+        for k in range(0, len(order), batch_size):
+            chunk = order[k : k + batch_size]
+            frames = self._decode(chunk)
+            yield FrameBatch(np.asarray(chunk, dtype=np.int64), np.stack(frames))
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        """Frames one at a time, ``(H, W, 3) uint8``, in order."""
+        for batch in self.iter_frames(batch_size=1):
+            yield batch.frames[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        """Lazy-array indexing: the first index selects positions, the rest index the frames."""
+        first, rest = (key[0], tuple(key[1:])) if isinstance(key, tuple) else (key, ())
+        if isinstance(first, (int, np.integer)):
+            frame = self.read(int(first))
+            return frame[rest] if rest else frame
+        if isinstance(first, slice):
+            frames = self.read_batch(range(len(self))[first])
+        elif first is Ellipsis:
+            raise TypeError("VideoSource does not take '...' indexing; index the time axis first")
+        else:
+            frames = self.read_batch(np.asarray(first, dtype=np.int64).reshape(-1).tolist())
+        return frames[(slice(None), *rest)] if rest else frames
+
+    # ---- identity ----------------------------------------------------------------------------
+    def content_hash(self) -> str:
+        """SHA-256 hex digest identifying these frames, for the feature-cache key.
+
+        Cheap for big inputs: it reads at most about 1 MiB of a video file. It hashes
+
+        * for a video file: the byte size, then the whole file if it is at most 1 MiB, else 16
+          chunks of 64 KiB at evenly spaced offsets (first and last bytes included);
+        * for a folder: for every selected frame file, its name, byte size and first and last
+          4 KiB (the whole file if smaller than 8 KiB);
+        * always: the resolved selection ``start:stop:stride`` and the frame count.
+
+        Paths and modification times are not hashed: a copied or renamed video keeps its key.
+        Different selections of the same file give different hashes.
+        """
+        h = hashlib.sha256(b"ditf-track content v1\0")
+        if self.kind == "video":
+            _hash_file_sampled(h, self.path, chunk=64 * 1024, samples=16)
+        else:
+            for i in self.frame_indices:
+                f = self._files[int(i)]
+                h.update(f.name.encode() + b"\0")
+                _hash_file_ends(h, f, 4 * 1024)
+        h.update(f"range {self.start}:{self.stop}:{self.stride} n={len(self)}".encode())
+        return h.hexdigest()
+
+    # ---- lifetime ----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release the decoder (file handles); the source cannot read afterwards."""
+        with self._lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+
+    def __enter__(self) -> VideoSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _hash_file_sampled(h: Any, path: Path, chunk: int, samples: int) -> None:
+    size = path.stat().st_size
+    h.update(f"size {size}\0".encode())
+    with path.open("rb") as f:
+        if size <= chunk * samples:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+            return
+        for offset in np.linspace(0, size - chunk, samples).astype(np.int64):
+            f.seek(int(offset))
+            h.update(f.read(chunk))
+
+
+def _hash_file_ends(h: Any, path: Path, chunk: int) -> None:
+    size = path.stat().st_size
+    h.update(f"size {size}\0".encode())
+    with path.open("rb") as f:
+        if size <= 2 * chunk:
+            h.update(f.read())
+            return
+        h.update(f.read(chunk))
+        f.seek(size - chunk)
+        h.update(f.read(chunk))
+
+
+def _list_frame_files(folder: Path) -> list[Path]:
+    files = [
+        p
+        for p in folder.iterdir()
+        if p.suffix.lower() in FRAME_EXTENSIONS and not p.name.startswith(".") and p.is_file()
+    ]
+    if not files:
+        raise InputError(
+            f"folder {folder} holds no .jpg/.jpeg/.png frames; point to a frame folder or a "
+            f"video file ({', '.join(VIDEO_EXTENSIONS)})"
+        )
+    files.sort(key=lambda p: natural_sort_key(p.name))
+    seen: dict[str, Path] = {}
+    for p in files:
+        if p.stem in seen:
+            raise InputError(
+                f"folder {folder} holds two frames named {p.stem!r} ({seen[p.stem].name}, "
+                f"{p.name}); keep one image per frame"
+            )
+        seen[p.stem] = p
+    return files
+
+
+def _resolve_range(path: Path, total: int, start: int, end: int | None, stride: int) -> int:
+    if stride < 1:
+        raise ConfigError(f"stride={stride} must be at least 1")
+    if start < 0:
+        raise ConfigError(f"start={start} must be >= 0")
+    if end is not None and end <= start:
+        raise ConfigError(f"end={end} must be greater than start={start} (end is exclusive)")
+    if start >= total:
+        raise InputError(
+            f"start={start} selects no frame of {path}, which has {total} frames; "
+            f"use start < {total}"
+        )
+    return total if end is None else min(end, total)
+
+
+def open_video(
+    path: str | os.PathLike[str],
+    start: int = 0,
+    end: int | None = None,
+    stride: int = 1,
+    *,
+    backend: Backend = "auto",
+) -> VideoSource:
+    """Open a video file or a frame folder and select frames ``start:end:stride``.
+
+    ``end`` is exclusive and clipped to the number of frames (``None``: to the end), like a
+    Python slice. ``backend`` forces a video reader (``"decord"``, ``"pyav"``, ``"opencv"``);
+    ``"auto"`` tries them in that order. The first selected frame is decoded here, so a file
+    that cannot be read fails now rather than mid-run; a file truncated after that fails with
+    :class:`InputError` when the missing frames are read.
+
+    Raises:
+        InputError: missing path, unsupported extension, folder without frames, unreadable or
+            corrupt video, empty range, frames of different sizes in a folder.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"video {p} does not exist; check the path")
+    if p.is_dir():
+        files = _list_frame_files(p)
+        stop = _resolve_range(p, len(files), start, end, stride)
+        selected = files[start:stop:stride]
+        size = image_size(selected[0])
+        for f in selected[1:]:
+            # Header-only reads: a folder with a stray frame of another size fails now.
+            other = image_size(f)
+            if other != size:
+                raise _size_mismatch(f, other, size)
+        reader: _Reader = _FolderReader(files, size)
+        names = [f.stem for f in selected]
+        source = VideoSource(p, "frames", reader, start, stop, stride, names, files)
+    elif p.suffix.lower() in VIDEO_EXTENSIONS:
+        reader = _open_video_file(p, backend)
+        stop = _resolve_range(p, reader.num_frames, start, end, stride)
+        names = [f"{i:05d}" for i in range(start, stop, stride)]
+        source = VideoSource(p, "video", reader, start, stop, stride, names)
+    else:
+        raise InputError(
+            f"{p} has an unsupported extension {p.suffix!r}; pass a video "
+            f"({', '.join(VIDEO_EXTENSIONS)}) or a folder of .jpg/.png frames"
+        )
+    source.read(0)  # fail early on unreadable content
+    return source
+
+
+def resize_frames(
+    frames: np.ndarray, size: tuple[int, int], interpolation: Interpolation = "auto"
+) -> np.ndarray:
+    """Resize ``(N, H, W, 3) uint8`` frames to ``(N, H', W', 3) uint8``, ``size = (H', W')``.
+
+    Uses :func:`ditf_track.images.resize_image` per frame: OpenCV ``INTER_AREA`` (antialiased
+    pixel-area averaging) when shrinking, ``INTER_LINEAR`` when enlarging; pass
+    ``interpolation="bilinear"`` to follow the DINO/DiTF DAVIS protocol (plain ``cv2.resize``).
+    Pick ``size`` with :func:`model_input_size`.
+    """
+    if frames.ndim != 4 or frames.shape[3] != 3:
+        raise ValueError(f"frames must be (N,H,W,3), got shape {frames.shape}")
+    out = np.empty((frames.shape[0], int(size[0]), int(size[1]), 3), dtype=frames.dtype)
+    for i, frame in enumerate(frames):
+        out[i] = resize_image(frame, size, interpolation)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Overlay video
+
+
+class FramePoints(NamedTuple):
+    """Points to draw on one frame of an overlay video.
+
+    ``points``: ``(N, 2) float`` as ``(y, x)`` pixels of the frame; ``visible``: ``(N,) bool``
+    or ``None`` (all visible); ``ids``: ``(N,) int`` track ids or ``None`` (``0..N-1``), which
+    pick the colour and link trails across frames.
+    """
+
+    points: np.ndarray
+    visible: np.ndarray | None = None
+    ids: np.ndarray | None = None
+
+
+def _palette_array(palette: bytes | Sequence[int] | np.ndarray | None) -> np.ndarray:
+    if palette is None:
+        palette = DAVIS_PALETTE
+    arr = np.frombuffer(bytes(palette), np.uint8) if isinstance(palette, bytes) else palette
+    arr = np.asarray(arr, dtype=np.uint8).reshape(-1)
+    if arr.size > 768 or arr.size % 3:
+        raise ConfigError(f"palette has {arr.size} values; give 256 RGB triplets (768 values)")
+    out = np.zeros((256, 3), np.uint8)
+    out[: arr.size // 3] = arr.reshape(-1, 3)
+    return out
+
+
+def _track_colour(palette: np.ndarray, track_id: int) -> tuple[int, int, int]:
+    # Ids 1..254 use their palette entry; others wrap into 1..254 (0 is black, 255 void).
+    index = track_id if 1 <= track_id <= 254 else 1 + track_id % 254
+    r, g, b = (int(v) for v in palette[index])
+    return r, g, b
+
+
+def _blend_labels(
+    frame: np.ndarray, labels: np.ndarray, colours: np.ndarray, alpha: float
+) -> np.ndarray:
+    if labels.shape != frame.shape[:2]:
+        # Masks at another resolution (e.g. the model's): nearest keeps ids intact.
+        labels = cv2.resize(
+            labels, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_NEAREST
+        )
+    objects = (labels != 0) & (labels != 255)
+    out = frame.astype(np.float32)
+    tint = colours[labels].astype(np.float32)
+    out[objects] = (1 - alpha) * out[objects] + alpha * tint[objects]
+    # Object outlines in full colour make touching objects and thin parts readable.
+    eroded = cv2.erode(labels, np.ones((3, 3), np.uint8))
+    edge = objects & (eroded != labels)
+    out[edge] = tint[edge]
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def _draw_points(
+    canvas_bgr: np.ndarray,
+    history: collections.deque[dict[int, tuple[float, float]]],
+    palette: np.ndarray,
+    radius: int,
+) -> None:
+    shift = 4  # OpenCV fixed-point drawing: coordinates × 16 give sub-pixel positions
+    scale = 1 << shift
+    current = history[-1]
+    tracks: dict[int, list[tuple[int, int]]] = {}
+    for step in history:
+        for tid, (y, x) in step.items():
+            tracks.setdefault(tid, []).append((round(x * scale), round(y * scale)))
+    for tid, pts in tracks.items():
+        r, g, b = _track_colour(palette, tid)
+        for a, c in itertools.pairwise(pts):
+            cv2.line(canvas_bgr, a, c, (b, g, r), 1, cv2.LINE_AA, shift)
+        if tid in current:
+            cv2.circle(canvas_bgr, pts[-1], radius * scale, (b, g, r), -1, cv2.LINE_AA, shift)
+            cv2.circle(canvas_bgr, pts[-1], radius * scale, (0, 0, 0), 1, cv2.LINE_AA, shift)
+
+
+_MISSING: Any = object()
+
+
+class _VideoWriter(Protocol):
+    def write(self, frame_rgb: np.ndarray) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _OpenCVWriter:
+    def __init__(self, path: Path, size: tuple[int, int], fps: float) -> None:
+        fourcc = cv2.VideoWriter.fourcc(*"mp4v")
+        self._writer = cv2.VideoWriter(str(path), fourcc, fps, (size[1], size[0]))
+        if not self._writer.isOpened():
+            raise OutputError(
+                f"cannot write video {path} with OpenCV (mp4v); check the folder is writable"
+            )
+
+    def write(self, frame_rgb: np.ndarray) -> None:
+        self._writer.write(cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2BGR))
+
+    def close(self) -> None:
+        self._writer.release()
+
+
+class _FFmpegWriter:
+    """H.264 via imageio-ffmpeg's bundled ffmpeg (plays in browsers, unlike mp4v)."""
+
+    def __init__(self, path: Path, size: tuple[int, int], fps: float) -> None:
+        import imageio_ffmpeg
+
+        self._gen = imageio_ffmpeg.write_frames(
+            str(path),
+            (size[1], size[0]),
+            fps=fps,
+            codec="libx264",
+            pix_fmt_out="yuv420p",
+            quality=7,
+            macro_block_size=1,
+            output_params=["-movflags", "+faststart"],
+            ffmpeg_log_level="error",
+        )
+        self._gen.send(None)
+
+    def write(self, frame_rgb: np.ndarray) -> None:
+        self._gen.send(np.ascontiguousarray(frame_rgb))
+
+    def close(self) -> None:
+        self._gen.close()
+
+
+def write_overlay_video(
+    path: str | os.PathLike[str],
+    frames: Iterable[np.ndarray],
+    masks: Iterable[np.ndarray | None] | None,
+    palette: bytes | Sequence[int] | np.ndarray | None,
+    fps: float,
+    alpha: float = 0.5,
+    points: Iterable[FramePoints | None] | None = None,
+    *,
+    trail: int = 10,
+    point_radius: int = 3,
+    writer: Literal["auto", "ffmpeg", "opencv"] = "auto",
+) -> Path:
+    """Write an mp4 of ``frames`` with masks blended in and point tracks drawn, for a quick look.
+
+    Args:
+        path: the ``.mp4`` to write; written to a temporary name in the same folder, then
+            renamed, so a crash never leaves a half-written file under ``path``.
+        frames: ``(H, W, 3) uint8`` RGB frames (any iterable; consumed once, streamed).
+        masks: one ``(H, W) uint8`` id map per frame (0 background, 255 void, others objects)
+            or ``None`` for a frame without mask; ``masks=None`` draws no masks. Maps of another
+            size are resized (nearest) to the frame.
+        palette: 768 palette bytes (or ``(256, 3)`` values) giving each id's colour;
+            ``None`` uses the DAVIS palette.
+        fps: playback frame rate.
+        alpha: opacity of the mask colour; outlines are drawn opaque.
+        points: one :class:`FramePoints` (``(y, x)`` pixels) or ``None`` per frame; each
+            visible point is a dot with a line through its last ``trail`` visible positions.
+        writer: ``"ffmpeg"`` (H.264 through imageio-ffmpeg, if installed), ``"opencv"``
+            (``cv2.VideoWriter`` with the ``mp4v`` codec) or ``"auto"`` (ffmpeg if installed
+            and both sides are even, which yuv420p needs, else OpenCV).
+
+    Returns:
+        The path written.
+
+    Raises:
+        InputError: no frames, frames of different sizes, or more masks/points than frames.
+        OutputError: the file cannot be written.
+    """
+    out_path = Path(path)
+    if fps <= 0:
+        raise ConfigError(f"fps={fps} must be positive")
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"alpha={alpha} must be within [0, 1]")
+    if writer not in ("auto", "ffmpeg", "opencv"):
+        raise ConfigError(f"writer={writer!r} is not one of auto, ffmpeg, opencv")
+    colours = _palette_array(palette)
+    frame_iter = iter(frames)
+    mask_iter = iter(masks) if masks is not None else None
+    point_iter = iter(points) if points is not None else None
+    try:
+        first = np.asarray(next(frame_iter))
+    except StopIteration:
+        raise InputError(f"no frames to write to {out_path}; pass at least one frame") from None
+    if first.ndim != 3 or first.shape[2] != 3 or first.dtype != np.uint8:
+        raise InputError(f"overlay frames must be (H,W,3) uint8, got {first.shape} {first.dtype}")
+    size = (first.shape[0], first.shape[1])
+    use_ffmpeg = writer == "ffmpeg" or (
+        writer == "auto"
+        and importlib.util.find_spec("imageio_ffmpeg") is not None
+        and size[0] % 2 == 0
+        and size[1] % 2 == 0
+    )
+    history: collections.deque[dict[int, tuple[float, float]]] = collections.deque(
+        maxlen=max(1, trail)
+    )
+    with atomic_path(out_path, "overlay video") as tmp:
+        sink: _VideoWriter = (
+            _FFmpegWriter(tmp, size, fps) if use_ffmpeg else _OpenCVWriter(tmp, size, fps)
+        )
+        try:
+            frame: np.ndarray | None = first
+            t = 0
+            while frame is not None:
+                if frame.shape != first.shape:
+                    raise InputError(
+                        f"frame {t} is {frame.shape} but frame 0 is {first.shape}; overlay "
+                        "frames must share one size"
+                    )
+                canvas = frame
+                if mask_iter is not None:
+                    labels = next(mask_iter, _MISSING)
+                    if labels is _MISSING:
+                        raise InputError(
+                            f"masks ran out at frame {t}; give one mask (or None) per frame"
+                        )
+                    if labels is not None:
+                        canvas = _blend_labels(frame, np.asarray(labels, np.uint8), colours, alpha)
+                if point_iter is not None:
+                    fp = next(point_iter, _MISSING)
+                    if fp is _MISSING:
+                        raise InputError(
+                            f"points ran out at frame {t}; give points (or None) per frame"
+                        )
+                    history.append(_visible_points(fp))
+                    bgr = cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR)
+                    _draw_points(bgr, history, colours, point_radius)
+                    canvas = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                sink.write(np.ascontiguousarray(canvas))
+                t += 1
+                nxt = next(frame_iter, None)
+                frame = None if nxt is None else np.asarray(nxt)
+        finally:
+            sink.close()
+    return out_path
+
+
+def _visible_points(fp: FramePoints | None) -> dict[int, tuple[float, float]]:
+    if fp is None:
+        return {}
+    pts = np.asarray(fp.points, dtype=np.float64).reshape(-1, 2)
+    n = len(pts)
+    visible = np.ones(n, bool) if fp.visible is None else np.asarray(fp.visible, bool)
+    ids = np.arange(n) if fp.ids is None else np.asarray(fp.ids, np.int64)
+    return {
+        int(i): (float(y), float(x))
+        for (y, x), v, i in zip(pts, visible, ids)
+        if v and np.isfinite(y) and np.isfinite(x)
+    }
