@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ._version import __version__
 from .errors import DitfError
 
@@ -49,10 +51,10 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model")
     g.add_argument(
         "--preset",
-        choices=available_presets(),
         default=None,
-        help=f"model and settings preset (default {DEFAULT_PRESET}, ungated; 'lab' is a "
-        "weight-free colour baseline, not DiTF)",
+        metavar="NAME",
+        help=f"model and settings preset: {', '.join(available_presets())} (default "
+        f"{DEFAULT_PRESET}, ungated; 'lab' is a weight-free colour baseline, not DiTF)",
     )
     g.add_argument(
         "--model",
@@ -186,6 +188,66 @@ def _publish(tmp: Path, path: Path) -> None:
     tmp.rename(path)
 
 
+# -- extract ----------------------------------------------------------------------------------
+def _add_extract(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "extract",
+        help="DiTF features of an image, a video or a frame folder to a safetensors file",
+        description="Write the DiTF feature maps of INPUT to --out: one tensor 'features' "
+        "(T, C, h, w) on the token grid, L2-normalised per cell, with the frame names, sizes, "
+        "massive channels and settings in the file's metadata ('ditf_track', JSON). Images use "
+        "the preset's correspondence settings (960x960 by default), videos and frame folders "
+        "its video settings (short side 960).",
+    )
+    p.add_argument("input", type=Path, help="an image, a video (mp4/avi/mov/mkv) or a frame folder")
+    p.add_argument("--out", type=Path, required=True, help="output .safetensors file")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--size", type=int, help="square model input side (images default 960)")
+    size.add_argument("--short-side", type=int, help="resize the short side to N (videos: 960)")
+    size.add_argument("--long-side", type=int, help="resize the long side to N")
+    p.add_argument("--start", type=int, default=0, help="first frame of a video (default 0)")
+    p.add_argument("--end", type=int, help="stop before this frame (default: the last)")
+    p.add_argument("--stride", type=int, default=1, help="take every N-th frame (default 1)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    _add_model_options(p)
+    p.set_defaults(handler=_run_extract)
+
+
+def _run_extract(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .errors import OutputError
+    from .export import extract_to_safetensors, input_size_for, open_input
+
+    if args.out.exists() and not args.overwrite:
+        raise OutputError(f"{args.out} exists; choose another --out or pass --overwrite")
+    source = open_input(args.input, start=args.start, end=args.end, stride=args.stride)
+    is_image = isinstance(source, np.ndarray)
+    task = "correspondence" if is_image else "video"
+    extractor = _extractor_from_args(args, task)
+    square, short, long = args.size, args.short_side, args.long_side
+    if square is None and short is None and long is None:
+        if is_image:
+            square = _preset_value(args, "image_size", 960, task)
+        else:
+            short = _preset_value(args, "short_side", 960, task)
+    size = input_size_for(
+        source, square=square, short_side=short, long_side=long, multiple=extractor.stride
+    )
+    total = 1 if is_image else len(source)
+    with tqdm(total=total, desc="extract features", unit="frame", disable=None) as bar:
+        path = extract_to_safetensors(
+            extractor,
+            source,
+            args.out,
+            size=size,
+            batch_size=args.batch_size or 4,
+            progress=lambda done, _total: bar.update(done - bar.n),
+        )
+    print(f"{path}: {total} frame(s) at {size[1]}x{size[0]}")
+    return 0
+
+
 # -- inspect ----------------------------------------------------------------------------------
 def _add_inspect(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -218,7 +280,7 @@ def _run_inspect(args: argparse.Namespace) -> int:
     extractor = _extractor_from_args(args, "correspondence")
     if not isinstance(extractor, DiTFExtractor):
         raise ConfigError("inspect needs a DiT (the lab preset has no block features)")
-    side = args.size or _preset_value(args, "image_size", 960)
+    side = args.size or _preset_value(args, "image_size", 960, "correspondence")
     size = model_input_size(*image.shape[:2], square=side, multiple=extractor.stride)
     tmp = _fresh_output_dir(args.out, args.overwrite)
     report = inspect_features(extractor, resize_image(image, size), tmp)
@@ -230,12 +292,13 @@ def _run_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _preset_value(args: argparse.Namespace, field: str, default: int) -> int:
+def _preset_value(args: argparse.Namespace, field: str, default: int, task: str) -> int:
+    """A size setting of the chosen preset's task (the default preset without --model)."""
     from .presets import DEFAULT_PRESET, load_preset
 
     if args.preset is None and args.model is not None:
         return default
-    settings = load_preset(args.preset or DEFAULT_PRESET).correspondence
+    settings = load_preset(args.preset or DEFAULT_PRESET).task(task)  # type: ignore[arg-type]
     value = getattr(settings, field)
     return int(value) if value is not None else default
 
@@ -312,7 +375,11 @@ def _add_cache(sub: argparse._SubParsersAction) -> None:
         action.set_defaults(handler=handler)
 
 
-_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_inspect, _add_cache]
+_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_extract,
+    _add_inspect,
+    _add_cache,
+]
 
 
 def _command_names() -> set[str]:

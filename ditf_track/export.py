@@ -1,0 +1,194 @@
+"""Writing DiTF features of an image, a video or a frame folder to one safetensors file.
+
+A video's features do not fit in memory (a Flux frame at 60×106 in bf16 is ~39 MB), and
+``safetensors.torch.save_file`` needs the whole tensor at once. The file format is simple — an
+8-byte little-endian header length, a JSON header with each tensor's dtype, shape and byte
+offsets, then the raw bytes — and every frame has the same shape, so the header is known after
+the first frame and the frames are appended as they are extracted. The result loads with
+``safetensors.torch.load_file`` like any other file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import torch
+
+from ._version import __version__
+from .errors import InputError, OutputError
+from .features import FeatureExtractor
+from .images import model_input_size, read_image, resize_image
+from .video import VideoSource, open_video, resize_frames
+
+_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
+
+
+class StreamingSafetensorsWriter:
+    """One ``(T, ...)`` tensor written frame by frame to a safetensors file, atomically.
+
+    The header is written when the first frame arrives; the file appears under its final name
+    only after all ``length`` frames were written (:meth:`close`), so an interrupted run never
+    leaves a file that looks complete.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], name: str, length: int) -> None:
+        self.path = Path(path)
+        self.name = name
+        self.length = length
+        self.written = 0
+        self.metadata: dict[str, str] = {}
+        self._tmp = self.path.with_name(f".{self.path.name}.incomplete")
+        self._file: BinaryIO | None = None
+        self._frame_shape: tuple[int, ...] | None = None
+        self._dtype: torch.dtype | None = None
+
+    def write(self, frames: torch.Tensor) -> None:
+        """Append ``frames`` ``(B, ...)``; every frame must have the first frame's shape."""
+        if self._file is None:
+            self._open(tuple(frames.shape[1:]), frames.dtype)
+        assert self._file is not None
+        if tuple(frames.shape[1:]) != self._frame_shape or frames.dtype != self._dtype:
+            raise ValueError("every frame must have the first frame's shape and dtype")
+        if self.written + len(frames) > self.length:
+            raise ValueError(f"more than the {self.length} frames announced")
+        raw = frames.detach().contiguous().cpu().view(torch.uint8).numpy()
+        self._file.write(raw.tobytes())
+        self.written += len(frames)
+
+    def _open(self, frame_shape: tuple[int, ...], dtype: torch.dtype) -> None:
+        if dtype not in _DTYPES:
+            raise ValueError(f"unsupported dtype {dtype}")
+        self._frame_shape, self._dtype = frame_shape, dtype
+        nbytes = self.length * int(np.prod(frame_shape)) * torch.finfo(dtype).bits // 8
+        header: dict[str, Any] = {
+            self.name: {
+                "dtype": _DTYPES[dtype],
+                "shape": [self.length, *frame_shape],
+                "data_offsets": [0, nbytes],
+            },
+            "__metadata__": self.metadata,
+        }
+        text = json.dumps(header, separators=(",", ":")).encode()
+        text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self._tmp.open("wb")
+        self._file.write(struct.pack("<Q", len(text)) + text)
+
+    def close(self) -> Path:
+        if self._file is None or self.written != self.length:
+            self.abort()
+            raise OutputError(
+                f"{self.path}: {self.written} of {self.length} frames were written; nothing saved"
+            )
+        self._file.close()
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._tmp.unlink(missing_ok=True)
+
+
+def open_input(path: str | os.PathLike[str], **range_kwargs: Any) -> VideoSource | np.ndarray:
+    """An image file as ``(H, W, 3) uint8``, or a video / frame folder as a :class:`VideoSource`."""
+    p = Path(path)
+    if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+        if (
+            range_kwargs.get("start")
+            or range_kwargs.get("end")
+            or range_kwargs.get("stride", 1) > 1
+        ):
+            raise InputError(f"{p} is an image; --start/--end/--stride apply to videos only")
+        return read_image(p)
+    return open_video(p, **range_kwargs)
+
+
+def extract_to_safetensors(
+    extractor: FeatureExtractor,
+    source: VideoSource | np.ndarray,
+    out: str | os.PathLike[str],
+    *,
+    size: tuple[int, int],
+    batch_size: int = 4,
+    progress: Callable[[int, int], None] | None = None,
+    extra_metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Extract features for every frame of ``source`` at model input ``size`` into ``out``.
+
+    The tensor ``features`` is ``(T, C, h, w)`` in the extractor's dtype; the metadata entry
+    ``ditf_track`` (JSON) holds the frame names, sizes, the massive channels found on the first
+    batch (held for every frame) and the extractor's identity. ``progress(done, total)`` is
+    called after each batch.
+    """
+    frames_iter: Iterator[tuple[Sequence[str], np.ndarray]]
+    if isinstance(source, np.ndarray):
+        names: list[str] = ["image"]
+        original = source.shape[:2]
+        frames_iter = iter([(names, resize_image(source, size)[None])])
+    else:
+        names = list(source.frame_names)
+        original = (source.height, source.width)
+        frames_iter = (
+            ([names[i] for i in batch.positions], resize_frames(batch.frames, size))
+            for batch in source.iter_frames(batch_size=batch_size)
+        )
+    writer = StreamingSafetensorsWriter(out, "features", len(names))
+    channels: tuple[int, ...] | None = None
+    done = 0
+    try:
+        for batch_names, frames in frames_iter:
+            maps = extractor.extract(frames, massive_channels=channels)
+            if channels is None:
+                channels = tuple(maps.meta.get("massive_channels", maps.discarded_channels))
+                writer.metadata["ditf_track"] = json.dumps(
+                    {
+                        "version": __version__,
+                        "frame_names": names,
+                        "original_size": list(original),
+                        "input_size": list(size),
+                        "stride": maps.stride,
+                        "grid_size": list(maps.grid_size),
+                        "massive_channels": list(channels),
+                        "discarded_channels": list(maps.discarded_channels),
+                        "extractor": extractor.identity(),
+                        **(extra_metadata or {}),
+                    }
+                )
+            writer.write(maps.features)
+            done += len(batch_names)
+            if progress is not None:
+                progress(done, len(names))
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.close()
+
+
+def input_size_for(
+    source: VideoSource | np.ndarray,
+    *,
+    square: int | None,
+    short_side: int | None,
+    long_side: int | None,
+    multiple: int,
+) -> tuple[int, int]:
+    """The model input size: one of square / short side / long side, multiples of the stride."""
+    h, w = (
+        (source.shape[0], source.shape[1])
+        if isinstance(source, np.ndarray)
+        else (
+            source.height,
+            source.width,
+        )
+    )
+    return model_input_size(
+        h, w, square=square, short_side=short_side, long_side=long_side, multiple=multiple
+    )

@@ -1,0 +1,218 @@
+"""`ditf-track extract` and `ditf-track inspect` end to end on tiny models, and the help texts."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from ditf_track import cli
+from ditf_track.extractor import DiTFExtractor
+from ditf_track.testing import build_tiny_pipeline, plant_massive_channels
+
+DAVIS_DOG = "davis/JPEGImages/480p/dog"
+
+
+def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = cli.main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def metadata(path: Path) -> dict:
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads(f.metadata()["ditf_track"])
+
+
+def test_extract_image(
+    tiny_model: Callable[..., Path],
+    shared_data: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    folder = tiny_model("flux")
+    image = shared_data / DAVIS_DOG / "00000.jpg"
+    out = tmp_path / "dog.safetensors"
+    common = ["--model", str(folder), "--family", "flux", "--t", "90", "--k", "3"]
+    code, stdout, _ = run(
+        ["extract", str(image), "--size", "64", "--out", str(out), *common], capsys
+    )
+    assert code == 0
+    assert "1 frame(s) at 64x64" in stdout
+    features = load_file(str(out))["features"]
+    assert features.shape == (1, 32, 4, 4)
+    meta = metadata(out)
+    assert meta["frame_names"] == ["image"]
+    assert meta["original_size"] == [480, 854]
+    assert meta["input_size"] == [64, 64]
+    assert meta["extractor"]["t"] == 90
+    # the same numbers as the library on the same resized image
+    from ditf_track.images import read_image, resize_image
+
+    direct = DiTFExtractor.from_pretrained(folder, family="flux", t=90, k=3)
+    expected = direct.extract(resize_image(read_image(image), (64, 64))[None]).features
+    torch.testing.assert_close(features, expected)
+    # an existing output is not overwritten silently
+    code, _, err = run(["extract", str(image), "--size", "64", "--out", str(out), *common], capsys)
+    assert code == 1
+    assert err.count("\n") == 1
+    assert "--overwrite" in err
+
+
+def test_extract_frame_folder_and_video(
+    tiny_model: Callable[..., Path],
+    shared_data: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    folder = tiny_model("pixart")
+    common = ["--model", str(folder), "--family", "pixart", "--t", "141", "--k", "2"]
+    out = tmp_path / "dog.safetensors"
+    args = ["extract", str(shared_data / DAVIS_DOG), "--end", "3", "--short-side", "64"]
+    code, _, _ = run([*args, "--out", str(out), "--batch-size", "2", *common], capsys)
+    assert code == 0
+    features = load_file(str(out))["features"]
+    assert features.shape == (3, 24, 4, 7)  # 854x480 at short side 64 -> 112x64
+    meta = metadata(out)
+    assert meta["frame_names"] == ["00000", "00001", "00002"]
+    assert meta["input_size"] == [64, 112]
+    norms = features.float().norm(dim=1)
+    torch.testing.assert_close(norms, torch.ones_like(norms))
+    video = tmp_path / "bikes.safetensors"
+    args = ["extract", str(shared_data / "videos/bikes.mp4"), "--end", "4", "--stride", "2"]
+    code, _, _ = run([*args, "--short-side", "48", "--out", str(video), *common], capsys)
+    assert code == 0
+    assert load_file(str(video))["features"].shape[0] == 2
+    assert metadata(video)["frame_names"] == ["00000", "00002"]
+
+
+def test_inspect_finds_planted_channels(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = plant_massive_channels(build_tiny_pipeline("sd3", tmp_path / "m"), (3, 11), 400.0)
+    out = tmp_path / "inspect"
+    image = shared_data / DAVIS_DOG / "00010.jpg"
+    args = ["inspect", str(image), "--model", str(folder), "--family", "sd3", "--t", "300"]
+    code, stdout, _ = run([*args, "--k", "2", "--size", "64", "--out", str(out)], capsys)
+    assert code == 0
+    assert "massive channels (>= 100x median |z|): 3, 11" in stdout
+    summary = json.loads((out / "massive_channels.json").read_text())
+    assert summary["massive_channels"] == [3, 11]
+    assert summary["top_channels"][0]["channel"] in (3, 11)
+    rows = list(csv.DictReader((out / "stats.csv").open()))
+    assert len(rows) == 16
+    assert [int(r["channel"]) for r in rows if r["massive"] == "1"] == [3, 11]
+    assert float(rows[3]["max_over_median"]) > 100
+    for name in ("activations.png", "gate.png", "pca.png"):
+        with Image.open(out / name) as img:
+            assert img.width > 300
+            assert np.asarray(img).std() > 5  # something was drawn
+    assert not any(p.name.endswith(".incomplete") for p in tmp_path.iterdir())
+
+
+def test_cli_errors_are_one_line(
+    tiny_model: Callable[..., Path],
+    shared_data: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    image = str(shared_data / DAVIS_DOG / "00000.jpg")
+    out = str(tmp_path / "x.safetensors")
+    folder = str(tiny_model("pixart"))
+    cases = [
+        (["extract", image, "--out", out, "--preset", "nope"], "unknown preset 'nope'"),
+        (["extract", str(tmp_path / "missing.mp4"), "--out", out], "missing.mp4"),
+        (
+            [
+                "extract",
+                image,
+                "--out",
+                out,
+                "--model",
+                folder,
+                "--family",
+                "pixart",
+                "--t",
+                "1",
+                "--k",
+                "40",
+            ],
+            "k=40 is out of range",
+        ),
+        (["extract", image, "--out", out, "--model", folder], "needs --family"),
+        (
+            ["inspect", image, "--out", str(tmp_path / "i"), "--preset", "lab"],
+            "inspect needs a DiT",
+        ),
+    ]
+    if not torch.cuda.is_available():
+        cases.append(
+            (
+                [
+                    "extract",
+                    image,
+                    "--out",
+                    out,
+                    "--model",
+                    folder,
+                    "--family",
+                    "pixart",
+                    "--t",
+                    "1",
+                    "--k",
+                    "1",
+                    "--device",
+                    "cuda",
+                ],
+                "CUDA is not available",
+            )
+        )
+    for args, expected in cases:
+        code, _, err = run(args, capsys)
+        assert code == 1, args
+        assert err.startswith("ditf-track: error: ")
+        assert expected in err
+        assert err.count("\n") == 1
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def _walk(
+    parser: argparse.ArgumentParser, path: str = "ditf-track"
+) -> list[tuple[str, argparse.Action]]:
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                found += _walk(child, f"{path} {name}")
+        elif not isinstance(action, argparse._HelpAction):
+            found.append((path, action))
+    return found
+
+
+def test_every_option_has_help() -> None:
+    missing = [
+        f"{path} {'/'.join(a.option_strings) or a.dest}"
+        for path, a in _walk(cli.build_parser())
+        if not a.help or a.help == argparse.SUPPRESS
+    ]
+    assert missing == []
+
+
+@pytest.mark.parametrize("command", [[], ["extract"], ["inspect"]])
+def test_help_texts(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main([*command, "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: ditf-track")
+    for option in ("--preset", "--model", "--device", "--t", "--k") if command else ("--version",):
+        assert option in text
