@@ -54,7 +54,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import threading
 import time
 import zlib
@@ -71,9 +70,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ._atomic import atomic_path
 from .backbones.base import text_cache_dir
 from .devices import dtype_name, resolve_device
-from .errors import ConfigError
+from .errors import ConfigError, OutputError
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,6 @@ _FILE_FORMAT = f"ditf-track-features/{CACHE_FORMAT}"
 _CLIP_FORMAT = f"ditf-track-clip/{CACHE_FORMAT}"
 _TENSOR_NAME = "features"
 _SUFFIX = ".safetensors"
-_TEMP_SUFFIX = ".tmp"
 _KEY_PATTERN = re.compile(r"[0-9a-f]{16,128}")
 
 #: Memory budget when none is given: 8 GB holds 204 Flux frames at 60×106 tokens in bf16
@@ -289,16 +288,29 @@ def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     return text_cache_dir(cache_dir).parent
 
 
-def _scan(folder: Path, suffix: str) -> list[os.DirEntry[str]]:
+def _is_temp(name: str) -> bool:
+    # atomic_path's ".<stem>.<hex>.tmp<suffix>", and the text cache's "<name>.tmp<pid>".
+    return ".tmp" in name
+
+
+def _scan(folder: Path, suffix: str | None) -> list[os.DirEntry[str]]:
+    """Entries named ``*<suffix>`` (not temporary) in ``folder``; temporary ones if ``None``."""
     try:
         with os.scandir(folder) as entries:
-            return [e for e in entries if e.name.endswith(suffix) and e.is_file()]
+            return [
+                e
+                for e in entries
+                if e.is_file()
+                and (
+                    _is_temp(e.name)
+                    if suffix is None
+                    else e.name.endswith(suffix)
+                    and not e.name.startswith(".")
+                    and not _is_temp(e.name)
+                )
+            ]
     except FileNotFoundError:
         return []
-
-
-def _is_temp(name: str) -> bool:
-    return name.startswith(".") and name.endswith(_TEMP_SUFFIX)
 
 
 @dataclass(frozen=True)
@@ -349,7 +361,7 @@ def cache_info(
     root = cache_root(cache_dir)
     features = _scan(root / "features", _SUFFIX)
     texts = _scan(root / "text", _SUFFIX)
-    temps = [e for f in ("features", "clips", "text") for e in _scan(root / f, _TEMP_SUFFIX)]
+    temps = [e for f in ("features", "clips", "text") for e in _scan(root / f, None)]
     return CacheInfo(
         directory=root,
         feature_files=len(features),
@@ -357,7 +369,7 @@ def cache_info(
         clip_files=len(_scan(root / "clips", ".json")),
         text_files=len(texts),
         text_bytes=sum(e.stat().st_size for e in texts),
-        temp_files=sum(_is_temp(e.name) for e in temps),
+        temp_files=len(temps),
         disk_budget=None if disk_budget is None else parse_size(disk_budget),
         device_budget=None if device_budget is None else parse_size(device_budget),
     )
@@ -387,26 +399,12 @@ def clear_cache(
     """
     root = cache_root(cache_dir)
     folders = ["features", "clips", *(["text"] if text else [])]
-    temps = [e for f in folders for e in _scan(root / f, _TEMP_SUFFIX) if _is_temp(e.name)]
+    temps = [e for f in folders for e in _scan(root / f, None)]
     n_temp, _ = _delete(temps)
     n_feat, b_feat = _delete(_scan(root / "features", _SUFFIX))
     n_clip, _ = _delete(_scan(root / "clips", ".json"))
     n_text, b_text = _delete(_scan(root / "text", _SUFFIX)) if text else (0, 0)
     return ClearResult(n_feat, b_feat, n_clip, n_text, b_text, n_temp)
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """``write(tmp)`` a file beside ``path``, then ``os.replace`` it there; no partial files."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TEMP_SUFFIX)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _tensor_bytes(t: torch.Tensor) -> memoryview:
@@ -565,7 +563,8 @@ class FeatureCache:
                 self._remember(key, tensor)
             return tensor
         path = self.path(key)
-        loaded = None if path is None else self._read(path, key)
+        # CPU: copy the file's bytes out of the mapping; CUDA: the upload below is that copy.
+        loaded = None if path is None else self._read(path, key, copy=self.device.type == "cpu")
         with self._lock:
             if loaded is None:
                 self._stats.misses += 1
@@ -679,12 +678,10 @@ class FeatureCache:
             return
         document = canonical_json({"format": _CLIP_FORMAT, "key": key, "meta": json.loads(text)})
 
-        def write(tmp: str) -> None:
-            Path(tmp).write_text(document, encoding="utf-8")
-
         try:
-            _atomic_write(self.clips_dir / f"{key}.json", write)
-        except OSError as exc:
+            with atomic_path(self.clips_dir / f"{key}.json", "clip metadata") as tmp:
+                tmp.write_text(document, encoding="utf-8")
+        except OutputError as exc:
             self._count_write_error(f"clip metadata {key[:12]}", exc)
 
     # -- folder ------------------------------------------------------------------------------
@@ -779,10 +776,8 @@ class FeatureCache:
             except FileNotFoundError:
                 replaced = 0
 
-            def write(tmp: str) -> None:
-                save_file({_TENSOR_NAME: host}, tmp, metadata=metadata)
-
-            _atomic_write(path, write)
+            with atomic_path(path, "feature map") as tmp:
+                save_file({_TENSOR_NAME: host}, str(tmp), metadata=metadata)
             size = path.stat().st_size
             with self._lock:
                 self._stats.disk_writes += 1
@@ -826,8 +821,12 @@ class FeatureCache:
             self._stats.disk_evictions += 1
         self._disk_bytes = total
 
-    def _read(self, path: Path, key: str) -> torch.Tensor | None:
-        """Load and verify one file; ``None`` when absent or damaged (then deleted)."""
+    def _read(self, path: Path, key: str, copy: bool = True) -> torch.Tensor | None:
+        """Load and verify one file; ``None`` when absent or damaged (then deleted).
+
+        ``copy=False`` may return a tensor backed by a read-only mapping of the file; that is
+        safe because cache files are only ever replaced by rename, never changed in place.
+        """
         try:
             before = os.stat(path)
         except FileNotFoundError:
@@ -835,8 +834,9 @@ class FeatureCache:
         try:
             with safe_open(str(path), framework="pt") as f:
                 metadata = f.metadata() or {}
-                # safe_open may map the file: copy, so a later deletion cannot affect the map.
-                tensor = f.get_tensor(_TENSOR_NAME).clone()
+                tensor = f.get_tensor(_TENSOR_NAME)
+                if copy:
+                    tensor = tensor.clone()
         except FileNotFoundError:
             return None
         except Exception as exc:
@@ -896,9 +896,9 @@ class FeatureCache:
         assert self.root is not None
         cutoff = time.time() - _STALE_TEMP_SECONDS
         for folder in (self.features_dir, self.clips_dir):
-            for e in _scan(folder, _TEMP_SUFFIX):
+            for e in _scan(folder, None):
                 with contextlib.suppress(OSError):
-                    if _is_temp(e.name) and e.stat().st_mtime < cutoff:
+                    if e.stat().st_mtime < cutoff:
                         os.unlink(e.path)
 
     def _count_write_error(self, what: str, exc: BaseException) -> None:

@@ -494,15 +494,19 @@ def test_queued_writes_land_at_interpreter_exit(tmp_path: Path) -> None:
 def test_stale_temp_files_are_removed_on_open(tmp_path: Path) -> None:
     folder = tmp_path / "features"
     folder.mkdir()
-    stale = folder / ".abc.safetensors.x1.tmp"
-    fresh = folder / ".def.safetensors.x2.tmp"
+    stale = folder / f".{key(0)}.0123456789ab.tmp.safetensors"  # as atomic_path names them
+    fresh = folder / f".{key(1)}.ba9876543210.tmp.safetensors"
     stale.write_bytes(b"partial")
     fresh.write_bytes(b"partial")  # maybe another process writing right now
     os.utime(stale, (time.time() - 7200, time.time() - 7200))
-    FeatureCache(tmp_path)
+    cache = FeatureCache(tmp_path)
     assert not stale.exists()
     assert fresh.exists()
-    assert cache_info(tmp_path).temp_files == 1
+    info = cache_info(tmp_path)
+    assert (info.temp_files, info.feature_files) == (1, 0)  # never taken for a feature file
+    assert cache.get(key(1)) is None
+    assert clear_cache(tmp_path).temp_files == 1
+    assert not fresh.exists()
 
 
 # -- clip metadata -----------------------------------------------------------------------------
