@@ -79,6 +79,7 @@ def main() -> None:
     host = frame.cpu()
     data = host.reshape(-1).view(torch.uint8).numpy().data
     n = args.repeats
+    load = os.getloadavg()[0]
     rows: list[tuple[str, float]] = []
 
     def checksum_ms(fn: Callable[[], object]) -> float:
@@ -147,11 +148,12 @@ def main() -> None:
     lines = [
         f"`python benchmarks/cache.py --device {args.device} --repeats {n}` on "
         f"{device_name(args.device)}; tensor {format_size(host.numel() * 2)}, file "
-        f"{format_size(file_size)}; median of {n} (machine shared with other jobs).",
+        f"{format_size(file_size)}; median of {n}; load average {load:.1f} at the start "
+        "(machine shared with other jobs).",
         "",
-        f"| {'measurement':<{width}} |      ms |",
-        f"|{'-' * (width + 2)}|--------:|",
-        *(f"| {name:<{width}} | {ms:7.2f} |" for name, ms in rows),
+        f"| {'measurement':<{width}} |       ms |",
+        f"|{'-' * (width + 2)}|---------:|",
+        *(f"| {name:<{width}} | {ms:8.3f} |" for name, ms in rows),
     ]
     body = "\n".join(lines)
     print(f"{title}\n\n{body}")
