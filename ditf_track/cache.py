@@ -14,10 +14,11 @@ run on the same video must extract nothing. So every map goes through this cache
 Write policy: **write-through on put**, performed by one background thread. Every put reaches
 disk without relying on an eviction or a final flush, so a crash or Ctrl-C loses at most the
 few writes still queued (``max_pending_writes``), and the extractor does not wait for the
-~60 ms that checksumming and writing a Flux frame cost on a 2-core CPU. The queue is drained by
-:meth:`FeatureCache.flush` / :meth:`~FeatureCache.close`, and at interpreter exit (the
-executor's worker threads are joined then). Write-on-eviction would save writes only for clips
-that fit in memory, and would lose the whole clip on a crash.
+60-100 ms that checksumming and writing a Flux frame cost on a 2-core CPU
+(``benchmarks/cache.py``). The queue is drained by :meth:`FeatureCache.flush` /
+:meth:`~FeatureCache.close`, and at interpreter exit (the executor's worker threads are joined
+then). Write-on-eviction would save writes only for clips that fit in memory, and would lose
+the whole clip on a crash.
 
 Files are written under a temporary name in the same folder and moved into place with
 ``os.replace``, so a reader sees either no file or a complete one. Each file's safetensors
