@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .backbones import TOKEN_STRIDE, BlockCapture, DiTBackbone, backbone_class
+from .backbones.base import folder_fingerprint
 from .devices import dtype_name, out_of_memory_as_error, resolve_device, resolve_dtype
 from .errors import ConfigError, InputError
 from .features import (
@@ -165,6 +166,7 @@ class DiTFExtractor:
             "family": b.family,
             "model": b.model_id,
             "revision": b.revision,
+            "model_files": folder_fingerprint(b.model_id, ("transformer", "vae")),
             "dtype": dtype_name(b.dtype),
             "stride": self.stride,
             **self.settings.to_dict(),
