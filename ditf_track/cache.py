@@ -576,6 +576,18 @@ class FeatureCache:
             self._remember(key, tensor)
         return tensor
 
+    def contains(self, key: str) -> bool:
+        """Whether ``key`` is in memory, queued, or has a file — without reading or verifying it.
+
+        For planning (how many frames to extract); :meth:`get` may still miss a damaged file.
+        """
+        _check_key(key)
+        with self._lock:
+            if key in self._memory or key in self._pending:
+                return True
+        path = self.path(key)
+        return path is not None and path.is_file()
+
     def get_many(self, keys: Sequence[str]) -> list[torch.Tensor | None]:
         """:meth:`get` for each key, in order; ``None`` marks the frames to extract."""
         return [self.get(key) for key in keys]

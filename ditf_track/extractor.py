@@ -156,6 +156,10 @@ class DiTFExtractor:
             )
         return cls(backbone, settings, batch_size=batch_size, preset=preset)
 
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.device
+
     # -- protocol ----------------------------------------------------------------------------
     def identity(self) -> dict[str, Any]:
         """Everything that changes the features (cache keys, config.json)."""
