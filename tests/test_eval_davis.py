@@ -576,3 +576,21 @@ def test_binary_mode_and_mixed_styles(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="mixes DAVIS-2016 binary"):
         evaluate_davis(pred, gt)
     assert evaluate_davis(pred, gt, mode="binary", workers=1).metrics()["J&F-Mean"] == 1.0
+
+
+def test_cli_set_names_the_csvs_and_bad_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pred, gt = _tiny_case(tmp_path)
+    args = ["eval", "davis", "--pred", str(pred), "--gt", str(gt), "--workers", "1"]
+    assert cli.main([*args, "--set", "train", "--csv", str(tmp_path / "out")]) == 0
+    assert "Global results for train" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "global_results-train.csv",
+        "per-sequence_results-train.csv",
+    ]
+    assert cli.main(["eval", "davis", "--pred", str(pred)]) == 1
+    assert "--pred needs --gt" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        cli.main([*args, "--workers", "0"])
+    assert exc.value.code == 2

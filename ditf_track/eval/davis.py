@@ -2,11 +2,12 @@
 
 Protocol (facts read in ``davisvideochallenge/davis2017-evaluation`` at commit
 ``ac7c43fca936f9722837b7fbd337d284ba37004b``: ``davis2017/metrics.py``, ``evaluation.py``,
-``davis.py``, ``results.py``, ``utils.py``, ``evaluation_method.py``); our numbers equal that
-tool's (checked to 1e-12 on real OSVOS predictions, see ``tests/test_eval_davis.py``):
+``davis.py``, ``results.py``, ``utils.py``, ``evaluation_method.py``). Our numbers equal that
+tool's to the last bit on the shared OSVOS predictions and on a multi-object case, and our CSVs
+equal its CSVs byte for byte (``tests/test_eval_davis.py``, ``benchmarks/eval_davis.py``):
 
-* **Frames scored**: the ground-truth frames of a sequence in file-name order, without the first
-  and the last one. Only those prediction frames are read.
+* **Frames scored**: the ground-truth frames of a sequence (``*.png`` sorted by file name),
+  without the first and the last one. Only those prediction frames are read.
 * **Objects**: the number of objects N is the largest id in the *first* ground-truth frame; ids
   1..N are scored, one row each, named ``<sequence>_<id>``. Ground-truth ids above N in later frames
   are never scored. A prediction id above N is an error (the official tool aborts).
@@ -18,8 +19,9 @@ tool's (checked to 1e-12 on real OSVOS predictions, see ``tests/test_eval_davis.
   ``ceil(0.008 · sqrt(H² + W²))`` (8 px at 480×854; ``bound_th`` ≥ 1 is a radius in pixels);
   precision = matched prediction-boundary pixels / prediction-boundary pixels, recall likewise for
   the ground truth, F = 2PR / (P + R). An empty boundary on one side gives P or R = 1 and the
-  other 0; both empty give F = 1. Masks are never resized: prediction and ground truth must have
-  the same size (the official tool asserts it).
+  other 0; both empty give F = 1. Masks are never resized: ``seg2bmap``'s rescaling branch is
+  never reached (it is called without a target size), and a prediction whose size differs from
+  the ground truth fails the official tool's shape assertion; here it is an :class:`InputError`.
 * **Statistics per object**: Mean; Recall = fraction of frames with a value > 0.5; Decay = mean of
   the first quarter minus mean of the last quarter, with the official quarter edges
   ``round(linspace(1, n, 5) + 1e-10) - 1`` (cast to uint8 there, so they wrap for n > 256; we keep
@@ -34,7 +36,7 @@ when every sequence's first ground-truth frame holds only 0 and 255.
 
 Speed: the official tool scores each object on the whole frame; here every (frame, object) is cut to
 the bounding box of prediction ∪ ground truth (plus the one-pixel boundary margin), which gives the
-same boundary maps, dilations and counts, and the work is spread over a process pool.
+same boundary maps, dilations and counts, and chunks of frames are spread over worker processes.
 """
 
 from __future__ import annotations
@@ -47,10 +49,11 @@ import logging
 import math
 import multiprocessing
 import os
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -464,7 +467,11 @@ def read_label_png(path: Path) -> NDArray[np.uint8]:
 
 
 def _png_stems(folder: Path) -> list[str]:
-    return sorted(p.name[: -len(".png")] for p in folder.iterdir() if p.name.endswith(".png"))
+    """Frame stems in the official order: ``*.png`` (no hidden files), sorted by file name."""
+    names = sorted(
+        p.name for p in folder.glob("*.png") if not p.name.startswith(".") and p.is_file()
+    )
+    return [name[: -len(".png")] for name in names]
 
 
 @dataclass(frozen=True)
@@ -589,10 +596,16 @@ def _default_workers() -> int:
 
 
 def _executor(workers: int) -> Executor:
-    # fork where it exists: the workers then need no fresh imports (start-up stays ~ms).
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
-    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    """A process pool started by fork on Linux, else a thread pool.
+
+    fork gives workers the parent's imports at no cost and needs no ``__main__`` guard in the
+    caller's script (spawn/forkserver would re-import it); it is Linux's long-standing default,
+    also for PyTorch's DataLoader. Elsewhere fork is unsafe (macOS) or missing (Windows); there
+    threads still overlap PNG decoding and OpenCV, which release the GIL.
+    """
+    if sys.platform.startswith("linux"):
+        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+    return ThreadPoolExecutor(workers)
 
 
 def _chunks(plan: _SequencePlan, mode: Mode, bound_th: float) -> Iterator[_Task]:
@@ -616,9 +629,9 @@ def evaluate_davis(
 
     ``sequences``: names to score, in this order (default: every folder of ``gt_root``, sorted).
     ``mode``: ``"multi"`` (DAVIS-2017 palette ids) or ``"binary"`` (DAVIS-2016 {0, 255}); None picks
-    binary when every first ground-truth frame holds only 0 and 255. ``workers``: processes
-    (default: the usable CPU cores; 1 runs in this process). ``progress(done, total, sequence)``
-    is called as each sequence finishes.
+    binary when every first ground-truth frame holds only 0 and 255. ``workers``: parallel workers,
+    processes on Linux and threads elsewhere (default: the usable CPU cores; 1 runs in this
+    process). ``progress(done, total, sequence)`` is called as each sequence finishes.
     """
     pred_dir, gt_dir = Path(pred_root), Path(gt_root)
     if not gt_dir.is_dir():
@@ -684,9 +697,14 @@ def evaluate_davis(
     else:
         pool = _executor(n_workers)
         try:
-            # map keeps task order, so each sequence's chunks arrive in frame order.
-            for task, piece in zip(tasks, pool.map(_run_task, tasks)):
-                collect(task, piece)
+            with warnings.catch_warnings():
+                # Python >= 3.12 warns on fork in a process with threads, which numpy's and
+                # OpenCV's imports always start. The workers only decode PNGs and run numpy and
+                # OpenCV on their own arrays (as DataLoader workers do under the same warning).
+                warnings.filterwarnings("ignore", ".*fork.*", DeprecationWarning)
+                # map keeps task order, so each sequence's chunks arrive in frame order.
+                for task, piece in zip(tasks, pool.map(_run_task, tasks)):
+                    collect(task, piece)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
