@@ -175,12 +175,17 @@ def _best_time(fn: Callable[[], Objects], repeat: int) -> tuple[float, Objects]:
 
 
 def _max_diff(ours: Objects, ref: Objects) -> str:
-    """Largest |difference| over the keys both report, or which objects differ in the set."""
-    if set(ours) != set(ref):
-        extra = sorted(set(ours) ^ set(ref))
-        return f"objects differ: {', '.join(extra[:3])}"
-    diffs = [abs(ours[o][k] - ref[o][k]) for o in ref for k in ref[o] if k in ours[o]]
-    return f"{max(diffs):.1e}"
+    """Largest |difference| over the objects and keys both report; objects only one reports."""
+    common = [o for o in ref if o in ours]
+    diffs = [abs(ours[o][k] - ref[o][k]) for o in common for k in ref[o] if k in ours[o]]
+    text = f"{max(diffs):.1e}" if diffs else "n/a"
+    extra = sorted(set(ours) - set(ref))
+    missing = sorted(set(ref) - set(ours))
+    if extra:
+        text += f" (also scores {', '.join(extra)})"
+    if missing:
+        text += f" (misses {', '.join(missing)})"
+    return text
 
 
 def _global(objects: Objects) -> float:
@@ -227,6 +232,7 @@ def main() -> None:
     args = parser.parse_args()
 
     davis: Path = args.davis
+    load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     evaluation_cls, official_commit = _load_official(args.official, args.official_git)
     try:
         import vos_benchmark  # noqa: F401
@@ -321,6 +327,7 @@ def main() -> None:
             for csv_text in official_csv_texts[case]:
                 print(repr(csv_text))
 
+    load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     if not args.no_append:
         results = REPO / "benchmarks" / "RESULTS.md"
         if not results.exists():
@@ -332,6 +339,8 @@ def main() -> None:
         section = (
             f"\n## DAVIS J&F evaluator (`benchmarks/eval_davis.py`)\n\n"
             f"- date: {now}\n- device: {_device()}\n- commit: {_commit()}\n"
+            f"- 1-min load average at start / end: {load_start:.2f} / {load_end:.2f} "
+            "(other processes share these cores)\n"
             f"- official: davis2017-evaluation {official_commit[:12]}; seconds are the best of "
             f"{args.repeat} runs of the whole evaluation (PNG reading included)\n\n{text}\n"
         )
