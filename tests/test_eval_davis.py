@@ -314,6 +314,22 @@ def test_in_memory_sequence_equals_files(multi_case: tuple[Path, Path]) -> None:
     assert np.array_equal(in_memory.f, from_files.sequences[0].f)
 
 
+def test_read_label_png_equals_pil_values(shared_data: Path, tmp_path: Path) -> None:
+    davis = shared_data / "davis"
+    pngs = sorted((davis / "Annotations" / "480p" / "dog").glob("*.png"))[:5]
+    pngs += sorted((davis / "Predictions" / "osvos" / "480p" / "bmx-trees").glob("*.png"))[:5]
+    odd = np.arange(7 * 13, dtype=np.uint8).reshape(7, 13)
+    save_palette_png(odd, tmp_path / "odd.png")
+    Image.fromarray(odd > 40).save(tmp_path / "bits.png")  # mode "1"
+    for png in [*pngs, tmp_path / "odd.png", tmp_path / "bits.png"]:
+        with Image.open(png) as image:
+            expected = np.asarray(image).astype(np.uint8)
+        got = read_label_png(png)
+        assert got.dtype == np.uint8
+        assert np.array_equal(got, expected), png
+    assert np.array_equal(read_label_png(tmp_path / "odd.png"), odd)
+
+
 # ----------------------------------------------------------------------------- properties
 
 

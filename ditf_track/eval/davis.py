@@ -447,13 +447,30 @@ def evaluate_sequence(
 # ----------------------------------------------------------------------------- files
 
 
+def _pixels(image: Image.Image) -> NDArray[np.uint8]:
+    """``(H, W)`` uint8 copy of a decoded P or L image's pixel values.
+
+    ``np.asarray(image)`` goes through ``tobytes()``, which costs about as much as decoding the
+    PNG (0.4 ms per 480p frame). Instead the pixels are pasted once into a numpy buffer that an
+    image made by ``Image.frombuffer`` shares (the documented zero-copy "raw" mapping).
+    """
+    image.load()
+    width, height = image.size
+    if image.mode not in ("P", "L") or width == 0 or height == 0:
+        return np.asarray(image, dtype=np.uint8)
+    out = np.empty((height, width), dtype=np.uint8)
+    shared = Image.frombuffer(image.mode, (width, height), out, "raw", image.mode, 0, 1)
+    shared.im.paste(image.im, (0, 0, width, height))
+    return out
+
+
 def read_label_png(path: Path) -> NDArray[np.uint8]:
     """``(H, W)`` uint8 ids of a palette (P), grayscale (L) or 1-bit PNG (indices, not colours)."""
     try:
         with Image.open(path) as image:
             image_mode = image.mode
             if image_mode in _READABLE_MODES:
-                return np.asarray(image, dtype=np.uint8)
+                return _pixels(image)
     except FileNotFoundError:
         raise InputError(
             f"mask {path} does not exist; write one PNG per frame named like the ground truth"
