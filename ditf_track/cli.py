@@ -78,10 +78,11 @@ def _add_eval_davis(eval_sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--sequences",
-        metavar="A,B",
-        type=_comma_list,
-        help="comma-separated sequences to score, in this order (default: every sequence "
-        "folder of the ground truth)",
+        metavar="A,B|LIST.txt",
+        type=_sequence_list,
+        help="sequences to score, in this order: comma-separated names, or a text file with one "
+        "name per line such as DAVIS/ImageSets/2017/val.txt (default: every sequence folder of "
+        "the ground truth)",
     )
     parser.add_argument(
         "--mode",
@@ -116,10 +117,18 @@ def _add_eval_davis(eval_sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_run_eval_davis)
 
 
-def _comma_list(text: str) -> list[str]:
-    names = [name.strip() for name in text.split(",") if name.strip()]
+def _sequence_list(text: str) -> list[str]:
+    """Names from ``a,b,c`` or from a file with one name per line (DAVIS ImageSets style)."""
+    path = Path(text)
+    if path.is_file():
+        try:
+            names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise argparse.ArgumentTypeError(f"cannot read sequence list {path}: {exc}") from None
+    else:
+        names = [name.strip() for name in text.split(",") if name.strip()]
     if not names:
-        raise argparse.ArgumentTypeError(f"no names in {text!r}; use e.g. blackswan,dog")
+        raise argparse.ArgumentTypeError(f"no sequence names in {text!r}; use e.g. blackswan,dog")
     return names
 
 

@@ -605,6 +605,9 @@ def test_cli_set_names_the_csvs_and_bad_options(
         "global_results-train.csv",
         "per-sequence_results-train.csv",
     ]
+    (tmp_path / "val.txt").write_text("seq\n\n")
+    assert cli.main([*args, "--sequences", str(tmp_path / "val.txt")]) == 0
+    assert "seq_1" in capsys.readouterr().out
     assert cli.main(["eval", "davis", "--pred", str(pred)]) == 1
     assert "--pred needs --gt" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
