@@ -361,7 +361,7 @@ def main() -> None:
             "(other processes share these cores)\n"
             f"- official: davis2017-evaluation {official_commit[:12]}; seconds are the best of "
             f"{args.repeat} interleaved runs of the whole evaluation (PNG reading included); "
-            "CPU s counts the worker processes too\n\n{text}\n"
+            f"CPU s counts the worker processes too\n\n{text}\n"
         )
         with results.open("a") as fh:
             fh.write(section)
