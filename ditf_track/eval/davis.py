@@ -692,6 +692,8 @@ def evaluate_davis(
         )
 
     tasks = [task for plan in plans for task in _chunks(plan, mode, bound_th)]
+    for plan in plans:  # cached here, so that forked workers inherit it (and skimage's import)
+        disk_footprint(boundary_radius(*plan.shape, bound_th))
     n_workers = min(_default_workers() if workers is None else workers, len(tasks))
     pieces: dict[str, list[tuple[NDArray[np.float64], NDArray[np.float64]]]] = {
         p.name: [] for p in plans
