@@ -61,6 +61,7 @@ def _add_eval_davis(eval_sub: argparse._SubParsersAction) -> None:
             "diagonal. Prints the official global and per-sequence tables."
         ),
     )
+    # Where the masks to score come from: exactly one source per run.
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--pred",
