@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ._version import __version__
-from .errors import DitfError
+from .errors import ConfigError, DitfError
 
 log = logging.getLogger("ditf_track")
 
@@ -601,11 +601,162 @@ def _add_cache(sub: argparse._SubParsersAction) -> None:
         action.set_defaults(handler=handler)
 
 
+# -- eval -------------------------------------------------------------------------------------
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    """``ditf-track eval <benchmark>``: one sub-subcommand per evaluator (``_add_eval_*``)."""
+    parser = sub.add_parser(
+        "eval",
+        help="score results on a standard benchmark",
+        description="Score results on a standard benchmark with its official protocol.",
+    )
+    eval_sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
+    for add in _EVAL_BENCHMARKS:
+        add(eval_sub)
+
+
+def _add_eval_davis(eval_sub: argparse._SubParsersAction) -> None:
+    parser = eval_sub.add_parser(
+        "davis",
+        help="DAVIS video object segmentation: J&F (region J, boundary F)",
+        description=(
+            "DAVIS semi-supervised J&F with the official davis2017-evaluation conventions: the "
+            "first and last frame are not scored, objects are the ids of the first ground-truth "
+            "frame, ground-truth 255 counts as background, boundary tolerance 0.008 of the "
+            "diagonal. Prints the official global and per-sequence tables."
+        ),
+    )
+    # Where the masks to score come from: exactly one source per run.
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--pred",
+        metavar="PRED_ROOT",
+        type=Path,
+        help="folder of predicted masks, <sequence>/<frame>.png (palette or grayscale ids), "
+        "named like the ground-truth frames",
+    )
+    parser.add_argument(
+        "--gt",
+        metavar="GT_ROOT",
+        type=Path,
+        help="ground-truth folder, <sequence>/<frame>.png (e.g. DAVIS/Annotations/480p); "
+        "required with --pred",
+    )
+    parser.add_argument(
+        "--sequences",
+        metavar="A,B|LIST.txt",
+        type=_sequence_list,
+        help="sequences to score, in this order: comma-separated names, or a text file with one "
+        "name per line such as DAVIS/ImageSets/2017/val.txt (default: every sequence folder of "
+        "the ground truth)",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=("multi", "binary"),
+        help="multi: DAVIS-2017 palette ids, scored per object; binary: DAVIS-2016 {0,255} "
+        "masks, one object (ground truth > 0 against prediction > 0). Default: binary when every "
+        "first ground-truth frame holds only 0 and 255, else multi",
+    )
+    parser.add_argument(
+        "--json", metavar="OUT.json", type=Path, help="also write the metrics as JSON here"
+    )
+    parser.add_argument(
+        "--csv",
+        metavar="DIR",
+        type=Path,
+        help="also write the official global_results-<set>.csv and "
+        "per-sequence_results-<set>.csv into this folder",
+    )
+    parser.add_argument(
+        "--set",
+        dest="subset",
+        metavar="SET",
+        default="val",
+        help="subset name used in the CSV file names and table titles (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--workers",
+        metavar="N",
+        type=_positive_int,
+        help="processes to score with (default: the number of usable CPU cores; 1 = no pool)",
+    )
+    parser.set_defaults(handler=_run_eval_davis)
+
+
+def _sequence_list(text: str) -> list[str]:
+    """Names from ``a,b,c`` or from a file with one name per line (DAVIS ImageSets style)."""
+    path = Path(text)
+    if path.is_file():
+        try:
+            names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise argparse.ArgumentTypeError(f"cannot read sequence list {path}: {exc}") from None
+    else:
+        names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"no sequence names in {text!r}; use e.g. blackswan,dog")
+    return names
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _format_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Right-aligned columns like pandas' to_string(index=False); floats with 3 decimals."""
+    cells = [list(columns)] + [
+        [v if isinstance(v, str) else f"{v:.3f}" for v in row] for row in rows
+    ]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    return "\n".join(
+        " ".join(cell.rjust(width) for cell, width in zip(line, widths)) for line in cells
+    )
+
+
+def _run_eval_davis(args: argparse.Namespace) -> int:
+    from .eval.davis import evaluate_davis, write_davis_csvs, write_davis_json
+
+    if args.gt is None:
+        raise ConfigError("--pred needs --gt GT_ROOT (the folder of <sequence>/<frame>.png)")
+
+    def progress(done: int, total: int, name: str) -> None:
+        log.info("[%d/%d] %s", done, total, name)
+
+    result = evaluate_davis(
+        args.pred,
+        args.gt,
+        sequences=args.sequences,
+        mode=args.mode,
+        workers=args.workers,
+        progress=progress,
+    )
+    global_columns, global_rows = result.global_table()
+    rule = "-" * 27
+    print(f"{rule} Global results for {args.subset} {rule}")
+    print(_format_table(global_columns, global_rows))
+    seq_columns, seq_rows = result.per_sequence_table()
+    print(f"\n---------- Per sequence results for {args.subset} ----------")
+    print(_format_table(seq_columns, seq_rows))
+    if args.json is not None:
+        print(f"\nmetrics written to {write_davis_json(result, args.json)}")
+    if args.csv is not None:
+        paths = write_davis_csvs(result, args.csv, args.subset)
+        print(f"CSVs written to {paths[0]} and {paths[1]}")
+    return 0
+
+
+_EVAL_BENCHMARKS: list[Callable[[argparse._SubParsersAction], None]] = [_add_eval_davis]
 _SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_track,
     _add_extract,
     _add_inspect,
     _add_cache,
+    _add_eval,
 ]
 
 
