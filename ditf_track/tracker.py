@@ -266,10 +266,8 @@ class Tracker:
             )
         first = min(state.annotations, default=None)
         state.annotations[frame_idx] = _Annotation(labels, ids)
+        # The segment this frame falls in now ends before it; its earlier frames do not change.
         state.dirty.add(frame_idx)
-        earlier = [a for a in state.annotations if a < frame_idx]
-        if earlier:
-            state.dirty.add(max(earlier))  # its segment now ends before frame_idx
         if first is None or frame_idx <= first:
             state.backward_dirty = True
         return ids
