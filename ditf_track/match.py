@@ -26,8 +26,10 @@ the same channels and their cosine similarities stay comparable; ``PairFeatures`
   bilinearly upsampled (``align_corners=False``) to the target's original size, each pixel
   L2-normalised, and the argmax is taken over every pixel, so predictions are whole pixels.
   The official script materialises that map (a 3072-channel map at 500×375 is ~1.1 GB in fp16,
-  per image); here it is evaluated in chunks of target rows (``chunk_bytes``, 256 MiB), which
-  gives the same maxima with bounded memory, at ``N × H × W × C`` multiply-adds.
+  per image). Here the same cosines come from the grid: the numerator is the upsampled
+  similarity map and the pixel's norm a quadratic form in its four cells' dot products (see
+  ``_nearest_pixel``), so memory is ``N × H × W`` floats (chunked over queries to
+  ``chunk_bytes``) and the cost does not grow with C per pixel.
 * ``upsample=False``: the argmax is over the target's grid cells (16 model-input pixels), the
   prediction is the cell centre, or a sub-cell position with ``refine=SoftArgmax()``. Much
   cheaper; quantised to cells unless refined.
@@ -197,23 +199,76 @@ def nearest_in_target(
 def _nearest_pixel(
     q: torch.Tensor, target: ImageFeatures, chunk_bytes: int
 ) -> tuple[np.ndarray, np.ndarray]:
+    """Argmax of the cosine over every pixel of the target map upsampled to its image size.
+
+    Bilinear upsampling is linear, so the cosine of a query with the upsampled, re-normalised
+    vector ``v = Σ w_k F_k`` (the 4 corner cells, border-clamped as ``F.interpolate`` does) is
+    ``Σ w_k (q·F_k) / ‖Σ w_k F_k‖``: the numerator is the bilinear upsampling of the grid's
+    similarity map, and ``‖v‖² = Σ_kl w_k w_l (F_k·F_l)`` needs only the dot products of each
+    cell with its right, lower and two diagonal neighbours. Same numbers as materialising the
+    ``(C, H, W)`` map, without its ``C × H × W`` memory and time.
+    """
     height, width = target.image_hw
-    rows = max(1, int(chunk_bytes // max(1, width * target.dim * 4)))
-    best = torch.full((len(q),), -math.inf, device=q.device)
-    best_idx = torch.zeros(len(q), dtype=torch.long, device=q.device)
-    xs = np.arange(width, dtype=np.float32)
-    for r0 in range(0, height, rows):
-        r1 = min(height, r0 + rows)
-        ys = np.arange(r0, r1, dtype=np.float32)
-        pts = np.stack(np.meshgrid(ys, xs, indexing="ij"), axis=-1).reshape(-1, 2)
-        desc = target.descriptors_at(pts)  # (P, C), the upsampled map at those pixels
-        value, index = (q @ desc.T).max(dim=1)
-        better = value > best
-        best = torch.where(better, value, best)
-        best_idx = torch.where(better, index + r0 * width, best_idx)
-    idx = best_idx.cpu().numpy()
+    h, w = target.grid_hw
+    f = target.features.float()
+    # Dot products of each cell with its neighbours, the grid padded by replicating its last
+    # row and column (the border clamp of the upsampling).
+    pad = F.pad(f[None], (0, 1, 0, 1), mode="replicate")[0]  # (C, h + 1, w + 1)
+    c00, c01 = pad[:, :h, :w], pad[:, :h, 1:]
+    c10, c11 = pad[:, 1:, :w], pad[:, 1:, 1:]
+    self_dot = (c00 * c00).sum(0)
+    right = (c00 * c01).sum(0)
+    down = (c00 * c10).sum(0)
+    diag = (c00 * c11).sum(0)
+    anti = (c01 * c10).sum(0)
+    y0, y1, wy = _source_index(height, h, f.device)
+    x0, x1, wx = _source_index(width, w, f.device)
+    a, b = (1 - wy)[:, None], wy[:, None]
+    cw, dw = (1 - wx)[None, :], wx[None, :]
+    w00, w01, w10, w11 = a * cw, a * dw, b * cw, b * dw  # (H, W) bilinear weights
+
+    def at(grid: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+        return grid[ys[:, None], xs[None, :]]
+
+    norm2 = (
+        w00**2 * at(self_dot, y0, x0)
+        + w01**2 * at(self_dot, y0, x1)
+        + w10**2 * at(self_dot, y1, x0)
+        + w11**2 * at(self_dot, y1, x1)
+        + 2 * w00 * w01 * at(right, y0, x0)
+        + 2 * w10 * w11 * at(right, y1, x0)
+        + 2 * w00 * w10 * at(down, y0, x0)
+        + 2 * w01 * w11 * at(down, y0, x1)
+        + 2 * w00 * w11 * at(diag, y0, x0)
+        + 2 * w01 * w10 * at(anti, y0, x0)
+    )
+    inv_norm = 1.0 / norm2.clamp_min(0).sqrt().clamp_min(1e-12)
+    sims = (q @ f.flatten(1)).reshape(len(q), h, w)
+    step = max(1, int(chunk_bytes // max(1, height * width * 4)))
+    best, best_idx = [], []
+    for i in range(0, len(q), step):
+        up = F.interpolate(
+            sims[i : i + step, None], size=(height, width), mode="bilinear", align_corners=False
+        )
+        value, index = (up[:, 0] * inv_norm).flatten(1).max(dim=1)
+        best.append(value)
+        best_idx.append(index)
+    idx = torch.cat(best_idx).cpu().numpy()
     points = np.stack([idx // width, idx % width], axis=1).astype(np.float64)
-    return points, best.cpu().numpy().astype(np.float32)
+    return points, torch.cat(best).cpu().numpy().astype(np.float32)
+
+
+def _source_index(
+    out_size: int, in_size: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Bilinear source cells and weight of ``F.interpolate(align_corners=False)`` per output."""
+    src = (
+        (torch.arange(out_size, device=device, dtype=torch.float64) + 0.5) * in_size / out_size
+        - 0.5
+    ).clamp_min(0)
+    i0 = src.floor().long().clamp_max(in_size - 1)
+    i1 = (i0 + 1).clamp_max(in_size - 1)
+    return i0, i1, (src - i0).float()
 
 
 def soft_argmax_window(
