@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ._version import __version__
-from .errors import DitfError
+from .errors import ConfigError, DitfError
 
 log = logging.getLogger("ditf_track")
 
@@ -186,6 +186,232 @@ def _publish(tmp: Path, path: Path) -> None:
     if path.exists():
         shutil.rmtree(path)
     tmp.rename(path)
+
+
+# -- track (the main job) ---------------------------------------------------------------------
+def _add_propagation_options(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("propagation (default: DINO's and the official DiTF DAVIS set)")
+    g.add_argument(
+        "--params",
+        choices=["dino", "dift"],
+        default="dino",
+        help="named set: dino = n 7, r 12, k 5, tau 0.1 (default); "
+        "dift = n 28, r 15, k 15, tau 0.2",
+    )
+    g.add_argument("--context", type=int, help="number of last propagated frames used as context")
+    g.add_argument("--radius", type=int, help="square search window radius in feature cells")
+    g.add_argument(
+        "--global-search", action="store_true", help="no window: search the whole frame (FAISS)"
+    )
+    g.add_argument("--topk", type=int, help="neighbours kept over all context frames")
+    g.add_argument("--temperature", type=float, help="softmax temperature of the affinities")
+    g.add_argument(
+        "--label-mode",
+        choices=["area", "nearest"],
+        default="area",
+        help="bring masks to the feature grid by area averaging (soft labels; keeps objects "
+        "smaller than a cell; default) or nearest sampling (DINO's protocol)",
+    )
+
+
+def _propagation_params(args: argparse.Namespace) -> Any:
+    from .propagate import PropagationParams
+
+    base = PropagationParams.dift() if args.params == "dift" else PropagationParams.dino()
+    return PropagationParams(
+        n_context=base.n_context if args.context is None else args.context,
+        radius=None
+        if args.global_search
+        else (base.radius if args.radius is None else args.radius),
+        topk=base.topk if args.topk is None else args.topk,
+        temperature=base.temperature if args.temperature is None else args.temperature,
+    )
+
+
+def _add_track(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "track",
+        help="propagate masks through a video (the main job; `ditf-track VIDEO ...` for short)",
+        description="Propagate the objects painted in --mask through VIDEO (mp4/avi/mov/mkv or "
+        "a folder of jpg/png frames) and write one DAVIS palette PNG per frame, named like the "
+        "frames, plus config.json. Output goes to OUT.incomplete/ and is renamed to OUT only "
+        "when every frame is written.",
+    )
+    p.add_argument("video", type=Path, help="a video file or a folder of frames")
+    p.add_argument(
+        "--mask",
+        action="append",
+        default=[],
+        metavar="[N:]MASK.png",
+        help="annotated objects (palette PNG with ids, binary PNG, or colour-coded RGB PNG); "
+        "N: is a 0-based position in the selected frames; without it, a file named like a "
+        "frame (e.g. 00020.png) annotates that frame, any other file frame 0. Repeat for "
+        "objects appearing later and for corrections",
+    )
+    p.add_argument("--out", type=Path, help="output folder (default ./<video name>_masks/)")
+    p.add_argument(
+        "--overlay",
+        type=Path,
+        metavar="OUT.mp4",
+        help="also write an mp4 with the masks blended in",
+    )
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    mode.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run (OUT.incomplete/)"
+    )
+    p.add_argument("--start", type=int, default=0, help="first frame (default 0)")
+    p.add_argument("--end", type=int, help="stop before this frame (default: the last)")
+    p.add_argument("--stride", type=int, default=1, help="take every N-th frame (default 1)")
+    p.add_argument(
+        "--short-side",
+        type=int,
+        help="model input short side in pixels (default: the preset's, 960)",
+    )
+    p.add_argument(
+        "--no-disk-cache", action="store_true", help="keep features in memory only (no files)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_propagation_options(p)
+    _add_model_options(p)
+    p.set_defaults(handler=_run_track)
+
+
+def _parse_mask_args(values: list[str], names: list[str]) -> list[tuple[int, Path]]:
+    """``[N:]FILE`` → (frame position, file); a file named like a frame annotates that frame."""
+    import re
+
+    from .errors import InputError
+
+    out: list[tuple[int, Path]] = []
+    for value in values:
+        match = re.fullmatch(r"(\d+):(.+)", value)
+        if match:
+            out.append((int(match.group(1)), Path(match.group(2))))
+            continue
+        path = Path(value)
+        out.append((names.index(path.stem) if path.stem in names else 0, path))
+    frames = [f for f, _ in out]
+    if len(set(frames)) != len(frames):
+        raise InputError(f"two --mask options annotate the same frame {frames}; give one per frame")
+    return out
+
+
+def _run_track(args: argparse.Namespace) -> int:
+    import json
+    import warnings
+
+    from tqdm import tqdm
+
+    from .errors import ConfigError, InputError, OutputError
+    from .masks import DAVIS_PALETTE, write_mask
+    from .tracker import ProgressEvent, Tracker, tracker_config
+    from .video import open_video
+
+    if not args.mask:
+        raise ConfigError("give the objects to track: --mask FIRST.png (or --mask N:FILE.png)")
+    video = open_video(args.video, args.start, args.end, args.stride)
+    out = (
+        args.out
+        or Path.cwd() / f"{args.video.stem if args.video.is_file() else args.video.name}_masks"
+    )
+    work = out.with_name(f"{out.name}.incomplete")
+    if out.exists() and any(out.iterdir()):
+        if args.resume and (out / "config.json").is_file():
+            print(f"{out} is already complete; nothing to do")
+            return 0
+        if not (args.overwrite or args.resume):
+            raise OutputError(
+                f"output folder {out} exists and is not empty; pass --overwrite to replace it, "
+                "--resume to continue, or another --out"
+            )
+    masks = _parse_mask_args(args.mask, video.frame_names)
+    extractor = _extractor_from_args(args, "video")
+    from .cache import FeatureCache, cache_root
+
+    cache = FeatureCache(
+        None if args.no_disk_cache else cache_root(args.cache_dir),
+        device=getattr(extractor, "device", "cpu"),
+    )
+    short = args.short_side or _preset_value(args, "short_side", 960, "video")
+    tracker = Tracker(
+        extractor,
+        params=_propagation_params(args),
+        cache=cache,
+        label_mode=args.label_mode,
+        short_side=short,
+        batch_size=args.batch_size or 4,
+    )
+    state = tracker.init_state(video)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        for frame_idx, path in masks:
+            tracker.add_mask(state, frame_idx, path)
+    run = {"masks": {str(f): str(p) for f, p in masks}, **tracker_config(tracker, state)}
+    if work.exists() and not args.resume:
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    run_file = work / "run.json"
+    if args.resume and run_file.is_file():
+        previous = json.loads(run_file.read_text())
+        if previous != json.loads(json.dumps(run)):
+            raise OutputError(
+                f"the interrupted run in {work} used other settings; pass --overwrite to start over"
+            )
+    run_file.write_text(json.dumps(run, indent=2) + "\n")
+    palette = state.palette or DAVIS_PALETTE
+    bars: dict[str, Any] = {}
+
+    def on_progress(event: ProgressEvent) -> None:
+        if args.quiet:
+            return
+        label = {"extract": "extract features", "propagate": "propagate"}[event.phase]
+        bar = bars.get(event.phase)
+        if bar is None:
+            bar = bars[event.phase] = tqdm(
+                total=event.total, desc=label, unit="frame", position=len(bars), disable=None
+            )
+        bar.update(event.done - bar.n)
+
+    written = 0
+    try:
+        for result in tracker.propagate(state, progress=on_progress):
+            target = work / f"{result.frame_name}.png"
+            if result.labels is not None and not (args.resume and target.exists()):
+                write_mask(target, result.labels, palette)
+                written += 1
+    finally:
+        for bar in bars.values():
+            bar.close()
+        cache.close()
+    missing = [n for n in state.frame_names if not (work / f"{n}.png").exists()]
+    if missing:
+        raise InputError(f"{len(missing)} frame(s) got no mask (first: {missing[0]})")
+    run["features"] = {"extracted": tracker.extracted_frames}
+    (work / "config.json").write_text(json.dumps(run, indent=2) + "\n")
+    run_file.unlink()
+    if out.exists():
+        shutil.rmtree(out)
+    work.rename(out)
+    if args.overlay:
+        _write_overlay(args.overlay, video, out, palette)
+    cached = max(state.num_frames - tracker.extracted_frames, 0)
+    objects = ", ".join(map(str, state.object_ids))
+    print(
+        f"wrote {state.num_frames} masks to {out} (objects {objects}; features: "
+        f"{tracker.extracted_frames} extracted, {cached} from the cache)"
+    )
+    return 0
+
+
+def _write_overlay(path: Path, video: Any, masks_dir: Path, palette: bytes) -> None:
+    from .masks import read_mask
+    from .video import write_overlay_video
+
+    frames = (batch_frame for batch in video.iter_frames() for batch_frame in batch.frames)
+    masks = (read_mask(masks_dir / f"{name}.png").labels for name in video.frame_names)
+    write_overlay_video(path, frames, masks, palette, fps=video.fps or 24.0)
+    print(f"wrote {path}")
 
 
 # -- extract ----------------------------------------------------------------------------------
@@ -476,6 +702,78 @@ def _run_match(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_cache(sub: argparse._SubParsersAction) -> None:
+    """``ditf-track cache info|clear``: what the feature/text cache holds, and freeing it."""
+    from .cache import DEFAULT_DEVICE_FRACTION, cache_info, clear_cache, format_size
+
+    def sized(count: int, nbytes: int | None = None) -> str:
+        return f"{count}" if nbytes is None else f"{count} ({format_size(nbytes)})"
+
+    def info(args: argparse.Namespace) -> int:
+        got = cache_info(args.cache_dir)
+        share = f"{DEFAULT_DEVICE_FRACTION:.0%}"
+        rows = [
+            ("cache directory", str(got.directory)),
+            ("feature files", sized(got.feature_files, got.feature_bytes)),
+            ("clip metadata files", sized(got.clip_files)),
+            ("text embedding files", sized(got.text_files, got.text_bytes)),
+            ("disk budget (features)", format_size(got.disk_budget or 0)),
+            (
+                "memory budget (default)",
+                f"{format_size(got.device_budget or 0)}, on CUDA at most {share} of free memory",
+            ),
+        ]
+        if got.temp_files:
+            rows.append(("unfinished temp files", f"{got.temp_files} (cache clear removes them)"))
+        width = max(len(name) for name, _ in rows)
+        for name, value in rows:
+            print(f"{name:<{width}}  {value}")
+        return 0
+
+    def clear(args: argparse.Namespace) -> int:
+        done = clear_cache(args.cache_dir, text=args.text)
+        parts = [
+            f"{done.feature_files} feature files ({format_size(done.feature_bytes)})",
+            f"{done.clip_files} clip metadata files",
+        ]
+        if args.text:
+            parts.append(f"{done.text_files} text embedding files ({format_size(done.text_bytes)})")
+        print(f"freed {format_size(done.freed_bytes)}: {', '.join(parts)}")
+        return 0
+
+    cache = sub.add_parser(
+        "cache",
+        help="show or clear the feature cache",
+        description="Per-frame DiTF features and text embeddings are cached on disk (default "
+        "$DITF_TRACK_CACHE or ~/.cache/ditf-track) so that a second run extracts nothing.",
+    )
+
+    def usage(_args: argparse.Namespace) -> int:
+        cache.print_help()
+        return 2
+
+    cache.set_defaults(handler=usage)
+    actions = cache.add_subparsers(dest="cache_command", metavar="ACTION")
+    for name, handler, help_text in (
+        ("info", info, "print the cache folder, its files, their size and the budgets"),
+        ("clear", clear, "delete the cached features (and text embeddings with --text)"),
+    ):
+        action = actions.add_parser(name, help=help_text, description=help_text)
+        action.add_argument(
+            "--cache-dir",
+            metavar="DIR",
+            default=None,
+            help="cache folder (default: $DITF_TRACK_CACHE or ~/.cache/ditf-track)",
+        )
+        if name == "clear":
+            action.add_argument(
+                "--text",
+                action="store_true",
+                help="also delete the cached text embeddings (re-encoding loads the text encoders)",
+            )
+        action.set_defaults(handler=handler)
+
+
 # -- eval -------------------------------------------------------------------------------------
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     """``ditf-track eval <benchmark>``: one sub-subcommand per evaluator (``_add_eval_*``)."""
@@ -694,16 +992,154 @@ def _run_eval_hpatches(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_eval_davis(eval_sub: argparse._SubParsersAction) -> None:
+    parser = eval_sub.add_parser(
+        "davis",
+        help="DAVIS video object segmentation: J&F (region J, boundary F)",
+        description=(
+            "DAVIS semi-supervised J&F with the official davis2017-evaluation conventions: the "
+            "first and last frame are not scored, objects are the ids of the first ground-truth "
+            "frame, ground-truth 255 counts as background, boundary tolerance 0.008 of the "
+            "diagonal. Prints the official global and per-sequence tables."
+        ),
+    )
+    # Where the masks to score come from: exactly one source per run.
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--pred",
+        metavar="PRED_ROOT",
+        type=Path,
+        help="folder of predicted masks, <sequence>/<frame>.png (palette or grayscale ids), "
+        "named like the ground-truth frames",
+    )
+    parser.add_argument(
+        "--gt",
+        metavar="GT_ROOT",
+        type=Path,
+        help="ground-truth folder, <sequence>/<frame>.png (e.g. DAVIS/Annotations/480p); "
+        "required with --pred",
+    )
+    parser.add_argument(
+        "--sequences",
+        metavar="A,B|LIST.txt",
+        type=_sequence_list,
+        help="sequences to score, in this order: comma-separated names, or a text file with one "
+        "name per line such as DAVIS/ImageSets/2017/val.txt (default: every sequence folder of "
+        "the ground truth)",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=("multi", "binary"),
+        help="multi: DAVIS-2017 palette ids, scored per object; binary: DAVIS-2016 {0,255} "
+        "masks, one object (ground truth > 0 against prediction > 0). Default: binary when every "
+        "first ground-truth frame holds only 0 and 255, else multi",
+    )
+    parser.add_argument(
+        "--json", metavar="OUT.json", type=Path, help="also write the metrics as JSON here"
+    )
+    parser.add_argument(
+        "--csv",
+        metavar="DIR",
+        type=Path,
+        help="also write the official global_results-<set>.csv and "
+        "per-sequence_results-<set>.csv into this folder",
+    )
+    parser.add_argument(
+        "--set",
+        dest="subset",
+        metavar="SET",
+        default="val",
+        help="subset name used in the CSV file names and table titles (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--workers",
+        metavar="N",
+        type=_positive_int,
+        help="processes to score with (default: the number of usable CPU cores; 1 = no pool)",
+    )
+    parser.set_defaults(handler=_run_eval_davis)
+
+
+def _sequence_list(text: str) -> list[str]:
+    """Names from ``a,b,c`` or from a file with one name per line (DAVIS ImageSets style)."""
+    path = Path(text)
+    if path.is_file():
+        try:
+            names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise argparse.ArgumentTypeError(f"cannot read sequence list {path}: {exc}") from None
+    else:
+        names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"no sequence names in {text!r}; use e.g. blackswan,dog")
+    return names
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _format_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Right-aligned columns like pandas' to_string(index=False); floats with 3 decimals."""
+    cells = [list(columns)] + [
+        [v if isinstance(v, str) else f"{v:.3f}" for v in row] for row in rows
+    ]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    return "\n".join(
+        " ".join(cell.rjust(width) for cell, width in zip(line, widths)) for line in cells
+    )
+
+
+def _run_eval_davis(args: argparse.Namespace) -> int:
+    from .eval.davis import evaluate_davis, write_davis_csvs, write_davis_json
+
+    if args.gt is None:
+        raise ConfigError("--pred needs --gt GT_ROOT (the folder of <sequence>/<frame>.png)")
+
+    def progress(done: int, total: int, name: str) -> None:
+        log.info("[%d/%d] %s", done, total, name)
+
+    result = evaluate_davis(
+        args.pred,
+        args.gt,
+        sequences=args.sequences,
+        mode=args.mode,
+        workers=args.workers,
+        progress=progress,
+    )
+    global_columns, global_rows = result.global_table()
+    rule = "-" * 27
+    print(f"{rule} Global results for {args.subset} {rule}")
+    print(_format_table(global_columns, global_rows))
+    seq_columns, seq_rows = result.per_sequence_table()
+    print(f"\n---------- Per sequence results for {args.subset} ----------")
+    print(_format_table(seq_columns, seq_rows))
+    if args.json is not None:
+        print(f"\nmetrics written to {write_davis_json(result, args.json)}")
+    if args.csv is not None:
+        paths = write_davis_csvs(result, args.csv, args.subset)
+        print(f"CSVs written to {paths[0]} and {paths[1]}")
+    return 0
+
+
 _EVAL_BENCHMARKS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_eval_davis,
     _add_eval_spair,
     _add_eval_pfpascal,
     _add_eval_ap10k,
     _add_eval_hpatches,
 ]
-
 _SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_track,
     _add_extract,
     _add_inspect,
+    _add_cache,
     _add_match,
     _add_eval,
 ]

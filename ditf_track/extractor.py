@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .backbones import TOKEN_STRIDE, BlockCapture, DiTBackbone, backbone_class
+from .backbones.base import folder_fingerprint
 from .devices import dtype_name, out_of_memory_as_error, resolve_device, resolve_dtype
 from .errors import ConfigError, InputError
 from .features import (
@@ -155,6 +156,10 @@ class DiTFExtractor:
             )
         return cls(backbone, settings, batch_size=batch_size, preset=preset)
 
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.device
+
     # -- protocol ----------------------------------------------------------------------------
     def identity(self) -> dict[str, Any]:
         """Everything that changes the features (cache keys, config.json)."""
@@ -165,6 +170,7 @@ class DiTFExtractor:
             "family": b.family,
             "model": b.model_id,
             "revision": b.revision,
+            "model_files": folder_fingerprint(b.model_id, ("transformer", "vae")),
             "dtype": dtype_name(b.dtype),
             "stride": self.stride,
             **self.settings.to_dict(),

@@ -55,9 +55,10 @@ class TaskSettings:
 
 @dataclass(frozen=True)
 class Resources:
-    """Approximate sizes for the README table (GB; transformer parameters in billions)."""
+    """Sizes for the README table: parameters in billions (exact), GB (estimates)."""
 
     transformer_params_b: float
+    blocks_params_b: float
     download_gb: float
     gpu_gb_first_run: float
     gpu_gb: float

@@ -409,7 +409,7 @@ class DiTBackbone(ABC):
             {
                 "family": cls.family,
                 "model": source.describe(),
-                "model_files": _folder_fingerprint(source.describe()),
+                "model_files": folder_fingerprint(source.describe()),
                 "revision": revision,
                 "max_sequence_length": max_sequence_length,
             },
@@ -671,13 +671,20 @@ class TextConditioner:
         os.replace(tmp, path)
 
 
-def _folder_fingerprint(model_id: str) -> str | None:
-    """For a local folder: sizes and mtimes of its text-encoder files, so edits miss the cache."""
+def folder_fingerprint(
+    model_id: str, patterns: tuple[str, ...] = ("text_encoder*", "tokenizer*")
+) -> str | None:
+    """For a local folder: sizes and mtimes of the files in ``patterns`` subfolders.
+
+    A hub id is identified by its revision; a folder has none, so edited weights must change
+    the cache keys some other way. ``None`` for a hub id.
+    """
     path = Path(model_id)
     if not path.is_dir():
         return None
     parts = []
-    for sub in sorted(path.glob("text_encoder*")) + sorted(path.glob("tokenizer*")):
+    subs = sorted({sub for pattern in patterns for sub in path.glob(pattern) if sub.is_dir()})
+    for sub in subs:
         for f in sorted(sub.iterdir()):
             st = f.stat()
             parts.append(f"{sub.name}/{f.name}:{st.st_size}:{int(st.st_mtime)}")

@@ -1,1 +1,33 @@
-"""The standard evaluators: DAVIS J&F, TAP-Vid, keypoint PCK, image-pair PCK, HPatches."""
+"""The standard evaluators, each with the official protocol and the benchmark's metric names.
+
+``davis`` (DAVIS J&F), ``tapvid`` (TAP-Vid AJ, δ_avg, OA), ``keypoints`` (BADJA/JHMDB PCK),
+``correspondence`` (SPair-71k / PF-PASCAL / AP-10K PCK), ``hpatches`` (homography accuracy).
+"""
+
+from .davis import (
+    BOUND_TH,
+    DavisResult,
+    SequenceResult,
+    boundary_f_measure,
+    boundary_map,
+    evaluate_davis,
+    evaluate_sequence,
+    jf_statistics,
+    region_similarity,
+    write_davis_csvs,
+    write_davis_json,
+)
+
+__all__ = [
+    "BOUND_TH",
+    "DavisResult",
+    "SequenceResult",
+    "boundary_f_measure",
+    "boundary_map",
+    "evaluate_davis",
+    "evaluate_sequence",
+    "jf_statistics",
+    "region_similarity",
+    "write_davis_csvs",
+    "write_davis_json",
+]

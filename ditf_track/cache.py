@@ -1,0 +1,966 @@
+"""Per-frame feature cache: an LRU on the device that spills to checksummed safetensors files.
+
+Why: a DiTF feature map costs a forward pass through blocks 0..k of a multi-billion-parameter
+DiT, and propagation reads each frame's map many times (as a target, then as a reference for
+the next frames). The napari plugin re-runs propagation after every correction and a second
+run on the same video must extract nothing. So every map goes through this cache:
+
+* **Memory tier** — an LRU on the tracker's device (the GPU when it runs on CUDA) with a byte
+  budget; least-recently-used maps are dropped when a new one would exceed it.
+* **Disk tier** — one safetensors file per frame under ``<root>/features/``, with its own byte
+  budget; least-recently-used files (by mtime, touched on every read) are deleted beyond it.
+  ``cache_dir=None`` keeps the memory tier only.
+
+Write policy: **write-through on put**, performed by one background thread. Every put reaches
+disk without relying on an eviction or a final flush, so a crash or Ctrl-C loses at most the
+few writes still queued (``max_pending_writes``), and the extractor does not wait for the
+60-100 ms that checksumming and writing a Flux frame cost on a 2-core CPU
+(``benchmarks/cache.py``). The queue is drained by :meth:`FeatureCache.flush` /
+:meth:`~FeatureCache.close`, and at interpreter exit (the executor's worker threads are joined
+then). Write-on-eviction would save writes only for clips that fit in memory, and would lose
+the whole clip on a crash.
+
+Files are written under a temporary name in the same folder and moved into place with
+``os.replace``, so a reader sees either no file or a complete one. Each file's safetensors
+metadata holds the cache key, the shape, the dtype and a checksum of the tensor bytes; a file
+whose header does not parse, whose size does not match its header, or whose bytes, shape,
+dtype or key do not match is logged, deleted and treated as a miss, so the frame is recomputed.
+Files are not fsync'ed: a process crash cannot leave a partial file (the rename is atomic), and
+what a power loss may leave (an empty or stale file) fails that verification like any damage.
+
+Keys (:func:`feature_key`, :func:`clip_key`) are the sha256 of a canonical JSON of everything
+that changes a feature map: the extractor's ``identity()`` (preset, model id and revision,
+dtype, stride, t, k, prompt, guidance, condition mode, feature mode, discard rule and stage,
+seed, ensemble, upsample), the video's content hash, the model input size and the frame index.
+Per clip, a small JSON document (:meth:`FeatureCache.put_clip_meta`) holds what must stay fixed
+for every frame and every later run, e.g. the massive channels found on the first frames.
+
+Use (the tracker's loop, in short)::
+
+    cache = FeatureCache(cache_root(cache_dir), device=device, disk_budget="50GB")
+    ident, video = extractor.identity(), source.content_hash()       # or frames_hash(frames)
+    meta = cache.get_clip_meta(clip_key(ident, video, (H, W)))       # massive channels, if any
+    keys = [feature_key(ident, video, t, (H, W)) for t in range(T)]
+    maps = cache.get_many(keys)                                      # (C, h, w) each, or None
+    todo = [t for t, m in enumerate(maps) if m is None]              # extract these in batches
+    cache.put_many(zip([keys[t] for t in todo], extracted.features)) # (N, C, h, w) → N entries
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ._atomic import atomic_path
+from .backbones.base import text_cache_dir
+from .devices import dtype_name, resolve_device
+from .errors import ConfigError, OutputError
+
+log = logging.getLogger(__name__)
+
+#: Bumped whenever the feature computation changes without a change of ``identity()``, so
+#: stale maps from an older ditf-track miss instead of being served.
+CACHE_FORMAT = 1
+_FILE_FORMAT = f"ditf-track-features/{CACHE_FORMAT}"
+_CLIP_FORMAT = f"ditf-track-clip/{CACHE_FORMAT}"
+_TENSOR_NAME = "features"
+_SUFFIX = ".safetensors"
+_KEY_PATTERN = re.compile(r"[0-9a-f]{16,128}")
+
+#: Memory budget when none is given: 8 GB holds 204 Flux frames at 60×106 tokens in bf16
+#: (3072·60·106·2 B = 39.1 MB each), more than the longest DAVIS 2017 val clip (104 frames).
+DEFAULT_DEVICE_BUDGET = 8 * 10**9
+#: On CUDA the default is also capped at this share of the memory free when the cache is made
+#: (make it after loading the model): the DiT's activations and the k-NN need the rest.
+DEFAULT_DEVICE_FRACTION = 0.25
+#: Disk budget when none is given: 50 GB ≈ 1280 Flux frames at 60×106 bf16 ≈ 12 DAVIS clips.
+DEFAULT_DISK_BUDGET = 50 * 10**9
+#: Writes queued at most before ``put`` waits: 8 Flux frames = 313 MB of host memory.
+DEFAULT_MAX_PENDING_WRITES = 8
+#: When the disk budget is exceeded, files are deleted down to this share of it, so the next
+#: few writes do not each rescan the folder.
+_DISK_LOW_WATER = 0.95
+#: Temporary files older than this are leftovers of a killed writer and are removed on open.
+_STALE_TEMP_SECONDS = 3600.0
+
+
+def _crc32(data: memoryview) -> str:
+    return f"{zlib.crc32(data) & 0xFFFFFFFF:08x}"
+
+
+def _hashlib(name: str) -> Callable[[memoryview], str]:
+    return lambda data: hashlib.new(name, data).hexdigest()
+
+
+#: Checksums of the tensor bytes a file may carry. crc32 is the default: it detects every
+#: burst error up to 32 bits and random corruption with probability 1 - 2⁻³², which is what a
+#: cache (not an adversary) needs, at 2× the speed of sha1 and 4× that of blake2b on a 39 MB
+#: Flux frame (benchmarks/cache.py; hashlib/zlib release the GIL, so the writer thread does
+#: not stall the tracker).
+CHECKSUMS: dict[str, Callable[[memoryview], str]] = {
+    "crc32": _crc32,
+    "sha1": _hashlib("sha1"),
+    "sha256": _hashlib("sha256"),
+    "blake2b": _hashlib("blake2b"),
+}
+
+
+# -- sizes -------------------------------------------------------------------------------------
+_SIZE_UNITS: dict[str, int] = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "m": 10**6,
+    "mb": 10**6,
+    "g": 10**9,
+    "gb": 10**9,
+    "t": 10**12,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+_SIZE_PATTERN = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*")
+
+
+def parse_size(value: str | int) -> int:
+    """Bytes of a human size: ``"20GB"`` → 20·10⁹, ``"512MiB"`` → 512·2²⁰, ``"1.5 G"``, ``42``.
+
+    SI units (``kB``, ``MB``, ``GB``, ``TB``, or just ``K``/``M``/``G``/``T``) are powers of
+    1000, IEC units (``KiB`` … ``TiB``) powers of 1024; case does not matter.
+    """
+    if isinstance(value, bool):
+        raise ConfigError(f"size {value!r} is not a size; give bytes or e.g. 20GB")
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(f"size {value} is negative; give a size >= 0 (e.g. 20GB)")
+        return value
+    match = _SIZE_PATTERN.fullmatch(str(value).lower())
+    if match is None or match.group(2) not in _SIZE_UNITS:
+        raise ConfigError(
+            f"cannot read the size {value!r}; write a number and a unit, e.g. 20GB, 512MiB or 0"
+        )
+    return round(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+
+
+def format_size(nbytes: int) -> str:
+    """``39075840`` → ``"39.1 MB"`` (SI units, as :func:`parse_size` reads them)."""
+    value = float(nbytes)
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(value) < 1000:
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} TB"
+
+
+# -- keys --------------------------------------------------------------------------------------
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, torch.dtype):
+        return dtype_name(obj)
+    if isinstance(obj, (os.PathLike, torch.device)):
+        return str(obj)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    raise TypeError(f"cannot put a {type(obj).__name__} into a cache key: {obj!r}")
+
+
+def canonical_json(obj: Any) -> str:
+    """JSON with sorted keys and no spaces; tuples become lists. Equal settings → equal text.
+
+    Note that ``1`` and ``1.0`` differ: a setting that changes type misses (and is recomputed).
+    """
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_jsonable
+    )
+
+
+def _digest(parts: Mapping[str, Any]) -> str:
+    return hashlib.sha256(canonical_json(parts).encode()).hexdigest()
+
+
+def clip_key(
+    identity: Mapping[str, Any], video_hash: str, input_size: tuple[int, int] | Sequence[int]
+) -> str:
+    """Key of one clip under one extractor: sha256 of its ``identity()``, video hash, input size.
+
+    ``input_size`` is the model input ``(H, W)`` in pixels. Holds per-clip metadata such as the
+    massive channels found on the first frames.
+    """
+    h, w = (int(s) for s in input_size)
+    return _digest(
+        {
+            "cache_format": CACHE_FORMAT,
+            "kind": "clip",
+            "identity": dict(identity),
+            "video": str(video_hash),
+            "input_size": [h, w],
+        }
+    )
+
+
+def feature_key(
+    identity: Mapping[str, Any],
+    video_hash: str,
+    frame_index: int,
+    input_size: tuple[int, int] | Sequence[int],
+) -> str:
+    """Key of one frame's feature map: :func:`clip_key`'s parts plus the frame index.
+
+    ``identity`` is the extractor's ``identity()`` (everything that changes the features);
+    ``video_hash`` the clip's ``VideoSource.content_hash()`` or :func:`frames_hash`;
+    ``frame_index`` the 0-based index in the clip; ``input_size`` the model input ``(H, W)``.
+    A changed setting gives a different key (a miss); identical settings the same key.
+    """
+    if isinstance(frame_index, bool) or int(frame_index) != frame_index or frame_index < 0:
+        raise ValueError(f"frame index must be an integer >= 0, got {frame_index!r}")
+    h, w = (int(s) for s in input_size)
+    return _digest(
+        {
+            "cache_format": CACHE_FORMAT,
+            "kind": "frame",
+            "identity": dict(identity),
+            "video": str(video_hash),
+            "input_size": [h, w],
+            "frame": int(frame_index),
+        }
+    )
+
+
+def frames_hash(frames: np.ndarray | torch.Tensor | Iterable[np.ndarray]) -> str:
+    """sha256 of a clip's pixels, frame by frame: each frame's shape, dtype, then its bytes.
+
+    For frames that exist only in memory (a napari layer, an array passed to the API); a clip
+    read from a file or folder has the cheaper ``VideoSource.content_hash()`` (sampled bytes).
+    ``frames`` is ``(T, H, W, 3) uint8`` (array or tensor) or an iterable of ``(H, W, 3)``
+    frames; both give the same hash for the same pixels. Hash the frames as decoded at their
+    original size: the model input size enters the key separately.
+    """
+    digest = hashlib.sha256(b"ditf-track-video/1")
+    count = 0
+    source: Iterable[Any] = frames.cpu().numpy() if isinstance(frames, torch.Tensor) else frames
+    for frame in source:
+        arr = np.ascontiguousarray(frame)
+        digest.update(f"{arr.shape}:{arr.dtype.str};".encode())
+        digest.update(arr.data.cast("B"))
+        count += 1
+    digest.update(f"frames={count}".encode())
+    return digest.hexdigest()
+
+
+def _check_key(key: str) -> None:
+    # Keys become file names: only lowercase hex (as feature_key makes) is accepted.
+    if not isinstance(key, str) or _KEY_PATTERN.fullmatch(key) is None:
+        raise ValueError(f"cache keys are hex digests from feature_key()/clip_key(), got {key!r}")
+
+
+# -- folders -----------------------------------------------------------------------------------
+def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The cache root: ``cache_dir``, else ``$DITF_TRACK_CACHE``, else ``~/.cache/ditf-track``.
+
+    Feature files live in ``<root>/features``, clip metadata in ``<root>/clips`` and text
+    embeddings (:func:`~ditf_track.backbones.base.text_cache_dir`) in ``<root>/text``.
+    """
+    return text_cache_dir(cache_dir).parent
+
+
+def _is_temp(name: str) -> bool:
+    # atomic_path's ".<stem>.<hex>.tmp<suffix>", and the text cache's "<name>.tmp<pid>".
+    return ".tmp" in name
+
+
+def _scan(folder: Path, suffix: str | None) -> list[os.DirEntry[str]]:
+    """Entries named ``*<suffix>`` (not temporary) in ``folder``; temporary ones if ``None``."""
+    try:
+        with os.scandir(folder) as entries:
+            return [
+                e
+                for e in entries
+                if e.is_file()
+                and (
+                    _is_temp(e.name)
+                    if suffix is None
+                    else e.name.endswith(suffix)
+                    and not e.name.startswith(".")
+                    and not _is_temp(e.name)
+                )
+            ]
+    except FileNotFoundError:
+        return []
+
+
+@dataclass(frozen=True)
+class CacheInfo:
+    """What a cache folder holds. Byte counts are file sizes; budgets ``None`` when unset.
+
+    ``memory_entries``/``memory_bytes`` describe a live :class:`FeatureCache`'s memory tier
+    (zero for a folder read by :func:`cache_info`); ``temp_files`` are leftovers of writes that
+    were killed mid-way (never loaded; :func:`clear_cache` removes them).
+    """
+
+    directory: Path | None
+    feature_files: int
+    feature_bytes: int
+    clip_files: int
+    text_files: int
+    text_bytes: int
+    temp_files: int
+    disk_budget: int | None
+    device_budget: int | None
+    memory_entries: int = 0
+    memory_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class ClearResult:
+    """What :func:`clear_cache` deleted."""
+
+    feature_files: int
+    feature_bytes: int
+    clip_files: int
+    text_files: int
+    text_bytes: int
+    temp_files: int
+
+    @property
+    def freed_bytes(self) -> int:
+        return self.feature_bytes + self.text_bytes
+
+
+def cache_info(
+    cache_dir: str | os.PathLike[str] | None = None,
+    *,
+    disk_budget: int | str | None = DEFAULT_DISK_BUDGET,
+    device_budget: int | str | None = DEFAULT_DEVICE_BUDGET,
+) -> CacheInfo:
+    """Count the files under :func:`cache_root` ``(cache_dir)`` without creating anything."""
+    root = cache_root(cache_dir)
+    features = _scan(root / "features", _SUFFIX)
+    texts = _scan(root / "text", _SUFFIX)
+    temps = [e for f in ("features", "clips", "text") for e in _scan(root / f, None)]
+    return CacheInfo(
+        directory=root,
+        feature_files=len(features),
+        feature_bytes=sum(e.stat().st_size for e in features),
+        clip_files=len(_scan(root / "clips", ".json")),
+        text_files=len(texts),
+        text_bytes=sum(e.stat().st_size for e in texts),
+        temp_files=len(temps),
+        disk_budget=None if disk_budget is None else parse_size(disk_budget),
+        device_budget=None if device_budget is None else parse_size(device_budget),
+    )
+
+
+def _delete(entries: Iterable[os.DirEntry[str]]) -> tuple[int, int]:
+    count = size = 0
+    for e in entries:
+        try:
+            nbytes = e.stat().st_size
+            os.unlink(e.path)
+        except FileNotFoundError:
+            continue
+        count += 1
+        size += nbytes
+    return count, size
+
+
+def clear_cache(
+    cache_dir: str | os.PathLike[str] | None = None, *, text: bool = False
+) -> ClearResult:
+    """Delete the cached feature maps and clip metadata (and the text embeddings if ``text``).
+
+    Only the cache's own files are deleted (``*.safetensors``, ``*.json`` and temporary files
+    in the ``features``, ``clips`` and ``text`` subfolders), never the folders or anything else,
+    so a mistyped ``--cache-dir`` cannot wipe unrelated data.
+    """
+    root = cache_root(cache_dir)
+    folders = ["features", "clips", *(["text"] if text else [])]
+    temps = [e for f in folders for e in _scan(root / f, None)]
+    n_temp, _ = _delete(temps)
+    n_feat, b_feat = _delete(_scan(root / "features", _SUFFIX))
+    n_clip, _ = _delete(_scan(root / "clips", ".json"))
+    n_text, b_text = _delete(_scan(root / "text", _SUFFIX)) if text else (0, 0)
+    return ClearResult(n_feat, b_feat, n_clip, n_text, b_text, n_temp)
+
+
+def _tensor_bytes(t: torch.Tensor) -> memoryview:
+    """The raw bytes of a contiguous CPU tensor (any dtype, bf16 included), without a copy."""
+    return t.reshape(-1).view(torch.uint8).numpy().data
+
+
+# -- the cache ---------------------------------------------------------------------------------
+@dataclass
+class CacheStats:
+    """Counters since the cache was made (or :meth:`FeatureCache.reset_stats`).
+
+    A get is exactly one of a memory hit (including a map still queued for writing), a disk
+    hit or a miss. ``corrupt_files`` counts files found damaged (then deleted and missed).
+    """
+
+    memory_hits: int = 0
+    disk_hits: int = 0
+    misses: int = 0
+    puts: int = 0
+    memory_evictions: int = 0
+    disk_evictions: int = 0
+    disk_writes: int = 0
+    corrupt_files: int = 0
+    write_errors: int = 0
+
+    @property
+    def hits(self) -> int:
+        return self.memory_hits + self.disk_hits
+
+
+def default_device_budget(device: torch.device) -> int:
+    """:data:`DEFAULT_DEVICE_BUDGET`, on CUDA at most :data:`DEFAULT_DEVICE_FRACTION` of free."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return min(DEFAULT_DEVICE_BUDGET, int(free * DEFAULT_DEVICE_FRACTION))
+    return DEFAULT_DEVICE_BUDGET
+
+
+class FeatureCache:
+    """Feature maps by key: an LRU on ``device`` over an optional folder of safetensors files.
+
+    ``cache_dir`` is the cache root (:func:`cache_root` gives the default; ``None`` keeps maps
+    in memory only). Budgets are bytes or human sizes (``"20GB"``); the device budget defaults
+    to :func:`default_device_budget`, the disk budget to :data:`DEFAULT_DISK_BUDGET` and covers
+    the feature files only. ``background_writes=False`` writes in the caller's thread.
+
+    Maps are any tensor, typically one frame ``(C, h, w)`` in the model dtype. :meth:`get`
+    returns the cached tensor itself on ``device``: treat it as read-only. :meth:`put` keeps
+    the given tensor when it is already a contiguous, self-owned tensor on ``device`` (no copy)
+    — do not modify it afterwards; a view into a batch is copied so that the entry does not pin
+    the whole batch. All methods are thread-safe (one lock; disk reads and writes run outside
+    it), for the napari plugin whose worker thread tracks while the UI thread reads.
+    """
+
+    def __init__(
+        self,
+        cache_dir: str | os.PathLike[str] | None,
+        *,
+        device: str | torch.device = "cpu",
+        device_budget: int | str | None = None,
+        disk_budget: int | str | None = None,
+        background_writes: bool = True,
+        max_pending_writes: int = DEFAULT_MAX_PENDING_WRITES,
+        checksum: str = "crc32",
+    ) -> None:
+        if checksum not in CHECKSUMS:
+            raise ConfigError(f"unknown checksum {checksum!r}; use one of {sorted(CHECKSUMS)}")
+        if max_pending_writes < 1:
+            raise ConfigError(f"max_pending_writes={max_pending_writes} must be at least 1")
+        self.device = resolve_device(device)
+        self.root = None if cache_dir is None else Path(cache_dir).expanduser()
+        if self.root is not None and self.root.exists() and not self.root.is_dir():
+            raise ConfigError(f"cache directory {self.root} is a file; pass a folder")
+        self.device_budget = (
+            default_device_budget(self.device)
+            if device_budget is None
+            else parse_size(device_budget)
+        )
+        self.disk_budget = (
+            None
+            if self.root is None
+            else DEFAULT_DISK_BUDGET
+            if disk_budget is None
+            else parse_size(disk_budget)
+        )
+        self.checksum = checksum
+        self._lock = threading.RLock()
+        self._memory: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._memory_bytes = 0
+        # key → (write token, host tensor) for puts whose file is not written yet.
+        self._pending: dict[str, tuple[int, torch.Tensor]] = {}
+        self._next_token = 0
+        self._futures: set[Future[None]] = set()
+        self._clip_meta: dict[str, str] = {}
+        self._stats = CacheStats()
+        self._warned: set[str] = set()
+        self._executor: ThreadPoolExecutor | None = None
+        self._slots = threading.BoundedSemaphore(max_pending_writes)
+        self._background = background_writes and self.root is not None
+        self._disk_bytes = 0
+        if self.root is not None:
+            entries = _scan(self.features_dir, _SUFFIX)
+            self._disk_bytes = sum(e.stat().st_size for e in entries)
+            self._remove_stale_temps()
+
+    # -- locations ---------------------------------------------------------------------------
+    @property
+    def features_dir(self) -> Path:
+        if self.root is None:
+            raise ValueError("a memory-only cache has no folder")
+        return self.root / "features"
+
+    @property
+    def clips_dir(self) -> Path:
+        if self.root is None:
+            raise ValueError("a memory-only cache has no folder")
+        return self.root / "clips"
+
+    def path(self, key: str) -> Path | None:
+        """The file of ``key`` (``None`` for a memory-only cache); it may not exist."""
+        _check_key(key)
+        return None if self.root is None else self.features_dir / f"{key}{_SUFFIX}"
+
+    # -- counters ----------------------------------------------------------------------------
+    @property
+    def stats(self) -> CacheStats:
+        """A snapshot of the counters."""
+        with self._lock:
+            return dataclasses.replace(self._stats)
+
+    def reset_stats(self) -> None:
+        with self._lock:
+            self._stats = CacheStats()
+
+    # -- feature maps ------------------------------------------------------------------------
+    def get(self, key: str) -> torch.Tensor | None:
+        """The map of ``key`` on ``device``, or ``None`` (a miss: extract it and :meth:`put`).
+
+        Memory first, then a map still queued for writing, then the file (verified; a damaged
+        file is deleted with a warning and missed). A disk hit enters the memory tier.
+        """
+        _check_key(key)
+        with self._lock:
+            hit = self._memory.get(key)
+            if hit is not None:
+                self._memory.move_to_end(key)
+                self._stats.memory_hits += 1
+                return hit
+            pending = self._pending.get(key)
+            if pending is not None:
+                self._stats.memory_hits += 1
+        if pending is not None:
+            tensor = pending[1].to(self.device)
+            with self._lock:
+                self._remember(key, tensor)
+            return tensor
+        path = self.path(key)
+        # CPU: copy the file's bytes out of the mapping; CUDA: the upload below is that copy.
+        loaded = None if path is None else self._read(path, key, copy=self.device.type == "cpu")
+        with self._lock:
+            if loaded is None:
+                self._stats.misses += 1
+                return None
+            self._stats.disk_hits += 1
+        tensor = loaded.to(self.device)
+        with self._lock:
+            self._remember(key, tensor)
+        return tensor
+
+    def contains(self, key: str) -> bool:
+        """Whether ``key`` is in memory, queued, or has a file — without reading or verifying it.
+
+        For planning (how many frames to extract); :meth:`get` may still miss a damaged file.
+        """
+        _check_key(key)
+        with self._lock:
+            if key in self._memory or key in self._pending:
+                return True
+        path = self.path(key)
+        return path is not None and path.is_file()
+
+    def get_many(self, keys: Sequence[str]) -> list[torch.Tensor | None]:
+        """:meth:`get` for each key, in order; ``None`` marks the frames to extract."""
+        return [self.get(key) for key in keys]
+
+    def put(self, key: str, features: torch.Tensor) -> None:
+        """Keep ``features`` under ``key`` in memory and queue its file (write-through).
+
+        Waits only when ``max_pending_writes`` files are already queued. A map larger than the
+        device budget goes to disk only; one larger than the disk budget to memory only.
+        """
+        _check_key(key)
+        tensor = features.detach()
+        if not tensor.is_contiguous() or (
+            tensor.untyped_storage().nbytes() != tensor.numel() * tensor.element_size()
+        ):
+            tensor = tensor.clone(memory_format=torch.contiguous_format)
+        on_device = tensor.to(self.device)
+        host = None
+        if self.root is not None:
+            host = tensor if tensor.device.type == "cpu" else tensor.to("cpu")
+        with self._lock:
+            self._stats.puts += 1
+            self._remember(key, on_device)
+            if host is None:
+                return
+            self._next_token += 1
+            token = self._next_token
+            self._pending[key] = (token, host)
+        if not self._background:
+            self._write(key, token, host)
+            return
+        try:
+            self._slots.acquire()
+            try:
+                future = self._writer().submit(self._write, key, token, host)
+            except BaseException:
+                self._slots.release()
+                raise
+        except BaseException:  # e.g. Ctrl-C while waiting for a slot: nothing stays queued
+            with self._lock:
+                self._drop_pending(key, token)
+            raise
+        with self._lock:
+            self._futures.add(future)
+        future.add_done_callback(self._write_done)
+
+    def put_many(
+        self, items: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]
+    ) -> None:
+        """:meth:`put` each ``(key, map)``; ``zip(keys, batch)`` splits a ``(N, C, h, w)`` batch."""
+        pairs = items.items() if isinstance(items, Mapping) else items
+        for key, features in pairs:
+            self.put(key, features)
+
+    def flush(self) -> None:
+        """Wait until every queued file is written (or has failed, with a warning)."""
+        while True:
+            with self._lock:
+                futures = {f for f in self._futures if not f.done()}
+            if not futures:
+                return
+            wait_futures(futures)
+
+    def close(self) -> None:
+        """Flush and stop the writer thread; the cache stays usable (writes restart it)."""
+        self.flush()
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True)
+
+    def __enter__(self) -> FeatureCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- per-clip metadata -------------------------------------------------------------------
+    def get_clip_meta(self, key: str) -> dict[str, Any] | None:
+        """The JSON document stored for a clip (:func:`clip_key`), or ``None``; a fresh copy."""
+        _check_key(key)
+        with self._lock:
+            text = self._clip_meta.get(key)
+        if text is None and self.root is not None:
+            text = self._read_clip_meta(self.clips_dir / f"{key}.json", key)
+            if text is not None:
+                with self._lock:
+                    self._clip_meta[key] = text
+        return None if text is None else dict(json.loads(text))
+
+    def put_clip_meta(self, key: str, meta: Mapping[str, Any]) -> None:
+        """Store a small JSON-serialisable document for a clip, e.g. ``{"massive_channels": …}``.
+
+        Written to disk at once (atomically): later runs must reuse the same values.
+        """
+        _check_key(key)
+        text = canonical_json(dict(meta))
+        with self._lock:
+            self._clip_meta[key] = text
+        if self.root is None:
+            return
+        document = canonical_json({"format": _CLIP_FORMAT, "key": key, "meta": json.loads(text)})
+
+        try:
+            with atomic_path(self.clips_dir / f"{key}.json", "clip metadata") as tmp:
+                tmp.write_text(document, encoding="utf-8")
+        except OutputError as exc:
+            self._count_write_error(f"clip metadata {key[:12]}", exc)
+
+    # -- folder ------------------------------------------------------------------------------
+    def info(self) -> CacheInfo:
+        """Files on disk (after a flush) and the memory tier's use."""
+        self.flush()
+        with self._lock:
+            entries, nbytes = len(self._memory), self._memory_bytes
+        if self.root is None:
+            return CacheInfo(None, 0, 0, 0, 0, 0, 0, None, self.device_budget, entries, nbytes)
+        on_disk = cache_info(
+            self.root, disk_budget=self.disk_budget, device_budget=self.device_budget
+        )
+        return dataclasses.replace(on_disk, memory_entries=entries, memory_bytes=nbytes)
+
+    def clear(self, text: bool = False) -> ClearResult:
+        """Forget all maps and clip documents (memory and disk); text embeddings if ``text``."""
+        self.flush()
+        with self._lock:
+            self._memory.clear()
+            self._memory_bytes = 0
+            self._clip_meta.clear()
+            self._disk_bytes = 0
+            if self.root is None:
+                return ClearResult(0, 0, 0, 0, 0, 0)
+            return clear_cache(self.root, text=text)
+
+    # -- internals ---------------------------------------------------------------------------
+    def _remember(self, key: str, tensor: torch.Tensor) -> None:
+        """Insert into the memory LRU (lock held) and evict down to the device budget."""
+        old = self._memory.pop(key, None)
+        if old is not None:
+            self._memory_bytes -= _nbytes(old)
+        nbytes = _nbytes(tensor)
+        if nbytes > self.device_budget:
+            if self.root is None:
+                self._warn_once(
+                    "too-big-memory",
+                    "a %s feature map exceeds the memory budget of %s and there is no cache "
+                    "folder; it will be recomputed on every use",
+                    format_size(nbytes),
+                    format_size(self.device_budget),
+                )
+            return
+        self._memory[key] = tensor
+        self._memory_bytes += nbytes
+        while self._memory_bytes > self.device_budget:
+            _, evicted = self._memory.popitem(last=False)
+            self._memory_bytes -= _nbytes(evicted)
+            self._stats.memory_evictions += 1
+
+    def _writer(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(1, thread_name_prefix="ditf-cache-writer")
+            return self._executor
+
+    def _write_done(self, future: Future[None]) -> None:
+        self._slots.release()
+        with self._lock:
+            self._futures.discard(future)
+
+    def _drop_pending(self, key: str, token: int) -> None:
+        entry = self._pending.get(key)
+        if entry is not None and entry[0] == token:
+            del self._pending[key]
+
+    def _write(self, key: str, token: int, host: torch.Tensor) -> None:
+        """Write one file (checksum, metadata, atomic rename), then keep the folder in budget."""
+        try:
+            assert self.root is not None
+            assert self.disk_budget is not None
+            nbytes = _nbytes(host)
+            if nbytes > self.disk_budget:
+                self._warn_once(
+                    "too-big-disk",
+                    "a %s feature map exceeds the disk budget of %s; it is kept in memory only",
+                    format_size(nbytes),
+                    format_size(self.disk_budget),
+                )
+                return
+            path = self.features_dir / f"{key}{_SUFFIX}"
+            metadata = {
+                "format": _FILE_FORMAT,
+                "key": key,
+                "shape": json.dumps(list(host.shape)),
+                "dtype": dtype_name(host.dtype),
+                "checksum": f"{self.checksum}:{CHECKSUMS[self.checksum](_tensor_bytes(host))}",
+            }
+            try:
+                replaced = path.stat().st_size
+            except FileNotFoundError:
+                replaced = 0
+
+            with atomic_path(path, "feature map") as tmp:
+                save_file({_TENSOR_NAME: host}, str(tmp), metadata=metadata)
+            size = path.stat().st_size
+            with self._lock:
+                self._stats.disk_writes += 1
+                self._disk_bytes += size - replaced
+                if self._disk_bytes > self.disk_budget:
+                    self._enforce_disk_budget(protect=path.name)
+        except Exception as exc:  # a cache that cannot write must not stop the tracking
+            self._count_write_error(f"feature map {key[:12]}", exc)
+        finally:
+            with self._lock:
+                self._drop_pending(key, token)
+
+    def _enforce_disk_budget(self, protect: str) -> None:
+        """Delete least-recently-used feature files (oldest mtime) down to 95 % of the budget.
+
+        Rescans the folder (lock held), so files written by other processes count too.
+        """
+        assert self.disk_budget is not None
+        entries = []
+        for e in _scan(self.features_dir, _SUFFIX):
+            try:
+                st = e.stat()
+            except FileNotFoundError:
+                continue
+            entries.append((st.st_mtime_ns, st.st_size, e))
+        entries.sort(key=lambda item: item[0])
+        total = sum(size for _, size, _ in entries)
+        target = int(self.disk_budget * _DISK_LOW_WATER)
+        for _, size, entry in entries:
+            if total <= target:
+                break
+            if entry.name == protect:
+                continue
+            try:
+                os.unlink(entry.path)
+            except FileNotFoundError:
+                pass
+            except OSError:  # e.g. open elsewhere on Windows; try the next one
+                continue
+            total -= size
+            self._stats.disk_evictions += 1
+        self._disk_bytes = total
+
+    def _read(self, path: Path, key: str, copy: bool = True) -> torch.Tensor | None:
+        """Load and verify one file; ``None`` when absent or damaged (then deleted).
+
+        ``copy=False`` may return a tensor backed by a read-only mapping of the file; that is
+        safe because cache files are only ever replaced by rename, never changed in place.
+        """
+        try:
+            before = os.stat(path)
+        except FileNotFoundError:
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata = f.metadata() or {}
+                tensor = f.get_tensor(_TENSOR_NAME)
+                if copy:
+                    tensor = tensor.clone()
+        except FileNotFoundError:
+            return None
+        except Exception as exc:
+            self._discard_corrupt(path, before, f"unreadable ({exc})")
+            return None
+        problem = _verify(tensor, metadata, key)
+        if problem is not None:
+            self._discard_corrupt(path, before, problem)
+            return None
+        with contextlib.suppress(OSError):
+            os.utime(path)  # the disk tier's LRU order is the files' mtime
+        return tensor
+
+    def _discard_corrupt(self, path: Path, seen: os.stat_result, reason: str) -> None:
+        log.warning(
+            "feature cache file %s is damaged: %s; deleted, it will be recomputed", path, reason
+        )
+        with self._lock:
+            self._stats.corrupt_files += 1
+            try:
+                now = os.stat(path)
+            except FileNotFoundError:
+                return
+            # Only delete what was read, not a good file another writer has just put there.
+            if (now.st_ino, now.st_size, now.st_mtime_ns) == (
+                seen.st_ino,
+                seen.st_size,
+                seen.st_mtime_ns,
+            ):
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+                    self._disk_bytes -= now.st_size
+
+    def _read_clip_meta(self, path: Path, key: str) -> str | None:
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("clip metadata %s is damaged (%s); deleted", path, exc)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return None
+        if (
+            not isinstance(document, dict)
+            or document.get("format") != _CLIP_FORMAT
+            or document.get("key") != key
+            or not isinstance(document.get("meta"), dict)
+        ):
+            log.warning("clip metadata %s does not belong to this key or format; deleted", path)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return None
+        return canonical_json(document["meta"])
+
+    def _remove_stale_temps(self) -> None:
+        assert self.root is not None
+        cutoff = time.time() - _STALE_TEMP_SECONDS
+        for folder in (self.features_dir, self.clips_dir):
+            for e in _scan(folder, None):
+                with contextlib.suppress(OSError):
+                    if e.stat().st_mtime < cutoff:
+                        os.unlink(e.path)
+
+    def _count_write_error(self, what: str, exc: BaseException) -> None:
+        with self._lock:
+            self._stats.write_errors += 1
+        self._warn_once(
+            "write-error",
+            "could not write %s to the cache folder %s (%s); continuing without it "
+            "(further write errors are counted, not logged)",
+            what,
+            self.root,
+            exc,
+        )
+
+    def _warn_once(self, tag: str, message: str, *args: object) -> None:
+        with self._lock:
+            if tag in self._warned:
+                return
+            self._warned.add(tag)
+        log.warning(message, *args)
+
+    def __len__(self) -> int:
+        """Entries in the memory tier."""
+        with self._lock:
+            return len(self._memory)
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def _verify(tensor: torch.Tensor, metadata: Mapping[str, str], key: str) -> str | None:
+    """Why a loaded file does not hold ``key``'s map intact, or ``None`` when it does."""
+    if metadata.get("format") != _FILE_FORMAT:
+        return f"format {metadata.get('format')!r} is not {_FILE_FORMAT!r}"
+    if metadata.get("key") != key:
+        return f"it holds key {metadata.get('key')!r}"
+    if metadata.get("dtype") != dtype_name(tensor.dtype):
+        return f"dtype {dtype_name(tensor.dtype)} differs from the recorded {metadata.get('dtype')}"
+    try:
+        shape = json.loads(metadata.get("shape", ""))
+    except ValueError:
+        return "its recorded shape does not parse"
+    if shape != list(tensor.shape):
+        return f"shape {list(tensor.shape)} differs from the recorded {shape}"
+    algo, _, expected = metadata.get("checksum", "").partition(":")
+    if algo not in CHECKSUMS:
+        return f"unknown checksum {algo!r}"
+    actual = CHECKSUMS[algo](_tensor_bytes(tensor))
+    if actual != expected:
+        return f"{algo} {actual} differs from the recorded {expected}"
+    return None
