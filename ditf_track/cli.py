@@ -532,7 +532,7 @@ def _preset_value(args: argparse.Namespace, field: str, default: int, task: str)
 # -- options shared by the pair commands (match, eval spair/pf-pascal/ap-10k/hpatches) ---------
 def _add_matcher_options(parser: argparse.ArgumentParser, *, points: bool = True) -> None:
     """Image size, target search and DINOv2 fusion of a :class:`~ditf_track.match.Matcher`."""
-    from .dinov2 import DINOV2_MODEL, PCA_DIM
+    from .dinov2 import DINOV2_IMAGE_SIZE, DINOV2_LAYER, DINOV2_MODEL, PCA_DIM
 
     g = parser.add_argument_group("matching")
     g.add_argument(
@@ -579,6 +579,21 @@ def _add_matcher_options(parser: argparse.ArgumentParser, *, points: bool = True
         "tokens, 840x840 input)",
     )
     g.add_argument(
+        "--dinov2-layer",
+        type=int,
+        default=DINOV2_LAYER,
+        metavar="L",
+        help=f"DINOv2 block whose output tokens are used, 0-indexed (default {DINOV2_LAYER}, "
+        "the last block of ViT-B; SD-DINO uses 23 for ViT-L)",
+    )
+    g.add_argument(
+        "--dinov2-size",
+        type=int,
+        default=DINOV2_IMAGE_SIZE,
+        metavar="S",
+        help=f"DINOv2 input: long side S, zero-padded to SxS (default {DINOV2_IMAGE_SIZE})",
+    )
+    g.add_argument(
         "--pca-dim",
         type=int,
         default=PCA_DIM,
@@ -600,6 +615,8 @@ def _matcher_from_args(args: argparse.Namespace) -> Any:
     if args.dinov2 is not None:
         dinov2 = DINOv2Extractor.from_pretrained(
             args.dinov2,
+            layer=args.dinov2_layer,
+            image_size=args.dinov2_size,
             device=args.device,
             dtype=args.dtype,
             local_files_only=args.local_files_only or None,

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import test_dinov2
 from PIL import Image
 
 from ditf_track import cli
 
+tiny_dinov2 = test_dinov2.tiny_dinov2
 DOG = "davis/JPEGImages/480p/dog"
 
 
@@ -96,6 +98,26 @@ def test_match_dense(
     code, _, err = run([*args, *model_args(tiny_model)], capsys)
     assert code == 1
     assert "--overwrite" in err
+
+
+def test_match_with_dinov2(
+    images: tuple[Path, Path],
+    tiny_model: Callable[..., Path],
+    tiny_dinov2: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    a, b = images
+    out = tmp_path / "fused"
+    args = ["match", str(a), str(b), "--dense", "8", "--out", str(out)]
+    fusion = ["--dinov2", str(tiny_dinov2), "--dinov2-layer", "2", "--dinov2-size", "112"]
+    code, _, _ = run([*args, *fusion, "--pca-dim", "16", *model_args(tiny_model)], capsys)
+    assert code == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["matcher"]["dinov2"]["layer"] == 2
+    assert config["matcher"]["dinov2"]["image_size"] == 112
+    assert config["pca_dim"] == 16  # the tiny Flux has 32 channels: reduced to 16
+    assert config["descriptor_dim"] == 16 + test_dinov2.HIDDEN
 
 
 @pytest.mark.parametrize(

@@ -169,6 +169,20 @@ def test_scaled_copy_is_matched_exactly(frame: np.ndarray) -> None:
     np.testing.assert_allclose(scores, 1.0, atol=1e-5)
 
 
+def test_keypoints_are_matched_mutually(frame: np.ndarray) -> None:
+    flipped = frame[:, ::-1].copy()
+    codes = random_codes(30, 53, seed=4)
+    matcher = Matcher(OracleExtractor([codes, codes[:, :, ::-1].copy()]), long_side=848)
+    kp_a = cell_centres(30, 53)[::7]
+    order = np.random.default_rng(0).permutation(len(kp_a))
+    kp_b = np.stack([kp_a[:, 0], 847 - kp_a[:, 1]], 1)[order]  # B's keypoints, shuffled
+    kp_b = np.concatenate([kp_b, [[240.0, 424.0]]])  # plus one without a partner
+    idx, scores = matcher.match_keypoints(frame, flipped, kp_a, kp_b)
+    assert len(idx) == len(kp_a)
+    np.testing.assert_array_equal(order[idx[:, 1]], idx[:, 0])
+    np.testing.assert_allclose(scores, 1.0, atol=1e-5)
+
+
 def test_homography_warp_within_a_cell(frame: np.ndarray) -> None:
     h, w = frame.shape[:2]
     angle, scale = math.radians(6.0), 0.93
