@@ -529,6 +529,196 @@ def _preset_value(args: argparse.Namespace, field: str, default: int, task: str)
     return int(value) if value is not None else default
 
 
+# -- options shared by the pair commands (match, eval spair/pf-pascal/ap-10k/hpatches) ---------
+def _add_matcher_options(parser: argparse.ArgumentParser, *, points: bool = True) -> None:
+    """Image size, target search and DINOv2 fusion of a :class:`~ditf_track.match.Matcher`."""
+    from .dinov2 import DINOV2_IMAGE_SIZE, DINOV2_LAYER, DINOV2_MODEL, PCA_DIM
+
+    g = parser.add_argument_group("matching")
+    g.add_argument(
+        "--long-side",
+        type=int,
+        metavar="N",
+        help="model input long side in pixels, aspect kept, sides multiples of 16 (default: "
+        "the preset's pair size, 960 as in the paper; the official SPair script uses 640)",
+    )
+    if points:
+        g.add_argument(
+            "--no-upsample",
+            dest="upsample",
+            action="store_false",
+            help="search the target's feature cells instead of every pixel of the target map "
+            "upsampled to the image size (the official SPair protocol, default)",
+        )
+        g.add_argument(
+            "--refine",
+            action="store_true",
+            help="soft-argmax refinement of grid matches (needs --no-upsample for points)",
+        )
+        g.add_argument(
+            "--refine-radius",
+            type=int,
+            default=7,
+            metavar="CELLS",
+            help="soft-argmax window radius in cells (default 7, GeoAware-SC)",
+        )
+        g.add_argument(
+            "--refine-temperature",
+            type=float,
+            default=0.02,
+            metavar="T",
+            help="soft-argmax temperature on the cosine (default 0.02, GeoAware-SC/SFNet)",
+        )
+    g.add_argument(
+        "--dinov2",
+        nargs="?",
+        const=DINOV2_MODEL,
+        default=None,
+        metavar="PATH_OR_ID",
+        help=f"concatenate DINOv2 features (default model {DINOV2_MODEL}: ViT-B/14, block 11 "
+        "tokens, 840x840 input)",
+    )
+    g.add_argument(
+        "--dinov2-layer",
+        type=int,
+        default=DINOV2_LAYER,
+        metavar="L",
+        help=f"DINOv2 block whose output tokens are used, 0-indexed (default {DINOV2_LAYER}, "
+        "the last block of ViT-B; SD-DINO uses 23 for ViT-L)",
+    )
+    g.add_argument(
+        "--dinov2-size",
+        type=int,
+        default=DINOV2_IMAGE_SIZE,
+        metavar="S",
+        help=f"DINOv2 input: long side S, zero-padded to SxS (default {DINOV2_IMAGE_SIZE})",
+    )
+    g.add_argument(
+        "--pca-dim",
+        type=int,
+        default=PCA_DIM,
+        metavar="D",
+        help=f"with --dinov2, reduce wider DiT features by a PCA fitted on the pair to D "
+        f"dimensions (default {PCA_DIM}, the paper; 0 = no PCA)",
+    )
+
+
+def _matcher_from_args(args: argparse.Namespace) -> Any:
+    from .dinov2 import DINOv2Extractor
+    from .match import Matcher, SoftArgmax
+
+    refine = None
+    if getattr(args, "refine", False):
+        refine = SoftArgmax(args.refine_radius, args.refine_temperature)
+    extractor = _extractor_from_args(args, "correspondence")
+    dinov2 = None
+    if args.dinov2 is not None:
+        dinov2 = DINOv2Extractor.from_pretrained(
+            args.dinov2,
+            layer=args.dinov2_layer,
+            image_size=args.dinov2_size,
+            device=args.device,
+            dtype=args.dtype,
+            local_files_only=args.local_files_only or None,
+        )
+    return Matcher(
+        extractor,
+        long_side=args.long_side,
+        upsample=getattr(args, "upsample", False),
+        refine=refine,
+        dinov2=dinov2,
+        pca_dim=args.pca_dim or None,
+    )
+
+
+# -- match ------------------------------------------------------------------------------------
+def _add_match(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "match",
+        help="match points (or a dense grid) of image A into image B",
+        description="Match two images with DiTF features. --points matches each point of A to "
+        "its most similar location in B; --dense N (or neither) keeps the mutual nearest "
+        "neighbours between N grid points of A (every feature cell without N) and every cell "
+        "of B. Writes matches.csv (xa,ya,xb,yb,score in pixels), matches.png (the images side "
+        "by side with a line per match) and config.json.",
+    )
+    p.add_argument("image_a", type=Path, metavar="IMAGE_A", help="source image")
+    p.add_argument("image_b", type=Path, metavar="IMAGE_B", help="target image")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
+        "--points",
+        type=Path,
+        metavar="POINTS.csv",
+        help="CSV with header x,y[,id]: pixel coordinates in image A",
+    )
+    which.add_argument(
+        "--dense",
+        type=int,
+        metavar="N",
+        help="about N points on a regular grid over A (default: every feature cell of A)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    _add_model_options(p)
+    _add_matcher_options(p)
+    p.set_defaults(handler=_run_match)
+
+
+def _run_match(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .errors import ConfigError
+    from .images import read_image
+    from .match import check_points, draw_matches, read_points_csv, write_matches_csv
+    from .outputs import environment_versions, write_json
+
+    image_a, image_b = read_image(args.image_a), read_image(args.image_b)
+    ids = None
+    if args.points is not None:
+        points, ids = read_points_csv(args.points)
+        check_points(points, image_a.shape[:2], f"image A ({args.image_a})")
+    if args.dense is not None and args.dense < 1:
+        raise ConfigError(f"--dense {args.dense} must be at least 1 point")
+    if args.points is not None and args.refine and args.upsample:
+        raise ConfigError("--refine refines grid matches; add --no-upsample to match --points")
+    matcher = _matcher_from_args(args)
+    pair = matcher.features_for_pair(image_a, image_b)
+    if args.points is not None:
+        points_b, scores = matcher.match_points_in(pair, points)
+        matches = np.concatenate([points, points_b], axis=1)
+        mode = "points"
+    else:
+        matches, scores = matcher.match_dense_in(pair, args.dense)
+        mode = "dense"
+    tmp = _fresh_output_dir(args.out, args.overwrite)
+    write_matches_csv(tmp / "matches.csv", matches, scores, ids)
+    draw_matches(tmp / "matches.png", image_a, image_b, matches)
+    identity = matcher.identity()
+    write_json(
+        tmp / "config.json",
+        {
+            "command": "match",
+            "image_a": str(args.image_a),
+            "image_b": str(args.image_b),
+            "image_hw": [list(image_a.shape[:2]), list(image_b.shape[:2])],
+            "mode": mode,
+            "points": str(args.points) if args.points is not None else None,
+            "dense": args.dense,
+            "num_matches": len(matches),
+            "matcher": identity,
+            "model_revision": identity["extractor"].get("revision"),
+            **pair.meta,
+            "versions": environment_versions(),
+        },
+    )
+    _publish(tmp, args.out)
+    kept = f"{len(matches)} matches" if mode == "dense" else f"{len(matches)} points matched"
+    print(f"{kept}; mean score {float(np.mean(scores)) if len(scores) else float('nan'):.3f}")
+    for name in ("matches.csv", "matches.png", "config.json"):
+        print(args.out / name)
+    return 0
+
+
 def _add_cache(sub: argparse._SubParsersAction) -> None:
     """``ditf-track cache info|clear``: what the feature/text cache holds, and freeing it."""
     from .cache import DEFAULT_DEVICE_FRACTION, cache_info, clear_cache, format_size
@@ -612,6 +802,211 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     eval_sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
     for add in _EVAL_BENCHMARKS:
         add(eval_sub)
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("run")
+    g.add_argument("--out", type=Path, required=True, help="output folder of the run")
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in a non-empty --out (finished pairs are not recomputed)",
+    )
+    g.add_argument("--overwrite", action="store_true", help="start again in a non-empty --out")
+    g.add_argument("--limit", type=int, metavar="N", help="only the first N pairs (a quick check)")
+
+
+def _add_pck_benchmark(
+    eval_sub: argparse._SubParsersAction, name: str, title: str, data_help: str
+) -> argparse.ArgumentParser:
+    p = eval_sub.add_parser(
+        name,
+        help=f"{title}: PCK of DiTF nearest-neighbour matches",
+        description=f"{title} semantic correspondence: match each source keypoint into the "
+        "target image and report PCK per point and per image, per category and overall. "
+        "Writes config.json, pairs.jsonl (resume state), metrics.json and per_category.csv.",
+    )
+    p.add_argument("--data", type=Path, required=True, metavar="ROOT", help=data_help)
+    _add_run_options(p)
+    _add_model_options(p)
+    _add_matcher_options(p)
+    p.set_defaults(handler=_run_eval_pck, benchmark_key=name)
+    return p
+
+
+def _add_eval_spair(eval_sub: argparse._SubParsersAction) -> None:
+    from .eval.correspondence import SPAIR_SPLITS
+
+    p = _add_pck_benchmark(
+        eval_sub, "spair", "SPair-71k", "the SPair-71k folder (PairAnnotation/, JPEGImages/)"
+    )
+    p.add_argument("--split", default="test", choices=SPAIR_SPLITS, help="default test")
+    p.add_argument("--categories", type=_names, metavar="A,B", help="only these categories")
+
+
+def _add_eval_pfpascal(eval_sub: argparse._SubParsersAction) -> None:
+    p = _add_pck_benchmark(
+        eval_sub,
+        "pf-pascal",
+        "PF-PASCAL",
+        "the PF-dataset-PASCAL folder (with test_pairs_pf_pascal.csv and JPEGImages/)",
+    )
+    p.add_argument("--split", default="test", help="pair list <split>_pairs_pf_pascal.csv")
+    p.add_argument("--categories", type=_names, metavar="A,B", help="only these categories")
+
+
+def _add_eval_ap10k(eval_sub: argparse._SubParsersAction) -> None:
+    from .eval.correspondence import AP10K_SUBSETS
+
+    p = _add_pck_benchmark(
+        eval_sub,
+        "ap-10k",
+        "AP-10K",
+        "the ap-10k folder (ImageAnnotation/, JPEGImages/, PairAnnotation/ from GeoAware-SC)",
+    )
+    p.add_argument(
+        "--subset", default="intra-species", choices=AP10K_SUBSETS, help="default intra-species"
+    )
+    p.add_argument("--split", default="test", help="default test")
+
+
+def _add_eval_hpatches(eval_sub: argparse._SubParsersAction) -> None:
+    from .eval.hpatches import MAX_KEYPOINTS
+    from .eval.runners import DETECTORS
+
+    p = eval_sub.add_parser(
+        "hpatches",
+        help="HPatches homography accuracy (corner error at 1/3/5 px)",
+        description="HPatches: keypoints from an OpenCV detector, DiTF descriptors at them, "
+        "mutual nearest neighbours, cv2.findHomography (LMEDS) and the mean corner error; "
+        "accuracy at 1, 3 and 5 px for all, illumination and viewpoint sequences. Writes "
+        "config.json, pairs.jsonl, metrics.json, per_category.csv and per_pair.csv.",
+    )
+    p.add_argument(
+        "--data", type=Path, required=True, metavar="ROOT", help="hpatches-sequences-release"
+    )
+    p.add_argument(
+        "--detector",
+        default="sift",
+        choices=DETECTORS,
+        help="OpenCV keypoint detector (default sift; the paper's SuperPoint needs weights "
+        "that are not bundled)",
+    )
+    p.add_argument(
+        "--max-keypoints",
+        type=int,
+        default=MAX_KEYPOINTS,
+        metavar="N",
+        help=f"strongest keypoints per image (default {MAX_KEYPOINTS})",
+    )
+    p.add_argument(
+        "--method", default="LMEDS", choices=("LMEDS", "RANSAC"), help="cv2.findHomography"
+    )
+    p.add_argument(
+        "--exclude-high-res",
+        action="store_true",
+        help="leave out the 8 sequences above 1600x1200 (the 108-sequence set of D2-Net)",
+    )
+    _add_run_options(p)
+    _add_model_options(p)
+    _add_matcher_options(p, points=False)
+    p.set_defaults(handler=_run_eval_hpatches)
+
+
+def _names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"no names in {text!r}; use e.g. cat,dog")
+    return names
+
+
+def _limited(items: list[Any], limit: int | None) -> list[Any]:
+    if limit is None:
+        return items
+    if limit < 1:
+        from .errors import ConfigError
+
+        raise ConfigError(f"--limit {limit} must be at least 1")
+    return items[:limit]
+
+
+def _run_eval_pck(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .eval import correspondence as corr
+    from .eval.runners import PCKEvaluation
+
+    name = args.benchmark_key
+    options: dict[str, Any] = {"data": str(args.data.resolve()), "split": args.split}
+    if name == "spair":
+        pairs = corr.load_spair_pairs(args.data, args.split, args.categories)
+        options["categories"] = args.categories
+    elif name == "pf-pascal":
+        pairs = corr.load_pf_pascal_pairs(args.data, args.split, categories=args.categories)
+        options["categories"] = args.categories
+    else:
+        pairs = corr.load_ap10k_pairs(args.data, args.subset, args.split)
+        options["subset"] = args.subset
+    pairs = _limited(pairs, args.limit)
+    run = PCKEvaluation(
+        name,
+        pairs,
+        _matcher_from_args(args),
+        args.out,
+        options=options,
+        resume=args.resume,
+        overwrite=args.overwrite,
+    )
+    if run.num_resumable:
+        print(f"resuming: {run.num_resumable} of {len(run)} pairs already done")
+    with tqdm(run, total=len(run), desc=name, unit="pair") as bar:
+        for outcome in bar:
+            bar.set_postfix_str(f"{outcome.category} PCK@0.10 {outcome.pck.get('pck@0.10', 0):.2f}")
+    metrics = run.finish()
+    alphas = metrics["alphas"]
+    print(f"{name}: {metrics['num_pairs']} pairs, {metrics['num_points']} points")
+    for kind in ("pck_per_point", "pck_per_image"):
+        values = "  ".join(
+            f"@{a:.2f} {100 * (metrics[f'{kind}@{a:.2f}'] or 0):.1f}" for a in alphas
+        )
+        print(f"{kind:15s} {values}")
+    print(run.out / "metrics.json")
+    return 0
+
+
+def _run_eval_hpatches(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .eval.hpatches import load_hpatches
+    from .eval.runners import HPatchesEvaluation
+
+    sequences = _limited(
+        load_hpatches(args.data, exclude_high_res=args.exclude_high_res), args.limit
+    )
+    run = HPatchesEvaluation(
+        sequences,
+        _matcher_from_args(args),
+        args.out,
+        detector=args.detector,
+        max_keypoints=args.max_keypoints,
+        method=args.method,
+        options={"data": str(args.data.resolve()), "exclude_high_res": args.exclude_high_res},
+        resume=args.resume,
+        overwrite=args.overwrite,
+    )
+    with tqdm(run, total=len(run), desc="hpatches", unit="pair") as bar:
+        for outcome in bar:
+            bar.set_postfix_str(
+                f"{outcome.sequence}/{outcome.target} err {outcome.corner_error:.1f}"
+            )
+    metrics = run.finish()
+    for group in ("all", "illumination", "viewpoint"):
+        acc = "  ".join(
+            f"@{e}px {100 * (metrics[group][e] or 0):.1f}" for e in metrics["thresholds_px"]
+        )
+        print(f"{group:13s} {acc}  ({metrics['num_pairs'][group]} pairs)")
+    print(run.out / "metrics.json")
+    return 0
 
 
 def _add_eval_davis(eval_sub: argparse._SubParsersAction) -> None:
@@ -750,12 +1145,19 @@ def _run_eval_davis(args: argparse.Namespace) -> int:
     return 0
 
 
-_EVAL_BENCHMARKS: list[Callable[[argparse._SubParsersAction], None]] = [_add_eval_davis]
+_EVAL_BENCHMARKS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_eval_davis,
+    _add_eval_spair,
+    _add_eval_pfpascal,
+    _add_eval_ap10k,
+    _add_eval_hpatches,
+]
 _SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_track,
     _add_extract,
     _add_inspect,
     _add_cache,
+    _add_match,
     _add_eval,
 ]
 
