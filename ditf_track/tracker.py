@@ -31,7 +31,7 @@ import torch
 from .cache import FeatureCache, cache_root, clip_key, feature_key
 from .errors import ConfigError, InputError
 from .features import FeatureExtractor
-from .images import model_input_size
+from .images import Interpolation, model_input_size
 from .masks import VOID_ID, LabelMask, labels_to_grid, read_mask, small_objects
 from .propagate import PropagationParams, make_search, propagate_sequence, soft_labels_to_mask
 from .video import VideoSource, open_video, resize_frames
@@ -132,7 +132,7 @@ class Tracker:
         short_side: int = 960,
         long_multiple: int | None = None,
         rounding: Literal["nearest", "floor"] = "nearest",
-        interpolation: str = "auto",
+        interpolation: Interpolation = "auto",
         batch_size: int = 4,
     ) -> None:
         if label_mode not in ("area", "nearest"):
