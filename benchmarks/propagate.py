@@ -1,0 +1,298 @@
+"""Propagation speed on cached features: ditf-track's windowed search vs DINO's dense form.
+
+Workload: one DAVIS frame at DiTF's setting (854x480 at short side 960 → 1696x960 input,
+stride 16 → a 60x106 grid), 8 context frames (the first + 7 last), r = 12, k = 5, τ = 0.1,
+feature widths C = 3 (``lab``), 1152 (PixArt-α) and 3072 (Flux). "ours" is the steady state
+of ``propagate_sequence``: search the 8 prepared contexts, average their labels, prepare the
+frame for the queue. "dense" is the form DINO's ``eval_video_segmentation.py`` and the official
+DiTF script use: hw x hw affinities per context, exp(·/τ), times a dense neighbourhood mask,
+top-k over the stacked contexts, normalise, one matmul with the labels.
+
+Also reports the useful FLOP rate, 2·contexts·hw·(2r+1)²·C per frame divided by the time, as
+a fraction of a plain 4096³ matmul in the same dtype and run, and a k-NN (global search)
+table: torch vs FAISS. Runs float32 on the CPU, and float32 + bfloat16 on CUDA when present.
+
+    PYTHONPATH=. python benchmarks/propagate.py            # table + append to RESULTS.md
+    PYTHONPATH=. python benchmarks/propagate.py --sweep    # strip widths (tuning)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ditf_track.propagate import (
+    DEFAULT_STRIP_WIDTH,
+    GlobalSearch,
+    PropagationParams,
+    WindowSearch,
+    aggregate_labels,
+    knn_search,
+)
+from ditf_track.propagate.knn import faiss_available, faiss_gpu_count
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+GRID = (60, 106)
+CONTEXTS = 8
+LABELS = 3
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1) -> float:
+    """Mean seconds per call after ``warmup`` calls (CUDA synchronised around the timing)."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    sync(device)
+    return (time.perf_counter() - start) / repeats
+
+
+def dense_mask(grid: tuple[int, int], radius: int, device: torch.device) -> torch.Tensor:
+    """DINO's ``restrict_neighborhood`` as a (hw, hw) 0/1 matrix (built vectorised here)."""
+    h, w = grid
+    yy, xx = torch.meshgrid(
+        torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij"
+    )
+    yy, xx = yy.flatten(), xx.flatten()
+    near = ((yy[:, None] - yy[None, :]).abs() <= radius) & (
+        (xx[:, None] - xx[None, :]).abs() <= radius
+    )
+    return near.float()
+
+
+def dense_step(
+    query: torch.Tensor,
+    contexts: torch.Tensor,
+    labels: torch.Tensor,
+    mask: torch.Tensor,
+    k: int,
+    tau: float,
+) -> torch.Tensor:
+    """The dense propagation step of DINO's script (re-implemented, same tensor shapes)."""
+    c, h, w = query.shape
+    m = contexts.shape[0]
+    q = query.reshape(c, h * w).t()
+    src = contexts.reshape(m, c, h * w)
+    aff = torch.bmm(q.unsqueeze(0).expand(m, -1, -1), src).float()  # (M, hw_q, hw_src)
+    aff = torch.exp(aff / tau) * mask  # mask broadcast over contexts
+    aff = aff.transpose(2, 1).reshape(m * h * w, h * w)  # (M·hw_src, hw_q)
+    kth = aff.topk(k, dim=0).values.min(dim=0).values
+    aff[aff < kth] = 0
+    aff = aff / aff.sum(0, keepdim=True)
+    segs = labels.float().reshape(m, -1, h * w).transpose(2, 1).reshape(m * h * w, -1).t()
+    return (segs @ aff).reshape(-1, h, w)
+
+
+def matmul_rate(device: torch.device, dtype: torch.dtype) -> float:
+    """FLOP/s of a plain 4096 x 4096 x 4096 matmul."""
+    n = 4096
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    seconds = timed(lambda: a @ b, device, repeats=3)
+    return 2 * n**3 / seconds
+
+
+def random_features(n: int, c: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    g = torch.Generator(device="cpu").manual_seed(n * 7 + c)
+    feats = F.normalize(torch.randn(n, c, *GRID, generator=g), dim=1)
+    return feats.to(device=device, dtype=dtype)
+
+
+def bench_one(
+    c: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    params: PropagationParams,
+    strip: int,
+    frames: int,
+    dense_frames: int,
+    mask: torch.Tensor | None,
+) -> dict[str, float]:
+    feats = random_features(CONTEXTS + 1, c, device, dtype)
+    labels = torch.softmax(torch.randn(CONTEXTS, LABELS, *GRID, device=device), dim=1)
+    assert params.radius is not None
+    search = WindowSearch(params.radius, params.topk, strip_width=strip)
+    prepared = [search.prepare(f) for f in feats[:CONTEXTS]]
+    query = feats[CONTEXTS]
+
+    def ours() -> None:
+        neighbours = search.search(query, prepared)
+        aggregate_labels(neighbours, labels, params.temperature)
+        search.prepare(query)  # the frame joins the queue
+
+    row: dict[str, float] = {"C": c, "ours_s": timed(ours, device, frames)}
+    if mask is not None and dense_frames > 0:
+
+        def dense() -> None:
+            dense_step(query, feats[:CONTEXTS], labels, mask, params.topk, params.temperature)
+
+        warm = 1 if c < 1000 or device.type == "cuda" else 0
+        row["dense_s"] = timed(dense, device, dense_frames, warmup=warm)
+    h, w = GRID
+    row["useful_flop"] = 2 * CONTEXTS * h * w * (2 * params.radius + 1) ** 2 * c
+    return row
+
+
+def bench_knn(c: int, device: torch.device, repeats: int) -> dict[str, float]:
+    h, w = GRID
+    g = torch.Generator(device="cpu").manual_seed(c)
+    queries = F.normalize(torch.randn(h * w, c, generator=g), dim=1).to(device)
+    database = F.normalize(torch.randn(CONTEXTS * h * w, c, generator=g), dim=1).to(device)
+    row: dict[str, float] = {"C": c}
+    backends = ["torch"] + (["faiss"] if faiss_available() else [])
+    for backend in backends:
+        row[backend] = timed(
+            lambda b=backend: knn_search(queries, database, 5, backend=b), device, repeats
+        )
+    # The propagation's global search: per-context k-NN + merge (what GlobalSearch does).
+    search = GlobalSearch(5)
+    prepared = [
+        search.prepare(database[i * h * w : (i + 1) * h * w].t().reshape(c, h, w))
+        for i in range(CONTEXTS)
+    ]
+    query = queries.t().reshape(c, h, w)
+    row["global_search"] = timed(lambda: search.search(query, prepared), device, repeats)
+    return row
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or "CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+
+
+def commit() -> str:
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        return sha + (" (dirty)" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--channels", default="3,1152,3072")
+    parser.add_argument("--frames", type=int, default=0, help="timed frames (0: by size)")
+    parser.add_argument("--dense-frames", type=int, default=0, help="0: by size")
+    parser.add_argument("--strip", type=int, default=DEFAULT_STRIP_WIDTH)
+    parser.add_argument("--sweep", default="", help="strip widths to compare, e.g. 4,6,8,12")
+    parser.add_argument("--no-dense", action="store_true")
+    parser.add_argument("--no-knn", action="store_true")
+    parser.add_argument("--no-append", action="store_true")
+    args = parser.parse_args()
+
+    params = PropagationParams()  # DINO / DiTF: n 7 (+ first = 8 contexts), r 12, k 5, τ 0.1
+    channels = [int(c) for c in args.channels.split(",")]
+    runs = [(torch.device("cpu"), torch.float32)]
+    if torch.cuda.is_available():
+        cuda = torch.device("cuda")
+        runs = [(cuda, torch.float32), (cuda, torch.bfloat16), *runs]
+    lines: list[str] = []
+
+    def emit(text: str) -> None:
+        print(text, flush=True)
+        lines.append(text)
+
+    emit(
+        f"grid {GRID[0]}x{GRID[1]}, {CONTEXTS} contexts, r={params.radius}, k={params.topk}, "
+        f"τ={params.temperature}, labels K={LABELS}"
+    )
+    if args.sweep:
+        for device, dtype in runs:
+            emit(f"\nstrip-width sweep on {device_name(device)}, {dtype}: frames/s")
+            widths = [int(s) for s in args.sweep.split(",")]
+            emit("| C | " + " | ".join(f"strip {s}" for s in widths) + " |")
+            emit("|---|" + "---|" * len(widths))
+            for c in channels:
+                cells = []
+                for s in widths:
+                    row = bench_one(c, device, dtype, params, s, 3 if c > 1000 else 10, 0, None)
+                    cells.append(f"{1 / row['ours_s']:.2f}")
+                emit(f"| {c} | " + " | ".join(cells) + " |")
+    else:
+        for device, dtype in runs:
+            torch.manual_seed(0)
+            rate = matmul_rate(device, dtype)
+            emit(
+                f"\n{device_name(device)}, {dtype}, strip {args.strip}; plain 4096³ matmul "
+                f"{rate / 1e9:.0f} GFLOP/s; load average {os.getloadavg()[0]:.2f}"
+            )
+            emit("| C | ours frames/s | dense frames/s | speed-up | useful GFLOP/s | of matmul |")
+            emit("|---|---|---|---|---|---|")
+            mask = None
+            if not args.no_dense:
+                assert params.radius is not None
+                mask = dense_mask(GRID, params.radius, device)
+            for c in channels:
+                big = c > 1000 and device.type == "cpu"
+                frames = args.frames or (3 if big else 10)
+                dense_frames = args.dense_frames or (1 if big else 2)
+                row = bench_one(c, device, dtype, params, args.strip, frames, dense_frames, mask)
+                ours = row["ours_s"]
+                dense = row.get("dense_s")
+                useful = row["useful_flop"] / ours
+                emit(
+                    f"| {c} | {1 / ours:.2f} | "
+                    + (f"{1 / dense:.3f} | {dense / ours:.1f}x" if dense else "- | -")
+                    + f" | {useful / 1e9:.1f} | {useful / rate:.0%} |"
+                )
+            del mask
+    if not args.no_knn and not args.sweep:
+        for device in {d for d, _ in runs}:
+            emit(
+                f"\nk-NN, {GRID[0] * GRID[1]} queries x {CONTEXTS}x{GRID[0] * GRID[1]} database, "
+                f"k=5, float32, {device_name(device)} (faiss GPUs: {faiss_gpu_count()}): seconds"
+            )
+            emit("| C | torch | faiss | GlobalSearch (auto, per context + merge) |")
+            emit("|---|---|---|---|")
+            for c in channels:
+                row = bench_knn(c, device, 1 if c > 1000 and device.type == "cpu" else 3)
+                emit(
+                    f"| {c} | {row['torch']:.3f} | {row.get('faiss', float('nan')):.3f} | "
+                    f"{row['global_search']:.3f} |"
+                )
+    if not args.no_append:
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        header = "" if RESULTS.exists() else "# Benchmark results (appended by benchmarks/*.py)\n"
+        with RESULTS.open("a", encoding="utf-8") as fh:
+            fh.write(header)
+            fh.write(
+                f"\n## propagate.py — {stamp}, commit {commit()}, torch {torch.__version__}\n\n"
+            )
+            fh.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

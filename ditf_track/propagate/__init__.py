@@ -1,0 +1,48 @@
+"""Label propagation through video on DiTF (or any) dense features: the algorithmic core.
+
+``params`` (the protocol's n, r, k, τ) → ``search`` (top-k context cells per query cell,
+windowed or global) → ``labels`` (average the context labels, drive a sequence, write masks).
+Everything here is a pure function of tensors; the tracker adds extraction and caching.
+"""
+
+from .knn import KnnBackend, knn_search, matmul_f32
+from .labels import (
+    aggregate_labels,
+    normalize_soft_labels,
+    propagate_labels,
+    propagate_sequence,
+    soft_labels_to_mask,
+)
+from .params import DIFT_PARAMS, DINO_PARAMS, PropagationParams
+from .search import (
+    DEFAULT_STRIP_WIDTH,
+    GlobalSearch,
+    Neighbours,
+    NeighbourSearch,
+    PreparedContext,
+    WindowSearch,
+    make_search,
+    merge_topk,
+)
+
+__all__ = [
+    "DEFAULT_STRIP_WIDTH",
+    "DIFT_PARAMS",
+    "DINO_PARAMS",
+    "GlobalSearch",
+    "KnnBackend",
+    "NeighbourSearch",
+    "Neighbours",
+    "PreparedContext",
+    "PropagationParams",
+    "WindowSearch",
+    "aggregate_labels",
+    "knn_search",
+    "make_search",
+    "matmul_f32",
+    "merge_topk",
+    "normalize_soft_labels",
+    "propagate_labels",
+    "propagate_sequence",
+    "soft_labels_to_mask",
+]

@@ -1,0 +1,420 @@
+"""The propagation core against a brute-force transcription of METHOD.md §4, and on real DAVIS."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ditf_track.errors import ConfigError, InputError
+from ditf_track.propagate import (
+    DIFT_PARAMS,
+    DINO_PARAMS,
+    GlobalSearch,
+    PropagationParams,
+    WindowSearch,
+    aggregate_labels,
+    knn_search,
+    make_search,
+    normalize_soft_labels,
+    propagate_labels,
+    propagate_sequence,
+    soft_labels_to_mask,
+)
+
+
+def brute_force(
+    query: torch.Tensor,
+    contexts: torch.Tensor,
+    labels: torch.Tensor,
+    radius: int | None,
+    k: int,
+    tau: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """METHOD.md §4 written out densely in float64: every query cell against every cell of
+    every context, an explicit square mask, top-k jointly over the M contexts, exp(s/τ)
+    normalised to sum 1, weighted average. Also returns the gap between the k-th and the
+    (k+1)-th candidate per query, so tests can skip near-ties (where fp32 may pick another)."""
+    c, h, w = query.shape
+    m = contexts.shape[0]
+    q = query.reshape(c, h * w).t().double()
+    ctx = contexts.reshape(m, c, h * w).double()
+    aff = torch.einsum("qc,mcn->qmn", q, ctx)  # (hw, M, hw)
+    if radius is not None:
+        yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        yy, xx = yy.flatten(), xx.flatten()
+        inside = ((yy[:, None] - yy[None, :]).abs() <= radius) & (
+            (xx[:, None] - xx[None, :]).abs() <= radius
+        )
+        aff = aff.masked_fill(~inside[:, None, :], float("-inf"))
+    aff = aff.reshape(h * w, m * h * w)
+    k = min(k, m * h * w)
+    order = aff.sort(dim=1, descending=True).values
+    n_finite = torch.isfinite(order).sum(1)
+    if order.shape[1] > k:
+        gap = torch.where(n_finite > k, order[:, k - 1] - order[:, k], 1.0)
+    else:
+        gap = torch.ones(h * w, dtype=order.dtype)
+    top, idx = aff.topk(k, dim=1)
+    weight = torch.exp(top / tau)
+    weight = weight / weight.sum(1, keepdim=True)
+    table = labels.double().permute(0, 2, 3, 1).reshape(m * h * w, -1)
+    out = (weight[:, :, None] * table[idx]).sum(1)
+    return out.t().reshape(-1, h, w), gap.reshape(h, w)
+
+
+def random_case(seed: int, m: int, c: int, h: int, w: int, n_labels: int = 3):
+    g = torch.Generator().manual_seed(seed)
+    query = F.normalize(torch.randn(c, h, w, generator=g), dim=0)
+    contexts = F.normalize(torch.randn(m, c, h, w, generator=g), dim=1)
+    labels = torch.rand(m, n_labels, h, w, generator=g)
+    return query, contexts, labels
+
+
+def assert_matches(out: torch.Tensor, ref: torch.Tensor, gap: torch.Tensor, atol: float) -> None:
+    """Equal at every query whose k-th candidate is not within 1e-4 of the next one."""
+    clear = gap > 1e-4
+    assert clear.float().mean() > 0.8, "test case has too many near-ties"
+    diff = (out.double() - ref).abs().amax(0)
+    assert diff[clear].max().item() < atol
+
+
+GRIDS = [(7, 11), (13, 5), (16, 24), (1, 9)]
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+@pytest.mark.parametrize("m", [1, 2, 8])
+@pytest.mark.parametrize("radius", [1, 3, 12, 40])
+def test_window_step_equals_brute_force(grid: tuple[int, int], m: int, radius: int) -> None:
+    h, w = grid
+    for k, tau in [(1, 0.05), (5, 0.1), (15, 0.2)]:
+        query, contexts, labels = random_case(h * 1000 + w * 10 + m + radius + k, m, 24, h, w)
+        ref, gap = brute_force(query, contexts, labels, radius, k, tau)
+        params = PropagationParams(radius=radius, topk=k, temperature=tau)
+        for strip in (1, 3, 8):
+            search = WindowSearch(radius, k, strip_width=strip)
+            out = propagate_labels(query, contexts, labels, params, search=search)
+            assert out.shape == (3, h, w)
+            assert out.dtype == torch.float32
+            assert_matches(out, ref, gap, 1e-5)
+
+
+def test_window_neighbours_are_the_brute_force_cells() -> None:
+    query, contexts, _ = random_case(7, 3, 16, 9, 14)
+    search = WindowSearch(2, 5)
+    nb = search.search(query, [search.prepare(f) for f in contexts])
+    assert nb.scores.shape == (9, 14, 5)
+    assert nb.index.shape == (9, 14, 5)
+    cells = contexts.permute(0, 2, 3, 1).reshape(-1, 16)
+    again = torch.einsum("hwc,hwkc->hwk", query.permute(1, 2, 0), cells[nb.index])
+    assert torch.allclose(again, nb.scores, atol=1e-5)  # scores are the cosines of the indices
+    m_idx, rest = nb.index // (9 * 14), nb.index % (9 * 14)
+    y, x = rest // 14, rest % 14
+    yq = torch.arange(9)[:, None, None]
+    xq = torch.arange(14)[None, :, None]
+    assert ((y - yq).abs() <= 2).all()
+    assert ((x - xq).abs() <= 2).all()
+    assert (m_idx < 3).all()
+    assert (nb.scores[..., :-1] >= nb.scores[..., 1:]).all()
+
+
+def test_clipped_window_with_fewer_cells_than_k() -> None:
+    """A corner cell with r = 1 sees 4 cells per context; k = 15 keeps all 4 (DINO keeps the
+    zeros of the masked affinity too, which add nothing)."""
+    query, contexts, labels = random_case(3, 1, 8, 6, 6)
+    ref, _ = brute_force(query, contexts, labels, 1, 15, 0.1)
+    out = propagate_labels(query, contexts, labels, PropagationParams(radius=1, topk=15))
+    assert torch.allclose(out.double(), ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("grid", [(7, 11), (13, 5)])
+def test_global_step_equals_brute_force(grid: tuple[int, int]) -> None:
+    h, w = grid
+    query, contexts, labels = random_case(11, 3, 32, h, w)
+    ref, gap = brute_force(query, contexts, labels, None, 5, 0.1)
+    params = PropagationParams(radius=None, topk=5)
+    for backend in ("torch", "faiss"):
+        out = propagate_labels(
+            query, contexts, labels, params, search=GlobalSearch(5, backend=backend)
+        )
+        assert_matches(out, ref, gap, 1e-5)
+
+
+def test_radius_beyond_grid_equals_global() -> None:
+    query, contexts, labels = random_case(5, 2, 16, 6, 9)
+    windowed = propagate_labels(query, contexts, labels, PropagationParams(radius=30))
+    whole = propagate_labels(query, contexts, labels, PropagationParams(radius=None))
+    assert torch.allclose(windowed, whole, atol=1e-6)
+
+
+def test_bfloat16_features_track_the_float32_reference() -> None:
+    query, contexts, labels = random_case(21, 4, 64, 12, 17)
+    ref, _ = brute_force(query, contexts, labels, 3, 5, 0.1)
+    out = propagate_labels(
+        query.bfloat16(), contexts.bfloat16(), labels, DINO_PARAMS.__class__(radius=3)
+    )
+    assert out.dtype == torch.float32
+    # bf16 rounds each feature to 8 bits: neighbours with close scores may swap.
+    assert (out.double() - ref).abs().mean() < 0.02
+    assert (out.argmax(0) == ref.argmax(0)).float().mean() > 0.9
+
+
+def test_labels_are_averages() -> None:
+    """One-hot context labels give per-cell distributions (sum 1, in [0, 1])."""
+    query, contexts, _ = random_case(8, 2, 16, 10, 10)
+    onehot = F.one_hot(torch.randint(0, 4, (2, 10, 10)), 4).permute(0, 3, 1, 2).float()
+    out = propagate_labels(query, contexts, onehot, DINO_PARAMS)
+    assert torch.allclose(out.sum(0), torch.ones(10, 10), atol=1e-6)
+    assert out.min() >= 0
+    assert out.max() <= 1 + 1e-6
+
+
+def test_identical_frames_copy_labels() -> None:
+    """k = 1 against an identical frame: every cell finds itself (self-similarity 1 is the
+    unique maximum for distinct unit vectors) and copies its own label."""
+    query, _, labels = random_case(9, 1, 32, 8, 12)
+    out = propagate_labels(query, query[None], labels[:1], PropagationParams(radius=3, topk=1))
+    assert torch.allclose(out, labels[0], atol=1e-6)
+
+
+# --- k-NN backends --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("c", [3, 64, 257])
+def test_knn_backends_equal_brute_force(c: int) -> None:
+    g = torch.Generator().manual_seed(c)
+    queries = F.normalize(torch.randn(300, c, generator=g), dim=1)
+    database = F.normalize(torch.randn(1000, c, generator=g), dim=1)
+    sims = queries.double() @ database.double().t()
+    top = sims.topk(6, dim=1)
+    clear = (top.values[:, 4] - top.values[:, 5]) > 1e-5
+    assert clear.float().mean() > 0.9
+    expected = top.indices[:, :5]
+    for backend in ("torch", "faiss"):
+        scores, index = knn_search(queries, database, 5, backend=backend)
+        assert scores.shape == (300, 5)
+        assert scores.dtype == torch.float32
+        assert index.dtype == torch.int64
+        same = [set(a.tolist()) == set(b.tolist()) for a, b in zip(index, expected)]
+        assert all(s for s, ok in zip(same, clear.tolist()) if ok)
+        assert torch.allclose(scores.double(), top.values[:, :5], atol=1e-5)
+
+
+def test_knn_clamps_k_and_validates() -> None:
+    queries, database = torch.randn(4, 8), torch.randn(3, 8)
+    scores, index = knn_search(queries, database, 10, backend="torch")
+    assert scores.shape == (4, 3)
+    assert sorted(index[0].tolist()) == [0, 1, 2]
+    with pytest.raises(InputError, match="same C"):
+        knn_search(queries, torch.randn(3, 5), 2)
+    with pytest.raises(ConfigError, match="backend"):
+        knn_search(queries, database, 2, backend="annoy")  # type: ignore[arg-type]
+
+
+# --- parameters ------------------------------------------------------------------------------
+
+
+def test_params_defaults_and_validation() -> None:
+    assert PropagationParams() == DINO_PARAMS == PropagationParams(7, 12, 5, 0.1)
+    assert PropagationParams(28, 15, 15, 0.2) == DIFT_PARAMS
+    assert PropagationParams(radius=None).radius is None
+    with pytest.raises(ConfigError, match="radius=None"):
+        PropagationParams(radius=0)
+    with pytest.raises(ConfigError, match="n_context"):
+        PropagationParams(n_context=-1)
+    with pytest.raises(ConfigError, match="topk"):
+        PropagationParams(topk=0)
+    with pytest.raises(ConfigError, match="temperature"):
+        PropagationParams(temperature=0.0)
+    with pytest.raises(ConfigError, match="strip_width"):
+        WindowSearch(3, 5, strip_width=0)
+
+
+def test_shape_errors_name_the_fix() -> None:
+    query, contexts, labels = random_case(1, 2, 8, 5, 6)
+    with pytest.raises(InputError, match="one"):
+        propagate_labels(query, contexts, labels[:1])
+    with pytest.raises(InputError, match="grid"):
+        propagate_labels(query, contexts, labels[..., :3])
+    search = make_search(DINO_PARAMS)
+    prepared = [search.prepare(contexts[0])]
+    with pytest.raises(InputError, match="same settings"):
+        search.search(query[:, :4], prepared)
+
+
+# --- finishing masks -------------------------------------------------------------------------
+
+
+def test_soft_labels_to_mask_places_a_block() -> None:
+    """An object on grid cells rows 1-2, cols 2-3 (stride 4) lands on pixels 4..11 x 8..15.
+
+    Bilinear upsampling (align_corners=False) ramps each edge over one cell; across an edge
+    the object's value at pixel p is 0.375 outside and 0.625 inside, so the cut falls exactly
+    on the cell border. At the 4 corner pixels of the block both ramps multiply:
+    0.625² = 0.39 < 0.61 for the background, so those 4 pixels stay background.
+    """
+    soft = torch.zeros(2, 4, 6)
+    soft[0] = 1
+    soft[0, 1:3, 2:4] = 0
+    soft[1, 1:3, 2:4] = 1
+    mask = soft_labels_to_mask(soft, [5], (16, 24), stride=4)
+    expected = np.zeros((16, 24), np.uint8)
+    expected[4:12, 8:16] = 5
+    expected[[4, 4, 11, 11], [8, 15, 8, 15]] = 0
+    assert mask.dtype == np.uint8
+    assert mask.shape == (16, 24)
+    assert (mask == expected).all()
+
+
+def test_soft_labels_to_mask_maps_non_contiguous_ids_and_resizes() -> None:
+    soft = torch.zeros(3, 2, 2)
+    soft[0, 0, 0] = soft[1, 0, 1] = soft[2, 1, :] = 1.0
+    # stride 1: no interpolation; ids 3 and 7; then nearest 2x2 -> 4x6 (PIL's rule).
+    mask = soft_labels_to_mask(soft, [3, 7], (4, 6), stride=1)
+    expected = np.array([[0, 0, 0, 3, 3, 3], [0, 0, 0, 3, 3, 3], [7] * 6, [7] * 6], np.uint8)
+    assert (mask == expected).all()
+    with pytest.raises(InputError, match="object ids"):
+        soft_labels_to_mask(soft, [3], (4, 6), stride=1)
+
+
+def test_normalize_soft_labels_is_dinos_norm_mask() -> None:
+    soft = torch.tensor(
+        [[[0.2, 0.6], [0.4, 0.2]], [[0.0, 0.0], [0.0, 0.0]], [[0.5, 0.5], [0.5, 0.5]]]
+    )
+    out = normalize_soft_labels(soft)
+    assert torch.allclose(out[0], torch.tensor([[0.0, 1.0], [0.5, 0.0]]))
+    assert (out[1] == 0).all()
+    assert (out[2] == 1).all()
+
+
+# --- sequences -------------------------------------------------------------------------------
+
+
+def test_sequence_uses_reference_plus_n_last_frames() -> None:
+    """The generator's step t equals one propagate_labels call on the reference and the
+    n_context frames before t, with their yielded labels (DINO's queue)."""
+    g = torch.Generator().manual_seed(4)
+    feats = F.normalize(torch.randn(6, 16, 8, 9, generator=g), dim=1)
+    ref_labels = F.one_hot(torch.randint(0, 3, (8, 9), generator=g), 3).permute(2, 0, 1).float()
+    params = PropagationParams(n_context=2, radius=3, topk=4)
+    outs = list(propagate_sequence(feats[0], ref_labels, iter(feats[1:]), params))
+    assert len(outs) == 5
+    labels = [ref_labels, *outs]
+    for t in range(1, 6):
+        ctx = [0, *range(max(1, t - 2), t)]
+        step = propagate_labels(feats[t], feats[ctx], torch.stack([labels[i] for i in ctx]), params)
+        assert torch.allclose(outs[t - 1], step, atol=1e-6)
+
+
+def test_sequence_stops_early_and_runs_backwards() -> None:
+    g = torch.Generator().manual_seed(5)
+    feats = F.normalize(torch.randn(5, 8, 6, 6, generator=g), dim=1)
+    labels = F.one_hot(torch.randint(0, 2, (6, 6), generator=g), 2).permute(2, 0, 1).float()
+    consumed = []
+
+    def frames():
+        for t in (3, 2, 1, 0):  # backwards from an annotated frame 4
+            consumed.append(t)
+            yield feats[t]
+
+    gen = propagate_sequence(feats[4], labels, frames(), PropagationParams(radius=2))
+    first = next(gen)
+    assert first.shape == (2, 6, 6)
+    assert consumed == [3]
+    gen.close()
+    assert consumed == [3]
+
+
+# --- real DAVIS clips with oracle features ---------------------------------------------------
+
+
+def _load_clip(shared: Path, seq: str) -> tuple[list[np.ndarray], int, int]:
+    folder = shared / "davis" / "Annotations" / "480p" / seq
+    masks = [np.asarray(Image.open(p).convert("L")) > 127 for p in sorted(folder.glob("*.png"))]
+    height, width = masks[0].shape
+    return masks, height, width
+
+
+def _grid_fraction(mask: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
+    """Fraction of foreground in each cell of a (h, w) grid over the resized mask (area)."""
+    h, w = grid
+    t = torch.from_numpy(mask.astype(np.float32))[None, None]
+    return F.interpolate(t, size=(h * 8, w * 8), mode="area").reshape(h, 8, w, 8).mean((1, 3))
+
+
+def _oracle_features(
+    fractions: list[torch.Tensor], c: int, noise: float, seed: int
+) -> torch.Tensor:
+    """Per cell: fraction·fg_code + (1 - fraction)·bg_code + Gaussian noise, L2-normalised."""
+    g = torch.Generator().manual_seed(seed)
+    codes = F.normalize(torch.randn(2, c, generator=g), dim=1)
+    frac = torch.stack(fractions)[:, None]  # (T, 1, h, w)
+    feats = frac * codes[1][None, :, None, None] + (1 - frac) * codes[0][None, :, None, None]
+    feats = feats + noise * torch.randn(feats.shape, generator=g)
+    return F.normalize(feats, dim=1)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+@pytest.mark.parametrize("seq", ["blackswan", "car-shadow", "dog"])
+def test_oracle_features_reproduce_davis_ground_truth(shared_data: Path, seq: str) -> None:
+    """Features that encode the GT (plus noise) must carry the first-frame mask through the
+    real motion of the clip; the same features with cells shuffled must not."""
+    masks, height, width = _load_clip(shared_data, seq)
+    # The 60x106 grid of DiTF's DAVIS setting (stride 16 at short side 960), here as stride 8
+    # on the 480p frames. A perfect label map on this grid scores J = 0.97-0.98.
+    grid, stride = (60, 106), 8
+    fractions = [_grid_fraction(m, grid) for m in masks]
+    feats = _oracle_features(fractions, c=16, noise=0.2, seed=0)
+    first = (fractions[0] >= 0.5).long()
+    ref_labels = F.one_hot(first, 2).permute(2, 0, 1).float()
+
+    def mean_j(frames: torch.Tensor) -> float:
+        outs = propagate_sequence(frames[0], ref_labels, iter(frames[1:]), DINO_PARAMS)
+        scores = [
+            _iou(soft_labels_to_mask(s, [1], (height, width), stride) > 0, gt)
+            for s, gt in zip(outs, masks[1:])
+        ]
+        return float(np.mean(scores))
+
+    j = mean_j(feats)
+    assert j >= 0.9, f"{seq}: J = {j:.3f}"
+    g = torch.Generator().manual_seed(1)
+    n = grid[0] * grid[1]
+    shuffled = torch.stack(
+        [f.reshape(16, n)[:, torch.randperm(n, generator=g)].reshape(16, *grid) for f in feats]
+    )
+    j_shuffled = mean_j(shuffled)
+    assert j_shuffled < j - 0.3, f"{seq}: shuffled J = {j_shuffled:.3f} vs {j:.3f}"
+
+
+def test_global_sequence_on_davis_oracle(shared_data: Path) -> None:
+    masks, height, width = _load_clip(shared_data, "car-shadow")
+    grid = (15, 27)
+    fractions = [_grid_fraction(m, grid) for m in masks[:12]]
+    feats = _oracle_features(fractions, c=16, noise=0.2, seed=2)
+    ref_labels = F.one_hot((fractions[0] >= 0.5).long(), 2).permute(2, 0, 1).float()
+    params = PropagationParams(radius=None)
+    outs = list(propagate_sequence(feats[0], ref_labels, iter(feats[1:]), params))
+    j = np.mean(
+        [
+            _iou(soft_labels_to_mask(s, [1], (height, width), 32) > 0, gt)
+            for s, gt in zip(outs, masks[1:12])
+        ]
+    )
+    assert j >= 0.8
+
+
+def test_aggregate_rejects_mismatched_grids() -> None:
+    query, contexts, labels = random_case(2, 1, 8, 4, 4)
+    search = make_search(DINO_PARAMS)
+    nb = search.search(query, [search.prepare(contexts[0])])
+    with pytest.raises(InputError, match="grid"):
+        aggregate_labels(nb, labels[..., :3, :3], 0.1)
