@@ -1,11 +1,23 @@
 """ditf-track: Diffusion Transformer features (DiTF) for video mask and keypoint propagation.
 
-The data path, in the order a call follows it::
+The data path, in the order one call follows it — ``Tracker.propagate(state)``:
 
-    video → frames → latents → block-k feature → AdaLN → discard → cache → k-NN → masks → PNGs
+    video → frames             video.py: open_video → VideoSource (decord, PyAV, OpenCV; streamed)
+    frames → latents           backbones/<family>.py: DiTBackbone.encode_images, noise_latents
+    latents → block-k feature  backbones/<family>.py: DiTBackbone.capture (hooks stop at block k)
+    → AdaLN → discard          features.py: adaln_modulate, find_massive_channels,
+                               discard_channels (driven by extractor.py DiTFExtractor.extract)
+    → cache                    cache.py: FeatureCache (memory LRU over safetensors files)
+    → k-NN                     propagate/: WindowSearch / GlobalSearch, propagate_sequence
+    → masks                    propagate/labels.py: soft_labels_to_mask
+    → PNGs                     masks.py: write_mask (DAVIS palette), as cli.py's `track` does
+
+:class:`Tracker` ties them together (SAM2's shape: a tracker, an explicit state, propagation
+as a generator), and the CLI, the napari plugin and the evaluators all consume its generator.
 """
 
 from ._version import __version__
+from .cache import FeatureCache
 from .errors import (
     CancelledError,
     ConfigError,
@@ -15,19 +27,48 @@ from .errors import (
     ModelLoadError,
     OutputError,
 )
+from .extractor import DiTFExtractor, build_extractor
+from .features import DiTFSettings, FeatureExtractor, FeatureMaps
+from .images import model_input_size, read_image
+from .lab import LabExtractor
+from .masks import DAVIS_PALETTE, LabelMask, read_mask, write_mask
 from .presets import Preset, TaskSettings, available_presets, load_preset
+from .propagate import PropagationParams
+from .tracker import FrameResult, ProgressEvent, SmallObjectWarning, Tracker, TrackerState
+from .video import VideoSource, open_video
 
 __all__ = [
+    "DAVIS_PALETTE",
     "CancelledError",
     "ConfigError",
     "DeviceError",
+    "DiTFExtractor",
+    "DiTFSettings",
     "DitfError",
+    "FeatureCache",
+    "FeatureExtractor",
+    "FeatureMaps",
+    "FrameResult",
     "InputError",
+    "LabExtractor",
+    "LabelMask",
     "ModelLoadError",
     "OutputError",
     "Preset",
+    "ProgressEvent",
+    "PropagationParams",
+    "SmallObjectWarning",
     "TaskSettings",
+    "Tracker",
+    "TrackerState",
+    "VideoSource",
     "__version__",
     "available_presets",
+    "build_extractor",
     "load_preset",
+    "model_input_size",
+    "open_video",
+    "read_image",
+    "read_mask",
+    "write_mask",
 ]

@@ -8,12 +8,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from ditf_track.lab import LabExtractor
 from PIL import Image
 
 from ditf_track.errors import InputError
 from ditf_track.eval.davis import evaluate_sequence
 from ditf_track.features import FeatureMaps
+from ditf_track.lab import LabExtractor
 from ditf_track.masks import read_mask
 from ditf_track.propagate import PropagationParams
 from ditf_track.tracker import ProgressEvent, SmallObjectWarning, Tracker
@@ -117,7 +117,7 @@ def test_segments_correction_and_backward_fill(shared_data: Path) -> None:
     assert frames_of(state) == {}
     # a correction on frame 10 (a new object 2 there) recomputes frames 10..15 only
     corrected = gt[10].copy()
-    corrected[:40, :40] = 2
+    corrected[:80, :80] = 2
     tracker.add_mask(state, 10, corrected)
     second = frames_of(state)
     assert sorted(second) == list(range(10, 16))
