@@ -343,6 +343,21 @@ class Tracker:
                 plan.append((anchor, list(range(anchor + 1, stop)), False))
         return plan
 
+    def pending_frames(self, state: TrackerState) -> list[int]:
+        """The frames the next :meth:`propagate` will yield, in the order it yields them.
+
+        Empty when every segment is up to date (or nothing is annotated). A front end uses it
+        to blank the frames that are about to be recomputed, and to name those a cancelled run
+        left without labels.
+        """
+        if not state.annotations:
+            return []
+        return [
+            f
+            for anchor, frames, back in self._plan(state)
+            for f in (frames if back else [anchor, *frames])
+        ]
+
     @torch.inference_mode()
     def propagate(
         self,
