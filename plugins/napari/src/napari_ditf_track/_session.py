@@ -1,0 +1,303 @@
+"""What the widget keeps between runs, and one run as a generator of messages. No Qt here.
+
+A :class:`TrackingSession` holds the :class:`~ditf_track.Tracker` (the model and its feature
+cache) and the :class:`~ditf_track.TrackerState` of the current video, and remembers the
+annotations it has already handed to the tracker. A run passes only what changed
+(``add_mask`` for new or edited frames, the keypoints when they differ), so the tracker's
+stale segments recompute frames j up to the next annotation after a correction on frame j,
+and nothing is extracted again. What forces a rebuild:
+
+* the model settings (preset, model, device, dtype, t, k) → a new tracker (model reloaded);
+* the input size or propagation settings → a new tracker on the same extractor and cache;
+* another video, or an annotated frame erased → a new state (features still come from the
+  cache; every frame is propagated again).
+
+:meth:`TrackingSession.run` is the worker's body: it yields :class:`Notice`, :class:`Plan`,
+:class:`~ditf_track.ProgressEvent` and :class:`~ditf_track.FrameResult` messages and returns an
+:class:`Outcome`. A :class:`~ditf_track.DitfError` ends the run with its one-line message as
+the outcome (the widget shows it as the CLI prints it); a set ``cancel`` event stops the run
+after the current frame or feature batch, leaving the tracker's state consistent.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from ditf_track import (
+    ConfigError,
+    DitfError,
+    FrameResult,
+    ProgressEvent,
+    PropagationParams,
+    Tracker,
+    TrackerState,
+    VideoSource,
+    load_preset,
+)
+from ditf_track.coords import QueryPoints
+
+__all__ = [
+    "Message",
+    "Notice",
+    "Outcome",
+    "Plan",
+    "RunRequest",
+    "TrackerSettings",
+    "TrackingSession",
+]
+
+
+@dataclass(frozen=True)
+class TrackerSettings:
+    """Everything the user can set. ``None`` means the preset's value (``t``, ``k``,
+    ``short_side``), or a global search for ``radius``. Defaults are the CLI's."""
+
+    preset: str = "pixart-alpha"
+    model: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    t: int | None = None
+    k: int | None = None
+    short_side: int | None = None
+    n_context: int = 7
+    radius: int | None = 12
+    topk: int = 5
+    temperature: float = 0.1
+    label_mode: Literal["area", "nearest"] = "area"
+    points_mode: str = "query"
+    cache_dir: str | None = None
+
+    def params(self) -> PropagationParams:
+        """The propagation parameters (raises :class:`~ditf_track.ConfigError` if invalid)."""
+        return PropagationParams(
+            n_context=self.n_context,
+            radius=self.radius,
+            topk=self.topk,
+            temperature=self.temperature,
+        )
+
+    def resolved_short_side(self) -> int:
+        """``short_side``, else the preset's video short side (960 if it names none)."""
+        return self.short_side or load_preset(self.preset).video.short_side or 960
+
+    def extractor_key(self) -> tuple[Any, ...]:
+        return (self.preset, self.model, self.device, self.dtype, self.t, self.k, self.cache_dir)
+
+    def tracker_key(self) -> tuple[Any, ...]:
+        return (*self.extractor_key(), self.resolved_short_side(), self.params(), self.label_mode)
+
+
+@dataclass
+class RunRequest:
+    """A snapshot taken on the GUI thread when Run is pressed.
+
+    ``annotations``: frame → ``(H, W) uint8`` labels, only frames with an object;
+    ``points``: keypoint queries (``(y, x)`` pixels, with ids) or None.
+    """
+
+    video: VideoSource
+    settings: TrackerSettings
+    annotations: dict[int, np.ndarray]
+    points: QueryPoints | None = None
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something to tell the user (a model is loading, a small object may be lost, ...)."""
+
+    level: Literal["info", "warning"]
+    message: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The frames this run will yield, in order, before the first of them is computed."""
+
+    frames: tuple[int, ...]
+    num_frames: int
+    frame_names: tuple[str, ...]
+    fresh: bool  # a new state: no earlier result of this video is valid
+
+
+@dataclass
+class Outcome:
+    """How a run ended. ``missing``: planned frames that got no result (cancel or error)."""
+
+    status: Literal["done", "cancelled", "error"]
+    message: str = ""
+    computed: list[int] = field(default_factory=list)
+    missing: list[int] = field(default_factory=list)
+    extracted: int = 0
+
+
+Message = Notice | Plan | ProgressEvent | FrameResult
+
+
+class _Cancelled(Exception):
+    """Raised from the progress callback to leave a feature batch loop early."""
+
+
+class TrackingSession:
+    """The tracker and state kept between runs (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.tracker: Tracker | None = None
+        self.state: TrackerState | None = None
+        self._extractor_key: tuple[Any, ...] | None = None
+        self._tracker_key: tuple[Any, ...] | None = None
+        self._sent: dict[int, np.ndarray] = {}
+        self._sent_points: dict[int, tuple[int, float, float]] = {}
+
+    def reset(self) -> None:
+        """Forget the state (the tracker and its feature cache stay)."""
+        self.state = None
+        self._sent = {}
+        self._sent_points = {}
+
+    # -- preparing a run ----------------------------------------------------------------------
+    def _build_tracker(self, settings: TrackerSettings, notices: list[Notice]) -> Tracker:
+        params = settings.params()
+        short = settings.resolved_short_side()
+        if self.tracker is not None and settings.extractor_key() == self._extractor_key:
+            return Tracker(
+                self.tracker.extractor,
+                params=params,
+                cache=self.tracker.cache,
+                label_mode=settings.label_mode,
+                short_side=short,
+            )
+        overrides = {name: getattr(settings, name) for name in ("t", "k")}
+        overrides = {name: value for name, value in overrides.items() if value is not None}
+        if load_preset(settings.preset).family == "lab" and (settings.model or overrides):
+            notices.append(
+                Notice("warning", "the lab preset has no model or DiTF settings; ignoring them")
+            )
+        return Tracker.from_preset(
+            settings.preset,
+            model=settings.model or None,
+            device=settings.device,
+            dtype=settings.dtype,
+            cache_dir=settings.cache_dir,
+            params=params,
+            short_side=short,
+            label_mode=settings.label_mode,
+            **overrides,
+        )
+
+    def prepare(self, request: RunRequest, notices: list[Notice]) -> tuple[Tracker, bool]:
+        """Bring tracker and state up to date with ``request``; True if the state is new."""
+        settings = request.settings
+        if self.tracker is None or settings.tracker_key() != self._tracker_key:
+            if settings.extractor_key() != self._extractor_key:
+                notices.append(Notice("info", f"loading preset {settings.preset!r}"))
+            self.tracker = self._build_tracker(settings, notices)
+            self._extractor_key = settings.extractor_key()
+            self._tracker_key = settings.tracker_key()
+            self.reset()
+        tracker = self.tracker
+        if not request.annotations and request.points is None:
+            raise ConfigError(
+                "nothing to track: paint the objects in the annotations layer (on any frame) "
+                "or add keypoints"
+            )
+        erased = set(self._sent) - set(request.annotations)
+        fresh = self.state is None or self.state.video is not request.video or bool(erased)
+        if fresh:
+            self.reset()
+            self.state = tracker.init_state(request.video)
+        state = self.state
+        assert state is not None
+        for frame, labels in sorted(request.annotations.items()):
+            sent = self._sent.get(frame)
+            if sent is not None and np.array_equal(sent, labels):
+                continue
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                tracker.add_mask(state, frame, labels)
+            notices.extend(Notice("warning", str(w.message)) for w in caught)
+            self._sent[frame] = labels
+        self._apply_points(tracker, state, request.points)
+        return tracker, fresh
+
+    def _apply_points(
+        self, tracker: Tracker, state: TrackerState, points: QueryPoints | None
+    ) -> None:
+        """Hand the keypoints to the tracker when they differ from the last run's."""
+        wanted = {}
+        if points is not None:
+            for f, (y, x), i in zip(points.frame_idx, points.points, points.ids):
+                wanted[int(i)] = (int(f), float(y), float(x))
+        if wanted == self._sent_points:
+            return
+        add_points = getattr(tracker, "add_points", None)
+        remove_points = getattr(tracker, "remove_points", None)
+        if add_points is None or remove_points is None:
+            raise ConfigError(
+                "this ditf-track cannot track keypoints (no Tracker.add_points); choose no "
+                "keypoints layer or update ditf-track"
+            )
+        if self._sent_points:
+            remove_points(state, list(self._sent_points))
+            self._sent_points = {}
+        if points is not None:
+            for frame, (queries, ids) in points.by_frame().items():
+                add_points(state, frame, queries, ids)
+        self._sent_points = wanted
+
+    # -- one run -----------------------------------------------------------------------------
+    def run(
+        self, request: RunRequest, cancel: threading.Event
+    ) -> Generator[Message, None, Outcome]:
+        """The worker's body (see the module docstring)."""
+        outcome = Outcome("done")
+        planned: list[int] = []
+        try:
+            notices: list[Notice] = []
+            tracker, fresh = self.prepare(request, notices)
+            yield from notices
+            state = self.state
+            assert state is not None
+            planned = tracker.pending_frames(state)
+            if request.points is not None and not planned:
+                planned = list(range(state.num_frames))  # points are re-tracked over all frames
+            yield Plan(tuple(planned), state.num_frames, tuple(state.frame_names), fresh)
+            extracted_before = tracker.extracted_frames
+            events: list[ProgressEvent] = []
+
+            def on_progress(event: ProgressEvent) -> None:
+                events.append(event)
+                if cancel.is_set() and event.phase == "extract":
+                    raise _Cancelled  # after a finished batch: its features are cached
+
+            kwargs: dict[str, Any] = {"progress": on_progress}
+            if request.points is not None:
+                kwargs["points_mode"] = request.settings.points_mode
+            stream = tracker.propagate(state, **kwargs)
+            try:
+                for result in stream:
+                    yield from events
+                    events.clear()
+                    outcome.computed.append(result.frame_idx)
+                    yield result
+                    if cancel.is_set():
+                        break
+                yield from events
+            except _Cancelled:
+                yield from events
+            finally:
+                if isinstance(stream, Generator):
+                    stream.close()  # a consistent state now, not whenever it is collected
+            outcome.extracted = tracker.extracted_frames - extracted_before
+        except DitfError as exc:
+            outcome.status, outcome.message = "error", str(exc)
+        done = set(outcome.computed)
+        outcome.missing = [f for f in planned if f not in done]
+        if outcome.status == "done" and outcome.missing:
+            outcome.status = "cancelled"
+        return outcome

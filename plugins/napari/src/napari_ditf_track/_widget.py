@@ -1,0 +1,550 @@
+"""The dock widget: choose the video, the painted objects and the keypoints; Run, Cancel.
+
+Run snapshots the annotations on the GUI thread and hands them to a napari ``thread_worker``
+that consumes :meth:`TrackingSession.run <napari_ditf_track._session.TrackingSession.run>`
+(the tracker's propagation generator). Each message comes back to the GUI thread through the
+worker's ``yielded`` signal: progress events drive two napari progress bars (feature
+extraction and propagation), and each frame's result is written into the output Labels layer
+(and the Tracks layer for keypoints) as soon as it is computed. Cancel sets an event the worker
+checks after every frame and feature batch; the frames it did not reach stay empty and the
+output layer is renamed ``"... (partial)"`` until a later run completes them.
+
+User errors (a :class:`~ditf_track.DitfError`: gated model, no GPU, out of memory, size
+mismatch, empty mask) end the run and show the same one line the CLI prints, as a napari error
+notification; only programming errors reach napari's traceback notification.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
+import numpy as np
+from magicgui.widgets import (
+    ComboBox,
+    Container,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    PushButton,
+    SpinBox,
+    create_widget,
+)
+from napari.qt.threading import create_worker
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_info, show_warning
+
+from ditf_track import (
+    ConfigError,
+    DitfError,
+    FrameResult,
+    InputError,
+    ProgressEvent,
+    VideoSource,
+    available_presets,
+)
+from ditf_track.coords import QueryPoints, napari_to_points
+from ditf_track.presets import DEFAULT_PRESET
+from ditf_track.video import video_from_array
+
+from ._session import Notice, Outcome, Plan, RunRequest, TrackerSettings, TrackingSession
+from ._writer import frame_names_for
+
+if TYPE_CHECKING:
+    import napari
+    from napari.layers import Image, Labels, Points, Tracks
+
+__all__ = ["PropagationWidget", "format_frames"]
+
+PARTIAL = " (partial)"
+_OUTPUT_KEY = "ditf_track_output_of"  # metadata of our output layers: the video layer's name
+
+
+def format_frames(frames: list[int]) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` → ``"0-2, 5, 7-8"`` (for notifications)."""
+    runs: list[list[int]] = []
+    for f in sorted(set(frames)):
+        if runs and f == runs[-1][1] + 1:
+            runs[-1][1] = f
+        else:
+            runs.append([f, f])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def _whole_number(text: str, name: str) -> int | None:
+    """An override box: empty → None (the preset's value), else a whole number >= 0."""
+    text = text.strip()
+    if not text:
+        return None
+    if not text.isdigit():
+        raise ConfigError(f"{name} {text!r} is not a whole number; enter one, or leave it empty")
+    return int(text)
+
+
+class PropagationWidget(Container):
+    """Propagate painted masks (and keypoints) through a video with ditf-track."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(labels=True)
+        self._viewer = viewer
+        self.session = TrackingSession()
+        self.worker: Any = None
+        self.last_outcome: Outcome | None = None
+        self.progress_events: list[ProgressEvent] = []
+        self.received: list[int] = []
+        self._cancel = threading.Event()
+        self._plan: Plan | None = None
+        self._output: Labels | None = None
+        self._tracks: Tracks | None = None
+        self._track_rows: dict[int, np.ndarray] = {}
+        self._bars: dict[str, progress] = {}
+        self._array_source: tuple[Any, VideoSource] | None = None
+        self._video_layer_name = ""
+        self._frame_shape: tuple[int, int, int] = (0, 0, 0)
+        self._palette: Any = None
+        self._inbox: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
+        self._delivering = False
+
+        # Choices: the viewer's layers of each type, kept current by napari's dock.
+        self.video = cast(ComboBox, create_widget(annotation="napari.layers.Image", label="video"))
+        self.annotations = cast(
+            ComboBox,
+            create_widget(
+                annotation="napari.layers.Labels", label="annotations", options={"nullable": True}
+            ),
+        )
+        self.keypoints = cast(
+            ComboBox,
+            create_widget(
+                annotation="napari.layers.Points", label="keypoints", options={"nullable": True}
+            ),
+        )
+        self.video.tooltip = "(T, H, W, 3) video: open an mp4/avi/mov/mkv or a frame folder"
+        self.annotations.tooltip = (
+            "Labels layer with the objects painted (1, 2, ...) on any frames; every frame "
+            "holding a label is an annotated frame"
+        )
+        self.keypoints.tooltip = "Points layer (t, y, x): each point is tracked from its frame"
+        presets = available_presets()
+        self.preset = ComboBox(
+            label="preset",
+            choices=presets,
+            value=DEFAULT_PRESET if DEFAULT_PRESET in presets else presets[0],
+            tooltip="model and DiTF settings; 'lab' is a weight-free colour baseline",
+        )
+        self.model = LineEdit(
+            label="model", tooltip="optional: a hub id or local folder replacing the preset's"
+        )
+        self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"])
+        self.dtype = ComboBox(label="dtype", choices=["auto", "float32", "bfloat16", "float16"])
+        # Empty = the preset's value (shown greyed in the box).
+        self.short_side = LineEdit(label="short side", tooltip="model input short side (px)")
+        self.t = LineEdit(label="t", tooltip="diffusion timestep 0..999")
+        self.k = LineEdit(label="k", tooltip="transformer block index")
+        self.n_context = SpinBox(label="context n", value=7, min=0, max=100)
+        self.radius = SpinBox(
+            label="radius", value=12, min=0, max=500, tooltip="window radius in cells; 0: global"
+        )
+        self.topk = SpinBox(label="top-k", value=5, min=1, max=500)
+        self.temperature = FloatSpinBox(
+            label="temperature", value=0.1, min=0.001, max=10.0, step=0.01
+        )
+        self.label_mode = ComboBox(label="label mode", choices=["area", "nearest"])
+        self.points_mode = ComboBox(label="points mode", choices=["query", "heatmap"])
+        self.run_button = PushButton(text="Run")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.correct_button = PushButton(
+            text="Correct this frame",
+            tooltip="copy the result on the current frame into the annotations to fix it",
+        )
+        self.status = Label(value="")
+        if hasattr(self.status.native, "setWordWrap"):
+            self.status.native.setWordWrap(True)  # long messages must not widen the dock
+        buttons = Container(
+            widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False
+        )
+        self.extend(
+            [
+                self.video,
+                self.annotations,
+                self.keypoints,
+                self.preset,
+                self.model,
+                self.device,
+                self.dtype,
+                self.short_side,
+                self.t,
+                self.k,
+                self.n_context,
+                self.radius,
+                self.topk,
+                self.temperature,
+                self.label_mode,
+                self.points_mode,
+                buttons,
+                self.correct_button,
+                self.status,
+            ]
+        )
+        self._special_values()
+        self.preset.changed.connect(self._special_values)
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        self.correct_button.changed.connect(self.correct_current_frame)
+
+    def _special_values(self) -> None:
+        """Show the preset's values in the empty override boxes."""
+        from ditf_track import load_preset
+
+        video = load_preset(self.preset.value).video
+        for box, value in (
+            (self.short_side, video.short_side or 960),
+            (self.t, video.t),
+            (self.k, video.k),
+        ):
+            native = box.native
+            if hasattr(native, "setPlaceholderText"):
+                native.setPlaceholderText(f"preset: {value}")
+
+    # -- snapshot of the inputs ---------------------------------------------------------------
+    def settings(self) -> TrackerSettings:
+        """The settings as the widgets show them."""
+        return TrackerSettings(
+            preset=self.preset.value,
+            model=self.model.value.strip() or None,
+            device=self.device.value,
+            dtype=self.dtype.value,
+            t=_whole_number(self.t.value, "t"),
+            k=_whole_number(self.k.value, "k"),
+            short_side=_whole_number(self.short_side.value, "short side"),
+            n_context=int(self.n_context.value),
+            radius=int(self.radius.value) or None,
+            topk=int(self.topk.value),
+            temperature=float(self.temperature.value),
+            label_mode=self.label_mode.value,
+            points_mode=self.points_mode.value,
+        )
+
+    def _video_source(self, layer: Image) -> VideoSource:
+        """The frames of an Image layer as a VideoSource (the reader's, or one over the array)."""
+        data = layer.data
+        if isinstance(data, VideoSource):
+            return data
+        if self._array_source is not None and self._array_source[0] is data:
+            return self._array_source[1]
+        if layer.multiscale:
+            raise InputError(f"layer {layer.name!r} is multiscale; choose a (T, H, W, 3) video")
+        shape = tuple(data.shape)
+        rgb = len(shape) == 4 and shape[-1] in (3, 4)
+        if not (rgb or (len(shape) == 3 and not layer.rgb)):
+            raise InputError(
+                f"layer {layer.name!r} has shape {shape}; choose a video layer (T, H, W, 3) or "
+                "(T, H, W)"
+            )
+        if np.dtype(data.dtype) != np.uint8:
+            raise InputError(
+                f"video layer {layer.name!r} is {data.dtype}; ditf-track reads uint8 frames "
+                "(0..255): open the video with this plugin or convert the layer to uint8"
+            )
+        frames = np.asarray(data)
+        frames = frames[..., :3] if rgb else np.repeat(frames[..., None], 3, axis=-1)
+        names = frame_names_for(shape[0], layer.metadata)
+        source = video_from_array(np.ascontiguousarray(frames), names, name=layer.name)
+        self._array_source = (data, source)
+        return source
+
+    def _annotated_frames(self, layer: Labels, size: tuple[int, int, int]) -> dict[int, Any]:
+        """Frame → ``(H, W) uint8`` labels of every frame of ``layer`` holding an object."""
+        if layer.metadata.get(_OUTPUT_KEY) is not None:
+            raise InputError(
+                f"{layer.name!r} is a result layer, not annotations; choose the layer you "
+                "painted in (or use 'Correct this frame' to copy a result frame into it)"
+            )
+        data = np.asarray(layer.data)
+        if data.ndim == 2:
+            data = data[None]
+        count, height, width = size
+        if data.ndim != 3:
+            raise InputError(
+                f"annotations layer {layer.name!r} has shape {data.shape}; paint on a "
+                "(T, H, W) Labels layer over the video"
+            )
+        if data.shape[1:] != (height, width):
+            raise InputError(
+                f"annotations layer {layer.name!r} is {data.shape[2]}x{data.shape[1]} but the "
+                f"video frames are {width}x{height}; paint on a layer of the frame size"
+            )
+        if len(data) > count:
+            raise InputError(
+                f"annotations layer {layer.name!r} has {len(data)} frames but the video has "
+                f"{count}; choose the annotations of this video"
+            )
+        painted = np.flatnonzero(data.reshape(len(data), -1).any(axis=1))
+        out: dict[int, Any] = {}
+        for t in painted:
+            frame = data[t]
+            low, high = int(frame.min()), int(frame.max())
+            if low < 0 or high > 255:
+                raise InputError(
+                    f"frame {t} of {layer.name!r} holds label {high if high > 255 else low}; "
+                    "object ids must be 1..254 (255 is void): relabel it"
+                )
+            out[int(t)] = np.array(frame, dtype=np.uint8)
+        return out
+
+    def _queries(self, layer: Points) -> QueryPoints | None:
+        data = np.asarray(layer.data, dtype=np.float64)
+        if len(data) == 0:
+            return None
+        if data.ndim != 2 or data.shape[1] != 3:
+            raise InputError(
+                f"keypoints layer {layer.name!r} has {data.shape[1]}-D points; add the points "
+                "on the video (t, y, x)"
+            )
+        ids = None
+        for name in ("id", "track_id"):
+            if name in layer.features and len(layer.features[name]) == len(data):
+                ids = np.asarray(layer.features[name]).astype(np.int64)
+                break
+        return napari_to_points(data, ids)
+
+    def make_request(self) -> RunRequest:
+        """Snapshot the layers and settings for a run (raises DitfError with the reason)."""
+        video_layer = self.video.value
+        if video_layer is None:
+            raise ConfigError("no video layer: open a video or a frame folder first")
+        source = self._video_source(video_layer)
+        size = (len(source), source.height, source.width)
+        annotations: dict[int, Any] = {}
+        if self.annotations.value is not None:
+            annotations = self._annotated_frames(self.annotations.value, size)
+        points = None if self.keypoints.value is None else self._queries(self.keypoints.value)
+        if not annotations and points is None:
+            raise InputError(
+                "nothing to track: paint the objects in an annotations Labels layer (any frame) "
+                "or add keypoints, and choose those layers"
+            )
+        return RunRequest(source, self.settings(), annotations, points)
+
+    # -- running -------------------------------------------------------------------------------
+    def run(self) -> None:
+        """Start a run in a worker thread (one at a time)."""
+        if self.worker is not None:
+            return
+        try:
+            request = self.make_request()
+        except DitfError as exc:
+            show_error(str(exc))
+            return
+        self._cancel = threading.Event()
+        self._plan = None
+        self.received = []
+        self.progress_events = []
+        self._video_layer_name = self.video.value.name
+        self._frame_shape = (len(request.video), request.video.height, request.video.width)
+        self._palette = (
+            None
+            if self.annotations.value is None
+            else self.annotations.value.metadata.get("palette")
+        )
+        worker = create_worker(self.session.run, request, self._cancel, _start_thread=False)
+        worker.yielded.connect(lambda message: self._deliver(self._on_message, message))
+        worker.returned.connect(lambda outcome: self._deliver(self._on_outcome, outcome))
+        worker.errored.connect(lambda exc: self._deliver(self._on_crash, exc))
+        worker.finished.connect(lambda: self._deliver(self._on_finished))
+        self.worker = worker
+        self._set_running(True)
+        self.status.value = "starting…"
+        worker.start()
+
+    def cancel(self) -> None:
+        """Stop after the current frame (or feature batch); finished frames are kept."""
+        if self.worker is not None:
+            self._cancel.set()
+            self.status.value = "stopping…"
+
+    def _set_running(self, running: bool) -> None:
+        self.run_button.enabled = not running
+        self.cancel_button.enabled = running
+        self.correct_button.enabled = not running
+
+    def _deliver(self, handler: Callable[..., None], *args: Any) -> None:
+        """Handle the worker's signals one at a time, in the order they were sent.
+
+        napari's progress bars and notifications call ``QApplication.processEvents()``, which
+        would run the next queued signal inside the current handler (a frame's labels before
+        the plan, the end of the run before the last frame); nested calls only queue here.
+        """
+        self._inbox.append((handler, args))
+        if self._delivering:
+            return
+        self._delivering = True
+        try:
+            while self._inbox:
+                queued, queued_args = self._inbox.popleft()
+                queued(*queued_args)
+        finally:
+            self._delivering = False
+
+    def _on_message(self, message: Any) -> None:
+        if isinstance(message, FrameResult):
+            self._on_frame(message)
+        elif isinstance(message, ProgressEvent):
+            self._on_progress(message)
+        elif isinstance(message, Plan):
+            self._on_plan(message)
+        elif isinstance(message, Notice):
+            (show_warning if message.level == "warning" else show_info)(message.message)
+            self.status.value = message.message[:80]
+
+    def _on_plan(self, plan: Plan) -> None:
+        self._plan = plan
+        layer = self._output_layer(plan)
+        if plan.fresh:
+            layer.data[:] = 0
+            self._track_rows.clear()
+        elif plan.frames:
+            layer.data[list(plan.frames)] = 0
+        layer.refresh()
+        self.status.value = f"{len(plan.frames)} frame(s) to compute"
+
+    def _output_layer(self, plan: Plan) -> Labels:
+        """This video's result layer, created (T, H, W) uint8 if missing."""
+        from napari.layers import Labels
+
+        video_name = self._video_layer_name
+        shape = self._frame_shape
+        for layer in self._viewer.layers:
+            if (
+                isinstance(layer, Labels)
+                and layer.metadata.get(_OUTPUT_KEY) == video_name
+                and layer.data.shape == shape
+            ):
+                self._output = layer
+                break
+        else:
+            metadata: dict[str, Any] = {
+                "frame_names": list(plan.frame_names),
+                _OUTPUT_KEY: video_name,
+                "base_name": f"{video_name} masks",
+            }
+            if self._palette is not None:
+                metadata["palette"] = self._palette
+            self._output = self._viewer.add_labels(
+                np.zeros(shape, np.uint8), name=f"{video_name} masks", metadata=metadata
+            )
+        return self._output
+
+    def _on_progress(self, event: ProgressEvent) -> None:
+        self.progress_events.append(event)
+        label = {"extract": "extract features", "propagate": "propagate"}[event.phase]
+        bar = self._bars.get(event.phase)
+        if bar is None:
+            if event.total == 0:
+                return
+            bar = self._bars[event.phase] = progress(total=event.total, desc=f"ditf-track: {label}")
+        bar.update(event.done - bar.n)
+        self.status.value = f"{label}: {event.done}/{event.total}"
+
+    def _on_frame(self, result: FrameResult) -> None:
+        self.received.append(result.frame_idx)
+        layer = self._output
+        if result.labels is not None and layer is not None:
+            layer.data[result.frame_idx] = result.labels
+            layer.refresh()
+        self._on_points(result)
+
+    def _on_points(self, result: FrameResult) -> None:
+        """Keypoints of one frame → the Tracks layer rows ``(track_id, t, y, x)``."""
+        if result.points is None or result.point_ids is None:
+            return
+        n = len(result.point_ids)
+        visible = np.ones(n, bool) if result.visible is None else np.asarray(result.visible)
+        rows = np.column_stack(
+            [result.point_ids, np.full(n, result.frame_idx), result.points, visible]
+        ).astype(np.float64)
+        self._track_rows[result.frame_idx] = rows
+        stacked = np.concatenate([self._track_rows[t] for t in sorted(self._track_rows)])
+        stacked = stacked[np.lexsort((stacked[:, 1], stacked[:, 0]))]
+        data, features = stacked[:, :4], {"visible": stacked[:, 4].astype(bool)}
+        name = f"{self._video_layer_name} tracks"
+        if self._tracks is None or self._tracks not in self._viewer.layers:
+            self._tracks = self._viewer.add_tracks(
+                data, features=features, name=name, tail_length=8, color_by="track_id"
+            )
+        else:
+            self._tracks.data = data
+            self._tracks.features = features
+
+    def _on_outcome(self, outcome: Outcome) -> None:
+        self.last_outcome = outcome
+        layer = self._output
+        if layer is not None:
+            base = layer.metadata.get("base_name", layer.name.removesuffix(PARTIAL))
+            layer.name = base + (PARTIAL if outcome.missing else "")
+        if outcome.status == "error":
+            show_error(outcome.message)
+            self.status.value = "error (see the notification)"
+        elif outcome.status == "cancelled":
+            missing = format_frames(outcome.missing)
+            show_info(
+                f"stopped: {len(outcome.missing)} frame(s) not computed ({missing}); they are "
+                "empty in the result, press Run to compute them"
+            )
+            self.status.value = f"stopped; not computed: {missing}"
+        else:
+            state = self.session.state
+            objects = ", ".join(map(str, state.object_ids)) if state is not None else ""
+            cached = max(len(outcome.computed) - outcome.extracted, 0)
+            message = (
+                f"tracked {len(outcome.computed)} frame(s) (objects {objects}; features: "
+                f"{outcome.extracted} extracted, {cached} from the cache)"
+            )
+            show_info(message)
+            self.status.value = f"done: {len(outcome.computed)} frame(s) computed"
+
+    def _on_crash(self, exc: BaseException) -> None:
+        """A programming error (napari already shows it with its traceback): mark partial."""
+        plan, output = self._plan, self._output
+        if output is not None and plan is not None and set(plan.frames) - set(self.received):
+            output.name = output.name.removesuffix(PARTIAL) + PARTIAL
+        self.status.value = f"failed: {type(exc).__name__}"
+
+    def _on_finished(self) -> None:
+        for bar in self._bars.values():
+            bar.close()
+        self._bars = {}
+        self.worker = None
+        self._set_running(False)
+
+    # -- corrections --------------------------------------------------------------------------
+    def correct_current_frame(self) -> None:
+        """Copy the result on the current frame into the annotations layer, to be repainted.
+
+        Creates a ``(T, H, W)`` annotations layer for the video if none is chosen.
+        """
+        output = self._output
+        if output is None or output not in self._viewer.layers:
+            show_warning("no result yet: press Run first")
+            return
+        t = int(self._viewer.dims.current_step[0])
+        target = self.annotations.value
+        if target is None or target.data.shape[1:] != output.data.shape[1:]:
+            name = f"{output.metadata.get(_OUTPUT_KEY, 'video')} annotations"
+            target = self._viewer.add_labels(
+                np.zeros(output.data.shape, np.uint8),
+                name=name,
+                metadata={"frame_names": output.metadata.get("frame_names")},
+            )
+            self.annotations.reset_choices()
+            self.annotations.value = target
+        if t >= len(target.data):
+            show_warning(f"the annotations layer has no frame {t}")
+            return
+        target.data[t] = output.data[t]
+        target.refresh()
+        self._viewer.layers.selection.active = target
+        target.mode = "paint"
+        show_info(f"frame {t} copied into {target.name!r}: fix it, then press Run")

@@ -1,0 +1,85 @@
+"""Fixtures for the plugin's tests: real data in place, tiny models, the plugin registered.
+
+The plugin is its own package, so its tests do not rely on ``tests/conftest.py`` of ditf-track;
+the few fixtures they share (``shared_data``, isolated caches, ``tiny_model``) are rebuilt here
+from the same public helpers (:func:`ditf_track.testing.build_tiny_pipeline`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parents[2]
+SHARED_DATA = Path(os.environ.get("DITF_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+MANIFEST = HERE.parent / "src" / "napari_ditf_track" / "napari.yaml"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data, read in place (never copied into the project)."""
+    if not (SHARED_DATA / "SOURCES.md").is_file():
+        pytest.fail(f"shared test data not found at {SHARED_DATA}; set DITF_SHARED_DATA")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _plugin_isolated_caches(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Never touch ~/.cache nor the network: a private feature cache and an offline hub."""
+    keys = ("DITF_TRACK_CACHE", "HF_HUB_OFFLINE", "HF_HOME")
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ["DITF_TRACK_CACHE"] = str(tmp_path_factory.mktemp("plugin-ditf-cache"))
+    os.environ["HF_HOME"] = str(tmp_path_factory.mktemp("plugin-hf-home"))
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``tiny_model("flux")``: a tiny pipeline folder in the hub's layout, built once."""
+    from ditf_track.testing import build_tiny_pipeline
+
+    built: dict[tuple[object, ...], Path] = {}
+
+    def get(family: str, **options: object) -> Path:
+        key = (family, *sorted(options.items()))
+        if key not in built:
+            folder = tmp_path_factory.mktemp(f"plugin-tiny-{family}")
+            built[key] = build_tiny_pipeline(family, folder, **options)  # type: ignore[arg-type]
+        return built[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def plugin_registered() -> str:
+    """The plugin's manifest in npe2's plugin manager (from its entry point when installed,
+    else from the source tree), so napari's open/save/sample menus find it."""
+    from npe2 import PluginManager, PluginManifest
+
+    pm = PluginManager.instance()
+    pm.discover()
+    manifest = PluginManifest.from_file(MANIFEST)
+    if manifest.name not in pm:
+        pm.register(manifest)
+    return manifest.name
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    no_display = pytest.mark.skip(reason="needs a display: run under xvfb-run -a")
+    for item in items:
+        if (
+            item.path.is_relative_to(HERE)
+            and "gui" in item.keywords
+            and not os.environ.get("DISPLAY")
+        ):
+            item.add_marker(no_display)
