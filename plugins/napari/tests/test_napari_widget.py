@@ -385,3 +385,37 @@ def test_screenshot_shows_the_label_colour(
     figure = viewer.export_figure(flash=False)[..., :3].astype(np.float64)
     assert np.median(np.abs(figure[mask] - output.opacity * colour).max(axis=1)) <= 3
     assert figure[~mask].max() <= 3
+
+
+def test_sample_clip_with_the_widget_from_the_plugins_menu(
+    qtbot: Any, viewer: Any, fresh_cache: Path, notes: Notes
+) -> None:
+    """The manifest's sample and widget, on frames held in memory (not a VideoSource)."""
+    from napari_ditf_track import make_shapes_clip
+
+    viewer.open_sample("napari-ditf-track", "shapes-clip")
+    assert [layer.name for layer in viewer.layers] == [
+        "shapes",
+        "shapes annotations",
+        "shapes keypoints",
+    ]
+    _, widget = viewer.window.add_plugin_dock_widget("napari-ditf-track", "Propagate (ditf-track)")
+    assert isinstance(widget, PropagationWidget)
+    widget.video.value = viewer.layers["shapes"]
+    widget.annotations.value = viewer.layers["shapes annotations"]
+    widget.keypoints.value = None
+    widget.preset.value = "lab"
+    widget.short_side.value = "192"
+    outcome = run_to_end(qtbot, widget)
+    assert outcome.status == "done", notes.errors
+    output = viewer.layers["shapes masks"]
+    truth = make_shapes_clip().labels
+    ious = [
+        ((output.data[t] == k) & (truth[t] == k)).sum()
+        / ((output.data[t] == k) | (truth[t] == k)).sum()
+        for t in range(1, len(truth))
+        for k in (1, 2)
+    ]
+    assert np.mean(ious) > 0.8
+    # a second run on the same in-memory frames reuses the state: nothing to compute
+    assert run_to_end(qtbot, widget).computed == []

@@ -166,7 +166,7 @@ def _csv_reader(path: Path) -> ReaderFunction | None:
     kwargs = {
         "name": path.stem,
         "features": {"id": queries.ids, "visible": visible},
-        "face_color": "id",
+        "face_color": "yellow",
         "metadata": {"path": str(path)},
     }
     return lambda _path: [(data, kwargs, "points")]

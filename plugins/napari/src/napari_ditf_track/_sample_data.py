@@ -97,7 +97,7 @@ def make_sample_data() -> list[tuple[Any, dict[str, Any], str]]:
             {
                 "name": "shapes keypoints",
                 "features": {"id": clip.point_ids, "visible": np.ones(len(points), bool)},
-                "face_color": "id",
+                "face_color": "yellow",
                 "size": 7,
             },
             "points",
