@@ -75,9 +75,9 @@ def test_points_and_tracks_to_csv(tmp_path: Path) -> None:
     [written] = write_points_layer(str(tmp_path / "queries"), points, attrs)
     assert written.endswith("queries.csv")
     assert Path(written).read_text().splitlines() == [
-        "frame,id,x,y,visible",  # the CLI's tracks.csv columns
-        "0,4,10.500,20.000,1",
-        "2,9,100.250,40.000,0",
+        "frame,x,y,id,visible",  # the CLI's tracks.csv columns (x before y)
+        "0,10.5,20.0,4,1",
+        "2,100.25,40.0,9,0",
     ]
     queries, visible = read_points_csv(written)
     np.testing.assert_array_equal(queries.frame_idx, [0, 2])

@@ -8,7 +8,7 @@ and one from ``ditf-track track`` are the same files:
   layer carries one name per frame (layers from this plugin's reader and widget do), else
   ``00000``, ``00001``, ...; the palette from ``metadata["palette"]``, else DAVIS's.
 * Points ``(N, 3)`` as ``(t, y, x)`` or Tracks ``(N, 4)`` as ``(track_id, t, y, x)`` →
-  the CLI's ``tracks.csv`` layout, ``frame,id,x,y,visible`` rows (which
+  the CLI's ``tracks.csv`` layout, ``frame,x,y,id,visible`` rows (which
   :func:`ditf_track.coords.read_points_csv` and ``--points`` read back); ids from the
   ``id``/``track_id`` feature (Points) or the track column (Tracks), visibility from a
   ``visible`` feature (default: visible).
@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from ditf_track.coords import write_points_csv
 from ditf_track.errors import OutputError
 from ditf_track.masks import DAVIS_PALETTE, write_mask
-from ditf_track.outputs import write_csv
 
 __all__ = ["frame_names_for", "write_davis_labels", "write_points_layer", "write_tracks_layer"]
 
@@ -124,24 +124,21 @@ def _write_rows(
     ids: np.ndarray,
     attributes: Mapping[str, Any],
 ) -> list[str]:
-    """The CLI's ``tracks.csv`` layout: ``frame,id,x,y,visible`` rows, frame-major, x and y
-    to 1/1000 px (x before y, as in every CSV), written atomically."""
+    """The CLI's ``tracks.csv``: ``frame,x,y,id,visible`` rows (x before y, as in every CSV),
+    frame-major, positions rounded to 1/1000 px, written atomically by
+    :func:`ditf_track.coords.write_points_csv`."""
     if not np.all(np.isfinite(frames)) or np.any(np.abs(frames - np.rint(frames)) > 1e-6):
         raise OutputError("points sit between frames (non-whole t); snap them to frames first")
     feature = _feature(attributes, "visible")
     visible = np.ones(len(points), bool) if feature is None else feature.astype(bool)
     whole = np.rint(frames).astype(np.int64)
     order = np.argsort(whole, kind="stable")
-    rows = (
-        {
-            "frame": int(whole[i]),
-            "id": int(ids[i]),
-            "x": f"{points[i, 1]:.3f}",
-            "y": f"{points[i, 0]:.3f}",
-            "visible": int(visible[i]),
-        }
-        for i in order
-    )
     target = Path(path if os.path.splitext(path)[1] else f"{path}.csv")
-    write_csv(target, rows, ["frame", "id", "x", "y", "visible"], "tracks file")
+    write_points_csv(
+        target,
+        whole[order],
+        np.round(np.asarray(points, np.float64)[order], 3),
+        np.asarray(ids).astype(np.int64)[order],
+        visible[order],
+    )
     return [str(target)]
