@@ -401,17 +401,21 @@ class PropagationWidget(Container):
 
     def _on_plan(self, plan: Plan) -> None:
         self._plan = plan
-        layer = self._output_layer(plan)
-        if plan.fresh:
+        layer, created = self._output_layer(plan)
+        if created:  # np.zeros: untouched pages cost no memory, so do not write them
+            self._track_rows.clear()
+        elif plan.fresh:
             layer.data[:] = 0
             self._track_rows.clear()
         elif plan.frames:
             layer.data[list(plan.frames)] = 0
+            for frame in plan.frames:
+                self._track_rows.pop(frame, None)
         layer.refresh()
         self.status.value = f"{len(plan.frames)} frame(s) to compute"
 
-    def _output_layer(self, plan: Plan) -> Labels:
-        """This video's result layer, created (T, H, W) uint8 if missing."""
+    def _output_layer(self, plan: Plan) -> tuple[Labels, bool]:
+        """This video's result layer, created (T, H, W) uint8 if missing (then True)."""
         from napari.layers import Labels
 
         video_name = self._video_layer_name
@@ -423,19 +427,19 @@ class PropagationWidget(Container):
                 and layer.data.shape == shape
             ):
                 self._output = layer
-                break
-        else:
-            metadata: dict[str, Any] = {
-                "frame_names": list(plan.frame_names),
-                _OUTPUT_KEY: video_name,
-                "base_name": f"{video_name} masks",
-            }
-            if self._palette is not None:
-                metadata["palette"] = self._palette
-            self._output = self._viewer.add_labels(
-                np.zeros(shape, np.uint8), name=f"{video_name} masks", metadata=metadata
-            )
-        return self._output
+                return layer, False
+        metadata: dict[str, Any] = {
+            "frame_names": list(plan.frame_names),
+            _OUTPUT_KEY: video_name,
+            "base_name": f"{video_name} masks",
+        }
+        if self._palette is not None:
+            metadata["palette"] = self._palette
+        created = self._viewer.add_labels(
+            np.zeros(shape, np.uint8), name=f"{video_name} masks", metadata=metadata
+        )
+        self._output = created
+        return created, True
 
     def _on_progress(self, event: ProgressEvent) -> None:
         self.progress_events.append(event)
