@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from ditf_track import LabExtractor, VideoSource, cli, read_mask, write_mask
@@ -290,7 +291,15 @@ def test_corrections_recompute_only_their_segment(
     assert not notes.errors
 
 
+def cli_error(capsys: pytest.CaptureFixture[str]) -> str:
+    """The one line the CLI printed for its error (stderr may hold library warnings too)."""
+    prefix = "ditf-track: error: "
+    [line] = [x for x in capsys.readouterr().err.splitlines() if x.startswith(prefix)]
+    return line.removeprefix(prefix)
+
+
 def test_errors_are_one_line_notifications_like_the_cli(
+    tiny_model: Callable[..., Path],
     qtbot: Any,
     viewer: Any,
     clip: Path,
@@ -311,11 +320,30 @@ def test_errors_are_one_line_notifications_like_the_cli(
         ]
     )
     assert code == 1
-    cli_line = capsys.readouterr().err.strip().removeprefix("ditf-track: error: ")
+    cli_line = cli_error(capsys)
     assert notes.errors == [cli_line]
     assert "\n" not in cli_line
     assert "not in the local Hugging Face cache" in cli_line
     assert widget.run_button.enabled
+    # no GPU: the CLI's message for --device cuda
+    if not torch.cuda.is_available():
+        folder = tiny_model("flux")
+        widget.model.value = str(folder)
+        widget.device.value = "cuda"
+        assert run_to_end(qtbot, widget).status == "error"
+        code = cli.main(
+            [
+                *("track", str(clip), "--mask", str(gt(shared_data, 0))),
+                *("--preset", "flux", "--model", str(folder), "--device", "cuda"),
+                *("--out", str(tmp_path / "never")),
+            ]
+        )
+        assert code == 1
+        cli_line = cli_error(capsys)
+        assert notes.errors[-1] == cli_line
+        assert "CUDA is not available" in cli_line
+        widget.model.value = ""
+        widget.device.value = "cpu"
     # an annotation layer of another size: refused before any work
     widget.preset.value = "lab"
     small = viewer.add_labels(np.ones((FRAMES, 48, 64), np.uint8), name="small")
