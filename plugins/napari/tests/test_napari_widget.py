@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ditf_track import LabExtractor, VideoSource, cli, read_mask, write_mask
+from ditf_track import LabExtractor, Tracker, VideoSource, cli, read_mask, write_mask
 from napari_ditf_track._widget import PARTIAL, PropagationWidget
 
 pytestmark = pytest.mark.gui
@@ -447,3 +447,58 @@ def test_sample_clip_with_the_widget_from_the_plugins_menu(
     assert np.mean(ious) > 0.8
     # a second run on the same in-memory frames reuses the state: nothing to compute
     assert run_to_end(qtbot, widget).computed == []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not hasattr(Tracker, "add_points"), reason="keypoint tracking (Tracker.add_points) not merged"
+)
+def test_keypoints_stream_into_tracks_like_the_cli(
+    qtbot: Any, viewer: Any, tmp_path: Path, fresh_cache: Path, notes: Notes
+) -> None:
+    """Keypoints of the sample clip (frames saved as PNGs, so the CLI reads the same video)."""
+    from napari_ditf_track import make_shapes_clip, write_points_layer
+
+    clip = make_shapes_clip()
+    frames = tmp_path / "shapes"
+    frames.mkdir()
+    for name, frame in zip(clip.frame_names, clip.frames):
+        Image.fromarray(frame).save(frames / f"{name}.png")
+    queries = tmp_path / "queries.csv"
+    t0 = np.zeros((len(clip.point_ids), 1))
+    write_points_layer(
+        str(queries), np.hstack([t0, clip.tracks[0]]), {"features": {"id": clip.point_ids}}
+    )
+    [video] = viewer.open(str(frames), plugin="napari-ditf-track")
+    [keypoints] = viewer.open(str(queries), plugin="napari-ditf-track")
+    widget = PropagationWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.video.value = video
+    widget.annotations.value = None
+    widget.keypoints.value = keypoints
+    widget.preset.value = "lab"
+    widget.short_side.value = "192"
+    widget.points_mode.value = "query"
+    outcome = run_to_end(qtbot, widget)
+    assert outcome.status == "done", notes.errors
+    assert sorted(outcome.computed) == list(range(16))
+    tracks = viewer.layers["shapes tracks"]
+    assert tracks.data.shape == (16 * 5, 4)  # (track_id, t, y, x)
+    # the object centres follow their objects to within a feature cell (16 px); lab's mean
+    # colours cannot place rim, corner or background points on uniform or repetitive texture
+    found = tracks.data[np.lexsort((tracks.data[:, 0], tracks.data[:, 1]))][:, 2:].reshape(16, 5, 2)
+    error = np.linalg.norm(found - clip.tracks, axis=-1)
+    assert error[:, [0, 2]].max() < 16
+    # saved with the plugin's writer: the CLI's tracks.csv, byte for byte
+    saved = tmp_path / "tracks.csv"
+    tracks.save(str(saved), plugin="napari-ditf-track")
+    out = tmp_path / "cli"
+    args = ["track", str(frames), "--points", str(queries), "--preset", "lab"]
+    assert cli.main([*args, "--short-side", "192", "--device", "cpu", "--out", str(out)]) == 0
+    assert saved.read_text() == (out / "tracks.csv").read_text()
+    # unchanged points: nothing to recompute, and nothing is marked partial
+    again = run_to_end(qtbot, widget)
+    assert (again.status, again.computed, again.missing) == ("done", [], [])
+    names = [layer.name for layer in viewer.layers]
+    assert "shapes tracks" in names  # complete: not marked partial
+    assert "shapes masks" not in names  # keypoints only: no empty masks layer

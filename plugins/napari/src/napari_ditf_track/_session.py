@@ -123,6 +123,8 @@ class Plan:
     num_frames: int
     frame_names: tuple[str, ...]
     fresh: bool  # a new state: no earlier result of this video is valid
+    masks: bool = True  # the run tracks painted objects
+    points: bool = False  # the run tracks keypoints
 
 
 @dataclass
@@ -263,10 +265,19 @@ class TrackingSession:
             yield from notices
             state = self.state
             assert state is not None
-            planned = tracker.pending_frames(state)
-            if request.points is not None and not planned:
-                planned = list(range(state.num_frames))  # points are re-tracked over all frames
-            yield Plan(tuple(planned), state.num_frames, tuple(state.frame_names), fresh)
+            # With keypoints, stale tracks add frames (all of them) to the stale mask segments.
+            mode: dict[str, Any] = {}
+            if request.points is not None:
+                mode["points_mode"] = request.settings.points_mode
+            planned = tracker.pending_frames(state, **mode)
+            yield Plan(
+                tuple(planned),
+                state.num_frames,
+                tuple(state.frame_names),
+                fresh,
+                masks=bool(request.annotations),
+                points=request.points is not None,
+            )
             extracted_before = tracker.extracted_frames
             events: list[ProgressEvent] = []
 
@@ -275,10 +286,7 @@ class TrackingSession:
                 if cancel.is_set() and event.phase == "extract":
                     raise _Cancelled  # after a finished batch: its features are cached
 
-            kwargs: dict[str, Any] = {"progress": on_progress}
-            if request.points is not None:
-                kwargs["points_mode"] = request.settings.points_mode
-            stream = tracker.propagate(state, **kwargs)
+            stream = tracker.propagate(state, progress=on_progress, **mode)
             try:
                 for result in stream:
                     yield from events

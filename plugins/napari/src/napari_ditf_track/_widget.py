@@ -401,45 +401,64 @@ class PropagationWidget(Container):
 
     def _on_plan(self, plan: Plan) -> None:
         self._plan = plan
-        layer, created = self._output_layer(plan)
-        if created:  # np.zeros: untouched pages cost no memory, so do not write them
+        self._output = None
+        if plan.masks:
+            layer, created = self._masks_layer(plan)
+            if created:
+                pass  # np.zeros: untouched pages cost no memory, so do not write them
+            elif plan.fresh:
+                layer.data[:] = 0
+            elif plan.frames:
+                layer.data[list(plan.frames)] = 0
+            layer.refresh()
+        if self._tracks is not None and (
+            self._tracks not in self._viewer.layers
+            or self._tracks.metadata.get(_OUTPUT_KEY) != self._video_layer_name
+        ):
+            self._tracks = None
+        if plan.fresh or self._tracks is None:
             self._track_rows.clear()
-        elif plan.fresh:
-            layer.data[:] = 0
-            self._track_rows.clear()
-        elif plan.frames:
-            layer.data[list(plan.frames)] = 0
+        else:
             for frame in plan.frames:
                 self._track_rows.pop(frame, None)
-        layer.refresh()
         self.status.value = f"{len(plan.frames)} frame(s) to compute"
 
-    def _output_layer(self, plan: Plan) -> tuple[Labels, bool]:
+    def _result_metadata(self, plan: Plan, kind: str) -> dict[str, Any]:
+        return {
+            "frame_names": list(plan.frame_names),
+            _OUTPUT_KEY: self._video_layer_name,
+            "base_name": f"{self._video_layer_name} {kind}",
+        }
+
+    def _masks_layer(self, plan: Plan) -> tuple[Labels, bool]:
         """This video's result layer, created (T, H, W) uint8 if missing (then True)."""
         from napari.layers import Labels
 
-        video_name = self._video_layer_name
         shape = self._frame_shape
         for layer in self._viewer.layers:
             if (
                 isinstance(layer, Labels)
-                and layer.metadata.get(_OUTPUT_KEY) == video_name
+                and layer.metadata.get(_OUTPUT_KEY) == self._video_layer_name
                 and layer.data.shape == shape
             ):
                 self._output = layer
                 return layer, False
-        metadata: dict[str, Any] = {
-            "frame_names": list(plan.frame_names),
-            _OUTPUT_KEY: video_name,
-            "base_name": f"{video_name} masks",
-        }
+        metadata = self._result_metadata(plan, "masks")
         if self._palette is not None:
             metadata["palette"] = self._palette
         created = self._viewer.add_labels(
-            np.zeros(shape, np.uint8), name=f"{video_name} masks", metadata=metadata
+            np.zeros(shape, np.uint8), name=metadata["base_name"], metadata=metadata
         )
         self._output = created
         return created, True
+
+    def _mark_partial(self, partial: bool) -> None:
+        """Name this run's result layers ``"... (partial)"`` while frames are missing."""
+        plan = self._plan
+        for layer in (self._output, self._tracks if plan is not None and plan.points else None):
+            if layer is not None:
+                base = layer.metadata.get("base_name", layer.name.removesuffix(PARTIAL))
+                layer.name = base + (PARTIAL if partial else "")
 
     def _on_progress(self, event: ProgressEvent) -> None:
         self.progress_events.append(event)
@@ -473,10 +492,16 @@ class PropagationWidget(Container):
         stacked = np.concatenate([self._track_rows[t] for t in sorted(self._track_rows)])
         stacked = stacked[np.lexsort((stacked[:, 1], stacked[:, 0]))]
         data, features = stacked[:, :4], {"visible": stacked[:, 4].astype(bool)}
-        name = f"{self._video_layer_name} tracks"
         if self._tracks is None or self._tracks not in self._viewer.layers:
+            assert self._plan is not None
+            metadata = self._result_metadata(self._plan, "tracks")
             self._tracks = self._viewer.add_tracks(
-                data, features=features, name=name, tail_length=8, color_by="track_id"
+                data,
+                features=features,
+                name=metadata["base_name"],
+                metadata=metadata,
+                tail_length=8,
+                color_by="track_id",
             )
         else:
             self._tracks.data = data
@@ -484,10 +509,7 @@ class PropagationWidget(Container):
 
     def _on_outcome(self, outcome: Outcome) -> None:
         self.last_outcome = outcome
-        layer = self._output
-        if layer is not None:
-            base = layer.metadata.get("base_name", layer.name.removesuffix(PARTIAL))
-            layer.name = base + (PARTIAL if outcome.missing else "")
+        self._mark_partial(bool(outcome.missing))
         if outcome.status == "error":
             show_error(outcome.message)
             self.status.value = "error (see the notification)"
@@ -511,9 +533,9 @@ class PropagationWidget(Container):
 
     def _on_crash(self, exc: BaseException) -> None:
         """A programming error (napari already shows it with its traceback): mark partial."""
-        plan, output = self._plan, self._output
-        if output is not None and plan is not None and set(plan.frames) - set(self.received):
-            output.name = output.name.removesuffix(PARTIAL) + PARTIAL
+        plan = self._plan
+        if plan is not None and set(plan.frames) - set(self.received):
+            self._mark_partial(True)
         self.status.value = f"failed: {type(exc).__name__}"
 
     def _on_finished(self) -> None:
