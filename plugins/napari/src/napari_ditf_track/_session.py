@@ -41,6 +41,7 @@ from ditf_track import (
     load_preset,
 )
 from ditf_track.coords import QueryPoints
+from ditf_track.presets import DEFAULT_PRESET
 
 __all__ = [
     "Message",
@@ -58,7 +59,7 @@ class TrackerSettings:
     """Everything the user can set. ``None`` means the preset's value (``t``, ``k``,
     ``short_side``), or a global search for ``radius``. Defaults are the CLI's."""
 
-    preset: str = "pixart-alpha"
+    preset: str = DEFAULT_PRESET
     model: str | None = None
     device: str = "auto"
     dtype: str = "auto"
