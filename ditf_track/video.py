@@ -53,6 +53,7 @@ __all__ = [
     "natural_sort_key",
     "open_video",
     "resize_frames",
+    "video_from_array",
     "write_overlay_video",
 ]
 
@@ -371,6 +372,24 @@ class _FolderReader:
         pass
 
 
+class _ArrayReader:
+    """Frames already in memory, ``(T, H, W, 3) uint8`` (e.g. a TAP-Vid example)."""
+
+    backend = "array"
+
+    def __init__(self, frames: np.ndarray, fps: float | None) -> None:
+        self.frames = frames
+        self.num_frames = int(frames.shape[0])
+        self.height, self.width = int(frames.shape[1]), int(frames.shape[2])
+        self.fps = fps
+
+    def read_sorted(self, indices: Sequence[int]) -> list[np.ndarray]:
+        return [self.frames[i] for i in indices]
+
+    def close(self) -> None:
+        pass
+
+
 def _size_mismatch(path: Path, got: tuple[int, ...], want: tuple[int, int]) -> InputError:
     return InputError(
         f"frame {path} is {got[1]}x{got[0]} (WxH) but the first frame is {want[1]}x{want[0]}; "
@@ -416,9 +435,10 @@ class VideoSource:
     """Frames ``frame_indices`` of one video file or frame folder, decoded on demand.
 
     Attributes:
-        path: the video file or frame folder.
-        kind: ``"video"`` or ``"frames"`` (a folder).
-        backend: the reader in use: ``"decord"``, ``"pyav"``, ``"opencv"`` or ``"images"``.
+        path: the video file or frame folder (a label for in-memory frames).
+        kind: ``"video"``, ``"frames"`` (a folder) or ``"array"`` (:func:`video_from_array`).
+        backend: the reader in use: ``"decord"``, ``"pyav"``, ``"opencv"``, ``"images"`` or
+            ``"array"``.
         height, width: frame size in pixels (after the container's rotation).
         fps: frames per second of the file (``None`` for folders, which carry no timing).
             The selected frames play at ``fps / stride``.
@@ -440,7 +460,7 @@ class VideoSource:
     def __init__(
         self,
         path: Path,
-        kind: Literal["video", "frames"],
+        kind: Literal["video", "frames", "array"],
         reader: _Reader,
         start: int,
         stop: int,
@@ -572,6 +592,7 @@ class VideoSource:
           chunks of 64 KiB at evenly spaced offsets (first and last bytes included);
         * for a folder: for every selected frame file, its name, byte size and first and last
           4 KiB (the whole file if smaller than 8 KiB);
+        * for in-memory frames: their shape and every pixel;
         * always: the resolved selection ``start:stop:stride`` and the frame count.
 
         Paths and modification times are not hashed: a copied or renamed video keeps its key.
@@ -580,6 +601,11 @@ class VideoSource:
         h = hashlib.sha256(b"ditf-track content v1\0")
         if self.kind == "video":
             _hash_file_sampled(h, self.path, chunk=64 * 1024, samples=16)
+        elif self.kind == "array":
+            assert isinstance(self._reader, _ArrayReader)
+            h.update(f"array {self._reader.frames.shape}\0".encode())
+            for i in self.frame_indices:
+                h.update(np.ascontiguousarray(self._reader.frames[int(i)]).tobytes())
         else:
             for i in self.frame_indices:
                 f = self._files[int(i)]
@@ -714,6 +740,30 @@ def open_video(
         )
     source.read(0)  # fail early on unreadable content
     return source
+
+
+def video_from_array(
+    frames: np.ndarray,
+    frame_names: Sequence[str] | None = None,
+    *,
+    name: str = "frames",
+    fps: float | None = None,
+) -> VideoSource:
+    """A :class:`VideoSource` over frames already in memory, ``(T, H, W, 3) uint8`` RGB.
+
+    ``frame_names`` default to ``"00000"``, ``"00001"``, ...; ``name`` labels the source
+    (its ``path``). The frames are not copied; do not modify them while the source is in use.
+    """
+    arr = np.asarray(frames)
+    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8 or len(arr) == 0:
+        raise InputError(
+            f"frames must be a non-empty (T, H, W, 3) uint8 RGB array, got {arr.shape} {arr.dtype}"
+        )
+    names = [f"{i:05d}" for i in range(len(arr))] if frame_names is None else list(frame_names)
+    if len(names) != len(arr):
+        raise InputError(f"{len(names)} frame names for {len(arr)} frames; give one per frame")
+    reader = _ArrayReader(arr, fps)
+    return VideoSource(Path(name), "array", reader, 0, len(arr), 1, names)
 
 
 def resize_frames(
