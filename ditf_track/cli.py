@@ -293,7 +293,11 @@ def _add_track(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_run_track)
 
 
-def _add_point_options(parser: argparse.ArgumentParser) -> None:
+def _add_point_options(
+    parser: argparse.ArgumentParser,
+    mode_default: str | None = "query",
+    mode_default_help: str = "default query",
+) -> None:
     from .propagate import PointParams
 
     d = PointParams()
@@ -301,10 +305,10 @@ def _add_point_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--points-mode",
         choices=["query", "heatmap"],
-        default="query",
+        default=mode_default,
         help="query: match each point's feature in every frame, refined by a soft-argmax "
-        "(TAP-Vid protocol; default); heatmap: propagate a Gaussian map per point with the "
-        "mask propagation settings (JHMDB protocol)",
+        "(TAP-Vid protocol); heatmap: propagate a Gaussian map per point with the mask "
+        f"propagation settings (JHMDB protocol); {mode_default_help}",
     )
     g.add_argument(
         "--point-window",
@@ -1299,12 +1303,216 @@ def _run_eval_davis(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_tracker_eval_options(
+    parser: argparse.ArgumentParser,
+    mode_default: str | None = "query",
+    mode_default_help: str = "default query",
+) -> None:
+    """What builds the :class:`~ditf_track.tracker.Tracker` of a point-tracking evaluation."""
+    parser.add_argument(
+        "--short-side",
+        type=int,
+        help="model input short side in pixels (default: the preset's video setting, 960)",
+    )
+    parser.add_argument(
+        "--no-disk-cache", action="store_true", help="keep features in memory only (no files)"
+    )
+    _add_propagation_options(parser)
+    _add_point_options(parser, mode_default, mode_default_help)
+    _add_model_options(parser)
+
+
+def _tracker_from_args(args: argparse.Namespace, points_mode: str) -> Any:
+    from .cache import FeatureCache, cache_root
+    from .tracker import Tracker
+
+    extractor = _extractor_from_args(args, "video")
+    cache = FeatureCache(
+        None if args.no_disk_cache else cache_root(args.cache_dir),
+        device=getattr(extractor, "device", "cpu"),
+    )
+    return Tracker(
+        extractor,
+        params=_propagation_params(args),
+        cache=cache,
+        label_mode=args.label_mode,
+        short_side=args.short_side or _preset_value(args, "short_side", 960, "video"),
+        batch_size=args.batch_size or 4,
+        points_mode=points_mode,  # type: ignore[arg-type]
+        point_params=_point_params(args),
+    )
+
+
+def _add_eval_tapvid(eval_sub: argparse._SubParsersAction) -> None:
+    p = eval_sub.add_parser(
+        "tapvid",
+        help="TAP-Vid point tracking: AJ, delta_avg, OA (DAVIS pickle or Kinetics shards)",
+        description="TAP-Vid with the reference protocol (google-deepmind/tapnet): queries "
+        "sampled 'first' or 'strided', tracks scored at 256x256 (average Jaccard, "
+        "average_pts_within_thresh, occlusion accuracy), per video and the mean over videos. "
+        "Features come from the stored frames at the tracker's short side, not from 256x256. "
+        "Writes config.json, videos.jsonl (resume state), tracks/<video>.npz, metrics.json and "
+        "per_video.csv.",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        metavar="PKL_OR_DIR",
+        help="tapvid_davis.pkl, or the folder of TAP-Vid-Kinetics shards *_of_0010.pkl",
+    )
+    p.add_argument(
+        "--query-mode", choices=["first", "strided"], default="first", help="default first"
+    )
+    _add_run_options(p)
+    _add_tracker_eval_options(p)
+    p.set_defaults(handler=_run_eval_tapvid)
+
+
+def _run_eval_tapvid(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .eval.tracking import TapVidEvaluation
+
+    tracker = _tracker_from_args(args, args.points_mode)
+    run = TapVidEvaluation(
+        args.data,
+        tracker,
+        args.out,
+        query_mode=args.query_mode,
+        limit=args.limit,
+        options={"data": str(args.data.resolve())},
+        resume=args.resume,
+        overwrite=args.overwrite,
+    )
+    try:
+        with tqdm(run, desc="tapvid", unit="video") as bar:
+            for outcome in bar:
+                bar.set_postfix_str(f"{outcome.video} AJ {outcome.metrics['average_jaccard']:.3f}")
+    finally:
+        tracker.cache.close()
+    metrics = run.finish()
+    print(
+        f"TAP-Vid ({args.query_mode}): {metrics['num_videos']} videos, "
+        f"{metrics['num_points']} queries"
+    )
+    for key, label in (
+        ("average_jaccard", "AJ"),
+        ("average_pts_within_thresh", "delta_avg"),
+        ("occlusion_accuracy", "OA"),
+    ):
+        value = metrics[key]
+        print(f"{label:10s} {'n/a' if value is None else f'{100 * value:.1f}'}")
+    print(run.out / "metrics.json")
+    return 0
+
+
+def _add_eval_keypoints(eval_sub: argparse._SubParsersAction) -> None:
+    p = eval_sub.add_parser(
+        "keypoints",
+        help="keypoint tracking PCK: BADJA (PIPs protocol) or JHMDB (CRW protocol)",
+        description="Track annotated keypoints and score PCK. BADJA: --data a "
+        "joint_annotations/<seq>.json with --frames/--masks the sequence's DAVIS JPEGImages and "
+        "Annotations folders (or a folder of json files with --frames/--masks holding one "
+        "<seq>/ folder each); PCK@0.2 of sqrt(mask area), mean over videos. JHMDB: --data the "
+        "root with joint_positions/ and Rename_Images/; PCK@0.1/0.2 of 0.6 x the joint box "
+        "diagonal, pooled per joint. Writes config.json, videos.jsonl, tracks/, metrics.json "
+        "and per_video.csv.",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        metavar="JSON_OR_ROOT",
+        help="BADJA <seq>.json or joint_annotations/ folder, or the JHMDB root",
+    )
+    p.add_argument("--frames", type=Path, help="BADJA: DAVIS frames (sequence folder or root)")
+    p.add_argument("--masks", type=Path, help="BADJA: DAVIS GT masks (sequence folder or root)")
+    p.add_argument(
+        "--videos",
+        type=Path,
+        metavar="LIST.txt",
+        help="JHMDB: only these videos (<class>/<video> per line, or CRW's split-list lines)",
+    )
+    _add_run_options(p)
+    # BADJA is scored by query-point trackers (PIPs), JHMDB by heat-map propagation (CRW).
+    _add_tracker_eval_options(
+        p, None, "default: query for BADJA (as PIPs), heatmap for JHMDB (as CRW)"
+    )
+    p.set_defaults(handler=_run_eval_keypoints)
+
+
+def _run_eval_keypoints(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .errors import ConfigError, InputError
+    from .eval.tracking import KeypointEvaluation, badja_videos, jhmdb_videos
+
+    data: Path = args.data
+    videos: list[Any]
+    if data.is_dir() and (data / "joint_positions").is_dir():
+        dataset = "jhmdb"
+        videos = jhmdb_videos(data, args.videos)
+    elif data.suffix == ".json" or (data.is_dir() and any(data.glob("*.json"))):
+        dataset = "badja"
+        if args.frames is None or args.masks is None:
+            raise ConfigError(
+                "BADJA needs --frames and --masks: the DAVIS JPEGImages and Annotations folders "
+                "of the sequence (e.g. JPEGImages/480p/dog, Annotations/480p/dog)"
+            )
+        videos = badja_videos(data, args.frames, args.masks)
+    else:
+        raise InputError(
+            f"--data {data} is neither a BADJA <seq>.json (or folder of them) nor a JHMDB root "
+            "with joint_positions/; check the path"
+        )
+    videos = _limited(videos, args.limit)
+    mode = args.points_mode or ("query" if dataset == "badja" else "heatmap")
+    tracker = _tracker_from_args(args, mode)
+    options = {
+        "data": str(data.resolve()),
+        "frames": str(args.frames.resolve()) if args.frames else None,
+        "masks": str(args.masks.resolve()) if args.masks else None,
+        "videos": [v.name for v in videos],
+    }
+    run = KeypointEvaluation(
+        dataset,  # type: ignore[arg-type]
+        videos,
+        tracker,
+        args.out,
+        options=options,
+        resume=args.resume,
+        overwrite=args.overwrite,
+    )
+    if run.num_resumable:
+        print(f"resuming: {run.num_resumable} of {len(run)} videos already done")
+    try:
+        with tqdm(run, total=len(run), desc=dataset, unit="video") as bar:
+            for outcome in bar:
+                shown = "  ".join(f"{k} {100 * v:.1f}" for k, v in outcome.metrics.items())
+                bar.set_postfix_str(f"{outcome.video} {shown}")
+    finally:
+        tracker.cache.close()
+    metrics = run.finish()
+    print(
+        f"{dataset} ({mode} points): {metrics['num_videos']} videos, "
+        f"{metrics['num_points']} queried keypoints"
+    )
+    for key, value in metrics.items():
+        if key.startswith("PCK@"):
+            print(f"{key:8s} {'n/a' if value is None else f'{100 * value:.1f}'}")
+    print(run.out / "metrics.json")
+    return 0
+
+
 _EVAL_BENCHMARKS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_eval_davis,
     _add_eval_spair,
     _add_eval_pfpascal,
     _add_eval_ap10k,
     _add_eval_hpatches,
+    _add_eval_tapvid,
+    _add_eval_keypoints,
 ]
 _SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_track,

@@ -262,6 +262,20 @@ class Tracker:
         side = short_side or preset.video.short_side or 960
         return cls(extractor, params=params, cache=cache, short_side=side, **tracker_kwargs)
 
+    def identity(self) -> dict[str, Any]:
+        """Everything that changes the tracker's results (config files, resume checks)."""
+        return {
+            "extractor": self.extractor.identity(),
+            "short_side": self.short_side,
+            "long_multiple": self.long_multiple,
+            "rounding": self.rounding,
+            "interpolation": self.interpolation,
+            "label_mode": self.label_mode,
+            "propagation": dataclasses.asdict(self.params),
+            "points_mode": self.points_mode,
+            "point_params": dataclasses.asdict(self.point_params),
+        }
+
     # -- state -------------------------------------------------------------------------------
     def init_state(
         self,

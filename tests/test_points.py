@@ -285,17 +285,21 @@ def test_locate_torch_and_faiss_agree_and_window_restricts() -> None:
     grid = np.array([[1.0, 1.0], [5.3, 9.6], [11.0, 16.0], [6.0, 0.2]])
     queries = sample_descriptors(feats, grid)
     refine = PointParams().refine
-    a, sa = locate(queries, feats, refine=refine, knn_backend="torch")
-    b, sb = locate(queries, feats, refine=refine, knn_backend="faiss")
-    np.testing.assert_allclose(a, b, atol=1e-5)
-    np.testing.assert_allclose(sa, sb, atol=1e-5)
-    # the best cell of each query is its nearest cell
-    cells, _ = locate(queries, feats, knn_backend="torch")
-    np.testing.assert_array_equal(cells, np.floor(grid + 0.5))
+    a = locate(queries, feats, refine=refine, knn_backend="torch")
+    b = locate(queries, feats, refine=refine, knn_backend="faiss")
+    np.testing.assert_allclose(a.grid_yx, b.grid_yx, atol=1e-5)
+    np.testing.assert_allclose(a.score, b.score, atol=1e-5)
+    np.testing.assert_array_equal(a.cell, b.cell)
+    # the best cell of each query is its nearest cell; no refinement returns that cell
+    nearest = np.floor(grid + 0.5)
+    np.testing.assert_array_equal(a.cell, nearest)
+    np.testing.assert_array_equal(locate(queries, feats, knn_backend="torch").grid_yx, nearest)
+    # the refinement moves by less than a cell
+    assert (np.abs(a.grid_yx - nearest) < 1).all()
     # a window far from the point cannot reach it
     centre = np.array([[11.0, 16.0]] * 4)
-    far, _ = locate(queries, feats, centre=centre, radius=2, knn_backend="torch")
-    assert (np.abs(far - centre) <= 2 + 1e-9).all()
+    far = locate(queries, feats, centre=centre, radius=2, knn_backend="torch")
+    assert (np.abs(far.cell - centre) <= 2).all()
 
 
 def test_gaussian_label_maps_follow_crw() -> None:

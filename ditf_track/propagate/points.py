@@ -20,8 +20,8 @@ other frame its position is the best match, :func:`locate`:
    falls off over one cell, the mean error of 20 × 30 sub-cell motions was 0.33 cells with the
    pair matcher's 0.02 and 0.13 cells with 0.1; a 5 × 5 window was no better);
 3. visibility: the point is visible when its best cosine reaches ``min_similarity`` and the
-   match is **cycle consistent** — the descriptor sampled at the match, matched back into the
-   query frame over its whole grid, lands within ``cycle_threshold`` cells of the query.
+   match is **cycle consistent** — the best cell's vector, matched back into the query frame
+   over its whole grid (same refinement), lands within ``cycle_threshold`` cells of the query.
 
 **Heat maps** (the JHMDB pose-propagation protocol of TimeCycle/UVC/CRW): each point becomes a
 Gaussian label map on the grid, peak 1 at the point, ``sigma`` cells (CRW
@@ -137,6 +137,16 @@ class PointParams:
         return SoftArgmax(self.refine_radius, self.refine_temperature)
 
 
+class Match(NamedTuple):
+    """Best matches: ``grid_yx (N, 2) float64`` refined continuous grid ``(y, x)``,
+    ``score (N,) float32`` the cosine at the best cell, ``cell (N, 2) int64`` that cell's
+    ``(row, col)``."""
+
+    grid_yx: np.ndarray
+    score: np.ndarray
+    cell: np.ndarray
+
+
 class PointEstimate(NamedTuple):
     """Points in one frame: ``grid_yx (N, 2) float64`` continuous grid ``(y, x)``,
     ``visible (N,) bool`` and ``score (N,) float32`` (best cosine, or heat-map peak)."""
@@ -210,13 +220,13 @@ def locate(
     centre: np.ndarray | torch.Tensor | None = None,
     radius: int | None = None,
     knn_backend: KnnBackend = "auto",
-) -> tuple[np.ndarray, np.ndarray]:
+) -> Match:
     """Best match of each unit descriptor ``(N, C)`` in a ``(C, h, w)`` map.
 
-    Returns ``grid_yx (N, 2) float64`` (continuous grid ``(y, x)``) and ``scores (N,)
-    float32``, the cosine at the argmax cell. ``refine`` (default: argmax cell only) is the
-    soft-argmax window around the argmax; ``centre (N, 2)`` grid ``(y, x)`` with ``radius``
-    cells restricts the search to a square window around each point's centre.
+    Returns a :class:`Match`: the refined position, the cosine at the argmax cell and that
+    cell. ``refine`` (default: the argmax cell itself) is the soft-argmax window around the
+    argmax; ``centre (N, 2)`` grid ``(y, x)`` with ``radius`` cells restricts the search to a
+    square window around each point's centre.
     """
     c, h, w = _check_map(features, "features")
     if queries.ndim != 2 or int(queries.shape[1]) != c:
@@ -226,31 +236,33 @@ def locate(
     refine = refine or SoftArgmax(radius=0)
     n = int(queries.shape[0])
     if n == 0:
-        return np.zeros((0, 2)), np.zeros(0, np.float32)
+        return Match(np.zeros((0, 2)), np.zeros(0, np.float32), np.zeros((0, 2), np.int64))
     windowed = centre is not None and radius is not None
     if not windowed and resolve_knn_backend(knn_backend, features.device) == "faiss":
         return _locate_faiss(queries, features, refine)
     q, cells = _operands(queries, features)
     centres = _as_grid_points(centre, features.device) if centre is not None and windowed else None
     step = max(1, _SIMS_CHUNK_BYTES // (4 * h * w))
-    positions, scores = [], []
+    positions, scores, best = [], [], []
     for start in range(0, n, step):
         sims = matmul_f32(q[start : start + step], cells)  # (n, h·w)
         if centres is not None:
             assert radius is not None
             allowed = _window_mask(centres[start : start + step], radius, (h, w))
             sims = sims.masked_fill(~allowed, -math.inf)
-        scores.append(sims.amax(dim=1))
+        score, index = sims.max(dim=1)
+        scores.append(score)
+        best.append(index)
         positions.append(soft_argmax_window(sims, (h, w), refine))
-    return (
+    flat = torch.cat(best).cpu().numpy()
+    return Match(
         torch.cat(positions).cpu().numpy().astype(np.float64),
         torch.cat(scores).float().cpu().numpy(),
+        np.stack([flat // w, flat % w], axis=1).astype(np.int64),
     )
 
 
-def _locate_faiss(
-    queries: torch.Tensor, features: torch.Tensor, refine: SoftArgmax
-) -> tuple[np.ndarray, np.ndarray]:
+def _locate_faiss(queries: torch.Tensor, features: torch.Tensor, refine: SoftArgmax) -> Match:
     """Exact top-1 with FAISS, then the soft-argmax on the cosines of the window around it.
 
     The window's cosines are computed for its cells only, so no ``N × h·w`` score matrix is
@@ -280,26 +292,30 @@ def _locate_faiss(
     # (side x side) grid is the one on the frame, shifted by the window's corner.
     offset = torch.stack([best // w - r, best % w - r], dim=1).double()
     positions = soft_argmax_window(local, (side, side), refine) + offset
-    return positions.cpu().numpy(), scores[:, 0].float().cpu().numpy()
+    cell = torch.stack([best // w, best % w], dim=1)
+    return Match(
+        positions.cpu().numpy(),
+        scores[:, 0].float().cpu().numpy(),
+        cell.cpu().numpy().astype(np.int64),
+    )
 
 
 def cycle_distance(
     matched_features: torch.Tensor,
-    matched_grid_yx: np.ndarray,
+    matched_cell: np.ndarray,
     query_features: torch.Tensor,
     query_grid_yx: np.ndarray,
     params: PointParams,
 ) -> np.ndarray:
-    """Cells between each query and its match matched back into the query frame: ``(N,)``.
+    """Cells between each query and its best cell matched back into the query frame: ``(N,)``.
 
-    The descriptor at the match (bilinear) is located in the whole query frame with the same
-    refinement; a consistent match comes back to the query.
+    The best cell's own vector (not a bilinear blend) is located in the whole query frame with
+    the same refinement; a consistent match comes back to the query.
     """
-    back_desc = sample_descriptors(matched_features, matched_grid_yx)
-    back, _ = locate(
-        back_desc, query_features, refine=params.refine, knn_backend=params.knn_backend
-    )
-    return np.linalg.norm(back - np.asarray(query_grid_yx, dtype=np.float64), axis=1)
+    cell = torch.as_tensor(np.asarray(matched_cell, dtype=np.int64), device=matched_features.device)
+    back_desc = F.normalize(matched_features[:, cell[:, 0], cell[:, 1]].T.float(), dim=1, eps=1e-12)
+    back = locate(back_desc, query_features, refine=params.refine, knn_backend=params.knn_backend)
+    return np.linalg.norm(back.grid_yx - np.asarray(query_grid_yx, dtype=np.float64), axis=1)
 
 
 @torch.inference_mode()
@@ -322,7 +338,7 @@ def track_query_points(
     descriptors = sample_descriptors(query_features, query)
     previous = query
     for features in frames:
-        grid_yx, score = locate(
+        match = locate(
             descriptors,
             features,
             refine=params.refine,
@@ -330,12 +346,12 @@ def track_query_points(
             radius=params.radius,
             knn_backend=params.knn_backend,
         )
-        visible = score >= params.min_similarity
+        visible = match.score >= params.min_similarity
         if params.cycle_threshold is not None and len(query):
-            distance = cycle_distance(features, grid_yx, query_features, query, params)
+            distance = cycle_distance(features, match.cell, query_features, query, params)
             visible &= distance <= params.cycle_threshold
-        yield PointEstimate(grid_yx, visible, score)
-        previous = grid_yx
+        yield PointEstimate(match.grid_yx, visible, match.score)
+        previous = match.grid_yx
 
 
 def gaussian_label_maps(
@@ -433,6 +449,7 @@ def track_heatmaps(
 
 
 __all__ = [
+    "Match",
     "PointEstimate",
     "PointParams",
     "cycle_distance",
