@@ -235,7 +235,7 @@ def _add_track(sub: argparse._SubParsersAction) -> None:
         "for short)",
         description="Propagate the objects painted in --mask and/or the points of --points "
         "through VIDEO (mp4/avi/mov/mkv or a folder of jpg/png frames). Masks: one DAVIS "
-        "palette PNG per frame, named like the frames. Points: tracks.csv (frame,id,x,y,visible) "
+        "palette PNG per frame, named like the frames. Points: tracks.csv (frame,x,y,id,visible) "
         "and tracks.npz (TAP-Vid layout: tracks [N,T,2] as (x, y) pixels, occluded [N,T]). "
         "Plus config.json. Output goes to OUT.incomplete/ and is renamed to OUT only when "
         "everything is written.",
@@ -515,25 +515,14 @@ def _run_track(args: argparse.Namespace) -> int:
 
 
 def _write_tracks(folder: Path, state: Any, points: np.ndarray, visible: np.ndarray) -> None:
-    """tracks.csv (frame,id,x,y,visible, frame-major) and tracks.npz (TAP-Vid layout)."""
+    """tracks.csv (frame,x,y,id,visible: the --points columns plus visible; frame-major) and
+    tracks.npz (TAP-Vid layout: tracks (N, T, 2) as (x, y) original pixels, occluded (N, T))."""
     from ._atomic import atomic_path
-    from .coords import swap_xy
-    from .outputs import write_csv
+    from .coords import flatten_tracks, swap_xy, write_points_csv
 
     ids = state.point_ids
-    n_frames = points.shape[0]
-    rows = (
-        {
-            "frame": t,
-            "id": int(ids[i]),
-            "x": f"{points[t, i, 1]:.3f}",
-            "y": f"{points[t, i, 0]:.3f}",
-            "visible": int(visible[t, i]),
-        }
-        for t in range(n_frames)
-        for i in range(len(ids))
-    )
-    write_csv(folder / "tracks.csv", rows, ["frame", "id", "x", "y", "visible"], "tracks file")
+    rows, flags = flatten_tracks(np.round(points, 3), visible, ids)
+    write_points_csv(folder / "tracks.csv", rows.frame_idx, rows.points, rows.ids, flags)
     query_frames, query_yx = state.point_queries_array
     with atomic_path(folder / "tracks.npz", "tracks file") as tmp, tmp.open("wb") as fh:
         np.savez(

@@ -64,7 +64,7 @@ def test_points_with_tiny_dit_backward_and_forward(
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "tracks.csv", "tracks.npz"]
     with (out / "tracks.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["frame", "id", "x", "y", "visible"]
+    assert list(rows[0]) == ["frame", "x", "y", "id", "visible"]  # as the input, plus visible
     assert len(rows) == 6 * 3
     assert [r["frame"] for r in rows[:4]] == ["0", "0", "0", "1"]  # frame-major
     assert [r["id"] for r in rows[:3]] == ["7", "3", "12"]  # the order of the file
