@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -53,7 +54,7 @@ from .propagate import (
     track_heatmaps,
     track_query_points,
 )
-from .propagate.search import NeighbourSearch
+from .propagate.search import Neighbours, NeighbourSearch, PreparedContext
 from .video import VideoSource, open_video, resize_frames
 
 LabelMode = Literal["area", "nearest"]
@@ -662,6 +663,37 @@ def _check_points_mode(mode: str) -> None:
         raise ConfigError(f"unknown points mode {mode!r}; use 'query' or 'heatmap'")
 
 
+class _SharedPrepare:
+    """A search whose ``prepare`` is shared by the heat-map sequences of one run.
+
+    Sequences from different query frames pass through the same frames; each would otherwise
+    keep its own prepared copy of every context frame in its queue (``n_context`` frames per
+    sequence). The last ``capacity`` prepared frames are kept, keyed by the feature tensor
+    (held, so its ``id`` stays unique while cached).
+    """
+
+    def __init__(self, search: NeighbourSearch, capacity: int) -> None:
+        self.inner = search
+        self.topk = search.topk
+        self.capacity = capacity
+        self._prepared: OrderedDict[int, tuple[torch.Tensor, PreparedContext]] = OrderedDict()
+
+    def prepare(self, features: torch.Tensor) -> PreparedContext:
+        key = id(features)
+        hit = self._prepared.get(key)
+        if hit is not None and hit[0] is features:
+            self._prepared.move_to_end(key)
+            return hit[1]
+        prepared = self.inner.prepare(features)
+        self._prepared[key] = (features, prepared)
+        while len(self._prepared) > self.capacity:
+            self._prepared.popitem(last=False)
+        return prepared
+
+    def search(self, query: torch.Tensor, contexts: Sequence[PreparedContext]) -> Neighbours:
+        return self.inner.search(query, contexts)
+
+
 class _PointRun:
     """Every point's position, frame by frame, for one :meth:`Tracker.propagate` call.
 
@@ -684,7 +716,6 @@ class _PointRun:
         self.state = state
         self.feats = feats
         self.mode = mode
-        self.search = search
         frames, points = state.point_queries_array
         self.num_points = len(points)
         stride = tracker.extractor.stride
@@ -695,6 +726,9 @@ class _PointRun:
             self.groups[int(t)] = (index, points[index], grid[index])
         self._streams: dict[tuple[int, int], Iterator[tuple[int, PointEstimate]]] = {}
         self._ahead: dict[tuple[int, int], dict[int, PointEstimate]] = {}
+        # every sequence's queue, plus the query frames, plus the frame being searched
+        capacity = tracker.params.n_context + len(self.groups) + 1
+        self.search = _SharedPrepare(search, capacity)
 
     def _stream(self, t: int, direction: int) -> Iterator[tuple[int, PointEstimate]]:
         last = self.state.num_frames if direction > 0 else -1

@@ -26,6 +26,7 @@ def write_points(path: Path, rows: list[str]) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_points_with_tiny_dit_backward_and_forward(
     tiny_model: Callable[..., Path],
     shared_data: Path,

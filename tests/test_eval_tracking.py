@@ -127,6 +127,7 @@ def _tracks_of(example: dict[str, np.ndarray], q: np.ndarray) -> np.ndarray:
     return np.argmin(np.abs(yx - q[None, :, 1:]).sum(-1), axis=0)
 
 
+@pytest.mark.slow
 def test_keypoints_runner_on_badja_dog(
     shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -156,22 +156,23 @@ def test_known_motion_is_recovered_within_half_a_token(
     assert np.linalg.norm(tracks[0, 4:] - expected[0, 4:], axis=-1).max() < STRIDE / 2
 
 
-def test_tracks_follow_a_fast_motion_with_a_window(shared_data: Path, tmp_path: Path) -> None:
-    """A window around the previous position finds the point, and a wrong window cannot."""
+def test_windowed_search_follows_the_motion(shared_data: Path, tmp_path: Path) -> None:
+    """Searching around the previous position finds the point as the whole-frame search does
+    (frame-to-frame motion here is under a cell)."""
     frames = shifted_video(shared_data, tmp_path / "moved")
     input_size = (240, 432)
     field = SmoothField(length=18.0, seed=3)
     maps = np.stack([field(cell_centres(FRAME_HW, input_size) - s) for s in SHIFTS])
     extractor = OracleExtractor(frames, input_size, maps)
     point = np.array([[130.0, 240.0]])
-    for radius, ok in ((2, True), (None, True)):
+    for radius in (1, 2, None):
         tracker = Tracker(extractor, short_side=240, point_params=PointParams(radius=radius))
         state = tracker.init_state(tmp_path / "moved")
         tracker.add_points(state, 0, point)
         list(tracker.propagate(state))
         tracks, _ = state.point_tracks()
         err = np.linalg.norm(tracks[:, 0] - (point + SHIFTS), axis=-1)
-        assert (err.max() < 10) == ok, (radius, err)
+        assert err.max() < STRIDE / 2, (radius, err)
 
 
 # ---- BADJA dog: oracle features on the annotated joints, and the lab baseline ----------------
@@ -199,6 +200,7 @@ def track_badja(tracker: Tracker, state: TrackerState, frames: list[BadjaFrame])
     return pred
 
 
+@pytest.mark.slow
 def test_badja_dog_oracle_features_recover_the_joints(shared_data: Path) -> None:
     """Each annotated joint's neighbourhood carries its own code, noise elsewhere."""
     frames = badja_dog(shared_data)
