@@ -317,7 +317,7 @@ def test_gaussian_label_maps_follow_crw() -> None:
 
 def test_heatmap_peaks_hand_cases() -> None:
     g = gaussian_label_maps(np.array([[3.3, 4.0], [1.0, 1.0]]), (8, 8), sigma=0.7)[1:]
-    pos, peak = heatmap_peaks(g)
+    pos, peak = heatmap_peaks(g, readout_radius=1)
     assert pos[1].tolist() == pytest.approx([1.0, 1.0])  # symmetric window: the cell itself
     assert 3.1 < pos[0, 0] < 3.5
     assert pos[0, 1] == pytest.approx(4.0)
