@@ -189,7 +189,7 @@ def _publish(tmp: Path, path: Path) -> None:
 
 
 # -- track (the main job) ---------------------------------------------------------------------
-def _add_propagation_options(parser: argparse.ArgumentParser) -> None:
+def _add_propagation_options(parser: argparse.ArgumentParser, label_default: str = "area") -> None:
     g = parser.add_argument_group("propagation (default: DINO's and the official DiTF DAVIS set)")
     g.add_argument(
         "--params",
@@ -208,9 +208,9 @@ def _add_propagation_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--label-mode",
         choices=["area", "nearest"],
-        default="area",
+        default=label_default,
         help="bring masks to the feature grid by area averaging (soft labels; keeps objects "
-        "smaller than a cell; default) or nearest sampling (DINO's protocol)",
+        "smaller than a cell) or nearest sampling (DINO's protocol) (default %(default)s)",
     )
 
 
@@ -1176,6 +1176,14 @@ def _add_eval_davis(eval_sub: argparse._SubParsersAction) -> None:
         help="folder of predicted masks, <sequence>/<frame>.png (palette or grayscale ids), "
         "named like the ground-truth frames",
     )
+    source.add_argument(
+        "--data",
+        metavar="DAVIS_ROOT",
+        type=Path,
+        help="a DAVIS-2017 root (JPEGImages/480p, Annotations/480p, ImageSets/2017): propagate "
+        "every sequence of --split from its first annotation with --preset's video settings "
+        "(the official DiTF DAVIS protocol), write the masks to --out and score them",
+    )
     parser.add_argument(
         "--gt",
         metavar="GT_ROOT",
@@ -1221,7 +1229,81 @@ def _add_eval_davis(eval_sub: argparse._SubParsersAction) -> None:
         type=_positive_int,
         help="processes to score with (default: the number of usable CPU cores; 1 = no pool)",
     )
+    run = parser.add_argument_group("with --data")
+    run.add_argument(
+        "--split",
+        default="val",
+        help="val, train, or a text file with one sequence name per line (default val)",
+    )
+    run.add_argument("--out", type=Path, help="output folder for the masks and metrics")
+    run.add_argument(
+        "--resume", action="store_true", help="skip the sequences already written completely"
+    )
+    run.add_argument("--overwrite", action="store_true", help="start the run in --out again")
+    run.add_argument(
+        "--short-side", type=int, help="model input short side (default: the preset's, 960)"
+    )
+    run.add_argument(
+        "--no-disk-cache", action="store_true", help="keep features in memory only (no files)"
+    )
+    _add_propagation_options(parser, label_default="nearest")
+    _add_model_options(parser)
     parser.set_defaults(handler=_run_eval_davis)
+
+
+def _run_davis_propagation(args: argparse.Namespace) -> int:
+    """``eval davis --data``: propagate a split with the official protocol, then score it."""
+    from tqdm import tqdm
+
+    from .cache import FeatureCache, cache_root
+    from .eval.davis_runner import DavisRun
+    from .tracker import ProgressEvent, Tracker
+
+    if args.out is None:
+        raise ConfigError("--data needs --out DIR for the masks and metrics")
+    extractor = _extractor_from_args(args, "video")
+    cache = FeatureCache(
+        None if args.no_disk_cache else cache_root(args.cache_dir),
+        device=getattr(extractor, "device", "cpu"),
+    )
+    # The official DiTF DAVIS script: long side floored to a multiple of 32, OpenCV bilinear.
+    tracker = Tracker(
+        extractor,
+        params=_propagation_params(args),
+        cache=cache,
+        label_mode=args.label_mode,
+        short_side=args.short_side or _preset_value(args, "short_side", 960, "video"),
+        long_multiple=32,
+        rounding="floor",
+        interpolation="bilinear",
+        batch_size=args.batch_size or 4,
+    )
+    run = DavisRun(
+        args.data, tracker, args.out, split=args.split, resume=args.resume, overwrite=args.overwrite
+    )
+    frames_bar = tqdm(desc="frames", unit="frame", position=1, disable=None, leave=False)
+
+    def on_progress(event: ProgressEvent) -> None:
+        if event.phase == "propagate":
+            if event.done == 0:
+                frames_bar.reset(total=event.total)
+            frames_bar.update(event.done - frames_bar.n)
+
+    try:
+        with tqdm(total=len(run), desc="sequences", unit="seq", disable=None) as bar:
+            for outcome in run.iterate(progress=on_progress):
+                bar.set_postfix_str(outcome.name + (" (done before)" if outcome.resumed else ""))
+                bar.update(1)
+    finally:
+        frames_bar.close()
+        cache.close()
+    result = run.finish(workers=args.workers)
+    columns, rows = result.global_table()
+    print(_format_table(columns, rows))
+    seq_columns, seq_rows = result.per_sequence_table()
+    print(_format_table(seq_columns, seq_rows))
+    print(f"masks, metrics.json and CSVs written to {args.out}")
+    return 0
 
 
 def _sequence_list(text: str) -> list[str]:
@@ -1263,6 +1345,8 @@ def _format_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> s
 def _run_eval_davis(args: argparse.Namespace) -> int:
     from .eval.davis import evaluate_davis, write_davis_csvs, write_davis_json
 
+    if args.data is not None:
+        return _run_davis_propagation(args)
     if args.gt is None:
         raise ConfigError("--pred needs --gt GT_ROOT (the folder of <sequence>/<frame>.png)")
 
