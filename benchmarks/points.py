@@ -26,6 +26,7 @@ values). Prints a table and appends it to benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -115,6 +116,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_grad_enabled(False)
+    load_before = os.getloadavg()[0]
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     rows = []
     for device in devices:
@@ -151,7 +153,9 @@ def main() -> None:
         f"Query-point tracking on cached random unit features at {GRID[0]}x{GRID[1]} cells, "
         f"{args.frames} frames timed after one warm-up, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads); {names}. `global` is the default (whole-frame "
-        "search, 3x3 soft-argmax, cycle check).\n\n" + header + body
+        "search, 3x3 soft-argmax, cycle check). 1-minute load average "
+        f"{load_before:.1f} before and {os.getloadavg()[0]:.1f} after (the machine is shared: "
+        "the CPU rows vary with it).\n\n" + header + body
     )
     print()
     print(header + body)
