@@ -600,11 +600,12 @@ class Tracker:
             ).to(reference.device)
             if not backward:
                 state.masks[anchor] = ann.labels
-                propagate_done += 1
-                emit(ProgressEvent("propagate", propagate_done, propagate_total))
-                yield with_points(
+                result = with_points(
                     FrameResult(anchor, names[anchor], ann.labels, ann.object_ids, annotated=True)
                 )
+                propagate_done += 1
+                emit(ProgressEvent("propagate", propagate_done, propagate_total))
+                yield result
             frame_feats = (feats(f) for f in frames)
             stream = propagate_sequence(
                 reference, reference_labels, frame_feats, self.params, search=search
@@ -614,17 +615,18 @@ class Tracker:
                     soft, ann.object_ids, state.frame_size, self.extractor.stride
                 )
                 state.masks[frame_idx] = labels
+                result = with_points(
+                    FrameResult(frame_idx, names[frame_idx], labels, ann.object_ids)
+                )
                 propagate_done += 1
                 emit(ProgressEvent("propagate", propagate_done, propagate_total))
-                yield with_points(FrameResult(frame_idx, names[frame_idx], labels, ann.object_ids))
+                yield result
             if backward:
                 state.backward_dirty = False
             else:
                 state.dirty.discard(anchor)
         for frame_idx in extra:
-            propagate_done += 1
-            emit(ProgressEvent("propagate", propagate_done, propagate_total))
-            yield with_points(
+            result = with_points(
                 FrameResult(
                     frame_idx,
                     names[frame_idx],
@@ -633,6 +635,9 @@ class Tracker:
                     annotated=frame_idx in state.annotations,
                 )
             )
+            propagate_done += 1
+            emit(ProgressEvent("propagate", propagate_done, propagate_total))
+            yield result
         if points_stale and len(state.tracks) == state.num_frames:
             state.tracks_key = points_key
 

@@ -28,7 +28,7 @@ from ditf_track.propagate import (
     locate,
     sample_descriptors,
 )
-from ditf_track.tracker import Tracker, TrackerState
+from ditf_track.tracker import ProgressEvent, Tracker, TrackerState
 from ditf_track.video import resize_frames, video_from_array
 
 STRIDE = 16
@@ -428,3 +428,20 @@ def test_interrupted_point_run_is_redone(shared_data: Path) -> None:
         state.point_tracks()
     assert [r.frame_idx for r in tracker.propagate(state)] == [1, 0, 2, 3, 4, 5]
     assert state.point_tracks()[0].shape == (6, 1, 2)
+
+
+def test_points_only_run_from_preset_with_progress(shared_data: Path) -> None:
+    tracker = Tracker.from_preset("lab", disk_cache=False, short_side=64, points_mode="heatmap")
+    assert tracker.points_mode == "heatmap"
+    state = tracker.init_state(small_video(shared_data))
+    tracker.add_points(state, 1, [[60.0, 100.0]])
+    events: list[ProgressEvent] = []
+    results = list(tracker.propagate(state, progress=events.append))
+    assert [r.frame_idx for r in results] == [0, 1, 2, 3, 4, 5]
+    assert all(r.labels is None and r.object_ids == () for r in results)
+    propagate = [e for e in events if e.phase == "propagate"]
+    assert [e.done for e in propagate] == list(range(7))
+    assert propagate[-1].total == 6
+    extract = [e for e in events if e.phase == "extract"]
+    assert extract[-1].done == extract[-1].total == 5  # frame 0 was extracted to fix channels
+    assert tracker.identity()["points_mode"] == "heatmap"
