@@ -48,13 +48,11 @@ def faiss_gpu_count() -> int:
 
 
 def resolve_knn_backend(backend: str, device: torch.device) -> str:
-    """``"auto"`` → the measured-faster backend for ``device`` (see benchmarks/propagate.py).
+    """``"auto"`` → FAISS when it is installed and can run where the data is, else torch.
 
-    CPU: torch. On this project's 2-core CPU, 6360 queries against 8 x 6360 database vectors,
-    k = 5, took 0.99 s with torch vs 1.29 s with faiss-cpu at C = 3072, and 0.012 s vs
-    0.10 s at C = 3 (benchmarks/RESULTS.md); faiss-cpu is kept as an exact cross-check.
-    CUDA: faiss-gpu when installed (``faiss.StandardGpuResources``), else torch, which
-    runs the same brute force with cuBLAS and needs no host round trip.
+    CPU: faiss-cpu (``IndexFlatIP``). CUDA: faiss-gpu (``StandardGpuResources``) when the
+    installed faiss has GPUs, else torch, which runs the same brute force with cuBLAS and
+    needs no host round trip. Measured numbers: benchmarks/RESULTS.md (k-NN table).
     """
     if backend not in KNN_BACKENDS:
         raise ConfigError(f"unknown k-NN backend {backend!r}; use one of {KNN_BACKENDS}")
@@ -65,9 +63,9 @@ def resolve_knn_backend(backend: str, device: torch.device) -> str:
                 "or use backend='torch'"
             )
         return backend
-    if device.type == "cuda" and faiss_gpu_count() > 0:
-        return "faiss"
-    return "torch"
+    if device.type == "cuda":
+        return "faiss" if faiss_gpu_count() > 0 else "torch"
+    return "faiss" if faiss_available() else "torch"
 
 
 def knn_search(
