@@ -24,13 +24,15 @@ from ..errors import ConfigError, InputError
 from .knn import KnnBackend, knn_search, resolve_knn_backend
 from .params import PropagationParams
 
-# Query-strip width (cells) of the windowed search. Each GEMM multiplies one context row
-# segment of (strip + 2r) cells by the (2r + 1) x strip query cells that can see it, so the
-# work done is (strip + 2r)/(2r + 1) of the useful work (1.28 at strip 8, r 12) and no more.
-# On the 2-core AVX-512 CPU this project is benchmarked on, strip 8 (r = 12: 32 x 3072 by
-# 3072 x 200 GEMMs) ran at 140-145 GFLOP/s, as fast as a plain large matmul (149), where
-# strips of 4, 6 and 12 ran at 20-90 (MKL is shape sensitive); see benchmarks/propagate.py
-# --sweep. The same default is used on CUDA, where it is not yet measured.
+# Query-strip width (cells) of the windowed search. Each GEMM multiplies the (2r + 1) x strip
+# query cells that can see one context row by that row's strip + 2r cells, so the work done
+# is (strip + 2r)/(2r + 1) of the useful work: 1.28 at strip 8, r 12 (1.35 with the 106 -> 112
+# column padding). Measured on the project's shared 2-core AVX-512 CPU (benchmarks/RESULTS.md,
+# --sweep 4,6,8,10,12,16, best of interleaved rounds): strips 4-16 are within that busy
+# machine's noise of each other (C = 3072: 0.17-0.29 frames/s; strip 8 had the best median,
+# 0.23; C = 1152: strip 8 best, 1.27); strip 8 makes the context segment 32 cells at r = 12,
+# a shape MKL runs at 140-145 GFLOP/s against 149 for a plain large matmul in a quiet probe.
+# CUDA uses the same default; it has not been measured on a GPU yet.
 DEFAULT_STRIP_WIDTH = 8
 
 
@@ -127,10 +129,12 @@ class WindowSearch:
     strip, ``(2r+1)·strip`` cells stored contiguously, and the context cells they can see are
     the ``strip + 2r`` cells of row y' around the strip, also contiguous. One batched GEMM per
     (context, strip) scores every context row against its query block, over *views* of the
-    features (no copies; the batch stride is one row). The scores are then read back per
-    query as the ``(2r+1) x (strip+2r)`` candidates of its window (a strided view), cells
-    outside the window's columns or the grid are set to ``-inf``, and ``topk`` picks the k
-    best; the per-context lists are merged by :func:`merge_topk`.
+    features (no copies; the batch stride is one row). Each query's ``(2r+1) x (2r+1)``
+    window is then read back from those scores as a strided view, cells outside the grid
+    are set to ``-inf``, and one ``topk`` runs over the windows of a group of contexts side
+    by side (the top-k of per-group top-k lists is the overall top-k, :func:`merge_topk`).
+    Nothing of size ``h·w x h·w`` is ever formed; memory is ~40 MB of scores plus up to
+    192 MB of windows at the DAVIS default.
 
     Ties: exactly k cells are kept (``torch.topk``). DINO keeps every cell whose weight
     reaches the k-th largest, which differs only when several cells have bit-identical
