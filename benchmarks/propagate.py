@@ -214,7 +214,8 @@ def commit() -> str:
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            # RESULTS.md itself does not make the measured code dirty.
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!*RESULTS.md"],
             capture_output=True,
             text=True,
             check=True,
