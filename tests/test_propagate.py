@@ -434,8 +434,10 @@ def test_global_sequence_on_davis_oracle(shared_data: Path) -> None:
 
 
 def test_aggregate_rejects_mismatched_grids() -> None:
-    query, contexts, labels = random_case(2, 1, 8, 4, 4)
+    query, contexts, labels = random_case(2, 2, 8, 4, 4)
     search = make_search(DINO_PARAMS)
-    nb = search.search(query, [search.prepare(contexts[0])])
+    nb = search.search(query, [search.prepare(f) for f in contexts])
     with pytest.raises(InputError, match="grid"):
         aggregate_labels(nb, labels[..., :3, :3], 0.1)
+    with pytest.raises(InputError, match="one label map per context"):
+        aggregate_labels(nb, labels[:1], 0.1)
