@@ -22,6 +22,7 @@ import argparse
 import datetime as dt
 import os
 import platform
+import statistics
 import subprocess
 import time
 from collections.abc import Callable
@@ -51,16 +52,20 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1) -> float:
-    """Mean seconds per call after ``warmup`` calls (CUDA synchronised around the timing)."""
+def call_times(
+    fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1
+) -> list[float]:
+    """Seconds of each of ``repeats`` calls after ``warmup`` calls (CUDA synchronised)."""
     for _ in range(warmup):
         fn()
-    sync(device)
-    start = time.perf_counter()
+    times = []
     for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
         fn()
-    sync(device)
-    return (time.perf_counter() - start) / repeats
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return times
 
 
 def dense_mask(grid: tuple[int, int], radius: int, device: torch.device) -> torch.Tensor:
@@ -99,13 +104,12 @@ def dense_step(
     return (segs @ aff).reshape(-1, h, w)
 
 
-def matmul_rate(device: torch.device, dtype: torch.dtype) -> float:
-    """FLOP/s of a plain 4096 x 4096 x 4096 matmul."""
+def plain_matmul(device: torch.device, dtype: torch.dtype) -> tuple[Callable[[], object], int]:
+    """A plain 4096 x 4096 x 4096 matmul and its FLOP count."""
     n = 4096
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    seconds = timed(lambda: a @ b, device, repeats=3)
-    return 2 * n**3 / seconds
+    return (lambda: a @ b), 2 * n**3
 
 
 def random_features(n: int, c: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -119,31 +123,48 @@ def bench_one(
     device: torch.device,
     dtype: torch.dtype,
     params: PropagationParams,
-    strip: int,
-    frames: int,
+    strips: list[int],
+    rounds: int,
     dense_frames: int,
     mask: torch.Tensor | None,
-) -> dict[str, float]:
+) -> dict[str, object]:
+    """Per-frame times of ours (one list per strip width, measured in interleaved rounds,
+    each round also timing one plain matmul) and of the dense reference."""
     feats = random_features(CONTEXTS + 1, c, device, dtype)
     labels = torch.softmax(torch.randn(CONTEXTS, LABELS, *GRID, device=device), dim=1)
     assert params.radius is not None
-    search = WindowSearch(params.radius, params.topk, strip_width=strip)
-    prepared = [search.prepare(f) for f in feats[:CONTEXTS]]
     query = feats[CONTEXTS]
+    steps = {}
+    for strip in strips:
+        search = WindowSearch(params.radius, params.topk, strip_width=strip)
+        prepared = [search.prepare(f) for f in feats[:CONTEXTS]]
 
-    def ours() -> None:
-        neighbours = search.search(query, prepared)
-        aggregate_labels(neighbours, labels, params.temperature)
-        search.prepare(query)  # the frame joins the queue
+        def ours(search: WindowSearch = search, prepared: list = prepared) -> None:
+            neighbours = search.search(query, prepared)
+            aggregate_labels(neighbours, labels, params.temperature)
+            search.prepare(query)  # the frame joins the queue
 
-    row: dict[str, float] = {"C": c, "ours_s": timed(ours, device, frames)}
+        ours()  # warm-up
+        steps[strip] = ours
+    matmul, matmul_flop = plain_matmul(device, dtype)
+    matmul()
+    ours_times: dict[int, list[float]] = {s: [] for s in strips}
+    matmul_times: list[float] = []
+    for _ in range(rounds):
+        for strip, step in steps.items():
+            ours_times[strip] += call_times(step, device, 1, warmup=0)
+        matmul_times += call_times(matmul, device, 1, warmup=0)
+    row: dict[str, object] = {
+        "ours": ours_times,
+        "matmul_rate": matmul_flop / min(matmul_times),
+    }
     if mask is not None and dense_frames > 0:
 
         def dense() -> None:
             dense_step(query, feats[:CONTEXTS], labels, mask, params.topk, params.temperature)
 
         warm = 1 if c < 1000 or device.type == "cuda" else 0
-        row["dense_s"] = timed(dense, device, dense_frames, warmup=warm)
+        row["dense"] = call_times(dense, device, dense_frames, warmup=warm)
     h, w = GRID
     row["useful_flop"] = 2 * CONTEXTS * h * w * (2 * params.radius + 1) ** 2 * c
     return row
@@ -157,8 +178,10 @@ def bench_knn(c: int, device: torch.device, repeats: int) -> dict[str, float]:
     row: dict[str, float] = {"C": c}
     backends = ["torch"] + (["faiss"] if faiss_available() else [])
     for backend in backends:
-        row[backend] = timed(
-            lambda b=backend: knn_search(queries, database, 5, backend=b), device, repeats
+        row[backend] = min(
+            call_times(
+                lambda b=backend: knn_search(queries, database, 5, backend=b), device, repeats
+            )
         )
     # The propagation's global search: per-context k-NN + merge (what GlobalSearch does).
     search = GlobalSearch(5)
@@ -167,7 +190,7 @@ def bench_knn(c: int, device: torch.device, repeats: int) -> dict[str, float]:
         for i in range(CONTEXTS)
     ]
     query = queries.t().reshape(c, h, w)
-    row["global_search"] = timed(lambda: search.search(query, prepared), device, repeats)
+    row["global_search"] = min(call_times(lambda: search.search(query, prepared), device, repeats))
     return row
 
 
@@ -191,7 +214,8 @@ def commit() -> str:
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            # RESULTS.md itself does not make the measured code dirty.
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!*RESULTS.md"],
             capture_output=True,
             text=True,
             check=True,
@@ -204,7 +228,7 @@ def commit() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--channels", default="3,1152,3072")
-    parser.add_argument("--frames", type=int, default=0, help="timed frames (0: by size)")
+    parser.add_argument("--frames", type=int, default=0, help="timed rounds (0: by size)")
     parser.add_argument("--dense-frames", type=int, default=0, help="0: by size")
     parser.add_argument("--strip", type=int, default=DEFAULT_STRIP_WIDTH)
     parser.add_argument("--sweep", default="", help="strip widths to compare, e.g. 4,6,8,12")
@@ -230,43 +254,60 @@ def main() -> None:
         f"τ={params.temperature}, labels K={LABELS}"
     )
     if args.sweep:
+        widths = [int(s) for s in args.sweep.split(",")]
         for device, dtype in runs:
-            emit(f"\nstrip-width sweep on {device_name(device)}, {dtype}: frames/s")
-            widths = [int(s) for s in args.sweep.split(",")]
+            emit(
+                f"\nstrip-width sweep on {device_name(device)}, {dtype}: frames/s, best of "
+                "interleaved rounds (median in brackets)"
+            )
             emit("| C | " + " | ".join(f"strip {s}" for s in widths) + " |")
             emit("|---|" + "---|" * len(widths))
             for c in channels:
-                cells = []
-                for s in widths:
-                    row = bench_one(c, device, dtype, params, s, 3 if c > 1000 else 10, 0, None)
-                    cells.append(f"{1 / row['ours_s']:.2f}")
+                rounds = args.frames or (3 if c > 1000 and device.type == "cpu" else 8)
+                row = bench_one(c, device, dtype, params, widths, rounds, 0, None)
+                times = row["ours"]
+                assert isinstance(times, dict)
+                cells = [
+                    f"{1 / min(times[s]):.2f} ({1 / statistics.median(times[s]):.2f})"
+                    for s in widths
+                ]
                 emit(f"| {c} | " + " | ".join(cells) + " |")
     else:
         for device, dtype in runs:
             torch.manual_seed(0)
-            rate = matmul_rate(device, dtype)
             emit(
-                f"\n{device_name(device)}, {dtype}, strip {args.strip}; plain 4096³ matmul "
-                f"{rate / 1e9:.0f} GFLOP/s; load average {os.getloadavg()[0]:.2f}"
+                f"\n{device_name(device)}, {dtype}, strip {args.strip}; load average "
+                f"{os.getloadavg()[0]:.2f}. Best frame of interleaved rounds (median in "
+                "brackets); matmul: best plain 4096³ matmul of the same rounds."
             )
-            emit("| C | ours frames/s | dense frames/s | speed-up | useful GFLOP/s | of matmul |")
-            emit("|---|---|---|---|---|---|")
+            emit(
+                "| C | ours frames/s | dense frames/s | speed-up | useful GFLOP/s | "
+                "matmul GFLOP/s | useful / matmul |"
+            )
+            emit("|---|---|---|---|---|---|---|")
             mask = None
             if not args.no_dense:
                 assert params.radius is not None
                 mask = dense_mask(GRID, params.radius, device)
             for c in channels:
                 big = c > 1000 and device.type == "cpu"
-                frames = args.frames or (3 if big else 10)
+                rounds = args.frames or (3 if big else 8)
                 dense_frames = args.dense_frames or (1 if big else 2)
-                row = bench_one(c, device, dtype, params, args.strip, frames, dense_frames, mask)
-                ours = row["ours_s"]
-                dense = row.get("dense_s")
-                useful = row["useful_flop"] / ours
+                row = bench_one(c, device, dtype, params, [args.strip], rounds, dense_frames, mask)
+                times = row["ours"]
+                assert isinstance(times, dict)
+                ours, ours_median = min(times[args.strip]), statistics.median(times[args.strip])
+                dense_times = row.get("dense")
+                rate = float(row["matmul_rate"])  # type: ignore[arg-type]
+                useful = float(row["useful_flop"]) / ours  # type: ignore[arg-type]
+                if isinstance(dense_times, list):
+                    dense, dense_median = min(dense_times), statistics.median(dense_times)
+                    dense_cells = f"{1 / dense:.3f} ({1 / dense_median:.3f}) | {dense / ours:.1f}x"
+                else:
+                    dense_cells = "- | -"
                 emit(
-                    f"| {c} | {1 / ours:.2f} | "
-                    + (f"{1 / dense:.3f} | {dense / ours:.1f}x" if dense else "- | -")
-                    + f" | {useful / 1e9:.1f} | {useful / rate:.0%} |"
+                    f"| {c} | {1 / ours:.2f} ({1 / ours_median:.2f}) | {dense_cells} | "
+                    f"{useful / 1e9:.1f} | {rate / 1e9:.0f} | {useful / rate:.0%} |"
                 )
             del mask
     if not args.no_knn and not args.sweep:

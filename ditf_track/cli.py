@@ -231,11 +231,14 @@ def _propagation_params(args: argparse.Namespace) -> Any:
 def _add_track(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "track",
-        help="propagate masks through a video (the main job; `ditf-track VIDEO ...` for short)",
-        description="Propagate the objects painted in --mask through VIDEO (mp4/avi/mov/mkv or "
-        "a folder of jpg/png frames) and write one DAVIS palette PNG per frame, named like the "
-        "frames, plus config.json. Output goes to OUT.incomplete/ and is renamed to OUT only "
-        "when every frame is written.",
+        help="propagate masks and points through a video (the main job; `ditf-track VIDEO ...` "
+        "for short)",
+        description="Propagate the objects painted in --mask and/or the points of --points "
+        "through VIDEO (mp4/avi/mov/mkv or a folder of jpg/png frames). Masks: one DAVIS "
+        "palette PNG per frame, named like the frames. Points: tracks.csv (frame,x,y,id,visible) "
+        "and tracks.npz (TAP-Vid layout: tracks [N,T,2] as (x, y) pixels, occluded [N,T]). "
+        "Plus config.json. Output goes to OUT.incomplete/ and is renamed to OUT only when "
+        "everything is written.",
     )
     p.add_argument("video", type=Path, help="a video file or a folder of frames")
     p.add_argument(
@@ -248,12 +251,24 @@ def _add_track(sub: argparse._SubParsersAction) -> None:
         "frame (e.g. 00020.png) annotates that frame, any other file frame 0. Repeat for "
         "objects appearing later and for corrections",
     )
-    p.add_argument("--out", type=Path, help="output folder (default ./<video name>_masks/)")
+    p.add_argument(
+        "--points",
+        type=Path,
+        metavar="POINTS.csv",
+        help="points to track: a CSV with the header frame,x,y[,id] (frame: 0-based position in "
+        "the selected frames; x, y: pixels of the original frame); each point is tracked "
+        "forward and backward from its own frame",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="output folder (default ./<video name>_masks/, or _tracks/ with only --points)",
+    )
     p.add_argument(
         "--overlay",
         type=Path,
         metavar="OUT.mp4",
-        help="also write an mp4 with the masks blended in",
+        help="also write an mp4 with the masks blended in and the points drawn with trails",
     )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -273,8 +288,70 @@ def _add_track(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_propagation_options(p)
+    _add_point_options(p)
     _add_model_options(p)
     p.set_defaults(handler=_run_track)
+
+
+def _add_point_options(
+    parser: argparse.ArgumentParser,
+    mode_default: str | None = "query",
+    mode_default_help: str = "default query",
+) -> None:
+    from .propagate import PointParams
+
+    d = PointParams()
+    g = parser.add_argument_group("points (see ditf_track.propagate.points)")
+    g.add_argument(
+        "--points-mode",
+        choices=["query", "heatmap"],
+        default=mode_default,
+        help="query: match each point's feature in every frame, refined by a soft-argmax "
+        "(TAP-Vid protocol); heatmap: propagate a Gaussian map per point with the mask "
+        f"propagation settings (JHMDB protocol); {mode_default_help}",
+    )
+    g.add_argument(
+        "--point-window",
+        type=int,
+        metavar="CELLS",
+        help="query mode: search only within CELLS feature cells of the previous frame's "
+        "position (default: the whole frame)",
+    )
+    g.add_argument(
+        "--min-similarity",
+        type=float,
+        default=d.min_similarity,
+        help=f"query mode: a point whose best cosine is lower is not visible (default "
+        f"{d.min_similarity})",
+    )
+    g.add_argument(
+        "--cycle-threshold",
+        type=float,
+        default=d.cycle_threshold,
+        metavar="CELLS",
+        help="query mode: the match, matched back into the query frame, must land within CELLS "
+        f"cells of the query for the point to be visible (default {d.cycle_threshold}; a "
+        "negative value switches the check off)",
+    )
+    g.add_argument(
+        "--heatmap-sigma",
+        type=float,
+        default=d.sigma,
+        metavar="CELLS",
+        help=f"heatmap mode: Gaussian width in feature cells (default {d.sigma}, CRW's)",
+    )
+
+
+def _point_params(args: argparse.Namespace) -> Any:
+    from .propagate import PointParams
+
+    cycle = args.cycle_threshold
+    return PointParams(
+        radius=args.point_window,
+        min_similarity=args.min_similarity,
+        cycle_threshold=None if cycle is not None and cycle < 0 else cycle,
+        sigma=args.heatmap_sigma,
+    )
 
 
 def _parse_mask_args(values: list[str], names: list[str]) -> list[tuple[int, Path]]:
@@ -303,18 +380,19 @@ def _run_track(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from .coords import read_points_csv
     from .errors import ConfigError, InputError, OutputError
     from .masks import DAVIS_PALETTE, write_mask
     from .tracker import ProgressEvent, Tracker, tracker_config
     from .video import open_video
 
-    if not args.mask:
-        raise ConfigError("give the objects to track: --mask FIRST.png (or --mask N:FILE.png)")
+    if not args.mask and args.points is None:
+        raise ConfigError(
+            "give what to track: --mask FIRST.png (or --mask N:FILE.png) and/or --points POINTS.csv"
+        )
     video = open_video(args.video, args.start, args.end, args.stride)
-    out = (
-        args.out
-        or Path.cwd() / f"{args.video.stem if args.video.is_file() else args.video.name}_masks"
-    )
+    stem = args.video.stem if args.video.is_file() else args.video.name
+    out = args.out or Path.cwd() / f"{stem}_{'masks' if args.mask else 'tracks'}"
     work = out.with_name(f"{out.name}.incomplete")
     if out.exists() and any(out.iterdir()):
         if args.resume and (out / "config.json").is_file():
@@ -326,6 +404,16 @@ def _run_track(args: argparse.Namespace) -> int:
                 "--resume to continue, or another --out"
             )
     masks = _parse_mask_args(args.mask, video.frame_names)
+    queries = read_points_csv(args.points)[0] if args.points is not None else None
+    if queries is not None:
+        if len(queries.ids) == 0:
+            raise InputError(f"points file {args.points} has no points; add rows frame,x,y")
+        values, counts = np.unique(queries.ids, return_counts=True)
+        if (counts > 1).any():
+            raise InputError(
+                f"points file {args.points} gives id {int(values[counts > 1][0])} twice; a "
+                "point is queried once (give each row its own id)"
+            )
     extractor = _extractor_from_args(args, "video")
     from .cache import FeatureCache, cache_root
 
@@ -341,13 +429,20 @@ def _run_track(args: argparse.Namespace) -> int:
         label_mode=args.label_mode,
         short_side=short,
         batch_size=args.batch_size or 4,
+        points_mode=args.points_mode,
+        point_params=_point_params(args),
     )
     state = tracker.init_state(video)
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         for frame_idx, path in masks:
             tracker.add_mask(state, frame_idx, path)
+    if queries is not None:
+        for frame_idx, (points, ids) in queries.by_frame().items():
+            tracker.add_points(state, frame_idx, points, ids)
     run = {"masks": {str(f): str(p) for f, p in masks}, **tracker_config(tracker, state)}
+    if args.points is not None:
+        run["points_file"] = str(args.points)
     if work.exists() and not args.resume:
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
@@ -373,20 +468,23 @@ def _run_track(args: argparse.Namespace) -> int:
             )
         bar.update(event.done - bar.n)
 
-    written = 0
     try:
         for result in tracker.propagate(state, progress=on_progress):
             target = work / f"{result.frame_name}.png"
             if result.labels is not None and not (args.resume and target.exists()):
                 write_mask(target, result.labels, palette)
-                written += 1
     finally:
         for bar in bars.values():
             bar.close()
         cache.close()
-    missing = [n for n in state.frame_names if not (work / f"{n}.png").exists()]
-    if missing:
-        raise InputError(f"{len(missing)} frame(s) got no mask (first: {missing[0]})")
+    if masks:
+        missing = [n for n in state.frame_names if not (work / f"{n}.png").exists()]
+        if missing:
+            raise InputError(f"{len(missing)} frame(s) got no mask (first: {missing[0]})")
+    tracks = None
+    if queries is not None:
+        tracks = state.point_tracks()
+        _write_tracks(work, state, *tracks)
     run["features"] = {"extracted": tracker.extracted_frames}
     (work / "config.json").write_text(json.dumps(run, indent=2) + "\n")
     run_file.unlink()
@@ -394,23 +492,72 @@ def _run_track(args: argparse.Namespace) -> int:
         shutil.rmtree(out)
     work.rename(out)
     if args.overlay:
-        _write_overlay(args.overlay, video, out, palette)
+        _write_overlay(
+            args.overlay, video, out if masks else None, palette, tracks, state.point_ids
+        )
     cached = max(state.num_frames - tracker.extracted_frames, 0)
-    objects = ", ".join(map(str, state.object_ids))
+    written = []
+    if masks:
+        written.append(
+            f"{state.num_frames} masks (objects {', '.join(map(str, state.object_ids))})"
+        )
+    if tracks is not None:
+        visible = float(tracks[1].mean()) if tracks[1].size else 0.0
+        written.append(
+            f"{len(state.point_ids)} point tracks over {state.num_frames} frames "
+            f"({args.points_mode} mode, {100 * visible:.0f}% visible)"
+        )
     print(
-        f"wrote {state.num_frames} masks to {out} (objects {objects}; features: "
-        f"{tracker.extracted_frames} extracted, {cached} from the cache)"
+        f"wrote {' and '.join(written)} to {out} (features: {tracker.extracted_frames} "
+        f"extracted, {cached} from the cache)"
     )
     return 0
 
 
-def _write_overlay(path: Path, video: Any, masks_dir: Path, palette: bytes) -> None:
+def _write_tracks(folder: Path, state: Any, points: np.ndarray, visible: np.ndarray) -> None:
+    """tracks.csv (frame,x,y,id,visible: the --points columns plus visible; frame-major) and
+    tracks.npz (TAP-Vid layout: tracks (N, T, 2) as (x, y) original pixels, occluded (N, T))."""
+    from ._atomic import atomic_path
+    from .coords import flatten_tracks, swap_xy, write_points_csv
+
+    ids = state.point_ids
+    rows, flags = flatten_tracks(np.round(points, 3), visible, ids)
+    write_points_csv(folder / "tracks.csv", rows.frame_idx, rows.points, rows.ids, flags)
+    query_frames, query_yx = state.point_queries_array
+    with atomic_path(folder / "tracks.npz", "tracks file") as tmp, tmp.open("wb") as fh:
+        np.savez(
+            fh,
+            tracks=swap_xy(points.transpose(1, 0, 2)).astype(np.float32),
+            occluded=~visible.T,
+            ids=ids,
+            frame_names=np.asarray(state.frame_names),
+            query_points=np.column_stack([query_frames, query_yx]).astype(np.float32),
+        )
+
+
+def _write_overlay(
+    path: Path,
+    video: Any,
+    masks_dir: Path | None,
+    palette: bytes,
+    tracks: tuple[np.ndarray, np.ndarray] | None = None,
+    ids: np.ndarray | None = None,
+) -> None:
     from .masks import read_mask
-    from .video import write_overlay_video
+    from .video import FramePoints, write_overlay_video
 
     frames = (batch_frame for batch in video.iter_frames() for batch_frame in batch.frames)
-    masks = (read_mask(masks_dir / f"{name}.png").labels for name in video.frame_names)
-    write_overlay_video(path, frames, masks, palette, fps=video.fps or 24.0)
+    masks = (
+        (read_mask(masks_dir / f"{name}.png").labels for name in video.frame_names)
+        if masks_dir is not None
+        else None
+    )
+    points = (
+        [FramePoints(tracks[0][t], tracks[1][t], ids) for t in range(len(tracks[0]))]
+        if tracks is not None
+        else None
+    )
+    write_overlay_video(path, frames, masks, palette, fps=video.fps or 24.0, points=points)
     print(f"wrote {path}")
 
 
@@ -1229,12 +1376,216 @@ def _run_eval_davis(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_tracker_eval_options(
+    parser: argparse.ArgumentParser,
+    mode_default: str | None = "query",
+    mode_default_help: str = "default query",
+) -> None:
+    """What builds the :class:`~ditf_track.tracker.Tracker` of a point-tracking evaluation."""
+    parser.add_argument(
+        "--short-side",
+        type=int,
+        help="model input short side in pixels (default: the preset's video setting, 960)",
+    )
+    parser.add_argument(
+        "--no-disk-cache", action="store_true", help="keep features in memory only (no files)"
+    )
+    _add_propagation_options(parser)
+    _add_point_options(parser, mode_default, mode_default_help)
+    _add_model_options(parser)
+
+
+def _tracker_from_args(args: argparse.Namespace, points_mode: str) -> Any:
+    from .cache import FeatureCache, cache_root
+    from .tracker import Tracker
+
+    extractor = _extractor_from_args(args, "video")
+    cache = FeatureCache(
+        None if args.no_disk_cache else cache_root(args.cache_dir),
+        device=getattr(extractor, "device", "cpu"),
+    )
+    return Tracker(
+        extractor,
+        params=_propagation_params(args),
+        cache=cache,
+        label_mode=args.label_mode,
+        short_side=args.short_side or _preset_value(args, "short_side", 960, "video"),
+        batch_size=args.batch_size or 4,
+        points_mode=points_mode,  # type: ignore[arg-type]
+        point_params=_point_params(args),
+    )
+
+
+def _add_eval_tapvid(eval_sub: argparse._SubParsersAction) -> None:
+    p = eval_sub.add_parser(
+        "tapvid",
+        help="TAP-Vid point tracking: AJ, delta_avg, OA (DAVIS pickle or Kinetics shards)",
+        description="TAP-Vid with the reference protocol (google-deepmind/tapnet): queries "
+        "sampled 'first' or 'strided', tracks scored at 256x256 (average Jaccard, "
+        "average_pts_within_thresh, occlusion accuracy), per video and the mean over videos. "
+        "Features come from the stored frames at the tracker's short side, not from 256x256. "
+        "Writes config.json, videos.jsonl (resume state), tracks/<video>.npz, metrics.json and "
+        "per_video.csv.",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        metavar="PKL_OR_DIR",
+        help="tapvid_davis.pkl, or the folder of TAP-Vid-Kinetics shards *_of_0010.pkl",
+    )
+    p.add_argument(
+        "--query-mode", choices=["first", "strided"], default="first", help="default first"
+    )
+    _add_run_options(p)
+    _add_tracker_eval_options(p)
+    p.set_defaults(handler=_run_eval_tapvid)
+
+
+def _run_eval_tapvid(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .eval.tracking import TapVidEvaluation
+
+    tracker = _tracker_from_args(args, args.points_mode)
+    run = TapVidEvaluation(
+        args.data,
+        tracker,
+        args.out,
+        query_mode=args.query_mode,
+        limit=args.limit,
+        options={"data": str(args.data.resolve())},
+        resume=args.resume,
+        overwrite=args.overwrite,
+    )
+    try:
+        with tqdm(run, desc="tapvid", unit="video") as bar:
+            for outcome in bar:
+                bar.set_postfix_str(f"{outcome.video} AJ {outcome.metrics['average_jaccard']:.3f}")
+    finally:
+        tracker.cache.close()
+    metrics = run.finish()
+    print(
+        f"TAP-Vid ({args.query_mode}): {metrics['num_videos']} videos, "
+        f"{metrics['num_points']} queries"
+    )
+    for key, label in (
+        ("average_jaccard", "AJ"),
+        ("average_pts_within_thresh", "delta_avg"),
+        ("occlusion_accuracy", "OA"),
+    ):
+        value = metrics[key]
+        print(f"{label:10s} {'n/a' if value is None else f'{100 * value:.1f}'}")
+    print(run.out / "metrics.json")
+    return 0
+
+
+def _add_eval_keypoints(eval_sub: argparse._SubParsersAction) -> None:
+    p = eval_sub.add_parser(
+        "keypoints",
+        help="keypoint tracking PCK: BADJA (PIPs protocol) or JHMDB (CRW protocol)",
+        description="Track annotated keypoints and score PCK. BADJA: --data a "
+        "joint_annotations/<seq>.json with --frames/--masks the sequence's DAVIS JPEGImages and "
+        "Annotations folders (or a folder of json files with --frames/--masks holding one "
+        "<seq>/ folder each); PCK@0.2 of sqrt(mask area), mean over videos. JHMDB: --data the "
+        "root with joint_positions/ and Rename_Images/; PCK@0.1/0.2 of 0.6 x the joint box "
+        "diagonal, pooled per joint. Writes config.json, videos.jsonl, tracks/, metrics.json "
+        "and per_video.csv.",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        metavar="JSON_OR_ROOT",
+        help="BADJA <seq>.json or joint_annotations/ folder, or the JHMDB root",
+    )
+    p.add_argument("--frames", type=Path, help="BADJA: DAVIS frames (sequence folder or root)")
+    p.add_argument("--masks", type=Path, help="BADJA: DAVIS GT masks (sequence folder or root)")
+    p.add_argument(
+        "--videos",
+        type=Path,
+        metavar="LIST.txt",
+        help="JHMDB: only these videos (<class>/<video> per line, or CRW's split-list lines)",
+    )
+    _add_run_options(p)
+    # BADJA is scored by query-point trackers (PIPs), JHMDB by heat-map propagation (CRW).
+    _add_tracker_eval_options(
+        p, None, "default: query for BADJA (as PIPs), heatmap for JHMDB (as CRW)"
+    )
+    p.set_defaults(handler=_run_eval_keypoints)
+
+
+def _run_eval_keypoints(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .errors import ConfigError, InputError
+    from .eval.tracking import KeypointEvaluation, badja_videos, jhmdb_videos
+
+    data: Path = args.data
+    videos: list[Any]
+    if data.is_dir() and (data / "joint_positions").is_dir():
+        dataset = "jhmdb"
+        videos = jhmdb_videos(data, args.videos)
+    elif data.suffix == ".json" or (data.is_dir() and any(data.glob("*.json"))):
+        dataset = "badja"
+        if args.frames is None or args.masks is None:
+            raise ConfigError(
+                "BADJA needs --frames and --masks: the DAVIS JPEGImages and Annotations folders "
+                "of the sequence (e.g. JPEGImages/480p/dog, Annotations/480p/dog)"
+            )
+        videos = badja_videos(data, args.frames, args.masks)
+    else:
+        raise InputError(
+            f"--data {data} is neither a BADJA <seq>.json (or folder of them) nor a JHMDB root "
+            "with joint_positions/; check the path"
+        )
+    videos = _limited(videos, args.limit)
+    mode = args.points_mode or ("query" if dataset == "badja" else "heatmap")
+    tracker = _tracker_from_args(args, mode)
+    options = {
+        "data": str(data.resolve()),
+        "frames": str(args.frames.resolve()) if args.frames else None,
+        "masks": str(args.masks.resolve()) if args.masks else None,
+        "videos": [v.name for v in videos],
+    }
+    run = KeypointEvaluation(
+        dataset,  # type: ignore[arg-type]
+        videos,
+        tracker,
+        args.out,
+        options=options,
+        resume=args.resume,
+        overwrite=args.overwrite,
+    )
+    if run.num_resumable:
+        print(f"resuming: {run.num_resumable} of {len(run)} videos already done")
+    try:
+        with tqdm(run, total=len(run), desc=dataset, unit="video") as bar:
+            for outcome in bar:
+                shown = "  ".join(f"{k} {100 * v:.1f}" for k, v in outcome.metrics.items())
+                bar.set_postfix_str(f"{outcome.video} {shown}")
+    finally:
+        tracker.cache.close()
+    metrics = run.finish()
+    print(
+        f"{dataset} ({mode} points): {metrics['num_videos']} videos, "
+        f"{metrics['num_points']} queried keypoints"
+    )
+    for key, value in metrics.items():
+        if key.startswith("PCK@"):
+            print(f"{key:8s} {'n/a' if value is None else f'{100 * value:.1f}'}")
+    print(run.out / "metrics.json")
+    return 0
+
+
 _EVAL_BENCHMARKS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_eval_davis,
     _add_eval_spair,
     _add_eval_pfpascal,
     _add_eval_ap10k,
     _add_eval_hpatches,
+    _add_eval_tapvid,
+    _add_eval_keypoints,
 ]
 _SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_track,

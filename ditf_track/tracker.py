@@ -13,14 +13,24 @@ frame j changes only frames j up to the next annotation, and a re-run recomputes
 segments whose annotation changed. Features come from the :class:`~ditf_track.cache.FeatureCache`
 and are extracted in batches only when missing.
 
+Points (:meth:`Tracker.add_points`) are tracked from their own query frame, forward and
+backward, in one of two modes (per tracker, or per :meth:`Tracker.propagate` call):
+``"query"`` matches each point's descriptor in every frame (the TAP-Vid protocol) and
+``"heatmap"`` propagates a Gaussian label map per point with the mask machinery (the JHMDB
+protocol); see :mod:`ditf_track.propagate.points`. Masks and points can share a run: every
+yielded :class:`FrameResult` carries both. Point tracks are recomputed whenever the points or
+the mode change (features come from the cache), and only then.
+
 Coordinates in the API are (y, x) pixels of the original frames; ``frame_idx`` is the position
 in the selected frame range (0 … T−1).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -29,15 +39,28 @@ import numpy as np
 import torch
 
 from .cache import FeatureCache, cache_root, clip_key, feature_key
+from .coords import frame_to_grid, grid_to_frame
 from .errors import ConfigError, InputError
 from .features import FeatureExtractor
 from .images import Interpolation, model_input_size
 from .masks import VOID_ID, LabelMask, labels_to_grid, read_mask, small_objects
-from .propagate import PropagationParams, make_search, propagate_sequence, soft_labels_to_mask
+from .propagate import (
+    PointEstimate,
+    PointParams,
+    PropagationParams,
+    make_search,
+    propagate_sequence,
+    soft_labels_to_mask,
+    track_heatmaps,
+    track_query_points,
+)
+from .propagate.search import Neighbours, NeighbourSearch, PreparedContext
 from .video import VideoSource, open_video, resize_frames
 
 LabelMode = Literal["area", "nearest"]
 Phase = Literal["extract", "propagate"]
+PointsMode = Literal["query", "heatmap"]
+POINTS_MODES: tuple[str, ...] = ("query", "heatmap")
 
 
 class SmallObjectWarning(UserWarning):
@@ -55,7 +78,10 @@ class ProgressEvent:
 
 @dataclass
 class FrameResult:
-    """One frame's output. ``labels`` ``(H, W) uint8`` object ids at the original frame size."""
+    """One frame's output. ``labels`` ``(H, W) uint8`` object ids at the original frame size
+    (None when no mask was annotated). With points: ``points (N, 2) float64`` as ``(y, x)``
+    pixels of the original frame, ``visible (N,) bool`` and ``point_ids (N,) int64``, in the
+    order the points were added (None without points)."""
 
     frame_idx: int
     frame_name: str
@@ -92,6 +118,10 @@ class TrackerState:
     masks: dict[int, np.ndarray] = field(default_factory=dict)
     dirty: set[int] = field(default_factory=set)  # annotated frames whose segment is stale
     backward_dirty: bool = False
+    # point id -> (query frame, y, x), in the order added; tracks: frame -> (points, visible)
+    point_queries: dict[int, tuple[int, float, float]] = field(default_factory=dict)
+    tracks: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    tracks_key: tuple[Any, ...] | None = None  # what the complete ``tracks`` were computed for
 
     @property
     def num_frames(self) -> int:
@@ -109,6 +139,31 @@ class TrackerState:
             ids.update(ann.object_ids)
         return tuple(sorted(ids))
 
+    @property
+    def point_ids(self) -> np.ndarray:
+        """``(N,) int64`` ids of the points, in the order they were added."""
+        return np.fromiter(self.point_queries, dtype=np.int64, count=len(self.point_queries))
+
+    @property
+    def point_queries_array(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(frame_idx (N,) int64, points (N, 2) float64 as (y, x))`` of the queries."""
+        rows = list(self.point_queries.values())
+        frames = np.array([r[0] for r in rows], dtype=np.int64)
+        return frames, np.array([r[1:] for r in rows], dtype=np.float64).reshape(-1, 2)
+
+    def point_tracks(self) -> tuple[np.ndarray, np.ndarray]:
+        """The latest tracks of every point: ``(T, N, 2) float64`` ``(y, x)`` and ``(T, N) bool``.
+
+        Raises :class:`InputError` until a :meth:`Tracker.propagate` run has tracked the current
+        points through every frame.
+        """
+        n = len(self.point_queries)
+        if self.tracks_key is None or len(self.tracks) < self.num_frames:
+            raise InputError("the points have not been tracked yet; run tracker.propagate(state)")
+        points = np.stack([self.tracks[f][0] for f in range(self.num_frames)]).reshape(-1, n, 2)
+        visible = np.stack([self.tracks[f][1] for f in range(self.num_frames)]).reshape(-1, n)
+        return points, visible
+
 
 class Tracker:
     """Propagates annotations through a video with a feature extractor (DiTF or ``lab``).
@@ -120,6 +175,10 @@ class Tracker:
     sides are multiples of the token stride (``rounding``/``long_multiple`` as in
     :func:`~ditf_track.images.model_input_size`; the official DiTF DAVIS script floors the long
     side to a multiple of 32).
+
+    ``points_mode`` (``"query"`` or ``"heatmap"``) is how points are tracked unless a
+    :meth:`propagate` call says otherwise, with ``point_params`` (see
+    :class:`~ditf_track.propagate.PointParams`); heat maps propagate with ``params``.
     """
 
     def __init__(
@@ -134,9 +193,12 @@ class Tracker:
         rounding: Literal["nearest", "floor"] = "nearest",
         interpolation: Interpolation = "auto",
         batch_size: int = 4,
+        points_mode: PointsMode = "query",
+        point_params: PointParams | None = None,
     ) -> None:
         if label_mode not in ("area", "nearest"):
             raise ConfigError(f"unknown label mode {label_mode!r}; use 'area' or 'nearest'")
+        _check_points_mode(points_mode)
         if batch_size < 1:
             raise ConfigError(f"batch_size={batch_size} must be at least 1")
         self.extractor = extractor
@@ -148,6 +210,8 @@ class Tracker:
         self.rounding = rounding
         self.interpolation = interpolation
         self.batch_size = batch_size
+        self.points_mode: PointsMode = points_mode
+        self.point_params = point_params or PointParams()
         self.extracted_frames = 0  # frames that went through the extractor (cache misses)
 
     @classmethod
@@ -174,7 +238,15 @@ class Tracker:
         from .presets import load_preset
 
         preset = load_preset(name)
-        tracker_keys = {"label_mode", "long_multiple", "rounding", "interpolation", "batch_size"}
+        tracker_keys = {
+            "label_mode",
+            "long_multiple",
+            "rounding",
+            "interpolation",
+            "batch_size",
+            "points_mode",
+            "point_params",
+        }
         tracker_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in tracker_keys}
         cache_kwargs = {
             k: kwargs.pop(k) for k in list(kwargs) if k in ("device_budget", "disk_budget")
@@ -190,6 +262,20 @@ class Tracker:
         )
         side = short_side or preset.video.short_side or 960
         return cls(extractor, params=params, cache=cache, short_side=side, **tracker_kwargs)
+
+    def identity(self) -> dict[str, Any]:
+        """Everything that changes the tracker's results (config files, resume checks)."""
+        return {
+            "extractor": self.extractor.identity(),
+            "short_side": self.short_side,
+            "long_multiple": self.long_multiple,
+            "rounding": self.rounding,
+            "interpolation": self.interpolation,
+            "label_mode": self.label_mode,
+            "propagation": dataclasses.asdict(self.params),
+            "points_mode": self.points_mode,
+            "point_params": dataclasses.asdict(self.point_params),
+        }
 
     # -- state -------------------------------------------------------------------------------
     def init_state(
@@ -272,12 +358,81 @@ class Tracker:
             state.backward_dirty = True
         return ids
 
+    def add_points(
+        self,
+        state: TrackerState,
+        frame_idx: int,
+        points: np.ndarray | Sequence[Sequence[float]],
+        ids: np.ndarray | Sequence[int] | None = None,
+    ) -> np.ndarray:
+        """Query points on ``frame_idx``: ``points (N, 2)`` as ``(y, x)`` pixels of the original
+        frame (pixel centres at integers; the frame spans ``[-0.5, H - 0.5)``).
+
+        Each point is tracked forward and backward from this frame. ``ids (N,)`` name the tracks
+        (default: the next free integers); an id that already exists is moved to this query.
+        Returns the ids ``(N,) int64``. Raises :class:`InputError` for a frame out of range,
+        points outside the frame, a bad shape or repeated ids.
+        """
+        self._check_frame(state, frame_idx)
+        pts = np.asarray(points, dtype=np.float64)
+        if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) == 0:
+            raise InputError(
+                f"points must be a non-empty (N, 2) array of (y, x) pixels, got shape {pts.shape}"
+            )
+        if not np.all(np.isfinite(pts)):
+            raise InputError("points must be finite (y, x) pixel positions; remove NaN/inf rows")
+        height, width = state.frame_size
+        outside = (pts[:, 0] < -0.5) | (pts[:, 0] >= height - 0.5)
+        outside |= (pts[:, 1] < -0.5) | (pts[:, 1] >= width - 0.5)
+        if outside.any():
+            y, x = pts[np.argmax(outside)]
+            raise InputError(
+                f"point (x={x:g}, y={y:g}) on frame {frame_idx} lies outside the {width}x{height} "
+                f"frame ({int(outside.sum())} point(s) do); give x in [0, {width - 1}] and y in "
+                f"[0, {height - 1}]"
+            )
+        if ids is None:
+            start = max(state.point_queries, default=-1) + 1
+            new_ids = np.arange(start, start + len(pts), dtype=np.int64)
+        else:
+            new_ids = np.asarray(ids).reshape(-1)
+            if new_ids.shape != (len(pts),) or not np.issubdtype(new_ids.dtype, np.integer):
+                raise InputError(
+                    f"ids must be {len(pts)} integers, one per point, got {np.asarray(ids)!r}"
+                )
+            new_ids = new_ids.astype(np.int64)
+            values, counts = np.unique(new_ids, return_counts=True)
+            if (counts > 1).any():
+                raise InputError(
+                    f"point id {int(values[counts > 1][0])} is given twice; give each point its "
+                    "own id"
+                )
+        for pid, (y, x) in zip(new_ids, pts):
+            state.point_queries[int(pid)] = (int(frame_idx), float(y), float(x))
+        state.tracks_key = None
+        return new_ids
+
+    def remove_points(self, state: TrackerState, ids: Sequence[int] | np.ndarray) -> None:
+        """Stop tracking the points ``ids`` (unknown ids raise :class:`InputError`)."""
+        unknown = [int(i) for i in np.asarray(ids).reshape(-1) if int(i) not in state.point_queries]
+        if unknown:
+            raise InputError(
+                f"no point has id {unknown[0]}; known ids: {list(state.point_queries)}"
+            )
+        for pid in np.asarray(ids).reshape(-1):
+            del state.point_queries[int(pid)]
+        state.tracks.clear()
+        state.tracks_key = None
+
     def clear_annotations(self, state: TrackerState) -> None:
-        """Forget every annotation and result (the cached features stay)."""
+        """Forget every annotation, point and result (the cached features stay)."""
         state.annotations.clear()
         state.masks.clear()
         state.dirty.clear()
         state.backward_dirty = False
+        state.point_queries.clear()
+        state.tracks.clear()
+        state.tracks_key = None
 
     # -- features ----------------------------------------------------------------------------
     def _identity(self, state: TrackerState) -> dict[str, Any]:
@@ -330,9 +485,9 @@ class Tracker:
 
     # -- propagation -------------------------------------------------------------------------
     def _plan(self, state: TrackerState) -> list[tuple[int, list[int], bool]]:
-        """Stale segments: (annotated frame, frames in propagation order, backward?)."""
+        """Stale mask segments: (annotated frame, frames in propagation order, backward?)."""
         if not state.annotations:
-            raise InputError("no frame is annotated; add a mask (--mask FIRST.png) before tracking")
+            return []
         anchors = sorted(state.annotations)
         plan: list[tuple[int, list[int], bool]] = []
         if state.backward_dirty and anchors[0] > 0:
@@ -364,26 +519,57 @@ class Tracker:
         state: TrackerState,
         *,
         progress: Callable[[ProgressEvent], None] | None = None,
+        points_mode: PointsMode | None = None,
     ) -> Iterator[FrameResult]:
-        """Yield every frame whose labels are (re)computed, in propagation order.
+        """Yield every frame whose labels or points are (re)computed, in propagation order.
 
-        Stale segments only: the first run yields every frame; a run after ``add_mask(j)``
-        yields frames j up to the next annotation (and, for a new first annotation, the frames
-        before it). Features are extracted in batches when missing from the cache; ``progress``
-        receives ``"extract"`` and ``"propagate"`` :class:`ProgressEvent`s. Stopping the
-        iteration (or closing the generator) leaves a consistent state: finished frames keep
-        their results and unfinished segments stay stale for the next run.
+        Masks: stale segments only. The first run yields every frame; a run after
+        ``add_mask(j)`` yields frames j up to the next annotation (and, for a new first
+        annotation, the frames before it). Points: when the points or ``points_mode`` (default:
+        the tracker's) changed since the last complete run, every frame is yielded with every
+        point's position; otherwise frames carry the stored positions. Frames that only points
+        needed come after the mask segments, backward from the first query frame, then forward;
+        their ``labels`` are the latest masks (None without masks).
+
+        Features are extracted in batches when missing from the cache; ``progress`` receives
+        ``"extract"`` and ``"propagate"`` :class:`ProgressEvent`s. Stopping the iteration (or
+        closing the generator) leaves a consistent state: finished frames keep their results
+        and unfinished work stays stale for the next run.
         """
+        mode = self.points_mode if points_mode is None else points_mode
+        _check_points_mode(mode)
+        if not state.annotations and not state.point_queries:
+            raise InputError(
+                "no frame is annotated and no point is added; add a mask (--mask FIRST.png) or "
+                "points (--points POINTS.csv) before tracking"
+            )
         plan = self._plan(state)
         emit = progress or (lambda _event: None)
         self._ensure_channels(state)
-        needed = list(dict.fromkeys(f for anchor, frames, _ in plan for f in (anchor, *frames)))
-        missing = [f for f in needed if not self.cache.contains(self._frame_key(state, f))]
-        yielded = [
+        points_key = self._points_key(state, mode)
+        points_stale = bool(state.point_queries) and (
+            state.tracks_key != points_key or len(state.tracks) < state.num_frames
+        )
+        mask_order = [
             f for anchor, frames, back in plan for f in ([*frames] if back else [anchor, *frames])
         ]
+        extra: list[int] = []
+        if points_stale:
+            state.tracks.clear()
+            state.tracks_key = None
+            first_query = min(q[0] for q in state.point_queries.values())
+            in_masks = set(mask_order)
+            extra = [
+                f
+                for f in [*range(first_query - 1, -1, -1), *range(first_query, state.num_frames)]
+                if f not in in_masks
+            ]
+        needed = list(dict.fromkeys(f for anchor, frames, _ in plan for f in (anchor, *frames)))
+        if points_stale:
+            needed = list(dict.fromkeys([*needed, *extra, *range(state.num_frames)]))
+        missing = [f for f in needed if not self.cache.contains(self._frame_key(state, f))]
         extract_total, extract_done = len(missing), 0
-        propagate_total, propagate_done = len(yielded), 0
+        propagate_total, propagate_done = len(mask_order) + len(extra), 0
         emit(ProgressEvent("extract", 0, extract_total))
         emit(ProgressEvent("propagate", 0, propagate_total))
         pending = set(missing)
@@ -406,6 +592,20 @@ class Tracker:
             return found
 
         search = make_search(self.params)
+        point_run = _PointRun(self, state, feats, mode, search) if points_stale else None
+        ids = state.point_ids if state.point_queries else None
+
+        def with_points(result: FrameResult) -> FrameResult:
+            if ids is None:
+                return result
+            if point_run is not None:
+                state.tracks[result.frame_idx] = point_run.at(result.frame_idx)
+            stored = state.tracks.get(result.frame_idx)
+            if stored is not None:
+                result.points, result.visible = stored
+                result.point_ids = ids
+            return result
+
         names = state.frame_names
         for anchor, frames, backward in plan:
             ann = state.annotations[anchor]
@@ -415,9 +615,12 @@ class Tracker:
             ).to(reference.device)
             if not backward:
                 state.masks[anchor] = ann.labels
+                result = with_points(
+                    FrameResult(anchor, names[anchor], ann.labels, ann.object_ids, annotated=True)
+                )
                 propagate_done += 1
                 emit(ProgressEvent("propagate", propagate_done, propagate_total))
-                yield FrameResult(anchor, names[anchor], ann.labels, ann.object_ids, annotated=True)
+                yield result
             frame_feats = (feats(f) for f in frames)
             stream = propagate_sequence(
                 reference, reference_labels, frame_feats, self.params, search=search
@@ -427,13 +630,45 @@ class Tracker:
                     soft, ann.object_ids, state.frame_size, self.extractor.stride
                 )
                 state.masks[frame_idx] = labels
+                result = with_points(
+                    FrameResult(frame_idx, names[frame_idx], labels, ann.object_ids)
+                )
                 propagate_done += 1
                 emit(ProgressEvent("propagate", propagate_done, propagate_total))
-                yield FrameResult(frame_idx, names[frame_idx], labels, ann.object_ids)
+                yield result
             if backward:
                 state.backward_dirty = False
             else:
                 state.dirty.discard(anchor)
+        for frame_idx in extra:
+            result = with_points(
+                FrameResult(
+                    frame_idx,
+                    names[frame_idx],
+                    state.masks.get(frame_idx),
+                    self._object_ids_at(state, frame_idx),
+                    annotated=frame_idx in state.annotations,
+                )
+            )
+            propagate_done += 1
+            emit(ProgressEvent("propagate", propagate_done, propagate_total))
+            yield result
+        if points_stale and len(state.tracks) == state.num_frames:
+            state.tracks_key = points_key
+
+    def _points_key(self, state: TrackerState, mode: str) -> tuple[Any, ...]:
+        """What point tracks depend on besides the features: the queries and the settings."""
+        queries = tuple(state.point_queries.items())
+        propagation = self.params if mode == "heatmap" else None
+        return (mode, self.point_params, propagation, queries)
+
+    def _object_ids_at(self, state: TrackerState, frame_idx: int) -> tuple[int, ...]:
+        """Object ids of the annotation whose segment holds ``frame_idx`` (() without masks)."""
+        if not state.annotations:
+            return ()
+        anchors = sorted(state.annotations)
+        governing = [a for a in anchors if a <= frame_idx]
+        return state.annotations[governing[-1] if governing else anchors[0]].object_ids
 
     def _check_frame(self, state: TrackerState, frame_idx: int) -> None:
         if not 0 <= frame_idx < state.num_frames:
@@ -441,6 +676,127 @@ class Tracker:
                 f"frame {frame_idx} is out of range: the video has {state.num_frames} frames "
                 f"(0..{state.num_frames - 1})"
             )
+
+
+def _check_points_mode(mode: str) -> None:
+    if mode not in POINTS_MODES:
+        raise ConfigError(f"unknown points mode {mode!r}; use 'query' or 'heatmap'")
+
+
+class _SharedPrepare:
+    """A search whose ``prepare`` is shared by the heat-map sequences of one run.
+
+    Sequences from different query frames pass through the same frames; each would otherwise
+    keep its own prepared copy of every context frame in its queue (``n_context`` frames per
+    sequence). The last ``capacity`` prepared frames are kept, keyed by the feature tensor
+    (held, so its ``id`` stays unique while cached).
+    """
+
+    def __init__(self, search: NeighbourSearch, capacity: int) -> None:
+        self.inner = search
+        self.topk = search.topk
+        self.capacity = capacity
+        self._prepared: OrderedDict[int, tuple[torch.Tensor, PreparedContext]] = OrderedDict()
+
+    def prepare(self, features: torch.Tensor) -> PreparedContext:
+        key = id(features)
+        hit = self._prepared.get(key)
+        if hit is not None and hit[0] is features:
+            self._prepared.move_to_end(key)
+            return hit[1]
+        prepared = self.inner.prepare(features)
+        self._prepared[key] = (features, prepared)
+        while len(self._prepared) > self.capacity:
+            self._prepared.popitem(last=False)
+        return prepared
+
+    def search(self, query: torch.Tensor, contexts: Sequence[PreparedContext]) -> Neighbours:
+        return self.inner.search(query, contexts)
+
+
+class _PointRun:
+    """Every point's position, frame by frame, for one :meth:`Tracker.propagate` call.
+
+    Points are grouped by query frame; each group runs one sequence forward and one backward
+    from its query frame (:func:`~ditf_track.propagate.track_query_points` or
+    :func:`~ditf_track.propagate.track_heatmaps`), advanced lazily when :meth:`at` asks for a
+    frame it has not reached, so frames may be asked for in any order; estimates computed on the
+    way are kept until asked for.
+    """
+
+    def __init__(
+        self,
+        tracker: Tracker,
+        state: TrackerState,
+        feats: Callable[[int], torch.Tensor],
+        mode: str,
+        search: NeighbourSearch,
+    ) -> None:
+        self.tracker = tracker
+        self.state = state
+        self.feats = feats
+        self.mode = mode
+        frames, points = state.point_queries_array
+        self.num_points = len(points)
+        stride = tracker.extractor.stride
+        grid = frame_to_grid(points, state.frame_size, state.input_size, stride)
+        self.groups: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        for t in np.unique(frames):
+            index = np.flatnonzero(frames == t)
+            self.groups[int(t)] = (index, points[index], grid[index])
+        self._streams: dict[tuple[int, int], Iterator[tuple[int, PointEstimate]]] = {}
+        self._ahead: dict[tuple[int, int], dict[int, PointEstimate]] = {}
+        # every sequence's queue, plus the query frames, plus the frame being searched
+        capacity = tracker.params.n_context + len(self.groups) + 1
+        self.search = _SharedPrepare(search, capacity)
+
+    def _stream(self, t: int, direction: int) -> Iterator[tuple[int, PointEstimate]]:
+        last = self.state.num_frames if direction > 0 else -1
+        frames = range(t + direction, last, direction)
+        frame_feats = (self.feats(f) for f in frames)
+        grid = self.groups[t][2]
+        estimates: Iterator[PointEstimate]
+        if self.mode == "heatmap":
+            estimates = track_heatmaps(
+                self.feats(t),
+                grid,
+                frame_feats,
+                self.tracker.params,
+                self.tracker.point_params,
+                search=self.search,
+            )
+        else:
+            estimates = track_query_points(
+                self.feats(t), grid, frame_feats, self.tracker.point_params
+            )
+        return zip(frames, estimates)
+
+    def at(self, frame_idx: int) -> tuple[np.ndarray, np.ndarray]:
+        """``points (N, 2)`` float64 ``(y, x)`` original pixels and ``visible (N,)`` bool."""
+        state = self.state
+        stride = self.tracker.extractor.stride
+        points = np.empty((self.num_points, 2), dtype=np.float64)
+        visible = np.empty(self.num_points, dtype=bool)
+        for t, (index, query, _) in self.groups.items():
+            if frame_idx == t:
+                points[index], visible[index] = query, True
+                continue
+            key = (t, 1 if frame_idx > t else -1)
+            ahead = self._ahead.setdefault(key, {})
+            while frame_idx not in ahead:
+                stream = self._streams.get(key)
+                if stream is None:
+                    stream = self._streams[key] = self._stream(*key)
+                reached, estimate = next(stream)
+                ahead[reached] = estimate
+                if reached in (0, state.num_frames - 1):
+                    del self._streams[key]  # done: free its context frames
+            estimate = ahead.pop(frame_idx)
+            points[index] = grid_to_frame(
+                estimate.grid_yx, state.frame_size, state.input_size, stride
+            )
+            visible[index] = estimate.visible
+        return points, visible
 
 
 def tracker_config(tracker: Tracker, state: TrackerState) -> dict[str, Any]:
@@ -473,11 +829,19 @@ def tracker_config(tracker: Tracker, state: TrackerState) -> dict[str, Any]:
         "interpolation": tracker.interpolation,
         "annotated_frames": sorted(state.annotations),
         "object_ids": list(state.object_ids),
+        "points": {
+            "mode": tracker.points_mode,
+            "count": len(state.point_queries),
+            "query_frames": sorted({q[0] for q in state.point_queries.values()}),
+            "params": dataclasses.asdict(tracker.point_params),
+        },
     }
 
 
 __all__ = [
+    "POINTS_MODES",
     "FrameResult",
+    "PointsMode",
     "ProgressEvent",
     "SmallObjectWarning",
     "Tracker",

@@ -12,7 +12,7 @@ from skimage.color import rgb2lab
 
 from ditf_track.errors import ConfigError, InputError
 from ditf_track.features import FeatureExtractor, FeatureMaps
-from ditf_track.lab import LAB_CENTRE, LAB_SCALE, LabExtractor
+from ditf_track.lab import LAB_SCALE, LabExtractor
 
 
 def _frames(shared: Path, n: int = 2) -> np.ndarray:
@@ -39,18 +39,18 @@ def test_lab_maps_shape_norm_and_identity(shared_data: Path) -> None:
     ident = extractor.identity()
     assert ident["extractor"] == "lab"
     assert ident["stride"] == 16
-    assert ident["lightness_weight"] == extractor.lightness_weight
-    assert LabExtractor(lightness_weight=1.0).identity() != ident
+    assert ident["lightness_offset"] == extractor.lightness_offset
+    assert LabExtractor(lightness_offset=0.0).identity() != ident
 
 
 def test_lab_cell_is_the_mean_lab_colour_of_its_pixels() -> None:
     """Against scikit-image's CIE-Lab (D65) on a random image, by hand for one cell."""
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (32, 48, 3), dtype=np.uint8)
-    extractor = LabExtractor(16, lightness_weight=0.5)
+    extractor = LabExtractor(16, lightness_offset=100.0)
     maps = extractor.extract(image[None]).features[0]
     lab = rgb2lab(image[16:32, 16:32]).reshape(-1, 3).mean(0)
-    vec = (lab - np.asarray(LAB_CENTRE)) * np.asarray([0.5, 1.0, 1.0]) / LAB_SCALE
+    vec = (lab + np.asarray([100.0, 0.0, 0.0])) / LAB_SCALE
     vec = vec / np.linalg.norm(vec)
     assert np.allclose(maps[:, 1, 1].numpy(), vec, atol=1e-2)  # OpenCV vs skimage Lab
 

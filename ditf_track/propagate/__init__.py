@@ -1,7 +1,8 @@
 """Label propagation through video on DiTF (or any) dense features: the algorithmic core.
 
 ``params`` (the protocol's n, r, k, τ) → ``search`` (top-k context cells per query cell,
-windowed or global) → ``labels`` (average the context labels, drive a sequence, write masks).
+windowed or global) → ``labels`` (average the context labels, drive a sequence, write masks);
+``points`` tracks query points by matching, or as Gaussian heat maps through ``labels``.
 Everything here is a pure function of tensors; the tracker adds extraction and caching.
 """
 
@@ -14,6 +15,16 @@ from .labels import (
     soft_labels_to_mask,
 )
 from .params import DIFT_PARAMS, DINO_PARAMS, PropagationParams
+from .points import (
+    PointEstimate,
+    PointParams,
+    gaussian_label_maps,
+    heatmap_peaks,
+    locate,
+    sample_descriptors,
+    track_heatmaps,
+    track_query_points,
+)
 from .search import (
     DEFAULT_STRIP_WIDTH,
     GlobalSearch,
@@ -33,16 +44,24 @@ __all__ = [
     "KnnBackend",
     "NeighbourSearch",
     "Neighbours",
+    "PointEstimate",
+    "PointParams",
     "PreparedContext",
     "PropagationParams",
     "WindowSearch",
     "aggregate_labels",
+    "gaussian_label_maps",
+    "heatmap_peaks",
     "knn_search",
+    "locate",
     "make_search",
     "matmul_f32",
     "merge_topk",
     "normalize_soft_labels",
     "propagate_labels",
     "propagate_sequence",
+    "sample_descriptors",
     "soft_labels_to_mask",
+    "track_heatmaps",
+    "track_query_points",
 ]

@@ -19,9 +19,9 @@ from ..errors import ConfigError, InputError
 KnnBackend = Literal["auto", "faiss", "torch"]
 KNN_BACKENDS: tuple[str, ...] = ("auto", "faiss", "torch")
 
-# Scores of one chunk of queries against the whole database are materialised in float32;
-# 256 MiB keeps a chunk of 6360 queries (one 106x60 frame) x 8 frames of database within it
-# while leaving the matmul large enough to run at full speed.
+# Scores of one chunk of queries against the whole database are materialised in float32.
+# 256 MiB is 1318 queries against 8 frames of 106x60 cells; that 1318 x 3072 x 50880 matmul
+# ran at 183 GFLOP/s on the project's CPU, the rate of a plain large matmul.
 _TORCH_CHUNK_BYTES = 256 * 2**20
 
 _gpu_resources: dict[int, Any] = {}
@@ -48,13 +48,14 @@ def faiss_gpu_count() -> int:
 
 
 def resolve_knn_backend(backend: str, device: torch.device) -> str:
-    """``"auto"`` → the measured-faster backend for ``device`` (see benchmarks/propagate.py).
+    """``"auto"`` → FAISS when it is installed and can run where the data is, else torch.
 
-    CPU: torch. On this project's 2-core CPU, 6360 queries against 8 x 6360 database vectors,
-    k = 5, took 0.99 s with torch vs 1.29 s with faiss-cpu at C = 3072, and 0.012 s vs
-    0.10 s at C = 3 (benchmarks/RESULTS.md); faiss-cpu is kept as an exact cross-check.
-    CUDA: faiss-gpu when installed (``faiss.StandardGpuResources``), else torch, which
-    runs the same brute force with cuBLAS and needs no host round trip.
+    CPU: faiss-cpu (``IndexFlatIP``): for 6360 queries against 8 x 6360 vectors, k = 5, on
+    the project's 2-core CPU it took 0.99 / 9.1 / 21.1 s at C = 3 / 1152 / 3072 against
+    1.39 / 10.1 / 21.9 s for torch (benchmarks/RESULTS.md; best of 3 / 1 / 1 on a busy
+    machine). CUDA: faiss-gpu (``StandardGpuResources``) when the installed faiss has
+    GPUs, else torch, which runs the same brute force with cuBLAS and needs no host round
+    trip (not yet measured on a GPU).
     """
     if backend not in KNN_BACKENDS:
         raise ConfigError(f"unknown k-NN backend {backend!r}; use one of {KNN_BACKENDS}")
@@ -65,9 +66,9 @@ def resolve_knn_backend(backend: str, device: torch.device) -> str:
                 "or use backend='torch'"
             )
         return backend
-    if device.type == "cuda" and faiss_gpu_count() > 0:
-        return "faiss"
-    return "torch"
+    if device.type == "cuda":
+        return "faiss" if faiss_gpu_count() > 0 else "torch"
+    return "faiss" if faiss_available() else "torch"
 
 
 def knn_search(

@@ -42,6 +42,11 @@ def aggregate_labels(
             f"labels on a {h}x{w} grid do not match features on a "
             f"{tuple(neighbours.scores.shape[:2])} grid; downsample the masks to the feature grid"
         )
+    if neighbours.index.numel() and int(neighbours.index.max()) >= m * h * w:
+        raise InputError(
+            f"the neighbours point into more context frames than the {m} label maps given; "
+            "pass one label map per context frame, in the order searched"
+        )
     weights = torch.softmax(neighbours.scores.float() / temperature, dim=-1)  # (h, w, k)
     table = context_labels.float().permute(0, 2, 3, 1).reshape(m * h * w, k_labels)
     picked = table[neighbours.index.to(table.device)]  # (h, w, k, K)

@@ -24,13 +24,15 @@ from ..errors import ConfigError, InputError
 from .knn import KnnBackend, knn_search, resolve_knn_backend
 from .params import PropagationParams
 
-# Query-strip width (cells) of the windowed search. Each GEMM multiplies one context row
-# segment of (strip + 2r) cells by the (2r + 1) x strip query cells that can see it, so the
-# work done is (strip + 2r)/(2r + 1) of the useful work (1.28 at strip 8, r 12) and no more.
-# On the 2-core AVX-512 CPU this project is benchmarked on, strip 8 (r = 12: 32 x 3072 by
-# 3072 x 200 GEMMs) ran at 140-145 GFLOP/s, as fast as a plain large matmul (149), where
-# strips of 4, 6 and 12 ran at 20-90 (MKL is shape sensitive); see benchmarks/propagate.py
-# --sweep. The same default is used on CUDA, where it is not yet measured.
+# Query-strip width (cells) of the windowed search. Each GEMM multiplies the (2r + 1) x strip
+# query cells that can see one context row by that row's strip + 2r cells, so the work done
+# is (strip + 2r)/(2r + 1) of the useful work: 1.28 at strip 8, r 12 (1.35 with the 106 -> 112
+# column padding). Measured on the project's shared 2-core AVX-512 CPU (benchmarks/RESULTS.md,
+# --sweep 4,6,8,10,12,16, best of interleaved rounds): strips 4-16 are within that busy
+# machine's noise of each other (C = 3072: 0.17-0.29 frames/s; strip 8 had the best median,
+# 0.23; C = 1152: strip 8 best, 1.27); strip 8 makes the context segment 32 cells at r = 12,
+# a shape MKL runs at 140-145 GFLOP/s against 149 for a plain large matmul in a quiet probe.
+# CUDA uses the same default; it has not been measured on a GPU yet.
 DEFAULT_STRIP_WIDTH = 8
 
 
@@ -127,10 +129,12 @@ class WindowSearch:
     strip, ``(2r+1)·strip`` cells stored contiguously, and the context cells they can see are
     the ``strip + 2r`` cells of row y' around the strip, also contiguous. One batched GEMM per
     (context, strip) scores every context row against its query block, over *views* of the
-    features (no copies; the batch stride is one row). The scores are then read back per
-    query as the ``(2r+1) x (strip+2r)`` candidates of its window (a strided view), cells
-    outside the window's columns or the grid are set to ``-inf``, and ``topk`` picks the k
-    best; the per-context lists are merged by :func:`merge_topk`.
+    features (no copies; the batch stride is one row). Each query's ``(2r+1) x (2r+1)``
+    window is then read back from those scores as a strided view, cells outside the grid
+    are set to ``-inf``, and one ``topk`` runs over the windows of a group of contexts side
+    by side (the top-k of per-group top-k lists is the overall top-k, :func:`merge_topk`).
+    Nothing of size ``h·w x h·w`` is ever formed; memory is ~40 MB of scores plus up to
+    192 MB of windows at the DAVIS default.
 
     Ties: exactly k cells are kept (``torch.topk``). DINO keeps every cell whose weight
     reaches the k-th largest, which differs only when several cells have bit-identical
@@ -179,24 +183,25 @@ class WindowSearch:
         q = F.pad(q, (0, 0, 0, width - w, ry, ry))
         strips = q.reshape(h + 2 * ry, n_strips, strip, c).transpose(0, 1).contiguous()
 
-        # scores[s, ry + y', σ, Δ, j]: context cell (y', s·strip - rx + σ) against query cell
-        # (y' - ry + Δ, s·strip + j). Rows outside [ry, ry + h) stay -inf: they stand for
-        # context rows outside the grid.
+        # scores[s, ry + y', Δ, j, σ]: context cell (y', s·strip - rx + σ) against query cell
+        # (y' - ry + Δ, s·strip + j); σ innermost so that each window row reads back
+        # contiguously. Rows outside [ry, ry + h) stay -inf: they stand for context rows
+        # outside the grid.
         scores = torch.empty(
-            (n_strips, h + 2 * ry, halo, span, strip), device=device, dtype=torch.float32
+            (n_strips, h + 2 * ry, span, strip, halo), device=device, dtype=torch.float32
         )
         scores[:, :ry].fill_(float("-inf"))
         scores[:, ry + h :].fill_(float("-inf"))
+        st = scores.stride()
 
         # Per query (s, y, j): its window's candidates (i, d) = context row y - ry + i and
         # column s·strip + j - rx + d, read from the scores as a strided view (σ = j + d,
         # Δ = 2ry - i). Rows need no mask (i spans the window; padding rows are -inf).
         wx = 2 * rx + 1
-        st = scores.stride()
         window_view = scores.as_strided(
             (n_strips, h, strip, span, wx),
-            (st[0], st[1], st[4] + st[2], st[1] - st[3], st[2]),
-            scores.storage_offset() + (span - 1) * st[3],
+            (st[0], st[1], st[3] + st[4], st[1] - st[2], st[4]),
+            scores.storage_offset() + (span - 1) * st[2],
         )
         # Columns outside the grid are -inf.
         j = torch.arange(strip, device=device)
@@ -208,32 +213,46 @@ class WindowSearch:
         row0 = (torch.arange(h, device=device) - ry)[None, :, None, None]  # (1, h, 1, 1)
         col0 = col[:, None, :, :1]  # (S, 1, strip, 1): column of d = 0
 
-        k = min(self.topk, span * wx)
-        windowed = torch.empty((n_strips, h, strip, span, wx), device=device)
+        # Windows of several contexts side by side, so that one topk call covers them: on
+        # CPU topk costs ~3.5 µs per row plus ~3.6 ns per value, so rows of 8 x 625 values
+        # are 1.6x cheaper than 8 rows of 625.
+        n_cand = span * wx
+        per_context = n_strips * h * strip * n_cand * 4
+        group = max(1, min(len(contexts), _WINDOW_BUFFER_BYTES // per_context))
+        windowed = torch.empty((n_strips, h, strip, group, span, wx), device=device)
         all_scores, all_index = [], []
-        for m, ctx in enumerate(contexts):
-            rows_m = ctx.data
-            base = rows_m.storage_offset()
-            row_stride = rows_m.stride(0)
-            for s in range(n_strips):
-                queries_s = strips[s].as_strided((h, block, c), (strip * c, c, 1))
-                context_s = rows_m.as_strided(
-                    (h, halo, c), (row_stride, c, 1), base + s * strip * c
-                )
-                out = scores[s, ry : ry + h].view(h, halo, block)
-                _bmm_f32(context_s, queries_s.transpose(1, 2), out)
-            torch.add(window_view, bias, out=windowed)
-            values, pos = windowed.view(n_strips, h, strip, span * wx).topk(k, dim=-1)
-            y_ctx = (row0 + torch.div(pos, wx, rounding_mode="floor")).clamp_(0, h - 1)
-            x_ctx = (col0 + pos % wx).clamp_(0, w - 1)
+        for first in range(0, len(contexts), group):
+            chunk = contexts[first : first + group]
+            for g, ctx in enumerate(chunk):
+                rows_m = ctx.data
+                base = rows_m.storage_offset()
+                row_stride = rows_m.stride(0)
+                for s in range(n_strips):
+                    queries_s = strips[s].as_strided((h, block, c), (strip * c, c, 1))
+                    context_s = rows_m.as_strided(
+                        (h, halo, c), (row_stride, c, 1), base + s * strip * c
+                    )
+                    out = scores[s, ry : ry + h].view(h, block, halo)
+                    _bmm_f32(queries_s, context_s.transpose(1, 2), out)
+                torch.add(window_view, bias, out=windowed[:, :, :, g])
+            candidates = windowed[:, :, :, : len(chunk)].reshape(n_strips, h, strip, -1)
+            values, pos = candidates.topk(min(self.topk, len(chunk) * n_cand), dim=-1)
+            m = torch.div(pos, n_cand, rounding_mode="floor")
+            i, d = torch.div(pos % n_cand, wx, rounding_mode="floor"), pos % wx
+            y_ctx = (row0 + i).clamp_(0, h - 1)
+            x_ctx = (col0 + d).clamp_(0, w - 1)
             all_scores.append(values)
-            all_index.append(y_ctx * w + x_ctx + m * h * w)
+            all_index.append(y_ctx * w + x_ctx + (m + first) * (h * w))
         values, index = merge_topk(torch.cat(all_scores, -1), torch.cat(all_index, -1), self.topk)
         # (S, h, strip, k) → (h, S·strip, k) → crop the padded columns.
         values = values.permute(1, 0, 2, 3).reshape(h, width, -1)[:, :w]
         index = index.permute(1, 0, 2, 3).reshape(h, width, -1)[:, :w]
         return Neighbours(values.contiguous(), index.contiguous())
 
+
+# Scratch for the windows of a group of contexts (float32): 6720 queries x 625 candidates
+# x 8 contexts at the DAVIS default (134 MB) fit in one group.
+_WINDOW_BUFFER_BYTES = 192 * 2**20
 
 _BMM_OUT_DTYPE_OK: bool | None = None
 
