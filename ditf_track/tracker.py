@@ -498,20 +498,43 @@ class Tracker:
                 plan.append((anchor, list(range(anchor + 1, stop)), False))
         return plan
 
-    def pending_frames(self, state: TrackerState) -> list[int]:
-        """The frames the next :meth:`propagate` will yield, in the order it yields them.
+    def pending_frames(
+        self, state: TrackerState, *, points_mode: PointsMode | None = None
+    ) -> list[int]:
+        """The frames the next :meth:`propagate` (with this ``points_mode``) will yield, in the
+        order it yields them.
 
-        Empty when every segment is up to date (or nothing is annotated). A front end uses it
-        to blank the frames that are about to be recomputed, and to name those a cancelled run
-        left without labels.
+        Empty when every mask segment and every point track is up to date (or nothing is
+        annotated). A front end uses it to blank the frames that are about to be recomputed,
+        and to name those a cancelled run left without results.
         """
-        if not state.annotations:
-            return []
-        return [
-            f
-            for anchor, frames, back in self._plan(state)
-            for f in (frames if back else [anchor, *frames])
+        mode = self.points_mode if points_mode is None else points_mode
+        _check_points_mode(mode)
+        _, mask_order, extra, _ = self._schedule(state, mode)
+        return [*mask_order, *extra]
+
+    def _schedule(
+        self, state: TrackerState, mode: str
+    ) -> tuple[list[tuple[int, list[int], bool]], list[int], list[int], bool]:
+        """(stale mask segments, their frames in order, frames only points need, points stale?)."""
+        plan = self._plan(state)
+        points_stale = bool(state.point_queries) and (
+            state.tracks_key != self._points_key(state, mode)
+            or len(state.tracks) < state.num_frames
+        )
+        mask_order = [
+            f for anchor, frames, back in plan for f in ([*frames] if back else [anchor, *frames])
         ]
+        extra: list[int] = []
+        if points_stale:
+            first_query = min(q[0] for q in state.point_queries.values())
+            in_masks = set(mask_order)
+            extra = [
+                f
+                for f in [*range(first_query - 1, -1, -1), *range(first_query, state.num_frames)]
+                if f not in in_masks
+            ]
+        return plan, mask_order, extra, points_stale
 
     @torch.inference_mode()
     def propagate(
@@ -543,27 +566,13 @@ class Tracker:
                 "no frame is annotated and no point is added; add a mask (--mask FIRST.png) or "
                 "points (--points POINTS.csv) before tracking"
             )
-        plan = self._plan(state)
+        plan, mask_order, extra, points_stale = self._schedule(state, mode)
         emit = progress or (lambda _event: None)
         self._ensure_channels(state)
         points_key = self._points_key(state, mode)
-        points_stale = bool(state.point_queries) and (
-            state.tracks_key != points_key or len(state.tracks) < state.num_frames
-        )
-        mask_order = [
-            f for anchor, frames, back in plan for f in ([*frames] if back else [anchor, *frames])
-        ]
-        extra: list[int] = []
         if points_stale:
             state.tracks.clear()
             state.tracks_key = None
-            first_query = min(q[0] for q in state.point_queries.values())
-            in_masks = set(mask_order)
-            extra = [
-                f
-                for f in [*range(first_query - 1, -1, -1), *range(first_query, state.num_frames)]
-                if f not in in_masks
-            ]
         needed = list(dict.fromkeys(f for anchor, frames, _ in plan for f in (anchor, *frames)))
         if points_stale:
             needed = list(dict.fromkeys([*needed, *extra, *range(state.num_frames)]))

@@ -53,3 +53,24 @@ def test_video_from_array_hash_follows_pixels() -> None:
     assert video_from_array(changed).content_hash() != source.content_hash()
     with pytest.raises(InputError, match="uint8"):
         video_from_array(frames.astype(np.float32))
+
+
+def test_pending_frames_with_points(shared_data: Path) -> None:
+    davis = shared_data / "davis"
+    gt = read_mask(davis / "Annotations/480p/blackswan/00002.png").labels
+    tracker = Tracker(LabExtractor(), short_side=160, params=PropagationParams(n_context=3))
+    state = tracker.init_state(davis / "JPEGImages/480p/blackswan", end=6)
+    tracker.add_mask(state, 2, gt)
+    tracker.add_points(state, 3, [[200.0, 400.0]])
+    # the mask segments cover every frame: the points need no frame of their own
+    assert tracker.pending_frames(state) == [1, 0, 2, 3, 4, 5]
+    assert [r.frame_idx for r in tracker.propagate(state)] == [1, 0, 2, 3, 4, 5]
+    assert tracker.pending_frames(state) == []
+    # new points only: every frame, backward from the first query frame, then forward
+    tracker.add_points(state, 4, [[100.0, 100.0]], ids=[7])
+    assert tracker.pending_frames(state) == [2, 1, 0, 3, 4, 5]
+    assert tracker.pending_frames(state, points_mode="heatmap") == [2, 1, 0, 3, 4, 5]
+    assert [r.frame_idx for r in tracker.propagate(state)] == [2, 1, 0, 3, 4, 5]
+    assert tracker.pending_frames(state) == []
+    # another mode makes the tracks stale again
+    assert tracker.pending_frames(state, points_mode="heatmap") == [2, 1, 0, 3, 4, 5]

@@ -37,7 +37,7 @@ def test_sample_layers() -> None:
 def test_lab_preset_tracks_the_sample() -> None:
     """The sample is meant to work with the weight-free preset: masks follow the shapes."""
     clip = make_shapes_clip()
-    tracker = Tracker(LabExtractor(), short_side=192)
+    tracker = Tracker(LabExtractor(), short_side=384)  # 8-px cells on the 192-px frames
     state = tracker.init_state(video_from_array(clip.frames, clip.frame_names))
     tracker.add_mask(state, 0, clip.labels[0])
     masks = {r.frame_idx: r.labels for r in tracker.propagate(state)}
@@ -46,5 +46,6 @@ def test_lab_preset_tracks_the_sample() -> None:
         for obj in (1, 2):
             ours, truth = masks[t] == obj, clip.labels[t] == obj
             ious.append((ours & truth).sum() / (ours | truth).sum())
-    assert np.mean(ious) > 0.8
-    assert np.min(ious) > 0.7
+    # measured: mean 0.93, worst frame 0.88 (lab features of the main branch, Nov 2026)
+    assert np.mean(ious) > 0.9
+    assert np.min(ious) > 0.8

@@ -124,3 +124,37 @@ def test_cancel_and_errors_end_with_an_outcome(video: Any) -> None:
     _, outcome = drain(TrackingSession().run(request, threading.Event()))
     assert outcome.status == "error"
     assert outcome.message == "topk=0 must be an integer >= 1 (DINO: 5)"
+
+
+def test_keypoints_with_masks_are_retracked_only_when_they_change(video: Any) -> None:
+    from ditf_track.coords import QueryPoints
+
+    session = TrackingSession()
+    points = QueryPoints(
+        np.array([0, 0]), CLIP.tracks[0, [0, 2]] * [64 / 192, 96 / 256], np.array([5, 9])
+    )
+    request = RunRequest(video, LAB, {0: CLIP.labels[0]}, points)
+    messages, outcome = drain(session.run(request, threading.Event()))
+    plan = next(m for m in messages if isinstance(m, Plan))
+    assert (plan.masks, plan.points, plan.frames) == (True, True, (0, 1, 2, 3, 4, 5))
+    results = [m for m in messages if isinstance(m, FrameResult)]
+    assert all(r.point_ids is not None and list(r.point_ids) == [5, 9] for r in results)
+    assert outcome.status == "done"
+    # a mask correction on frame 3 with the same points: frames 3-5, carrying the stored points
+    request = RunRequest(video, LAB, {0: CLIP.labels[0], 3: CLIP.labels[3]}, points)
+    messages, outcome = drain(session.run(request, threading.Event()))
+    assert outcome.computed == [3, 4, 5]
+    assert all(m.points is not None for m in messages if isinstance(m, FrameResult))
+    # a moved point: every frame again (features from the cache)
+    moved = points._replace(points=np.add(points.points, [[1.0, 0.0], [0.0, 0.0]]))
+    request = RunRequest(video, LAB, request.annotations, moved)
+    _, outcome = drain(session.run(request, threading.Event()))
+    assert sorted(outcome.computed) == list(range(6))
+    assert (outcome.status, outcome.extracted) == ("done", 0)
+
+
+def test_clicked_points_get_their_own_ids() -> None:
+    from napari_ditf_track._widget import unique_ids
+
+    np.testing.assert_array_equal(unique_ids(np.array([0, 1, 2, 2, 2, 7])), [0, 1, 2, 8, 9, 7])
+    np.testing.assert_array_equal(unique_ids(np.array([], np.int64)), [])

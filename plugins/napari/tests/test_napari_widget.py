@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ditf_track import LabExtractor, Tracker, VideoSource, cli, read_mask, write_mask
+from ditf_track import LabExtractor, VideoSource, cli, read_mask, write_mask
 from napari_ditf_track._widget import PARTIAL, PropagationWidget
 
 pytestmark = pytest.mark.gui
@@ -450,9 +450,6 @@ def test_sample_clip_with_the_widget_from_the_plugins_menu(
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not hasattr(Tracker, "add_points"), reason="keypoint tracking (Tracker.add_points) not merged"
-)
 def test_keypoints_stream_into_tracks_like_the_cli(
     qtbot: Any, viewer: Any, tmp_path: Path, fresh_cache: Path, notes: Notes
 ) -> None:

@@ -238,19 +238,12 @@ class TrackingSession:
                 wanted[int(i)] = (int(f), float(y), float(x))
         if wanted == self._sent_points:
             return
-        add_points = getattr(tracker, "add_points", None)
-        remove_points = getattr(tracker, "remove_points", None)
-        if add_points is None or remove_points is None:
-            raise ConfigError(
-                "this ditf-track cannot track keypoints (no Tracker.add_points); choose no "
-                "keypoints layer or update ditf-track"
-            )
-        if self._sent_points:
-            remove_points(state, list(self._sent_points))
+        if self._sent_points:  # any change re-tracks every point, so replace them all
+            tracker.remove_points(state, list(self._sent_points))
             self._sent_points = {}
         if points is not None:
             for frame, (queries, ids) in points.by_frame().items():
-                add_points(state, frame, queries, ids)
+                tracker.add_points(state, frame, queries, ids)
         self._sent_points = wanted
 
     # -- one run -----------------------------------------------------------------------------

@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     import napari
     from napari.layers import Image, Labels, Points, Tracks
 
-__all__ = ["PropagationWidget", "format_frames"]
+__all__ = ["PropagationWidget", "format_frames", "unique_ids"]
 
 PARTIAL = " (partial)"
 _OUTPUT_KEY = "ditf_track_output_of"  # metadata of our output layers: the video layer's name
@@ -71,6 +71,23 @@ def format_frames(frames: list[int]) -> str:
         else:
             runs.append([f, f])
     return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def unique_ids(ids: np.ndarray) -> np.ndarray:
+    """Keep each id's first point; later points with a taken id get new ids after the largest.
+
+    napari gives a point added by clicking the feature values of the last one, so clicked
+    points repeat an id; each keypoint needs its own track id.
+    """
+    out = np.asarray(ids, dtype=np.int64).copy()
+    seen: set[int] = set()
+    next_id = int(out.max()) + 1 if len(out) else 0
+    for k, value in enumerate(out):
+        if int(value) in seen:
+            out[k] = next_id
+            next_id += 1
+        seen.add(int(out[k]))
+    return out
 
 
 def _whole_number(text: str, name: str) -> int | None:
@@ -306,7 +323,11 @@ class PropagationWidget(Container):
         ids = None
         for name in ("id", "track_id"):
             if name in layer.features and len(layer.features[name]) == len(data):
-                ids = np.asarray(layer.features[name]).astype(np.int64)
+                ids = unique_ids(np.asarray(layer.features[name]).astype(np.int64))
+                if not np.array_equal(ids, layer.features[name]):
+                    features = layer.features.copy()
+                    features[name] = ids  # show the ids the tracks will carry
+                    layer.features = features
                 break
         return napari_to_points(data, ids)
 
