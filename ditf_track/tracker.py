@@ -334,6 +334,12 @@ class Tracker:
                 f"{name} is {labels.shape[1]}x{labels.shape[0]} but the video frames are "
                 f"{state.frame_size[1]}x{state.frame_size[0]}; give a mask of the frame size"
             )
+        bad = labels[(labels < 0) | (labels > VOID_ID)] if labels.size else labels
+        if bad.size:
+            raise InputError(
+                f"{name} has label {int(bad.flat[0])}; object ids must be 1..{VOID_ID - 1} "
+                f"(0 background, {VOID_ID} void)"
+            )
         labels = np.where(labels == VOID_ID, 0, labels).astype(np.uint8)
         ids = tuple(int(i) for i in np.unique(labels) if i != 0)
         if not ids:
@@ -444,15 +450,26 @@ class Tracker:
         index = int(state.video.frame_indices[frame_idx])
         return feature_key(identity, state.video_hash, index, state.input_size)
 
-    def _ensure_channels(self, state: TrackerState) -> None:
-        """Fix the clip's massive channels, found on its first frame, once and for all runs."""
+    def _known_channels(self, state: TrackerState) -> bool:
+        """Whether the clip's massive channels are known (in the state or the cache's clip meta)."""
         if state.massive_channels is not None:
-            return
+            return True
         key = clip_key(self._identity(state), state.video_hash, state.input_size)
         meta = self.cache.get_clip_meta(key)
         if meta is not None and "massive_channels" in meta:
             state.massive_channels = tuple(int(c) for c in meta["massive_channels"])
+            return True
+        return False
+
+    def _ensure_channels(self, state: TrackerState) -> None:
+        """Fix the clip's massive channels, found on its first frame, once and for all runs.
+
+        Every frame's features depend on them (they are part of the cache key), so they are
+        found on frame 0 of the selection whatever is annotated, and stored as clip metadata.
+        """
+        if self._known_channels(state):
             return
+        key = clip_key(self._identity(state), state.video_hash, state.input_size)
         maps = self.extractor.extract(self._frames(state, [0]))
         self.extracted_frames += 1
         state.massive_channels = tuple(maps.meta.get("massive_channels", ()))
@@ -568,7 +585,6 @@ class Tracker:
             )
         plan, mask_order, extra, points_stale = self._schedule(state, mode)
         emit = progress or (lambda _event: None)
-        self._ensure_channels(state)
         points_key = self._points_key(state, mode)
         if points_stale:
             state.tracks.clear()
@@ -576,10 +592,20 @@ class Tracker:
         needed = list(dict.fromkeys(f for anchor, frames, _ in plan for f in (anchor, *frames)))
         if points_stale:
             needed = list(dict.fromkeys([*needed, *extra, *range(state.num_frames)]))
-        missing = [f for f in needed if not self.cache.contains(self._frame_key(state, f))]
-        extract_total, extract_done = len(missing), 0
         propagate_total, propagate_done = len(mask_order) + len(extra), 0
-        emit(ProgressEvent("extract", 0, extract_total))
+        if self._known_channels(state):
+            missing = [f for f in needed if not self.cache.contains(self._frame_key(state, f))]
+            extract_total, extract_done = len(missing), 0
+        else:
+            # A new clip under these settings: nothing of it is cached (the channels found on
+            # frame 0 are part of every key), and frame 0 is extracted first to find them.
+            missing = needed if 0 in needed else [0, *needed]
+            extract_total, extract_done = len(missing), 0
+            emit(ProgressEvent("extract", 0, extract_total))
+            self._ensure_channels(state)
+            extract_done = 1
+            missing = [f for f in missing if f != 0]
+        emit(ProgressEvent("extract", extract_done, extract_total))
         emit(ProgressEvent("propagate", 0, propagate_total))
         pending = set(missing)
         queue = [f for f in needed if f in pending]

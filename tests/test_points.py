@@ -444,5 +444,5 @@ def test_points_only_run_from_preset_with_progress(shared_data: Path) -> None:
     assert [e.done for e in propagate] == list(range(7))
     assert propagate[-1].total == 6
     extract = [e for e in events if e.phase == "extract"]
-    assert extract[-1].done == extract[-1].total == 5  # frame 0 was extracted to fix channels
+    assert extract[-1].done == extract[-1].total == 6  # frame 0 (fixes the channels) counts
     assert tracker.identity()["points_mode"] == "heatmap"

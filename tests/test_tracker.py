@@ -147,7 +147,9 @@ def test_progress_events_and_cache_hits(shared_data: Path) -> None:
     assert results[0].annotated
     extract = [e for e in events if e.phase == "extract"]
     propagate = [e for e in events if e.phase == "propagate"]
-    assert extract[-1].done == extract[-1].total == 7  # frame 0 was extracted to fix channels
+    # frame 0 is extracted first (it fixes the clip's massive channels) and counted
+    assert extract[0] == ProgressEvent("extract", 0, 8)
+    assert extract[-1].done == extract[-1].total == 8
     assert propagate[-1].done == propagate[-1].total == 8
     assert tracker.extracted_frames == 8
     # the same video again: every feature comes from the cache
@@ -177,6 +179,8 @@ def test_add_mask_errors(shared_data: Path) -> None:
     state = tracker.init_state(davis / "JPEGImages/480p/dog", end=5)
     with pytest.raises(InputError, match=r"100x50 but the video frames are 854x480"):
         tracker.add_mask(state, 0, np.ones((50, 100), np.uint8))
+    with pytest.raises(InputError, match=r"has label 300; object ids must be 1\.\.254"):
+        tracker.add_mask(state, 0, np.full((480, 854), 300, np.int32))
     with pytest.raises(InputError, match="contains no object"):
         tracker.add_mask(state, 0, np.zeros((480, 854), np.uint8))
     with pytest.raises(InputError, match=r"frame 7 is out of range.*5 frames"):
