@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _results import append_results, device_name
 
 from ditf_track.cache import FeatureCache, format_size
+from ditf_track.lab import LabExtractor
 
 SHAPE = (3072, 60, 106)  # Flux hidden size × the token grid of a 960×1696 input
 
@@ -142,6 +143,35 @@ def main() -> None:
 
         rows.append(("disk hit, file dropped from the page cache", median_ms(cold_hit, n, sync)))
         file_size = (root / "sync" / "features" / f"{key(0)}.safetensors").stat().st_size
+
+    # A miss costs an extraction: the lab baseline here, and Flux's blocks 0..24 (the video
+    # preset, random weights) at the same 960x1696 input when a GPU is available.
+    image = torch.randint(0, 256, (1, 960, 1696, 3), dtype=torch.uint8).numpy()
+    miss_cache = FeatureCache(None, device=device)
+    lab = LabExtractor()
+    rows.append(
+        (
+            "miss: lab extraction of a 960x1696 frame + put",
+            median_ms(lambda i: miss_cache.put(key(i), lab.extract(image).features[0]), n, sync),
+        )
+    )
+    if device.type == "cuda":
+        from architectures import build_random_backbone
+
+        from ditf_track.extractor import DiTFExtractor
+        from ditf_track.features import DiTFSettings
+
+        backbone = build_random_backbone("flux", 24, device, torch.bfloat16)
+        flux = DiTFExtractor(backbone, DiTFSettings(t=90, k=24))
+        flux.extract(image)  # warm-up
+        rows.append(
+            (
+                "miss: Flux k=24 extraction (random weights) of a 960x1696 frame + put",
+                median_ms(
+                    lambda i: miss_cache.put(key(i), flux.extract(image).features[0]), n, sync
+                ),
+            )
+        )
 
     title = f"Feature cache, one Flux frame {'×'.join(map(str, SHAPE))} bf16"
     width = max(len(r[0]) for r in rows)
