@@ -123,9 +123,12 @@ def propagate_sequence(
         contexts = [reference] + [prepared for prepared, _ in queue]
         labels = torch.stack([reference_labels] + [lab for _, lab in queue])
         neighbours = search.search(features, contexts)
+        del contexts  # the oldest context must be free before the next prepare reuses its slot
         soft = aggregate_labels(neighbours, labels, params.temperature)
         yield soft
         if params.n_context > 0:
+            if len(queue) == params.n_context:
+                queue.popleft()
             queue.append((search.prepare(features), soft))
 
 
