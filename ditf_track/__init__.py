@@ -18,6 +18,13 @@ as a generator), and the CLI, the napari plugin and the evaluators all consume i
 
 from ._version import __version__
 from .cache import FeatureCache
+from .coords import (
+    QueryPoints,
+    napari_to_points,
+    points_to_napari,
+    read_points_csv,
+    write_points_csv,
+)
 from .errors import (
     CancelledError,
     ConfigError,
@@ -32,13 +39,15 @@ from .features import DiTFSettings, FeatureExtractor, FeatureMaps
 from .images import model_input_size, read_image
 from .lab import LabExtractor
 from .masks import DAVIS_PALETTE, LabelMask, read_mask, write_mask
-from .presets import Preset, TaskSettings, available_presets, load_preset
-from .propagate import PropagationParams
+from .match import Matcher
+from .presets import DEFAULT_PRESET, Preset, TaskSettings, available_presets, load_preset
+from .propagate import PointParams, PropagationParams
 from .tracker import FrameResult, ProgressEvent, SmallObjectWarning, Tracker, TrackerState
-from .video import VideoSource, open_video
+from .video import VideoSource, open_video, video_from_array
 
 __all__ = [
     "DAVIS_PALETTE",
+    "DEFAULT_PRESET",
     "CancelledError",
     "ConfigError",
     "DeviceError",
@@ -52,11 +61,14 @@ __all__ = [
     "InputError",
     "LabExtractor",
     "LabelMask",
+    "Matcher",
     "ModelLoadError",
     "OutputError",
+    "PointParams",
     "Preset",
     "ProgressEvent",
     "PropagationParams",
+    "QueryPoints",
     "SmallObjectWarning",
     "TaskSettings",
     "Tracker",
@@ -67,8 +79,13 @@ __all__ = [
     "build_extractor",
     "load_preset",
     "model_input_size",
+    "napari_to_points",
     "open_video",
+    "points_to_napari",
     "read_image",
     "read_mask",
+    "read_points_csv",
+    "video_from_array",
     "write_mask",
+    "write_points_csv",
 ]

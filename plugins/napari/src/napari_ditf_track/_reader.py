@@ -30,9 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ditf_track.coords import points_to_napari, read_points_csv
-from ditf_track.errors import DitfError
-from ditf_track.masks import read_mask
+from ditf_track import DitfError, InputError, points_to_napari, read_mask, read_points_csv
 from ditf_track.video import FRAME_EXTENSIONS, VIDEO_EXTENSIONS, natural_sort_key, open_video
 
 __all__ = ["napari_get_reader", "read_annotation_folder"]
@@ -126,8 +124,6 @@ def read_annotation_folder(folder: str | os.PathLike[str]) -> LayerData:
     masks = [read_mask(f) for f in files]
     sizes = {m.labels.shape for m in masks}
     if len(sizes) != 1:
-        from ditf_track.errors import InputError
-
         raise InputError(
             f"masks in {folder} have different sizes {sorted(sizes)}; all masks of a video "
             "must have the frame size"

@@ -30,18 +30,18 @@ from typing import Any, Literal
 import numpy as np
 
 from ditf_track import (
+    DEFAULT_PRESET,
     ConfigError,
     DitfError,
     FrameResult,
     ProgressEvent,
     PropagationParams,
+    QueryPoints,
     Tracker,
     TrackerState,
     VideoSource,
     load_preset,
 )
-from ditf_track.coords import QueryPoints
-from ditf_track.presets import DEFAULT_PRESET
 
 __all__ = [
     "Message",

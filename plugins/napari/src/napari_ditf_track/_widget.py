@@ -37,17 +37,18 @@ from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from ditf_track import (
+    DEFAULT_PRESET,
     ConfigError,
     DitfError,
     FrameResult,
     InputError,
     ProgressEvent,
+    QueryPoints,
     VideoSource,
     available_presets,
+    napari_to_points,
+    video_from_array,
 )
-from ditf_track.coords import QueryPoints, napari_to_points
-from ditf_track.presets import DEFAULT_PRESET
-from ditf_track.video import video_from_array
 
 from ._session import Notice, Outcome, Plan, RunRequest, TrackerSettings, TrackingSession
 from ._writer import frame_names_for

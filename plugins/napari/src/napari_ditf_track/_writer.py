@@ -23,9 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ditf_track.coords import write_points_csv
-from ditf_track.errors import OutputError
-from ditf_track.masks import DAVIS_PALETTE, write_mask
+from ditf_track import DAVIS_PALETTE, OutputError, write_mask, write_points_csv
 
 __all__ = ["frame_names_for", "write_davis_labels", "write_points_layer", "write_tracks_layer"]
 
