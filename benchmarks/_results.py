@@ -20,7 +20,8 @@ def commit() -> str:
             ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            # RESULTS.md itself does not make the measured code dirty.
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!*RESULTS.md"],
             cwd=root,
             capture_output=True,
             text=True,
@@ -30,8 +31,12 @@ def commit() -> str:
     return f"{sha}{'+dirty' if dirty else ''}" or "unknown"
 
 
-def device_name(device: str = "cpu") -> str:
-    """``NVIDIA H100 80GB HBM3`` or the CPU model with its core count."""
+def device_name(device: object = "cpu") -> str:
+    """``NVIDIA H100 80GB HBM3`` or the CPU model with the cores this process may use.
+
+    ``device`` is a ``torch.device`` or its name (``"cpu"``, ``"cuda:0"``).
+    """
+    device = str(device)
     if device.startswith("cuda"):
         import torch
 
@@ -44,7 +49,8 @@ def device_name(device: str = "cpu") -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{cpu}, {cores} cores"
 
 
 def append_results(title: str, body: str) -> None:

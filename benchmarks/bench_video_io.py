@@ -10,16 +10,19 @@ appends it to benchmarks/RESULTS.md with the date, CPU and commit. Numbers are b
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
-import platform
-import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _results import append_results, device_name
 
 from ditf_track.images import model_input_size
 from ditf_track.masks import labels_to_grid, read_mask
@@ -41,16 +44,6 @@ def best_of(repeat: int, fn: Callable[[], object]) -> float:
 def decode_all(path: Path, backend: str) -> int:
     with open_video(path, backend=backend) as source:  # type: ignore[arg-type]
         return sum(len(batch.positions) for batch in source.iter_frames(batch_size=16))
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -143,17 +136,11 @@ def main() -> None:
     print(table)
     if args.no_append:
         return
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-    ).stdout.strip()
-    header = (
-        f"\n## Video I/O ({dt.date.today().isoformat()}, {cpu_name()}, {os.cpu_count()} cores, "
-        f"commit {commit or 'unknown'})\n\n`python benchmarks/bench_video_io.py` (best of "
-        f"{args.repeat}; machine shared with other jobs, so these are lower bounds on speed).\n\n"
+    append_results(
+        "Video I/O (`benchmarks/bench_video_io.py`)",
+        f"{device_name()}; best of {args.repeat}; machine shared with other jobs, so these are "
+        f"lower bounds on speed.\n\n{table}",
     )
-    results = ROOT / "benchmarks" / "RESULTS.md"
-    existing = results.read_text() if results.exists() else "# Benchmark results\n"
-    results.write_text(existing.rstrip("\n") + "\n" + header + table + "\n")
 
 
 if __name__ == "__main__":

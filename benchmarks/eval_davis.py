@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import io
 import multiprocessing
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -43,7 +41,9 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
+from _results import append_results, device_name  # noqa: E402
 from davis_fixtures import (  # noqa: E402
     MULTI_SEQUENCES,
     save_palette_png,
@@ -204,29 +204,6 @@ def _global(objects: Objects) -> float:
     return (j + f) / 2
 
 
-def _device() -> str:
-    model = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model}, {cores} cores"
-
-
-def _commit() -> str:
-    out = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    return out + ("+dirty" if dirty else "")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--davis", type=Path, default=REPO.parent / "shared" / "data" / "davis")
@@ -348,24 +325,15 @@ def main() -> None:
 
     load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     if not args.no_append:
-        results = REPO / "benchmarks" / "RESULTS.md"
-        if not results.exists():
-            results.write_text(
-                "# Benchmark results\n\nEach section below is appended by a script in "
-                "`benchmarks/` (never edited by hand).\n"
-            )
-        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        section = (
-            f"\n## DAVIS J&F evaluator (`benchmarks/eval_davis.py`)\n\n"
-            f"- date: {now}\n- device: {_device()}\n- commit: {_commit()}\n"
+        append_results(
+            "DAVIS J&F evaluator (`benchmarks/eval_davis.py`)",
+            f"- device: {device_name()}\n"
             f"- 1-min load average at start / end: {load_start:.2f} / {load_end:.2f} "
             "(other processes share these cores)\n"
             f"- official: davis2017-evaluation {official_commit[:12]}; seconds are the best of "
             f"{args.repeat} interleaved runs of the whole evaluation (PNG reading included); "
-            f"CPU s counts the worker processes too\n\n{text}\n"
+            f"CPU s counts the worker processes too\n\n{text}\n",
         )
-        with results.open("a") as fh:
-            fh.write(section)
 
 
 if __name__ == "__main__":

@@ -7,13 +7,13 @@ reference, DINO's propagation (n 7, r 12, k 5, τ 0.1), masks written DINO's way
 plain IoU (J) with the GT averaged over frames 1..T-1. Prints a table and appends it to
 RESULTS.md.
 
-    PYTHONPATH=. python benchmarks/lab_variants.py --offsets -50,0,50,100
+    python benchmarks/lab_variants.py --offsets -50,0,50,100
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
+import sys
 import time
 from pathlib import Path
 
@@ -23,12 +23,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _results import append_results
+
 from ditf_track.lab import LabExtractor
 from ditf_track.propagate import DINO_PARAMS, propagate_sequence, soft_labels_to_mask
 
 DAVIS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "davis"
 SEQUENCES = ("blackswan", "car-shadow", "dog", "motocross-jump", "bmx-trees")
-RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
 def load(seq: str) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -87,14 +91,9 @@ def main() -> None:
         print(line, flush=True)
         lines.append(line)
     if not args.no_append:
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        header = "" if RESULTS.exists() else "# Benchmark results (appended by benchmarks/*.py)\n"
-        with RESULTS.open("a", encoding="utf-8") as fh:
-            fh.write(header)
-            fh.write(
-                f"\n## lab_variants.py — {stamp}: lab features, DINO propagation, J (frames 1..T-1)"
-                "\n\n" + "\n".join(lines) + "\n"
-            )
+        append_results(
+            "lab_variants.py: lab features, DINO propagation, J (frames 1..T-1)", "\n".join(lines)
+        )
 
 
 if __name__ == "__main__":

@@ -12,24 +12,27 @@ Also reports the useful FLOP rate, 2·contexts·hw·(2r+1)²·C per frame divide
 a fraction of a plain 4096³ matmul in the same dtype and run, and a k-NN (global search)
 table: torch vs FAISS. Runs float32 on the CPU, and float32 + bfloat16 on CUDA when present.
 
-    PYTHONPATH=. python benchmarks/propagate.py            # table + append to RESULTS.md
-    PYTHONPATH=. python benchmarks/propagate.py --sweep    # strip widths (tuning)
+    python benchmarks/propagate.py            # table + append to RESULTS.md
+    python benchmarks/propagate.py --sweep    # strip widths (tuning)
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
-import platform
 import statistics
-import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _results import append_results, device_name
 
 from ditf_track.propagate import (
     DEFAULT_STRIP_WIDTH,
@@ -41,7 +44,6 @@ from ditf_track.propagate import (
 )
 from ditf_track.propagate.knn import faiss_available, faiss_gpu_count
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 GRID = (60, 106)
 CONTEXTS = 8
 LABELS = 3
@@ -194,35 +196,8 @@ def bench_knn(c: int, device: torch.device, repeats: int) -> dict[str, float]:
     return row
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or "CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
-
-
-def commit() -> str:
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            # RESULTS.md itself does not make the measured code dirty.
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!*RESULTS.md"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        return sha + (" (dirty)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+def describe(device: torch.device) -> str:
+    return f"{device_name(device)}, torch threads {torch.get_num_threads()}"
 
 
 def main() -> None:
@@ -257,7 +232,7 @@ def main() -> None:
         widths = [int(s) for s in args.sweep.split(",")]
         for device, dtype in runs:
             emit(
-                f"\nstrip-width sweep on {device_name(device)}, {dtype}: frames/s, best of "
+                f"\nstrip-width sweep on {describe(device)}, {dtype}: frames/s, best of "
                 "interleaved rounds (median in brackets)"
             )
             emit("| C | " + " | ".join(f"strip {s}" for s in widths) + " |")
@@ -276,7 +251,7 @@ def main() -> None:
         for device, dtype in runs:
             torch.manual_seed(0)
             emit(
-                f"\n{device_name(device)}, {dtype}, strip {args.strip}; load average "
+                f"\n{describe(device)}, {dtype}, strip {args.strip}; load average "
                 f"{os.getloadavg()[0]:.2f}. Best frame of interleaved rounds (median in "
                 "brackets); matmul: best plain 4096³ matmul of the same rounds."
             )
@@ -314,7 +289,7 @@ def main() -> None:
         for device in {d for d, _ in runs}:
             emit(
                 f"\nk-NN, {GRID[0] * GRID[1]} queries x {CONTEXTS}x{GRID[0] * GRID[1]} database, "
-                f"k=5, float32, {device_name(device)} (faiss GPUs: {faiss_gpu_count()}): seconds"
+                f"k=5, float32, {describe(device)} (faiss GPUs: {faiss_gpu_count()}): seconds"
             )
             emit("| C | torch | faiss | GlobalSearch (auto, per context + merge) |")
             emit("|---|---|---|---|")
@@ -325,14 +300,7 @@ def main() -> None:
                     f"{row['global_search']:.3f} |"
                 )
     if not args.no_append:
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        header = "" if RESULTS.exists() else "# Benchmark results (appended by benchmarks/*.py)\n"
-        with RESULTS.open("a", encoding="utf-8") as fh:
-            fh.write(header)
-            fh.write(
-                f"\n## propagate.py — {stamp}, commit {commit()}, torch {torch.__version__}\n\n"
-            )
-            fh.write("\n".join(lines) + "\n")
+        append_results(f"propagate.py (torch {torch.__version__})", "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -212,16 +212,7 @@ def clip_key(
     ``input_size`` is the model input ``(H, W)`` in pixels. Holds per-clip metadata such as the
     massive channels found on the first frames.
     """
-    h, w = (int(s) for s in input_size)
-    return _digest(
-        {
-            "cache_format": CACHE_FORMAT,
-            "kind": "clip",
-            "identity": dict(identity),
-            "video": str(video_hash),
-            "input_size": [h, w],
-        }
-    )
+    return _clip_digest("clip", identity, video_hash, input_size)
 
 
 def feature_key(
@@ -239,17 +230,25 @@ def feature_key(
     """
     if isinstance(frame_index, bool) or int(frame_index) != frame_index or frame_index < 0:
         raise ValueError(f"frame index must be an integer >= 0, got {frame_index!r}")
+    return _clip_digest("frame", identity, video_hash, input_size, frame=int(frame_index))
+
+
+def _clip_digest(
+    kind: str,
+    identity: Mapping[str, Any],
+    video_hash: str,
+    input_size: tuple[int, int] | Sequence[int],
+    **extra: int,
+) -> str:
     h, w = (int(s) for s in input_size)
-    return _digest(
-        {
-            "cache_format": CACHE_FORMAT,
-            "kind": "frame",
-            "identity": dict(identity),
-            "video": str(video_hash),
-            "input_size": [h, w],
-            "frame": int(frame_index),
-        }
-    )
+    parts = {
+        "cache_format": CACHE_FORMAT,
+        "kind": kind,
+        "identity": dict(identity),
+        "video": str(video_hash),
+        "input_size": [h, w],
+    }
+    return _digest({**parts, **extra})
 
 
 def frames_hash(frames: np.ndarray | torch.Tensor | Iterable[np.ndarray]) -> str:

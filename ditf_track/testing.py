@@ -13,6 +13,9 @@ stride is 16 pixels as in the real models.
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -290,3 +293,38 @@ def plant_massive_channels(
         f.unlink()
     transformer.save_pretrained(str(folder / "transformer"))
     return folder
+
+
+@contextmanager
+def isolated_caches(mktemp: Callable[[str], Path]) -> Iterator[None]:
+    """A private feature cache and Hugging Face home, and an offline hub, for a test session.
+
+    ``mktemp(name)`` makes a fresh folder (pytest's ``tmp_path_factory.mktemp``); the
+    environment is restored on exit, so tests never touch ``~/.cache`` nor the network.
+    """
+    keys = ("DITF_TRACK_CACHE", "HF_HUB_OFFLINE", "HF_HOME")
+    saved = {key: os.environ.get(key) for key in keys}
+    os.environ["DITF_TRACK_CACHE"] = str(mktemp("ditf-cache"))
+    os.environ["HF_HOME"] = str(mktemp("hf-home"))
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def tiny_model_factory(mktemp: Callable[[str], Path]) -> Callable[..., Path]:
+    """``get(family, **options)``: a :func:`build_tiny_pipeline` folder, built once per options."""
+    built: dict[tuple[object, ...], Path] = {}
+
+    def get(family: TinyFamily, **options: Any) -> Path:
+        key = (family, *sorted(options.items()))
+        if key not in built:
+            built[key] = build_tiny_pipeline(family, mktemp(f"tiny-{family}"), **options)
+        return built[key]
+
+    return get

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from ditf_track.testing import isolated_caches, tiny_model_factory
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("DITF_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 DAVIS = SHARED_DATA / "davis"
@@ -24,34 +26,15 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_caches(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Tests never touch ~/.cache nor the network: a private cache dir and offline hub."""
-    saved = {k: os.environ.get(k) for k in ("DITF_TRACK_CACHE", "HF_HUB_OFFLINE", "HF_HOME")}
-    os.environ["DITF_TRACK_CACHE"] = str(tmp_path_factory.mktemp("ditf-cache"))
-    os.environ["HF_HOME"] = str(tmp_path_factory.mktemp("hf-home"))
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    yield
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    """Never touch ~/.cache nor the network: a private feature cache and an offline hub."""
+    with isolated_caches(tmp_path_factory.mktemp):
+        yield
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     """``tiny_model("flux", **options)``: a tiny pipeline folder in the hub's layout, built once."""
-    from ditf_track.testing import build_tiny_pipeline
-
-    built: dict[tuple[object, ...], Path] = {}
-
-    def get(family: str, **options: object) -> Path:
-        key = (family, *sorted(options.items()))
-        if key not in built:
-            folder = tmp_path_factory.mktemp(f"tiny-{family}")
-            built[key] = build_tiny_pipeline(family, folder, **options)  # type: ignore[arg-type]
-        return built[key]
-
-    return get
+    return tiny_model_factory(tmp_path_factory.mktemp)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

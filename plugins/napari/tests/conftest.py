@@ -2,7 +2,7 @@
 
 The plugin is its own package, so its tests do not rely on ``tests/conftest.py`` of ditf-track;
 the few fixtures they share (``shared_data``, isolated caches, ``tiny_model``) are rebuilt here
-from the same public helpers (:func:`ditf_track.testing.build_tiny_pipeline`).
+from the same public helpers (:mod:`ditf_track.testing`).
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from ditf_track.testing import isolated_caches, tiny_model_factory
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[2]
@@ -30,34 +32,14 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session", autouse=True)
 def _plugin_isolated_caches(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Never touch ~/.cache nor the network: a private feature cache and an offline hub."""
-    keys = ("DITF_TRACK_CACHE", "HF_HUB_OFFLINE", "HF_HOME")
-    saved = {k: os.environ.get(k) for k in keys}
-    os.environ["DITF_TRACK_CACHE"] = str(tmp_path_factory.mktemp("plugin-ditf-cache"))
-    os.environ["HF_HOME"] = str(tmp_path_factory.mktemp("plugin-hf-home"))
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    yield
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with isolated_caches(tmp_path_factory.mktemp):
+        yield
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
-    """``tiny_model("flux")``: a tiny pipeline folder in the hub's layout, built once."""
-    from ditf_track.testing import build_tiny_pipeline
-
-    built: dict[tuple[object, ...], Path] = {}
-
-    def get(family: str, **options: object) -> Path:
-        key = (family, *sorted(options.items()))
-        if key not in built:
-            folder = tmp_path_factory.mktemp(f"plugin-tiny-{family}")
-            built[key] = build_tiny_pipeline(family, folder, **options)  # type: ignore[arg-type]
-        return built[key]
-
-    return get
+    """``tiny_model("flux", **options)``: a tiny pipeline folder in the hub's layout, built once."""
+    return tiny_model_factory(tmp_path_factory.mktemp)
 
 
 @pytest.fixture(scope="session")
