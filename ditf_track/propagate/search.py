@@ -25,15 +25,15 @@ from .knn import KnnBackend, knn_search, resolve_knn_backend
 from .params import PropagationParams
 
 # Query-strip width (cells) of the windowed search. Each GEMM multiplies the (2r + 1) x strip
-# query cells that can see one context row by that row's strip + 2r cells, so the work done
-# is (strip + 2r)/(2r + 1) of the useful work: 1.28 at strip 8, r 12 (1.35 with the 106 -> 112
-# column padding). Measured on the project's shared 2-core AVX-512 CPU (benchmarks/RESULTS.md,
-# --sweep 4,6,8,10,12,16, best of interleaved rounds): strips 4-16 are within that busy
-# machine's noise of each other (C = 3072: 0.17-0.29 frames/s; strip 8 had the best median,
-# 0.23; C = 1152: strip 8 best, 1.27); strip 8 makes the context segment 32 cells at r = 12,
-# a shape MKL runs at 140-145 GFLOP/s against 149 for a plain large matmul in a quiet probe.
-# CUDA uses the same default; it has not been measured on a GPU yet.
-DEFAULT_STRIP_WIDTH = 8
+# query cells that can see one context row by that row's strip + 2r cells (of every context at
+# once), so the work done is (strip + 2r)/(2r + 1) of the useful work: 1.20 at strip 6, r 12
+# (1.22 with the 106 -> 108 column padding; strip 8: 1.28 and 1.35). Measured on the project's
+# 2-core AVX-512 CPU, quiet (benchmarks/RESULTS.md, --sweep 4,6,8,12,16, frames/s, best of
+# interleaved rounds): C = 3072: 0.59 / 0.60 / 0.57 / 0.53 / 0.44; C = 1152: 1.56 / 1.53 /
+# 1.45 / 1.39 / 1.24. Strip 6 is within 2 % of the best at both widths and launches a third
+# fewer GEMMs than strip 4 (18 strips against 27 at 106 columns), which matters more on a
+# GPU. CUDA uses the same default; it has not been measured on a GPU yet.
+DEFAULT_STRIP_WIDTH = 6
 
 
 @dataclass(frozen=True)
@@ -205,7 +205,7 @@ class WindowSearch:
     ) -> tuple[torch.Tensor, bool]:
         """A float32 work tensor kept between searches, and whether it was just made.
 
-        Reusing it saves a step from faulting in ~380 MB of fresh pages at the DAVIS default
+        Reusing it saves a step from faulting in ~350 MB of fresh pages at the DAVIS default
         (steps of 1.5 s instead of 1.7–2.1 s on the project's CPU).
         """
         kept = self._scratches.get(name)
@@ -355,9 +355,9 @@ class WindowSearch:
         return Neighbours(values.contiguous(), index.contiguous())
 
 
-# Scratch for a group of contexts (float32): the GEMM scores (14 strips x 84 rows x 200 x
-# 32 cells, 30 MB per context) and the windows (6720 queries x 625 candidates, 17 MB per
-# context) of the 8 contexts at the DAVIS default (380 MB) fit in one group.
+# Scratch for a group of contexts (float32): the GEMM scores (18 strips x 84 rows x 150 x
+# 30 cells, 27 MB per context) and the windows (6480 queries x 625 candidates, 16 MB per
+# context) of the 8 contexts at the DAVIS default (350 MB) fit in one group.
 _WINDOW_BUFFER_BYTES = 512 * 2**20
 
 _BMM_OUT_DTYPE_OK: bool | None = None
