@@ -131,7 +131,9 @@ def random_weights(model: torch.nn.Module, device: torch.device, dtype: torch.dt
             value = torch.ones(param.shape, device=device, dtype=dtype)
         else:
             value = torch.zeros(param.shape, device=device, dtype=dtype)
-        set_module_tensor_to_device(model, name, device, value=value)
+        # dtype= here: without it accelerate casts the value back to the meta parameter's
+        # float32, and a bf16 benchmark would hold (and measure) float32 weights.
+        set_module_tensor_to_device(model, name, device, value=value, dtype=dtype)
     for name, buf in list(model.named_buffers()):
         set_module_tensor_to_device(model, name, device, value=buf)
 

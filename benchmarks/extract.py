@@ -8,6 +8,7 @@ Target (issue 3): Flux at k=28 fits a 24 GB GPU with a 960 input.
 
     python benchmarks/extract.py                      # all presets on CUDA
     python benchmarks/extract.py --device cpu --presets pixart-alpha --repeats 1
+    python benchmarks/extract.py --device cpu --dtype bfloat16 --presets flux --repeats 1
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ from _results import append_results, device_name
 PRESETS = ("pixart-alpha", "sd3", "sd3.5", "flux")
 
 
-def run_one(preset: str, device_arg: str, size: int, batch: int, repeats: int) -> dict[str, float]:
+def run_one(
+    preset: str, device_arg: str, dtype_arg: str, size: int, batch: int, repeats: int
+) -> dict[str, float]:
     from architectures import build_random_backbone
 
     from ditf_track.devices import resolve_device, resolve_dtype
@@ -39,7 +42,7 @@ def run_one(preset: str, device_arg: str, size: int, batch: int, repeats: int) -
     from ditf_track.presets import load_preset
 
     device = resolve_device(device_arg)
-    dtype = resolve_dtype("auto", device)
+    dtype = resolve_dtype(dtype_arg, device)
     settings = load_preset(preset).correspondence
     backbone = build_random_backbone(preset, settings.k, device, dtype)
     extractor = DiTFExtractor(backbone, DiTFSettings(t=settings.t, k=settings.k))
@@ -78,6 +81,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--presets", default=",".join(PRESETS))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), bfloat16, float32"
+    )
     parser.add_argument("--size", type=int, default=960, help="square input side in pixels")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
@@ -85,7 +91,11 @@ def main() -> None:
     parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one, args.device, args.size, args.batch, args.repeats)))
+        print(
+            json.dumps(
+                run_one(args.one, args.device, args.dtype, args.size, args.batch, args.repeats)
+            )
+        )
         return
     rows = []
     for preset in args.presets.split(","):
@@ -96,6 +106,8 @@ def main() -> None:
             preset,
             "--device",
             args.device,
+            "--dtype",
+            args.dtype,
             "--size",
             str(args.size),
             "--batch",
