@@ -117,7 +117,8 @@ def main() -> None:
         ]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:
-            print(f"{preset}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+            why = " (killed: out of memory?)" if out.returncode == -9 else ""
+            print(f"{preset}: exit {out.returncode}{why}\n{out.stderr[-2000:]}", file=sys.stderr)
             continue
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     header = (
@@ -126,9 +127,10 @@ def main() -> None:
     )
     lines = [header, "|" + "---|" * 10]
     for r in rows:
+        gpu_gb = f"{r['peak_gpu_gb']:.2f}" if args.device.startswith("cuda") else "–"
         lines.append(
             f"| {r['preset']} | {r['t']} | {r['k']} | {r['dtype']} | {r['params_b']:.2f} | "
-            f"{r['grid']} | {r['channels']} | {r['ms_per_frame']:.1f} | {r['peak_gpu_gb']:.2f} | "
+            f"{r['grid']} | {r['channels']} | {r['ms_per_frame']:.1f} | {gpu_gb} | "
             f"{r['peak_host_gb']:.2f} |"
         )
     flux = [r for r in rows if r["preset"] == "flux"]
