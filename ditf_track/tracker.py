@@ -627,7 +627,7 @@ class Tracker:
             return found
 
         search = make_search(self.params)
-        point_run = _PointRun(self, state, feats, mode, search) if points_stale else None
+        point_run = _PointRun(self, state, feats, mode) if points_stale else None
         ids = state.point_ids if state.point_queries else None
 
         def with_points(result: FrameResult) -> FrameResult:
@@ -765,7 +765,6 @@ class _PointRun:
         state: TrackerState,
         feats: Callable[[int], torch.Tensor],
         mode: str,
-        search: NeighbourSearch,
     ) -> None:
         self.tracker = tracker
         self.state = state
@@ -781,9 +780,10 @@ class _PointRun:
             self.groups[int(t)] = (index, points[index], grid[index])
         self._streams: dict[tuple[int, int], Iterator[tuple[int, PointEstimate]]] = {}
         self._ahead: dict[tuple[int, int], dict[int, PointEstimate]] = {}
-        # every sequence's queue, plus the query frames, plus the frame being searched
+        # every sequence's queue, plus the query frames, plus the frame being searched; a
+        # search of its own, so that the mask propagation's windowed search keeps its slots
         capacity = tracker.params.n_context + len(self.groups) + 1
-        self.search = _SharedPrepare(search, capacity)
+        self.search = _SharedPrepare(make_search(tracker.params, capacity=capacity), capacity)
 
     def _stream(self, t: int, direction: int) -> Iterator[tuple[int, PointEstimate]]:
         last = self.state.num_frames if direction > 0 else -1

@@ -117,13 +117,17 @@ def make_search(
     *,
     strip_width: int | None = None,
     knn_backend: KnnBackend = "auto",
+    capacity: int | None = None,
 ) -> NeighbourSearch:
-    """The search ``params`` ask for: windowed when ``radius`` is set, global otherwise."""
+    """The search ``params`` ask for: windowed when ``radius`` is set, global otherwise.
+
+    ``capacity``: how many prepared contexts are alive at once (a windowed search keeps them
+    in one buffer); one propagation sequence has ``n_context + 1``, the default.
+    """
     if params.radius is None:
         return GlobalSearch(params.topk, backend=knn_backend)
-    return WindowSearch(
-        params.radius, params.topk, strip_width=strip_width, capacity=params.n_context + 1
-    )
+    slots = params.n_context + 1 if capacity is None else capacity
+    return WindowSearch(params.radius, params.topk, strip_width=strip_width, capacity=slots)
 
 
 def _check_features(features: torch.Tensor, name: str) -> None:
