@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from ditf_track.backbones import DiTBackbone, TextCondition, backbone_class
+from ditf_track.presets import load_preset
 
 # transformer/config.json of each hub repository (the keys that change the architecture).
 TRANSFORMERS: dict[str, dict[str, Any]] = {
@@ -138,19 +139,32 @@ def random_weights(model: torch.nn.Module, device: torch.device, dtype: torch.dt
         set_module_tensor_to_device(model, name, device, value=buf)
 
 
+def empty_transformer(
+    preset: str, k: int | None = None
+) -> tuple[type[DiTBackbone], torch.nn.Module]:
+    """``preset``'s backbone class and real transformer on the meta device (no memory held),
+    truncated to blocks 0..k unless ``k`` is None."""
+    import diffusers
+    from accelerate import init_empty_weights
+
+    cls = backbone_class(load_preset(preset).family)
+    with init_empty_weights():
+        transformer = getattr(diffusers, cls.transformer_class_name).from_config(
+            TRANSFORMERS[preset]
+        )
+    if k is not None:
+        cls.truncate(transformer, k)
+    return cls, transformer
+
+
 def build_random_backbone(
     preset: str, k: int, device: torch.device, dtype: torch.dtype
 ) -> DiTBackbone:
     """Blocks 0..k of ``preset``'s real architecture with random weights, and its VAE."""
     import diffusers
-    from accelerate import init_empty_weights
 
-    family = {"pixart-alpha": "pixart", "sd3.5": "sd3", "flux-schnell": "flux"}.get(preset, preset)
-    cls = backbone_class(family)
-    config = TRANSFORMERS[preset]
-    with init_empty_weights():
-        transformer = getattr(diffusers, cls.transformer_class_name).from_config(config)
-    cls.truncate(transformer, k)
+    family = load_preset(preset).family
+    cls, transformer = empty_transformer(preset, k)
     random_weights(transformer, device, dtype)
     vae = diffusers.AutoencoderKL(**VAES[family])
     vae.decoder = None
@@ -159,7 +173,7 @@ def build_random_backbone(
         transformer,
         vae.to(device),
         k_max=k,
-        num_blocks=cls.count_blocks(config),
+        num_blocks=cls.count_blocks(TRANSFORMERS[preset]),
         model_id=f"random:{preset}",
         scheduler_config=PIXART_BETAS,
         device=device,

@@ -10,42 +10,25 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from architectures import TRANSFORMERS, build_random_backbone
+from architectures import TRANSFORMERS, build_random_backbone, empty_transformer
 
-from ditf_track.backbones import backbone_class
 from ditf_track.presets import load_preset
-
-FAMILY = {"pixart-alpha": "pixart", "sd3": "sd3", "sd3.5": "sd3", "flux": "flux"}
 
 
 def _params_b(preset: str, k: int | None) -> float:
-    import diffusers
-    from accelerate import init_empty_weights
-
-    cls = backbone_class(FAMILY[preset])
-    with init_empty_weights():
-        model = getattr(diffusers, cls.transformer_class_name).from_config(TRANSFORMERS[preset])
-    if k is not None:
-        cls.truncate(model, k)
-    return sum(p.numel() for p in model.parameters()) / 1e9
+    _, transformer = empty_transformer(preset, k)
+    return sum(p.numel() for p in transformer.parameters()) / 1e9
 
 
-@pytest.mark.parametrize(
-    ("preset", "whole", "blocks"),
-    [
-        ("pixart-alpha", 0.61, 0.33),
-        ("sd3", 2.03, 0.86),
-        ("sd3.5", 8.06, 5.14),
-        ("flux", 11.90, 7.92),
-    ],
-)
-def test_parameter_counts_are_the_readme_presets_table(
-    preset: str, whole: float, blocks: float
-) -> None:
-    """The README's sizes: the whole transformer and blocks 0..k at the correspondence k."""
-    k = load_preset(preset).correspondence.k
-    assert _params_b(preset, None) == pytest.approx(whole, abs=0.005)
-    assert _params_b(preset, k) == pytest.approx(blocks, abs=0.005)
+@pytest.mark.parametrize("preset", sorted(TRANSFORMERS))
+def test_parameter_counts_are_the_presets_resources(preset: str) -> None:
+    """The sizes the presets declare (and the README's presets table shows) are the real
+    configs': the whole transformer and blocks 0..k at the correspondence k."""
+    spec = load_preset(preset)
+    assert _params_b(preset, None) == pytest.approx(spec.resources.transformer_params_b, abs=0.005)
+    assert _params_b(preset, spec.correspondence.k) == pytest.approx(
+        spec.resources.blocks_params_b, abs=0.005
+    )
 
 
 def test_random_weights_keep_the_requested_dtype() -> None:
