@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -28,15 +29,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _results import append_results, device_name
 
+from ditf_track.devices import resolve_device, resolve_dtype
+
 PRESETS = ("pixart-alpha", "sd3", "sd3.5", "flux")
 
 
 def run_one(
     preset: str, device_arg: str, dtype_arg: str, size: int, batch: int, repeats: int
-) -> dict[str, float]:
+) -> dict[str, Any]:
     from architectures import build_random_backbone
 
-    from ditf_track.devices import resolve_device, resolve_dtype
     from ditf_track.extractor import DiTFExtractor
     from ditf_track.features import DiTFSettings
     from ditf_track.presets import load_preset
@@ -62,7 +64,7 @@ def run_one(
         maps = extractor.extract(images)
     sync()
     elapsed = (time.perf_counter() - start) / (repeats * batch)
-    peak_gpu = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
+    peak_gpu = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     return {
         "preset": preset,
         "t": settings.t,
@@ -127,14 +129,14 @@ def main() -> None:
     )
     lines = [header, "|" + "---|" * 10]
     for r in rows:
-        gpu_gb = f"{r['peak_gpu_gb']:.2f}" if args.device.startswith("cuda") else "–"
+        gpu_gb = "–" if r["peak_gpu_gb"] is None else f"{r['peak_gpu_gb']:.2f}"
         lines.append(
             f"| {r['preset']} | {r['t']} | {r['k']} | {r['dtype']} | {r['params_b']:.2f} | "
             f"{r['grid']} | {r['channels']} | {r['ms_per_frame']:.1f} | {gpu_gb} | "
             f"{r['peak_host_gb']:.2f} |"
         )
     flux = [r for r in rows if r["preset"] == "flux"]
-    if flux and args.device.startswith("cuda"):
+    if flux and flux[0]["peak_gpu_gb"] is not None:
         fits = "yes" if flux[0]["peak_gpu_gb"] < 24 else "NO"
         lines.append(f"\nFlux k=28 at {args.size}x{args.size} fits a 24 GB GPU: {fits}")
     table = "\n".join(lines)
@@ -142,7 +144,7 @@ def main() -> None:
     if not args.no_record:
         append_results(
             f"DiTF extraction, {args.size}x{args.size}, batch {args.batch}, random weights",
-            f"device: {device_name(args.device)}\n\n{table}",
+            f"device: {device_name(resolve_device(args.device))}\n\n{table}",
         )
 
 
