@@ -196,7 +196,10 @@ class WindowSearch:
         PropagationParams(radius=radius, topk=topk)  # validates both
         strip = DEFAULT_STRIP_WIDTH if strip_width is None else strip_width
         if isinstance(strip, bool) or not isinstance(strip, int) or strip < 1:
-            raise ConfigError(f"strip_width={strip_width!r} must be an integer >= 1 (default 8)")
+            raise ConfigError(
+                f"strip_width={strip_width!r} must be an integer >= 1 "
+                f"(default {DEFAULT_STRIP_WIDTH})"
+            )
         self.radius = radius
         self.topk = topk
         self.strip_width = strip
