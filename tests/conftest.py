@@ -9,19 +9,24 @@ from pathlib import Path
 import pytest
 import torch
 
-from ditf_track.testing import isolated_caches, tiny_model_factory
+from ditf_track.testing import (
+    isolated_caches,
+    require_shared_data,
+    shared_data_root,
+    tiny_model_factory,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("DITF_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
-DAVIS = SHARED_DATA / "davis"
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """../shared/data, read in place (never copied into the project)."""
-    if not (SHARED_DATA / "SOURCES.md").is_file():
-        pytest.fail(f"shared test data not found at {SHARED_DATA}; set DITF_SHARED_DATA")
-    return SHARED_DATA
+    """../shared/data (or $DITF_SHARED_DATA), read in place (never copied into the project).
+
+    Every test that reads real data takes it through this fixture: without the folder such a
+    test is skipped with the reason, and fails under ``CI=true``.
+    """
+    return require_shared_data(shared_data_root(REPO_ROOT))
 
 
 @pytest.fixture(scope="session", autouse=True)

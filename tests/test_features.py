@@ -74,21 +74,20 @@ def test_discard_channels_copies() -> None:
     assert discard_channels(x, ()) is x
 
 
-def dog_frame() -> np.ndarray:
+def dog_frame(shared: Path) -> np.ndarray:
     from PIL import Image
 
-    from tests.conftest import DAVIS
-
-    frame = Image.open(DAVIS / "JPEGImages/480p/dog/00000.jpg").convert("RGB").resize((96, 64))
+    frame = Image.open(shared / "davis/JPEGImages/480p/dog/00000.jpg")
+    frame = frame.convert("RGB").resize((96, 64))
     return np.asarray(frame).copy()[None]
 
 
 @pytest.mark.parametrize("tiny", ["pixart", "sd3", "sd3.5", "flux"])
 def test_planted_massive_channels_are_found_and_zeroed(
-    tmp_path: Path, tiny_model: Callable[..., Path], tiny: str
+    tmp_path: Path, tiny_model: Callable[..., Path], tiny: str, shared_data: Path
 ) -> None:
     family = {"sd3.5": "sd3"}.get(tiny, tiny)
-    image = dog_frame()
+    image = dog_frame(shared_data)
     clean = DiTFExtractor.from_pretrained(tiny_model(tiny), family=family, t=100, k=3)
     assert clean.extract(image).discarded_channels == ()
     planted = plant_massive_channels(build_tiny_pipeline(tiny, tmp_path / tiny), (3, 11), 400.0)
@@ -120,7 +119,9 @@ def test_planted_massive_channels_are_found_and_zeroed(
     assert mean_patch_cosine(maps["adaln+discard", "pre_norm"].features) < original - 0.015
 
 
-def test_post_adaln_discard_on_heavy_tailed_planted_model(tmp_path: Path) -> None:
+def test_post_adaln_discard_on_heavy_tailed_planted_model(
+    tmp_path: Path, shared_data: Path
+) -> None:
     """The paper's stage, on a planted model whose LayerNorm the planted channels don't dominate.
 
     With a narrow random model's Gaussian background, any channel at 100× the median dominates
@@ -135,7 +136,7 @@ def test_post_adaln_discard_on_heavy_tailed_planted_model(tmp_path: Path) -> Non
         content_channels=(0, 1, 2, 4, 5, 6, 7, 8),
         content_gain=300.0,
     )
-    image = dog_frame()
+    image = dog_frame(shared_data)
     original = DiTFExtractor.from_pretrained(
         folder, family="flux", t=100, k=3, feature_mode="original"
     ).extract(image)

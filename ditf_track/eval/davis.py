@@ -585,6 +585,16 @@ def _plan_sequence(gt_root: Path, pred_root: Path, name: str) -> tuple[_Sequence
             "and last, so it needs at least 3"
         )
     if not pred_dir.is_dir():
+        if _png_stems(pred_root):  # one sequence's masks (a track --out folder) given as --pred
+            fix = (
+                f"pass --pred {pred_root.parent}"
+                if pred_root.name == name
+                else f"write them with --out preds/{name} and pass --pred preds"
+            )
+            raise InputError(
+                f"prediction folder {pred_dir} does not exist, but {pred_root} holds frame PNGs "
+                f"itself; --pred takes the folder that holds one folder per sequence: {fix}"
+            )
         raise InputError(
             f"prediction folder {pred_dir} does not exist; write <pred>/{name}/<frame>.png for "
             "every evaluated sequence, or leave the sequence out with --sequences"
