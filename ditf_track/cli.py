@@ -248,7 +248,11 @@ def _add_track(sub: argparse._SubParsersAction) -> None:
         help="also write an mp4 with the masks blended in and the points drawn with trails",
     )
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    mode.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier ditf-track run in --out (deletes only the files it wrote)",
+    )
     mode.add_argument(
         "--resume", action="store_true", help="continue an interrupted run (OUT.incomplete/)"
     )
@@ -712,7 +716,11 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
         type=int,
         help="square model input side in pixels (default: the preset's, 960)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier ditf-track run in --out (deletes only the files it wrote)",
+    )
     _add_model_options(p)
     p.set_defaults(handler=_run_inspect)
 
@@ -898,7 +906,11 @@ def _add_match(sub: argparse._SubParsersAction) -> None:
         help="about N points on a regular grid over A (default: every feature cell of A)",
     )
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier ditf-track run in --out (deletes only the files it wrote)",
+    )
     _add_model_options(p)
     _add_matcher_options(p)
     p.set_defaults(handler=_run_match)
@@ -1065,16 +1077,23 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         add(eval_sub)
 
 
-def _add_run_options(parser: argparse.ArgumentParser) -> None:
+def _add_run_options(parser: argparse.ArgumentParser, items: str = "pairs") -> None:
+    """--out/--resume/--overwrite/--limit; ``items`` names what the run's log records."""
     g = parser.add_argument_group("run")
     g.add_argument("--out", type=Path, required=True, help="output folder of the run")
     g.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run in a non-empty --out (finished pairs are not recomputed)",
+        help=f"continue the run in a non-empty --out (finished {items} are not recomputed)",
     )
-    g.add_argument("--overwrite", action="store_true", help="start again in a non-empty --out")
-    g.add_argument("--limit", type=int, metavar="N", help="only the first N pairs (a quick check)")
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start again in --out (deletes only the files an earlier run there wrote)",
+    )
+    g.add_argument(
+        "--limit", type=int, metavar="N", help=f"only the first N {items} (a quick check)"
+    )
 
 
 def _add_pck_benchmark(
@@ -1586,7 +1605,7 @@ def _add_eval_tapvid(eval_sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--query-mode", choices=["first", "strided"], default="first", help="default first"
     )
-    _add_run_options(p)
+    _add_run_options(p, "videos")
     _add_tracker_eval_options(p)
     p.set_defaults(handler=_run_eval_tapvid)
 
@@ -1665,7 +1684,7 @@ def _add_eval_keypoints(eval_sub: argparse._SubParsersAction) -> None:
         metavar="LIST.txt",
         help="JHMDB: only these videos (<class>/<video> per line, or CRW's split-list lines)",
     )
-    _add_run_options(p)
+    _add_run_options(p, "videos")
     # BADJA is scored by query-point trackers (PIPs), JHMDB by heat-map propagation (CRW).
     _add_tracker_eval_options(
         p, None, "default: query for BADJA (as PIPs), heatmap for JHMDB (as CRW)"

@@ -176,7 +176,8 @@ def refuse_input_overlap(
     inputs: Iterable[tuple[str, str | os.PathLike[str] | None]],
     option: str = "--out",
 ) -> None:
-    """Refuse an output that is, or is a folder holding, one of ``inputs`` (label, path).
+    """Refuse an output that is, or is a folder holding, one of ``inputs`` (label, path), or
+    an existing file inside an input folder.
 
     An output there could be replaced or cleaned, taking the input with it.
     """
@@ -189,6 +190,10 @@ def refuse_input_overlap(
             raise OutputError(
                 f"{option} {out} is or holds the {label} {inp}; writing there could destroy "
                 f"it: pick another {option}"
+            )
+        if source.is_dir() and source in target.parents and target.is_file():
+            raise OutputError(
+                f"{option} {out} would replace a file of the {label} {inp}; pick another {option}"
             )
 
 
@@ -419,7 +424,7 @@ class RunDir:
                 "run owner note",
             )
         except BaseException:
-            self.release()
+            self.close()
             raise
         if after_lock is not None:
             after_lock(self)
@@ -498,7 +503,7 @@ class RunDir:
         else:
             change = f"{key}: {flat_old.get(key)!r} there, {flat_new.get(key)!r} now"
         raise ConfigError(
-            f"{where} holds a run with other inputs or settings ({change}); resume with the same "
+            f"{where} holds a run with other settings or inputs ({change}); resume with the same "
             "ones, pass --overwrite to start again, or pick another --out"
         )
 
