@@ -1229,9 +1229,11 @@ def _run_eval_pck(args: argparse.Namespace) -> int:
 
     from .eval import correspondence as corr
     from .eval.runners import PCKEvaluation
+    from .outputs import listing_digest
 
     name = args.benchmark_key
     options: dict[str, Any] = {"data": str(args.data.resolve()), "split": args.split}
+    options["data_digest"] = listing_digest(args.data)
     if name == "spair":
         pairs = corr.load_spair_pairs(args.data, args.split, args.categories)
         options["categories"] = args.categories
@@ -1278,6 +1280,7 @@ def _run_eval_hpatches(args: argparse.Namespace) -> int:
 
     from .eval.hpatches import load_hpatches
     from .eval.runners import HPatchesEvaluation
+    from .outputs import listing_digest
 
     sequences = _limited(
         load_hpatches(args.data, exclude_high_res=args.exclude_high_res), args.limit
@@ -1291,7 +1294,11 @@ def _run_eval_hpatches(args: argparse.Namespace) -> int:
             detector=args.detector,
             max_keypoints=args.max_keypoints,
             method=args.method,
-            options={"data": str(args.data.resolve()), "exclude_high_res": args.exclude_high_res},
+            options={
+                "data": str(args.data.resolve()),
+                "exclude_high_res": args.exclude_high_res,
+                "data_digest": listing_digest(args.data),
+            },
             resume=args.resume,
             overwrite=args.overwrite,
         )
@@ -1447,7 +1454,12 @@ def _propagate_davis(args: argparse.Namespace, run_dir: Any) -> int:
         batch_size=args.batch_size or 4,
     )
     run = DavisRun(
-        args.data, tracker, run_dir, split=args.split, resume=args.resume, overwrite=args.overwrite
+        args.data,
+        tracker,
+        run_dir,
+        split=args.split,
+        resume=args.resume,
+        overwrite=args.overwrite,
     )
     frames_bar = tqdm(desc="frames", unit="frame", position=1, disable=None, leave=False)
 

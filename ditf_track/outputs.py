@@ -144,6 +144,29 @@ def input_digest(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
+def listing_digest(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> str:
+    """BLAKE2b of the names, sizes and modification times of a dataset's files.
+
+    ``paths`` are files or folders (walked, links followed). A benchmark's data is too large
+    to hash by content on every start; a listing catches a dataset that was replaced,
+    re-extracted or edited (at the price of refusing a resume after a mere ``touch``, which
+    ``--overwrite`` answers).
+    """
+    roots = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
+    h = hashlib.blake2b(digest_size=16)
+    for root in map(Path, roots):
+        for folder, _, files in sorted(os.walk(root, followlinks=True)) or [
+            (str(root.parent), [], [root.name])
+        ]:
+            for name in sorted(files):
+                try:
+                    st = os.stat(os.path.join(folder, name))
+                except OSError:
+                    continue
+                h.update(f"{folder}/{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
 def read_state(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A run's state file (``run.json`` / ``config.json``); unreadable → one-line torn state."""
     p = Path(path)
@@ -498,8 +521,8 @@ class RunDir:
         if not diffs:
             return
         key = diffs[0]
-        if key.startswith("inputs."):
-            change = f"the {key.removeprefix('inputs.')} changed"
+        if key.startswith("inputs.") or key.endswith("_digest"):
+            change = f"the {key.removeprefix('inputs.').removesuffix('_digest')} changed"
         else:
             change = f"{key}: {flat_old.get(key)!r} there, {flat_new.get(key)!r} now"
         raise ConfigError(

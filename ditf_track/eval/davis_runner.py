@@ -29,6 +29,7 @@ from ..outputs import (
     RunDir,
     environment_versions,
     is_run_record,
+    listing_digest,
     write_json,
 )
 from ..tracker import ProgressEvent, Tracker, tracker_config
@@ -142,6 +143,11 @@ class DavisRun:
                 "sizing": [tracker.short_side, tracker.long_multiple, tracker.rounding],
                 "label_mode": tracker.label_mode,
                 "interpolation": tracker.interpolation,
+                "data_digest": listing_digest(
+                    root / name
+                    for root in (self.frames_root, self.gt_root)
+                    for name in self.sequences
+                ),
                 **dict(options or {}),
             }
             self._run_dir.check_fingerprint(fingerprint)

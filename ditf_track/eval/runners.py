@@ -29,7 +29,13 @@ import numpy as np
 from ..errors import ConfigError, InputError
 from ..images import read_image
 from ..match import ImageFeatures, Matcher
-from ..outputs import RecordLog, RunDir, environment_versions, write_csv, write_json
+from ..outputs import (
+    RecordLog,
+    RunDir,
+    environment_versions,
+    write_csv,
+    write_json,
+)
 from .correspondence import (
     AP10K_PROTOCOL,
     PF_PASCAL_PROTOCOL,

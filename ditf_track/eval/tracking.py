@@ -40,7 +40,7 @@ import numpy as np
 from .._atomic import atomic_path
 from ..coords import points_to_tapvid_queries, points_to_tapvid_tracks, swap_xy
 from ..errors import ConfigError, InputError
-from ..outputs import RunDir, write_csv, write_json
+from ..outputs import RunDir, listing_digest, write_csv, write_json
 from ..tracker import Tracker
 from ..video import VideoSource, open_video, video_from_array
 from .keypoints import (
@@ -156,7 +156,12 @@ class TapVidEvaluation:
         self.query_mode: QueryMode = query_mode
         self.limit = limit
         opts = {**dict(options or {}), "query_mode": query_mode}
-        fingerprint = {"benchmark": "tapvid", **opts, "tracker": tracker.identity()}
+        fingerprint = {
+            "benchmark": "tapvid",
+            **opts,
+            "tracker": tracker.identity(),
+            "data_digest": listing_digest(self.data),
+        }
         config = {
             "benchmark": "tapvid",
             "protocol": "google-deepmind/tapnet tapvid/evaluation_datasets.py; tracks scored at "
@@ -370,7 +375,21 @@ class KeypointEvaluation:
         self.videos: list[BadjaVideo | JhmdbVideo] = list(videos)
         self.tracker = tracker
         opts = {**dict(options or {}), "dataset": dataset}
-        fingerprint = {"benchmark": "keypoints", **opts, "tracker": tracker.identity()}
+        files = [
+            p
+            for v in self.videos
+            for p in (
+                (v.annotations, v.frames, v.masks)
+                if isinstance(v, BadjaVideo)
+                else (v.frames, v.joints)
+            )
+        ]
+        fingerprint = {
+            "benchmark": "keypoints",
+            **opts,
+            "tracker": tracker.identity(),
+            "data_digest": listing_digest(files),
+        }
         protocol = (
             "PIPs test_on_badja.py: PCK@0.2 of sqrt(GT mask area), query = first annotated frame"
             if dataset == "badja"
