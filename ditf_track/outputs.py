@@ -1,4 +1,5 @@
-"""Run records shared by the commands that write result folders: versions, JSON, CSV, resume logs.
+"""Run records shared by the commands that write result folders: versions, JSON, CSV, resume
+logs, and :class:`RunDir`, the one run-folder protocol (refusals, lock, fingerprints, publish).
 
 Every file is written atomically (temporary name, then rename, via :mod:`ditf_track._atomic`);
 the per-item log that makes evaluations resumable is an append-only JSON-lines file whose last
@@ -641,23 +642,3 @@ class RecordLog:
             raise OutputError(
                 f"cannot append to {self.path} ({exc}); pick a writable --out"
             ) from exc
-
-
-def check_resume_config(path: str | os.PathLike[str], fingerprint: Mapping[str, Any]) -> None:
-    """Refuse to resume a run whose ``config.json`` fingerprint differs from this one."""
-    p = Path(path)
-    if not p.is_file():
-        return
-    try:
-        old = json.loads(p.read_text(encoding="utf-8")).get("fingerprint")
-    except (OSError, json.JSONDecodeError) as exc:
-        raise OutputError(f"cannot read {p} ({exc}); pass --overwrite to start again") from exc
-    new = to_json_safe(fingerprint)
-    if old is None or old == new:
-        return
-    diffs = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    key = diffs[0]
-    raise ConfigError(
-        f"{p.parent} holds a run with other settings ({key}: {old.get(key)!r} there, "
-        f"{new.get(key)!r} now); resume with the same options, use another --out, or --overwrite"
-    )
