@@ -1524,11 +1524,20 @@ def _format_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> s
 
 def _run_eval_davis(args: argparse.Namespace) -> int:
     from .eval.davis import evaluate_davis, write_davis_csvs, write_davis_json
+    from .outputs import check_writable_file, refuse_input_overlap
 
     if args.data is not None:
         return _run_davis_propagation(args)
     if args.gt is None:
         raise ConfigError("--pred needs --gt GT_ROOT (the folder of <sequence>/<frame>.png)")
+    inputs = [("ground truth", args.gt), ("predictions", args.pred)]
+    if args.json is not None:
+        refuse_input_overlap(args.json, inputs, "--json")
+        check_writable_file(args.json, "--json")
+    if args.csv is not None:
+        table = args.csv / f"global_results-{args.subset}.csv"
+        refuse_input_overlap(table, inputs, "--csv")
+        check_writable_file(table, "--csv")
 
     def progress(done: int, total: int, name: str) -> None:
         log.info("[%d/%d] %s", done, total, name)

@@ -482,3 +482,22 @@ def test_eval_davis_overwrite_keeps_a_sequence_folder_it_did_not_write(
     code, _, err = run([*args, "--overwrite"], capsys)
     assert f"{out / 'dog'} holds files ditf-track did not write" in one_line_error(code, err)
     assert snapshot(out / "dog") == {"00000.png": b"my drawing", "notes.txt": b"mine"}
+
+
+def test_eval_davis_scoring_outputs_are_checked_before_scoring(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gt = tmp_path / "gt"
+    (gt / "dog").mkdir(parents=True)
+    for i in range(3):
+        shutil.copy(shared_data / "davis/Annotations/480p/dog" / f"{i:05d}.png", gt / "dog")
+    before = snapshot(gt)
+    base = ["eval", "davis", "--pred", str(gt), "--gt", str(gt)]
+    code, _, err = run([*base, "--json", str(gt / "dog" / "00001.png")], capsys)
+    assert "--json" in one_line_error(code, err)
+    assert "would replace a file of the ground truth" in err
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    code, _, err = run([*base, "--csv", str(a_file / "tables")], capsys)
+    assert "cannot write --csv" in one_line_error(code, err)
+    assert snapshot(gt) == before
