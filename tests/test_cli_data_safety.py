@@ -501,3 +501,44 @@ def test_eval_davis_scoring_outputs_are_checked_before_scoring(
     code, _, err = run([*base, "--csv", str(a_file / "tables")], capsys)
     assert "cannot write --csv" in one_line_error(code, err)
     assert snapshot(gt) == before
+
+
+def test_sigkilled_run_resumes_byte_identical(
+    clip: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A real SIGKILL (after 3 masks): the lock file and owner note it leaves block nothing."""
+    import signal
+    import subprocess
+    import sys
+
+    frames, mask = clip
+    base = ["track", str(frames), "--mask", str(mask), *LAB]
+    out = tmp_path / "masks"
+    driver = (
+        "import os, signal, sys\n"
+        "from ditf_track import cli, masks\n"
+        "real, n = masks.write_mask, [0]\n"
+        "def write(*a, **k):\n"
+        "    if n[0] == 3:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    n[0] += 1\n"
+        "    return real(*a, **k)\n"
+        "masks.write_mask = write\n"
+        "sys.exit(cli.main(sys.argv[1:]))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    killed = subprocess.run(
+        [sys.executable, "-c", driver, *base, "--out", str(out)], env=env, capture_output=True
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    work = tmp_path / "masks.incomplete"
+    assert (work / ".ditf-track.lock").exists()
+    assert len(list(work.glob("0*.png"))) == 3
+    code, _, err = run([*base, "--out", str(out), "--resume"], capsys)
+    assert code == 0, err
+    fresh = tmp_path / "fresh"
+    assert run([*base, "--out", str(fresh)], capsys)[0] == 0
+    assert {k: v for k, v in snapshot(out).items() if k.endswith(".png")} == {
+        k: v for k, v in snapshot(fresh).items() if k.endswith(".png")
+    }
+    assert sorted(snapshot(out)) == sorted(snapshot(fresh))
