@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -166,28 +165,6 @@ def _extractor_from_args(args: argparse.Namespace, task: str) -> Any:
     )
 
 
-def _fresh_output_dir(path: Path, overwrite: bool) -> Path:
-    """A temporary sibling of ``path`` to write into; renamed over ``path`` by ``_publish``."""
-    from .errors import OutputError
-
-    if path.exists() and any(path.iterdir()) and not overwrite:
-        raise OutputError(
-            f"output folder {path} exists and is not empty; choose another --out or pass "
-            "--overwrite"
-        )
-    tmp = path.with_name(f".{path.name}.incomplete")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    return tmp
-
-
-def _publish(tmp: Path, path: Path) -> None:
-    if path.exists():
-        shutil.rmtree(path)
-    tmp.rename(path)
-
-
 # -- track (the main job) ---------------------------------------------------------------------
 def _add_propagation_options(parser: argparse.ArgumentParser, label_default: str = "area") -> None:
     g = parser.add_argument_group("propagation (default: DINO's and the official DiTF DAVIS set)")
@@ -271,7 +248,11 @@ def _add_track(sub: argparse._SubParsersAction) -> None:
         help="also write an mp4 with the masks blended in and the points drawn with trails",
     )
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    mode.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier ditf-track run in --out (deletes only the files it wrote)",
+    )
     mode.add_argument(
         "--resume", action="store_true", help="continue an interrupted run (OUT.incomplete/)"
     )
@@ -354,12 +335,14 @@ def _point_params(args: argparse.Namespace) -> Any:
     )
 
 
-def _parse_mask_args(values: list[str], names: list[str]) -> list[tuple[int, Path]]:
-    """``[N:]FILE`` → (frame position, file); a file named like a frame annotates that frame."""
+def _parse_mask_args(values: list[str], video: Any) -> list[tuple[int, Path]]:
+    """``[N:]FILE`` → (frame position, file); a file named like a selected frame annotates that
+    frame, one named like a frame outside the selection is refused, any other file frame 0."""
     import re
 
     from .errors import InputError
 
+    names = video.frame_names
     out: list[tuple[int, Path]] = []
     for value in values:
         match = re.fullmatch(r"(\d+):(.+)", value)
@@ -367,15 +350,105 @@ def _parse_mask_args(values: list[str], names: list[str]) -> list[tuple[int, Pat
             out.append((int(match.group(1)), Path(match.group(2))))
             continue
         path = Path(value)
-        out.append((names.index(path.stem) if path.stem in names else 0, path))
+        if path.stem in names:
+            out.append((names.index(path.stem), path))
+        elif _names_a_frame(path.stem, video):
+            raise InputError(
+                f"--mask {value} is named like frame {path.stem} of {video.path}, which is not "
+                "among the selected frames (--start/--end/--stride); select that frame, or "
+                f"place the mask explicitly with N:{value}"
+            )
+        else:
+            out.append((0, path))
     frames = [f for f, _ in out]
     if len(set(frames)) != len(frames):
         raise InputError(f"two --mask options annotate the same frame {frames}; give one per frame")
+    for frame_idx, path in out:
+        if frame_idx >= len(video):
+            raise InputError(
+                f"--mask {frame_idx}:{path}: frame {frame_idx} is out of range: {len(video)} "
+                f"frames are selected (0..{len(video) - 1}); give a position in range"
+            )
     return out
 
 
+def _names_a_frame(stem: str, video: Any) -> bool:
+    """Whether ``stem`` is the name of some frame of the whole video, selected or not."""
+    if video.kind == "frames":
+        return any(f.stem == stem for f in Path(video.path).iterdir() if f.is_file())
+    return stem.isdigit() and stem == f"{int(stem):05d}" and int(stem) < video.total_frames
+
+
+def _check_masks(masks: list[tuple[int, Path]], video: Any) -> None:
+    """Read every mask now (size, ids, objects) so that a bad one fails before the model loads."""
+    from .errors import InputError
+    from .masks import read_mask, require_objects
+
+    for _, path in masks:
+        mask = read_mask(path)
+        if mask.labels.shape != (video.height, video.width):
+            raise InputError(
+                f"{path} is {mask.labels.shape[1]}x{mask.labels.shape[0]} but the video frames "
+                f"are {video.width}x{video.height}; give a mask of the frame size"
+            )
+        require_objects(mask, path)
+
+
+def _check_queries(queries: Any, path: Path, video: Any) -> None:
+    """Points file rows: unique ids, frames among the selected ones, positions in the frame."""
+    from .errors import InputError
+
+    if len(queries.ids) == 0:
+        raise InputError(f"points file {path} has no points; add rows frame,x,y")
+    values, counts = np.unique(queries.ids, return_counts=True)
+    if (counts > 1).any():
+        raise InputError(
+            f"points file {path} gives id {int(values[counts > 1][0])} twice; a "
+            "point is queried once (give each row its own id)"
+        )
+    frames = np.asarray(queries.frame_idx)
+    bad = (frames < 0) | (frames >= len(video))
+    if bad.any():
+        raise InputError(
+            f"points file {path}: frame {int(frames[bad][0])} is out of range: the video has "
+            f"{len(video)} frames (0..{len(video) - 1}); frame is a position in the selection"
+        )
+    pts = np.asarray(queries.points, dtype=np.float64)
+    height, width = video.height, video.width
+    outside = ~np.isfinite(pts).all(axis=1)
+    outside |= (pts[:, 0] < -0.5) | (pts[:, 0] >= height - 0.5)
+    outside |= (pts[:, 1] < -0.5) | (pts[:, 1] >= width - 0.5)
+    if outside.any():
+        y, x = pts[np.argmax(outside)]
+        frame = int(frames[np.argmax(outside)])
+        raise InputError(
+            f"points file {path}: point (x={x:g}, y={y:g}) on frame {frame} lies outside the "
+            f"{width}x{height} frame ({int(outside.sum())} point(s) do); give x in "
+            f"[0, {width - 1}] and y in [0, {height - 1}]"
+        )
+
+
+#: Files a track run writes into its folder (a fresh start clears them from OUT.incomplete/).
+TRACK_PATTERNS = ("*.png", "tracks.csv", "tracks.npz")
+#: Options that do not change what a run writes, left out of its fingerprint.
+_UNFINGERPRINTED = frozenset(
+    {"out", "overwrite", "resume", "quiet", "overlay", "verbose", "handler", "command"}
+    | {"cache_dir", "no_disk_cache", "mask", "points", "video", "local_files_only"}
+)
+
+
+def _run_fingerprint(
+    args: argparse.Namespace, inputs: list[tuple[str, Path | None]]
+) -> dict[str, Any]:
+    """Content digests of the inputs and the options that shape the result (resume check)."""
+    from .outputs import input_digest
+
+    settings = {k: v for k, v in sorted(vars(args).items()) if k not in _UNFINGERPRINTED}
+    digests = {label: input_digest(path) for label, path in inputs if path is not None}
+    return {"inputs": digests, "settings": settings}
+
+
 def _run_track(args: argparse.Namespace) -> int:
-    import json
     import warnings
 
     from tqdm import tqdm
@@ -383,6 +456,7 @@ def _run_track(args: argparse.Namespace) -> int:
     from .coords import read_points_csv
     from .errors import ConfigError, InputError, OutputError
     from .masks import DAVIS_PALETTE, write_mask
+    from .outputs import RunDir, check_writable_file, refuse_input_overlap, to_json_safe
     from .tracker import ProgressEvent, Tracker, tracker_config
     from .video import open_video
 
@@ -390,107 +464,108 @@ def _run_track(args: argparse.Namespace) -> int:
         raise ConfigError(
             "give what to track: --mask FIRST.png (or --mask N:FILE.png) and/or --points POINTS.csv"
         )
+    # Every cheap input is checked before a model is resolved or loaded.
     video = open_video(args.video, args.start, args.end, args.stride)
     stem = args.video.stem if args.video.is_file() else args.video.name
     out = args.out or Path.cwd() / f"{stem}_{'masks' if args.mask else 'tracks'}"
-    work = out.with_name(f"{out.name}.incomplete")
-    if out.exists() and any(out.iterdir()):
-        if args.resume and (out / "config.json").is_file():
-            print(f"{out} is already complete; nothing to do")
-            return 0
-        if not (args.overwrite or args.resume):
-            raise OutputError(
-                f"output folder {out} exists and is not empty; pass --overwrite to replace it, "
-                "--resume to continue, or another --out"
-            )
-    masks = _parse_mask_args(args.mask, video.frame_names)
+    masks = _parse_mask_args(args.mask, video)
+    _check_masks(masks, video)
     queries = read_points_csv(args.points)[0] if args.points is not None else None
     if queries is not None:
-        if len(queries.ids) == 0:
-            raise InputError(f"points file {args.points} has no points; add rows frame,x,y")
-        values, counts = np.unique(queries.ids, return_counts=True)
-        if (counts > 1).any():
-            raise InputError(
-                f"points file {args.points} gives id {int(values[counts > 1][0])} twice; a "
-                "point is queried once (give each row its own id)"
-            )
-    extractor = _extractor_from_args(args, "video")
-    from .cache import FeatureCache, cache_root
+        _check_queries(queries, args.points, video)
+    inputs: list[tuple[str, Path | None]] = [
+        ("video", args.video),
+        *((f"mask {f}", p) for f, p in masks),
+        ("points file", args.points),
+    ]
+    if args.overlay:
+        refuse_input_overlap(args.overlay, inputs, "--overlay")
+        check_writable_file(args.overlay, "--overlay")
+    fingerprint = _run_fingerprint(args, inputs)
+    run_dir = RunDir(
+        out,
+        "track",
+        inputs=inputs,
+        patterns=TRACK_PATTERNS,
+        resume=args.resume,
+        overwrite=args.overwrite,
+    ).open()
+    try:
+        run_dir.check_fingerprint(fingerprint)
+        if run_dir.complete:
+            print(f"{run_dir.out} is already complete; nothing to do")
+            return 0
+        work = run_dir.work
+        extractor = _extractor_from_args(args, "video")
+        from .cache import FeatureCache, cache_root
 
-    cache = FeatureCache(
-        None if args.no_disk_cache else cache_root(args.cache_dir),
-        device=getattr(extractor, "device", "cpu"),
-    )
-    short = args.short_side or _preset_value(args, "short_side", 960, "video")
-    tracker = Tracker(
-        extractor,
-        params=_propagation_params(args),
-        cache=cache,
-        label_mode=args.label_mode,
-        short_side=short,
-        batch_size=args.batch_size or 4,
-        points_mode=args.points_mode,
-        point_params=_point_params(args),
-    )
-    state = tracker.init_state(video)
-    with warnings.catch_warnings():
-        warnings.simplefilter("always")
-        for frame_idx, path in masks:
-            tracker.add_mask(state, frame_idx, path)
-    if queries is not None:
-        for frame_idx, (points, ids) in queries.by_frame().items():
-            tracker.add_points(state, frame_idx, points, ids)
-    run = {"masks": {str(f): str(p) for f, p in masks}, **tracker_config(tracker, state)}
-    if args.points is not None:
-        run["points_file"] = str(args.points)
-    if work.exists() and not args.resume:
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
-    run_file = work / "run.json"
-    if args.resume and run_file.is_file():
-        previous = json.loads(run_file.read_text())
-        if previous != json.loads(json.dumps(run)):
+        cache = FeatureCache(
+            None if args.no_disk_cache else cache_root(args.cache_dir),
+            device=getattr(extractor, "device", "cpu"),
+        )
+        short = args.short_side or _preset_value(args, "short_side", 960, "video")
+        tracker = Tracker(
+            extractor,
+            params=_propagation_params(args),
+            cache=cache,
+            label_mode=args.label_mode,
+            short_side=short,
+            batch_size=args.batch_size or 4,
+            points_mode=args.points_mode,
+            point_params=_point_params(args),
+        )
+        state = tracker.init_state(video)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            for frame_idx, path in masks:
+                tracker.add_mask(state, frame_idx, path)
+        if queries is not None:
+            for frame_idx, (points, ids) in queries.by_frame().items():
+                tracker.add_points(state, frame_idx, points, ids)
+        run = {"masks": {str(f): str(p) for f, p in masks}, **tracker_config(tracker, state)}
+        if args.points is not None:
+            run["points_file"] = str(args.points)
+        previous = (run_dir.previous or {}).get("run")
+        if previous is not None and previous != to_json_safe(run):
             raise OutputError(
                 f"the interrupted run in {work} used other settings; pass --overwrite to start over"
             )
-    run_file.write_text(json.dumps(run, indent=2) + "\n")
-    palette = state.palette or DAVIS_PALETTE
-    bars: dict[str, Any] = {}
+        run_dir.write_state({"fingerprint": fingerprint, "run": run})
+        palette = state.palette or DAVIS_PALETTE
+        bars: dict[str, Any] = {}
 
-    def on_progress(event: ProgressEvent) -> None:
-        if args.quiet:
-            return
-        label = {"extract": "extract features", "propagate": "propagate"}[event.phase]
-        bar = bars.get(event.phase)
-        if bar is None:
-            bar = bars[event.phase] = tqdm(
-                total=event.total, desc=label, unit="frame", position=len(bars), disable=None
-            )
-        bar.update(event.done - bar.n)
+        def on_progress(event: ProgressEvent) -> None:
+            if args.quiet:
+                return
+            label = {"extract": "extract features", "propagate": "propagate"}[event.phase]
+            bar = bars.get(event.phase)
+            if bar is None:
+                bar = bars[event.phase] = tqdm(
+                    total=event.total, desc=label, unit="frame", position=len(bars), disable=None
+                )
+            bar.update(event.done - bar.n)
 
-    try:
-        for result in tracker.propagate(state, progress=on_progress):
-            target = work / f"{result.frame_name}.png"
-            if result.labels is not None and not (args.resume and target.exists()):
-                write_mask(target, result.labels, palette)
+        try:
+            for result in tracker.propagate(state, progress=on_progress):
+                target = work / f"{result.frame_name}.png"
+                if result.labels is not None and not (args.resume and target.exists()):
+                    write_mask(target, result.labels, palette)
+        finally:
+            for bar in bars.values():
+                bar.close()
+            cache.close()
+        if masks:
+            missing = [n for n in state.frame_names if not (work / f"{n}.png").exists()]
+            if missing:
+                raise InputError(f"{len(missing)} frame(s) got no mask (first: {missing[0]})")
+        tracks = None
+        if queries is not None:
+            tracks = state.point_tracks()
+            _write_tracks(work, state, *tracks)
+        run["features"] = {"extracted": tracker.extracted_frames}
+        out = run_dir.publish({"fingerprint": fingerprint, **run})
     finally:
-        for bar in bars.values():
-            bar.close()
-        cache.close()
-    if masks:
-        missing = [n for n in state.frame_names if not (work / f"{n}.png").exists()]
-        if missing:
-            raise InputError(f"{len(missing)} frame(s) got no mask (first: {missing[0]})")
-    tracks = None
-    if queries is not None:
-        tracks = state.point_tracks()
-        _write_tracks(work, state, *tracks)
-    run["features"] = {"extracted": tracker.extracted_frames}
-    (work / "config.json").write_text(json.dumps(run, indent=2) + "\n")
-    run_file.unlink()
-    if out.exists():
-        shutil.rmtree(out)
-    work.rename(out)
+        run_dir.close()
     if args.overlay:
         _write_overlay(
             args.overlay, video, out if masks else None, palette, tracks, state.point_ids
@@ -591,10 +666,13 @@ def _run_extract(args: argparse.Namespace) -> int:
 
     from .errors import OutputError
     from .export import extract_to_safetensors, input_size_for, open_input
+    from .outputs import check_writable_file, refuse_input_overlap
 
-    if args.out.exists() and not args.overwrite:
+    refuse_input_overlap(args.out, [("input", args.input)])
+    if args.out.exists() and not args.out.is_dir() and not args.overwrite:
         raise OutputError(f"{args.out} exists; choose another --out or pass --overwrite")
     source = open_input(args.input, start=args.start, end=args.end, stride=args.stride)
+    check_writable_file(args.out, "--out")
     is_image = isinstance(source, np.ndarray)
     task = "correspondence" if is_image else "video"
     extractor = _extractor_from_args(args, task)
@@ -638,7 +716,11 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
         type=int,
         help="square model input side in pixels (default: the preset's, 960)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier ditf-track run in --out (deletes only the files it wrote)",
+    )
     _add_model_options(p)
     p.set_defaults(handler=_run_inspect)
 
@@ -647,17 +729,36 @@ def _run_inspect(args: argparse.Namespace) -> int:
     from .errors import ConfigError
     from .extractor import DiTFExtractor
     from .images import model_input_size, read_image, resize_image
-    from .inspect import inspect_features
+    from .inspect import INSPECT_FILES, inspect_features
+    from .outputs import RunDir
 
     image = read_image(args.image)
-    extractor = _extractor_from_args(args, "correspondence")
-    if not isinstance(extractor, DiTFExtractor):
+    if args.preset == "lab":
         raise ConfigError("inspect needs a DiT (the lab preset has no block features)")
-    side = args.size or _preset_value(args, "image_size", 960, "correspondence")
-    size = model_input_size(*image.shape[:2], square=side, multiple=extractor.stride)
-    tmp = _fresh_output_dir(args.out, args.overwrite)
-    report = inspect_features(extractor, resize_image(image, size), tmp)
-    _publish(tmp, args.out)
+    run_dir = RunDir(
+        args.out,
+        "inspect",
+        inputs=[("image", args.image)],
+        patterns=INSPECT_FILES,
+        overwrite=args.overwrite,
+    ).open()
+    try:
+        extractor = _extractor_from_args(args, "correspondence")
+        if not isinstance(extractor, DiTFExtractor):
+            raise ConfigError("inspect needs a DiT (the lab preset has no block features)")
+        side = args.size or _preset_value(args, "image_size", 960, "correspondence")
+        size = model_input_size(*image.shape[:2], square=side, multiple=extractor.stride)
+        report = inspect_features(extractor, resize_image(image, size), run_dir.work)
+        run_dir.publish(
+            {
+                "image": str(args.image),
+                "input_size": list(size),
+                "massive_channels": list(report.massive_channels),
+                "extractor": extractor.identity(),
+            }
+        )
+    finally:
+        run_dir.close()
     channels = ", ".join(map(str, report.massive_channels)) or "none"
     print(f"massive channels (>= {report.stats_z.ratio:g}x median |z|): {channels}")
     for f in report.files:
@@ -805,22 +906,24 @@ def _add_match(sub: argparse._SubParsersAction) -> None:
         help="about N points on a regular grid over A (default: every feature cell of A)",
     )
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier ditf-track run in --out (deletes only the files it wrote)",
+    )
     _add_model_options(p)
     _add_matcher_options(p)
     p.set_defaults(handler=_run_match)
 
 
 def _run_match(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from .errors import ConfigError
     from .images import read_image
-    from .match import check_points, draw_matches, read_points_csv, write_matches_csv
-    from .outputs import environment_versions, write_json
+    from .match import check_points, read_points_csv
+    from .outputs import RunDir
 
     image_a, image_b = read_image(args.image_a), read_image(args.image_b)
-    ids = None
+    points = ids = None
     if args.points is not None:
         points, ids = read_points_csv(args.points)
         check_points(points, image_a.shape[:2], f"image A ({args.image_a})")
@@ -828,21 +931,46 @@ def _run_match(args: argparse.Namespace) -> int:
         raise ConfigError(f"--dense {args.dense} must be at least 1 point")
     if args.points is not None and args.refine and args.upsample:
         raise ConfigError("--refine refines grid matches; add --no-upsample to match --points")
+    inputs = [("image A", args.image_a), ("image B", args.image_b), ("points file", args.points)]
+    run_dir = RunDir(
+        args.out,
+        "match",
+        inputs=inputs,
+        patterns=("matches.csv", "matches.png"),
+        overwrite=args.overwrite,
+    ).open()
+    try:
+        _match_into(args, run_dir, image_a, image_b, points, ids)
+    finally:
+        run_dir.close()
+    return 0
+
+
+def _match_into(
+    args: argparse.Namespace,
+    run_dir: Any,
+    image_a: np.ndarray,
+    image_b: np.ndarray,
+    points: np.ndarray | None,
+    ids: np.ndarray | None,
+) -> None:
+    """The model-dependent part of ``match``, once ``--out`` is open and locked."""
+    from .match import draw_matches, write_matches_csv
+    from .outputs import environment_versions
+
     matcher = _matcher_from_args(args)
     pair = matcher.features_for_pair(image_a, image_b)
-    if args.points is not None:
+    if points is not None:
         points_b, scores = matcher.match_points_in(pair, points)
         matches = np.concatenate([points, points_b], axis=1)
         mode = "points"
     else:
         matches, scores = matcher.match_dense_in(pair, args.dense)
         mode = "dense"
-    tmp = _fresh_output_dir(args.out, args.overwrite)
-    write_matches_csv(tmp / "matches.csv", matches, scores, ids)
-    draw_matches(tmp / "matches.png", image_a, image_b, matches)
+    write_matches_csv(run_dir.work / "matches.csv", matches, scores, ids)
+    draw_matches(run_dir.work / "matches.png", image_a, image_b, matches)
     identity = matcher.identity()
-    write_json(
-        tmp / "config.json",
+    run_dir.publish(
         {
             "command": "match",
             "image_a": str(args.image_a),
@@ -858,12 +986,10 @@ def _run_match(args: argparse.Namespace) -> int:
             "versions": environment_versions(),
         },
     )
-    _publish(tmp, args.out)
     kept = f"{len(matches)} matches" if mode == "dense" else f"{len(matches)} points matched"
     print(f"{kept}; mean score {float(np.mean(scores)) if len(scores) else float('nan'):.3f}")
     for name in ("matches.csv", "matches.png", "config.json"):
         print(args.out / name)
-    return 0
 
 
 def _add_cache(sub: argparse._SubParsersAction) -> None:
@@ -951,16 +1077,23 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         add(eval_sub)
 
 
-def _add_run_options(parser: argparse.ArgumentParser) -> None:
+def _add_run_options(parser: argparse.ArgumentParser, items: str = "pairs") -> None:
+    """--out/--resume/--overwrite/--limit; ``items`` names what the run's log records."""
     g = parser.add_argument_group("run")
     g.add_argument("--out", type=Path, required=True, help="output folder of the run")
     g.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run in a non-empty --out (finished pairs are not recomputed)",
+        help=f"continue the run in a non-empty --out (finished {items} are not recomputed)",
     )
-    g.add_argument("--overwrite", action="store_true", help="start again in a non-empty --out")
-    g.add_argument("--limit", type=int, metavar="N", help="only the first N pairs (a quick check)")
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start again in --out (deletes only the files an earlier run there wrote)",
+    )
+    g.add_argument(
+        "--limit", type=int, metavar="N", help=f"only the first N {items} (a quick check)"
+    )
 
 
 def _add_pck_benchmark(
@@ -1067,6 +1200,20 @@ def _names(text: str) -> list[str]:
     return names
 
 
+def _open_eval_dir(
+    args: argparse.Namespace,
+    benchmark: str,
+    owned: Sequence[str],
+    inputs: Sequence[tuple[str, Path | None]],
+) -> Any:
+    """An evaluation's --out, checked and locked before any model is resolved."""
+    from .eval.runners import open_eval_dir
+
+    return open_eval_dir(
+        args.out, benchmark, owned, inputs=inputs, resume=args.resume, overwrite=args.overwrite
+    )
+
+
 def _limited(items: list[Any], limit: int | None) -> list[Any]:
     if limit is None:
         return items
@@ -1082,9 +1229,11 @@ def _run_eval_pck(args: argparse.Namespace) -> int:
 
     from .eval import correspondence as corr
     from .eval.runners import PCKEvaluation
+    from .outputs import listing_digest
 
     name = args.benchmark_key
     options: dict[str, Any] = {"data": str(args.data.resolve()), "split": args.split}
+    options["data_digest"] = listing_digest(args.data)
     if name == "spair":
         pairs = corr.load_spair_pairs(args.data, args.split, args.categories)
         options["categories"] = args.categories
@@ -1095,21 +1244,26 @@ def _run_eval_pck(args: argparse.Namespace) -> int:
         pairs = corr.load_ap10k_pairs(args.data, args.subset, args.split)
         options["subset"] = args.subset
     pairs = _limited(pairs, args.limit)
-    run = PCKEvaluation(
-        name,
-        pairs,
-        _matcher_from_args(args),
-        args.out,
-        options=options,
-        resume=args.resume,
-        overwrite=args.overwrite,
-    )
-    if run.num_resumable:
-        print(f"resuming: {run.num_resumable} of {len(run)} pairs already done")
-    with tqdm(run, total=len(run), desc=name, unit="pair") as bar:
-        for outcome in bar:
-            bar.set_postfix_str(f"{outcome.category} PCK@0.10 {outcome.pck.get('pck@0.10', 0):.2f}")
-    metrics = run.finish()
+    run_dir = _open_eval_dir(args, name, PCKEvaluation.owned, [("data", args.data)])
+    try:
+        run = PCKEvaluation(
+            name,
+            pairs,
+            _matcher_from_args(args),
+            run_dir,
+            options=options,
+            resume=args.resume,
+            overwrite=args.overwrite,
+        )
+        if run.num_resumable:
+            print(f"resuming: {run.num_resumable} of {len(run)} pairs already done")
+        with tqdm(run, total=len(run), desc=name, unit="pair", disable=None) as bar:
+            for outcome in bar:
+                pck = outcome.pck.get("pck@0.10", 0)
+                bar.set_postfix_str(f"{outcome.category} PCK@0.10 {pck:.2f}")
+        metrics = run.finish()
+    finally:
+        run_dir.close()
     alphas = metrics["alphas"]
     print(f"{name}: {metrics['num_pairs']} pairs, {metrics['num_points']} points")
     for kind in ("pck_per_point", "pck_per_image"):
@@ -1126,27 +1280,36 @@ def _run_eval_hpatches(args: argparse.Namespace) -> int:
 
     from .eval.hpatches import load_hpatches
     from .eval.runners import HPatchesEvaluation
+    from .outputs import listing_digest
 
     sequences = _limited(
         load_hpatches(args.data, exclude_high_res=args.exclude_high_res), args.limit
     )
-    run = HPatchesEvaluation(
-        sequences,
-        _matcher_from_args(args),
-        args.out,
-        detector=args.detector,
-        max_keypoints=args.max_keypoints,
-        method=args.method,
-        options={"data": str(args.data.resolve()), "exclude_high_res": args.exclude_high_res},
-        resume=args.resume,
-        overwrite=args.overwrite,
-    )
-    with tqdm(run, total=len(run), desc="hpatches", unit="pair") as bar:
-        for outcome in bar:
-            bar.set_postfix_str(
-                f"{outcome.sequence}/{outcome.target} err {outcome.corner_error:.1f}"
-            )
-    metrics = run.finish()
+    run_dir = _open_eval_dir(args, "hpatches", HPatchesEvaluation.owned, [("data", args.data)])
+    try:
+        run = HPatchesEvaluation(
+            sequences,
+            _matcher_from_args(args),
+            run_dir,
+            detector=args.detector,
+            max_keypoints=args.max_keypoints,
+            method=args.method,
+            options={
+                "data": str(args.data.resolve()),
+                "exclude_high_res": args.exclude_high_res,
+                "data_digest": listing_digest(args.data),
+            },
+            resume=args.resume,
+            overwrite=args.overwrite,
+        )
+        with tqdm(run, total=len(run), desc="hpatches", unit="pair", disable=None) as bar:
+            for outcome in bar:
+                bar.set_postfix_str(
+                    f"{outcome.sequence}/{outcome.target} err {outcome.corner_error:.1f}"
+                )
+        metrics = run.finish()
+    finally:
+        run_dir.close()
     for group in ("all", "illumination", "viewpoint"):
         acc = "  ".join(
             f"@{e}px {100 * (metrics[group][e] or 0):.1f}" for e in metrics["thresholds_px"]
@@ -1253,14 +1416,26 @@ def _add_eval_davis(eval_sub: argparse._SubParsersAction) -> None:
 
 def _run_davis_propagation(args: argparse.Namespace) -> int:
     """``eval davis --data``: propagate a split with the official protocol, then score it."""
+    from .eval.davis_runner import davis_sequences, open_davis_dir
+
+    if args.out is None:
+        raise ConfigError("--data needs --out DIR for the masks and metrics")
+    davis_sequences(args.data, args.split)
+    run_dir = open_davis_dir(args.out, args.split, args.data, args.resume, args.overwrite)
+    try:
+        return _propagate_davis(args, run_dir)
+    finally:
+        run_dir.close()
+
+
+def _propagate_davis(args: argparse.Namespace, run_dir: Any) -> int:
+    """The model-dependent part of ``eval davis --data``, once ``--out`` is open and locked."""
     from tqdm import tqdm
 
     from .cache import FeatureCache, cache_root
     from .eval.davis_runner import DavisRun
     from .tracker import ProgressEvent, Tracker
 
-    if args.out is None:
-        raise ConfigError("--data needs --out DIR for the masks and metrics")
     extractor = _extractor_from_args(args, "video")
     cache = FeatureCache(
         None if args.no_disk_cache else cache_root(args.cache_dir),
@@ -1279,7 +1454,12 @@ def _run_davis_propagation(args: argparse.Namespace) -> int:
         batch_size=args.batch_size or 4,
     )
     run = DavisRun(
-        args.data, tracker, args.out, split=args.split, resume=args.resume, overwrite=args.overwrite
+        args.data,
+        tracker,
+        run_dir,
+        split=args.split,
+        resume=args.resume,
+        overwrite=args.overwrite,
     )
     frames_bar = tqdm(desc="frames", unit="frame", position=1, disable=None, leave=False)
 
@@ -1344,11 +1524,20 @@ def _format_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> s
 
 def _run_eval_davis(args: argparse.Namespace) -> int:
     from .eval.davis import evaluate_davis, write_davis_csvs, write_davis_json
+    from .outputs import check_writable_file, refuse_input_overlap
 
     if args.data is not None:
         return _run_davis_propagation(args)
     if args.gt is None:
         raise ConfigError("--pred needs --gt GT_ROOT (the folder of <sequence>/<frame>.png)")
+    inputs = [("ground truth", args.gt), ("predictions", args.pred)]
+    if args.json is not None:
+        refuse_input_overlap(args.json, inputs, "--json")
+        check_writable_file(args.json, "--json")
+    if args.csv is not None:
+        table = args.csv / f"global_results-{args.subset}.csv"
+        refuse_input_overlap(table, inputs, "--csv")
+        check_writable_file(table, "--csv")
 
     def progress(done: int, total: int, name: str) -> None:
         log.info("[%d/%d] %s", done, total, name)
@@ -1437,7 +1626,7 @@ def _add_eval_tapvid(eval_sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--query-mode", choices=["first", "strided"], default="first", help="default first"
     )
-    _add_run_options(p)
+    _add_run_options(p, "videos")
     _add_tracker_eval_options(p)
     p.set_defaults(handler=_run_eval_tapvid)
 
@@ -1445,26 +1634,35 @@ def _add_eval_tapvid(eval_sub: argparse._SubParsersAction) -> None:
 def _run_eval_tapvid(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from .errors import InputError
     from .eval.tracking import TapVidEvaluation
 
-    tracker = _tracker_from_args(args, args.points_mode)
-    run = TapVidEvaluation(
-        args.data,
-        tracker,
-        args.out,
-        query_mode=args.query_mode,
-        limit=args.limit,
-        options={"data": str(args.data.resolve())},
-        resume=args.resume,
-        overwrite=args.overwrite,
-    )
+    if not args.data.exists():
+        raise InputError(f"TAP-Vid path {args.data} does not exist; pass tapvid_davis.pkl")
+    _limited([], args.limit)
+    run_dir = _open_eval_dir(args, "tapvid", TapVidEvaluation.owned, [("data", args.data)])
     try:
-        with tqdm(run, desc="tapvid", unit="video") as bar:
-            for outcome in bar:
-                bar.set_postfix_str(f"{outcome.video} AJ {outcome.metrics['average_jaccard']:.3f}")
+        tracker = _tracker_from_args(args, args.points_mode)
+        run = TapVidEvaluation(
+            args.data,
+            tracker,
+            run_dir,
+            query_mode=args.query_mode,
+            limit=args.limit,
+            options={"data": str(args.data.resolve())},
+            resume=args.resume,
+            overwrite=args.overwrite,
+        )
+        try:
+            with tqdm(run, desc="tapvid", unit="video", disable=None) as bar:
+                for outcome in bar:
+                    aj = outcome.metrics["average_jaccard"]
+                    bar.set_postfix_str(f"{outcome.video} AJ {aj:.3f}")
+        finally:
+            tracker.cache.close()
+        metrics = run.finish()
     finally:
-        tracker.cache.close()
-    metrics = run.finish()
+        run_dir.close()
     print(
         f"TAP-Vid ({args.query_mode}): {metrics['num_videos']} videos, "
         f"{metrics['num_points']} queries"
@@ -1507,7 +1705,7 @@ def _add_eval_keypoints(eval_sub: argparse._SubParsersAction) -> None:
         metavar="LIST.txt",
         help="JHMDB: only these videos (<class>/<video> per line, or CRW's split-list lines)",
     )
-    _add_run_options(p)
+    _add_run_options(p, "videos")
     # BADJA is scored by query-point trackers (PIPs), JHMDB by heat-map propagation (CRW).
     _add_tracker_eval_options(
         p, None, "default: query for BADJA (as PIPs), heatmap for JHMDB (as CRW)"
@@ -1541,32 +1739,38 @@ def _run_eval_keypoints(args: argparse.Namespace) -> int:
         )
     videos = _limited(videos, args.limit)
     mode = args.points_mode or ("query" if dataset == "badja" else "heatmap")
-    tracker = _tracker_from_args(args, mode)
-    options = {
-        "data": str(data.resolve()),
-        "frames": str(args.frames.resolve()) if args.frames else None,
-        "masks": str(args.masks.resolve()) if args.masks else None,
-        "videos": [v.name for v in videos],
-    }
-    run = KeypointEvaluation(
-        dataset,  # type: ignore[arg-type]
-        videos,
-        tracker,
-        args.out,
-        options=options,
-        resume=args.resume,
-        overwrite=args.overwrite,
-    )
-    if run.num_resumable:
-        print(f"resuming: {run.num_resumable} of {len(run)} videos already done")
+    inputs = [("data", data), ("frames", args.frames), ("masks", args.masks)]
+    inputs.append(("video list", args.videos))
+    run_dir = _open_eval_dir(args, "keypoints", KeypointEvaluation.owned, inputs)
     try:
-        with tqdm(run, total=len(run), desc=dataset, unit="video") as bar:
-            for outcome in bar:
-                shown = "  ".join(f"{k} {100 * v:.1f}" for k, v in outcome.metrics.items())
-                bar.set_postfix_str(f"{outcome.video} {shown}")
+        tracker = _tracker_from_args(args, mode)
+        options = {
+            "data": str(data.resolve()),
+            "frames": str(args.frames.resolve()) if args.frames else None,
+            "masks": str(args.masks.resolve()) if args.masks else None,
+            "videos": [v.name for v in videos],
+        }
+        run = KeypointEvaluation(
+            dataset,  # type: ignore[arg-type]
+            videos,
+            tracker,
+            run_dir,
+            options=options,
+            resume=args.resume,
+            overwrite=args.overwrite,
+        )
+        if run.num_resumable:
+            print(f"resuming: {run.num_resumable} of {len(run)} videos already done")
+        try:
+            with tqdm(run, total=len(run), desc=dataset, unit="video", disable=None) as bar:
+                for outcome in bar:
+                    shown = "  ".join(f"{k} {100 * v:.1f}" for k, v in outcome.metrics.items())
+                    bar.set_postfix_str(f"{outcome.video} {shown}")
+        finally:
+            tracker.cache.close()
+        metrics = run.finish()
     finally:
-        tracker.cache.close()
-    metrics = run.finish()
+        run_dir.close()
     print(
         f"{dataset} ({mode} points): {metrics['num_videos']} videos, "
         f"{metrics['num_points']} queried keypoints"

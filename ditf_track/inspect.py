@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._atomic import atomic_path
 from .extractor import DiTFExtractor
 from .features import (
     ActivationStats,
@@ -26,6 +27,9 @@ from .features import (
     find_massive_channels,
     massive_activation_stats,
 )
+
+#: The files :func:`inspect_features` writes into its folder.
+INSPECT_FILES = ("stats.csv", "massive_channels.json", "activations.png", "gate.png", "pca.png")
 
 
 @dataclass
@@ -79,7 +83,7 @@ def inspect_features(
     files: list[Path] = []
 
     csv_path = out / "stats.csv"
-    with csv_path.open("w", newline="") as f:
+    with atomic_path(csv_path, "statistics table") as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(
             [
@@ -134,7 +138,8 @@ def inspect_features(
         **extractor.identity(),
     }
     json_path = out / "massive_channels.json"
-    json_path.write_text(json.dumps(summary, indent=2) + "\n")
+    with atomic_path(json_path, "massive channels file") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
     files.append(json_path)
 
     # Fig. 2: activation magnitude per channel across tokens, before and after AdaLN.
@@ -194,6 +199,9 @@ def inspect_features(
 def _save(fig: Any, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_path(path, "figure") as tmp:
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
     return path

@@ -183,8 +183,9 @@ def test_keypoints_runner_on_a_jhmdb_layout(
     out = tmp_path / "j"
     args = ["eval", "keypoints", "--data", str(tmp_path / "jhmdb"), "--preset", "lab"]
     args += ["--short-side", "240", "--no-disk-cache", "--out", str(out)]
-    code, stdout, _ = run(args, capsys)
+    code, stdout, err = run(args, capsys)
     assert code == 0
+    assert "\r" not in err  # no progress bar when stderr is not a terminal (a log file)
     assert "jhmdb (heatmap points): 2 videos, 30 queried keypoints" in stdout
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) >= {"PCK@0.1", "PCK@0.2"}

@@ -16,7 +16,6 @@ complete.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +23,21 @@ from typing import Any
 
 from ..errors import InputError, OutputError
 from ..masks import DAVIS_PALETTE, write_mask
-from ..outputs import check_resume_config, environment_versions, prepare_run_dir, write_json
+from ..outputs import (
+    TEMP_PATTERN,
+    TOOL,
+    RunDir,
+    environment_versions,
+    is_run_record,
+    listing_digest,
+    write_json,
+)
 from ..tracker import ProgressEvent, Tracker, tracker_config
 from .davis import DavisResult, evaluate_davis, write_davis_csvs, write_davis_json
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
+SEQUENCE_FILE = "run.json"
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,37 @@ def read_split(data_root: Path, split: str) -> list[str]:
     return names
 
 
+def davis_sequences(data_root: Path, split: str) -> list[str]:
+    """The split's sequence names, after checking that each has frames and annotations."""
+    frames_root = data_root / "JPEGImages" / "480p"
+    gt_root = data_root / "Annotations" / "480p"
+    for folder in (frames_root, gt_root):
+        if not folder.is_dir():
+            raise InputError(
+                f"{folder} does not exist; --data must be a DAVIS root with JPEGImages/480p "
+                "and Annotations/480p"
+            )
+    sequences = read_split(data_root, split)
+    for name in sequences:
+        if not (frames_root / name).is_dir() or not (gt_root / name).is_dir():
+            raise InputError(
+                f"sequence {name!r} of split {split!r} has no frames or annotations under "
+                f"{data_root}; check --data and --split"
+            )
+    return sequences
+
+
+def davis_owned_files(split: str) -> list[str]:
+    """The run-level files of a DAVIS run (besides one folder per sequence)."""
+    name = Path(split).stem
+    return [
+        CONFIG_FILE,
+        METRICS_FILE,
+        f"global_results-{name}.csv",
+        f"per-sequence_results-{name}.csv",
+    ]
+
+
 class DavisRun:
     """Propagate the sequences of ``split`` under ``data_root`` into ``out`` with ``tracker``.
 
@@ -70,7 +109,7 @@ class DavisRun:
         self,
         data_root: str | Path,
         tracker: Tracker,
-        out: str | Path,
+        out: str | Path | RunDir,
         *,
         split: str = "val",
         resume: bool = False,
@@ -80,78 +119,74 @@ class DavisRun:
         self.root = Path(data_root)
         self.frames_root = self.root / "JPEGImages" / "480p"
         self.gt_root = self.root / "Annotations" / "480p"
-        for folder in (self.frames_root, self.gt_root):
-            if not folder.is_dir():
-                raise InputError(
-                    f"{folder} does not exist; --data must be a DAVIS root with JPEGImages/480p "
-                    "and Annotations/480p"
-                )
         self.split = split
-        self.sequences = read_split(self.root, split)
-        for name in self.sequences:
-            if not (self.frames_root / name).is_dir() or not (self.gt_root / name).is_dir():
-                raise InputError(
-                    f"sequence {name!r} of split {split!r} has no frames or annotations under "
-                    f"{self.root}; check --data and --split"
-                )
+        self.sequences = davis_sequences(self.root, split)
         self.tracker = tracker
         self.split_name = Path(split).stem
-        owned = [
-            CONFIG_FILE,
-            METRICS_FILE,
-            f"global_results-{self.split_name}.csv",
-            f"per-sequence_results-{self.split_name}.csv",
-        ]
-        self.out = prepare_run_dir(out, owned=owned, resume=resume, overwrite=overwrite)
-        if overwrite:
-            for name in self.sequences:
-                for folder in (self.out / name, self.out / f"{name}.incomplete"):
-                    if folder.is_dir():
-                        shutil.rmtree(folder)
-        identity = {**tracker.extractor.identity()}
-        params = tracker.params
-        fingerprint = {
-            "benchmark": "davis",
-            "split": self.sequences,
-            "extractor": identity,
-            "propagation": [params.n_context, params.radius, params.topk, params.temperature],
-            "sizing": [tracker.short_side, tracker.long_multiple, tracker.rounding],
-            "label_mode": tracker.label_mode,
-            "interpolation": tracker.interpolation,
-            **dict(options or {}),
-        }
-        if resume:
-            check_resume_config(self.out / CONFIG_FILE, fingerprint)
-        write_json(
-            self.out / CONFIG_FILE,
-            {
-                "fingerprint": fingerprint,
-                "data": str(self.root),
-                "split": split,
-                "protocol": "official DiTF DAVIS script / DINO label propagation",
-                "versions": environment_versions(),
-            },
-            "run configuration",
-        )
+        if isinstance(out, RunDir):
+            self._run_dir, own = out, False
+        else:
+            self._run_dir, own = open_davis_dir(out, split, self.root, resume, overwrite), True
+        self.out = self._run_dir.out
+        try:
+            if overwrite:
+                for name in self.sequences:
+                    for folder in (self.out / name, self.out / f"{name}.incomplete"):
+                        _clear_sequence(folder)
+            identity = {**tracker.extractor.identity()}
+            params = tracker.params
+            fingerprint = {
+                "benchmark": "davis",
+                "split": self.sequences,
+                "extractor": identity,
+                "propagation": [params.n_context, params.radius, params.topk, params.temperature],
+                "sizing": [tracker.short_side, tracker.long_multiple, tracker.rounding],
+                "label_mode": tracker.label_mode,
+                "interpolation": tracker.interpolation,
+                "data_digest": listing_digest(
+                    root / name
+                    for root in (self.frames_root, self.gt_root)
+                    for name in self.sequences
+                ),
+                **dict(options or {}),
+            }
+            self._run_dir.check_fingerprint(fingerprint)
+            self._run_dir.write_state(
+                {
+                    "fingerprint": fingerprint,
+                    "data": str(self.root),
+                    "split": split,
+                    "protocol": "official DiTF DAVIS script / DINO label propagation",
+                    "versions": environment_versions(),
+                }
+            )
+        except BaseException:
+            if own:
+                self._run_dir.close()
+            raise
+        if own:
+            self._run_dir.release()
         self.resume = resume
 
     def __len__(self) -> int:
         return len(self.sequences)
 
     def is_done(self, name: str) -> bool:
-        return (self.out / name).is_dir()
+        """A sequence folder is complete when it holds the run.json written after its masks."""
+        return is_run_record(self.out / name / SEQUENCE_FILE)
 
     def iterate(
         self, progress: Callable[[ProgressEvent], None] | None = None
     ) -> Iterator[SequenceOutcome]:
         """Propagate each sequence not yet complete; yield every sequence's outcome in order."""
-        for name in self.sequences:
-            target = self.out / name
-            if self.is_done(name):
-                frames = len(list(target.glob("*.png")))
-                yield SequenceOutcome(name, frames, resumed=True)
-                continue
-            yield SequenceOutcome(name, self._run_sequence(name, progress), resumed=False)
+        with self._run_dir.locked():
+            for name in self.sequences:
+                target = self.out / name
+                if self.is_done(name):
+                    frames = len(list(target.glob("*.png")))
+                    yield SequenceOutcome(name, frames, resumed=True)
+                    continue
+                yield SequenceOutcome(name, self._run_sequence(name, progress), resumed=False)
 
     def __iter__(self) -> Iterator[SequenceOutcome]:
         return self.iterate()
@@ -165,9 +200,9 @@ class DavisRun:
         tracker.add_mask(state, 0, first)
         palette = state.palette or DAVIS_PALETTE
         work = self.out / f"{name}.incomplete"
-        if work.exists():
-            shutil.rmtree(work)
-        work.mkdir(parents=True)
+        _clear_sequence(work)
+        _clear_sequence(self.out / name)  # not finished: refused unless empty
+        work.mkdir(parents=True, exist_ok=True)
         written = 0
         for result in tracker.propagate(state, progress=progress):
             if result.labels is not None:
@@ -175,7 +210,8 @@ class DavisRun:
                 written += 1
         if written != state.num_frames:
             raise OutputError(f"sequence {name!r}: {written} of {state.num_frames} masks written")
-        write_json(work / "run.json", tracker_config(tracker, state), "sequence configuration")
+        record = {"tool": TOOL, **tracker_config(tracker, state)}
+        write_json(work / SEQUENCE_FILE, record, "sequence configuration")
         work.rename(self.out / name)
         return written
 
@@ -188,6 +224,52 @@ class DavisRun:
                 "again with --resume"
             )
         result = evaluate_davis(self.out, self.gt_root, sequences=self.sequences, workers=workers)
-        write_davis_json(result, self.out / METRICS_FILE)
-        write_davis_csvs(result, self.out, self.split_name)
+        with self._run_dir.locked():
+            write_davis_json(result, self.out / METRICS_FILE)
+            write_davis_csvs(result, self.out, self.split_name)
         return result
+
+
+def open_davis_dir(
+    out: str | Path,
+    split: str,
+    data_root: str | Path,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> RunDir:
+    """Open (check, lock) a DAVIS run's folder; the CLI calls it before building a model."""
+    return RunDir(
+        out,
+        "eval davis",
+        inputs=[("DAVIS root", data_root)],
+        patterns=davis_owned_files(split),
+        resume=resume,
+        overwrite=overwrite,
+        in_place=True,
+    ).open()
+
+
+def _clear_sequence(folder: Path) -> None:
+    """Delete what a sequence run writes (masks, run.json, temporaries), never other files.
+
+    A folder without ditf-track's run.json that holds anything but masks is left alone and
+    refused: it is not ours.
+    """
+    if not folder.is_dir():
+        return
+    if not any(folder.iterdir()):
+        folder.rmdir()
+        return
+    ours = is_run_record(folder / SEQUENCE_FILE) or folder.name.endswith(".incomplete")
+    others = [
+        p
+        for p in folder.iterdir()
+        if not (p.suffix == ".png" or p.name == SEQUENCE_FILE or p.match(TEMP_PATTERN))
+    ]
+    if not ours or others:
+        raise OutputError(
+            f"{folder} holds files ditf-track did not write; move them away or pick another --out"
+        )
+    for p in folder.iterdir():
+        p.unlink()
+    folder.rmdir()

@@ -31,9 +31,8 @@ from ..images import read_image
 from ..match import ImageFeatures, Matcher
 from ..outputs import (
     RecordLog,
-    check_resume_config,
+    RunDir,
     environment_versions,
-    prepare_run_dir,
     write_csv,
     write_json,
 )
@@ -70,26 +69,68 @@ CATEGORY_FILE = "per_category.csv"
 PAIR_FILE = "per_pair.csv"
 
 
-def _start_run(
+def open_eval_dir(
     out: str | Path,
+    benchmark: str,
+    owned: Sequence[str],
+    *,
+    inputs: Sequence[tuple[str, str | Path | None]] = (),
+    resume: bool = False,
+    overwrite: bool = False,
+) -> RunDir:
+    """Open (check, lock, clean on ``overwrite``) an evaluation's folder, resumed in place.
+
+    The CLI calls this before it builds a model, so a bad ``--out`` fails first, and passes
+    the open folder to the runner.
+    """
+    return RunDir(
+        out,
+        f"eval {benchmark}",
+        inputs=inputs,
+        patterns=owned,
+        resume=resume,
+        overwrite=overwrite,
+        in_place=True,
+    ).open()
+
+
+def _start_run(
+    out: str | Path | RunDir,
+    benchmark: str,
     owned: Sequence[str],
     fingerprint: Mapping[str, Any],
     options: Mapping[str, Any],
     *,
     resume: bool,
     overwrite: bool,
-) -> tuple[Path, RecordLog, dict[str, dict[str, Any]]]:
-    """Prepare ``out``, check a resumed run's settings, write config.json, load done records."""
-    path = prepare_run_dir(out, owned=owned, resume=resume, overwrite=overwrite)
-    if resume:
-        check_resume_config(path / CONFIG_FILE, fingerprint)
-    log = RecordLog(path / LOG_FILE, "key")
-    done = log.load() if resume else {}
-    if resume and done:
-        log.rewrite(done.values())  # drop a torn last line before appending to the log
-    config = {"fingerprint": dict(fingerprint), **options, "versions": environment_versions()}
-    write_json(path / CONFIG_FILE, config, "run configuration")
-    return path, log, done
+) -> tuple[RunDir, RecordLog, dict[str, dict[str, Any]]]:
+    """Open ``out`` (unless the caller did), check a resumed run's fingerprint, write
+    config.json, load the finished records.
+
+    A folder the runner opened itself is unlocked again on return and re-locked while it is
+    iterated and finished (so a library user may drop a run half-way and resume it).
+    """
+    own = not isinstance(out, RunDir)
+    run_dir = (
+        open_eval_dir(out, benchmark, owned, resume=resume, overwrite=overwrite)
+        if not isinstance(out, RunDir)
+        else out
+    )
+    try:
+        run_dir.check_fingerprint(fingerprint)
+        log = RecordLog(run_dir.out / LOG_FILE, "key")
+        done = log.load() if run_dir.previous is not None else {}
+        if done:
+            log.rewrite(done.values())  # drop a torn last line before appending to the log
+        state = {"fingerprint": dict(fingerprint), **options, "versions": environment_versions()}
+        run_dir.write_state(state)
+    except BaseException:
+        if own:
+            run_dir.close()
+        raise
+    if own:
+        run_dir.release()
+    return run_dir, log, done
 
 
 # ----------------------------------------------------------------------------------------------
@@ -122,7 +163,7 @@ class PCKEvaluation:
         benchmark: str,
         pairs: Sequence[CorrespondencePair],
         matcher: Matcher,
-        out: str | Path,
+        out: str | Path | RunDir,
         *,
         options: Mapping[str, Any] | None = None,
         resume: bool = False,
@@ -138,14 +179,16 @@ class PCKEvaluation:
         self.matcher = matcher
         opts = dict(options or {})
         fingerprint = {"benchmark": benchmark, **opts, "matcher": matcher.identity()}
-        self.out, self._log, self._done = _start_run(
+        self._run_dir, self._log, self._done = _start_run(
             out,
+            benchmark,
             self.owned,
             fingerprint,
             {"benchmark": benchmark, "protocol": self.protocol.source, **opts},
             resume=resume,
             overwrite=overwrite,
         )
+        self.out = self._run_dir.out
         self._acc = PCKAccumulator(self.protocol)
         self._extra: Counter[str] = Counter()
         self._channels: Counter[int] = Counter()
@@ -163,13 +206,14 @@ class PCKEvaluation:
         if self._consumed:
             raise RuntimeError("a PCKEvaluation can be iterated once")
         self._consumed = True
-        for index, pair in enumerate(self.pairs):
-            record = self._done.get(pair.pair_id)
-            resumed = record is not None
-            if record is None:
-                record = self._compute(pair)
-                self._log.append(record)
-            yield self._score(index, pair, record, resumed)
+        with self._run_dir.locked():
+            for index, pair in enumerate(self.pairs):
+                record = self._done.get(pair.pair_id)
+                resumed = record is not None
+                if record is None:
+                    record = self._compute(pair)
+                    self._log.append(record)
+                yield self._score(index, pair, record, resumed)
 
     def _compute(self, pair: CorrespondencePair) -> dict[str, Any]:
         image_a = _read_sized(pair.source_image, pair.source_hw)
@@ -215,12 +259,15 @@ class PCKEvaluation:
         metrics["num_points_clipped"] = self._extra["num_points_clipped"]
         metrics["discarded_channels_pairs"] = {str(c): n for c, n in sorted(self._channels.items())}
         metrics["matcher"] = self.matcher.identity()
-        write_json(self.out / METRICS_FILE, metrics, "metrics")
         alphas = self.protocol.alphas
         columns = ["category", "num_pairs", "num_points"]
         columns += [pck_key("pck_per_point", a) for a in alphas]
         columns += [pck_key("pck_per_image", a) for a in alphas]
-        write_csv(self.out / CATEGORY_FILE, self._acc.category_rows(), columns, "category table")
+        with self._run_dir.locked():
+            write_json(self.out / METRICS_FILE, metrics, "metrics")
+            write_csv(
+                self.out / CATEGORY_FILE, self._acc.category_rows(), columns, "category table"
+            )
         return metrics
 
 
@@ -290,7 +337,7 @@ class HPatchesEvaluation:
         self,
         sequences: Sequence[HPatchesSequence],
         matcher: Matcher,
-        out: str | Path,
+        out: str | Path | RunDir,
         *,
         detector: Detector = "sift",
         max_keypoints: int = MAX_KEYPOINTS,
@@ -315,14 +362,16 @@ class HPatchesEvaluation:
             "method": method,
         }
         fingerprint = {"benchmark": "hpatches", **opts, "matcher": matcher.identity()}
-        self.out, self._log, self._done = _start_run(
+        self._run_dir, self._log, self._done = _start_run(
             out,
+            "hpatches",
             self.owned,
             fingerprint,
             {"benchmark": "hpatches", **opts},
             resume=resume,
             overwrite=overwrite,
         )
+        self.out = self._run_dir.out
         self._acc = HomographyAccuracy(method=method)
         self._rows: list[dict[str, Any]] = []
         self._consumed = False
@@ -334,20 +383,21 @@ class HPatchesEvaluation:
         if self._consumed:
             raise RuntimeError("an HPatchesEvaluation can be iterated once")
         self._consumed = True
-        for seq in self.sequences:
-            first: tuple[np.ndarray, np.ndarray, ImageFeatures] | None = None
-            for k in range(2, 7):
-                key = f"{seq.name}/{k}"
-                record = self._done.get(key)
-                resumed = record is not None
-                if record is None:
-                    if first is None:
-                        image1 = seq.read_image(1)
-                        kp1 = detect_keypoints(image1, self.detector, self.max_keypoints)
-                        first = (image1, kp1, self.matcher.image_features(image1))
-                    record = self._compute(seq, k, *first)
-                    self._log.append(record)
-                yield self._score(seq, k, record, resumed)
+        with self._run_dir.locked():
+            for seq in self.sequences:
+                first: tuple[np.ndarray, np.ndarray, ImageFeatures] | None = None
+                for k in range(2, 7):
+                    key = f"{seq.name}/{k}"
+                    record = self._done.get(key)
+                    resumed = record is not None
+                    if record is None:
+                        if first is None:
+                            image1 = seq.read_image(1)
+                            kp1 = detect_keypoints(image1, self.detector, self.max_keypoints)
+                            first = (image1, kp1, self.matcher.image_features(image1))
+                        record = self._compute(seq, k, *first)
+                        self._log.append(record)
+                    yield self._score(seq, k, record, resumed)
 
     def _compute(
         self,
@@ -404,6 +454,11 @@ class HPatchesEvaluation:
         metrics["detector"] = self.detector
         metrics["max_keypoints"] = self.max_keypoints
         metrics["matcher"] = self.matcher.identity()
+        with self._run_dir.locked():
+            self._write_summary(metrics)
+        return metrics
+
+    def _write_summary(self, metrics: dict[str, Any]) -> None:
         write_json(self.out / METRICS_FILE, metrics, "metrics")
         eps = metrics["thresholds_px"]
         rows = []
@@ -434,4 +489,3 @@ class HPatchesEvaluation:
             ],
             "pair table",
         )
-        return metrics

@@ -40,7 +40,7 @@ import numpy as np
 from .._atomic import atomic_path
 from ..coords import points_to_tapvid_queries, points_to_tapvid_tracks, swap_xy
 from ..errors import ConfigError, InputError
-from ..outputs import write_csv, write_json
+from ..outputs import RunDir, listing_digest, write_csv, write_json
 from ..tracker import Tracker
 from ..video import VideoSource, open_video, video_from_array
 from .keypoints import (
@@ -129,13 +129,13 @@ class TapVidEvaluation:
     ``query_mode`` is ``"first"`` or ``"strided"``; ``limit`` keeps the first videos only.
     """
 
-    owned = (CONFIG_FILE, LOG_FILE, METRICS_FILE, VIDEO_FILE)
+    owned = (CONFIG_FILE, LOG_FILE, METRICS_FILE, VIDEO_FILE, f"{TRACKS_DIR}/*.npz")
 
     def __init__(
         self,
         data: str | Path,
         tracker: Tracker,
-        out: str | Path,
+        out: str | Path | RunDir,
         *,
         query_mode: QueryMode = "first",
         limit: int | None = None,
@@ -156,7 +156,12 @@ class TapVidEvaluation:
         self.query_mode: QueryMode = query_mode
         self.limit = limit
         opts = {**dict(options or {}), "query_mode": query_mode}
-        fingerprint = {"benchmark": "tapvid", **opts, "tracker": tracker.identity()}
+        fingerprint = {
+            "benchmark": "tapvid",
+            **opts,
+            "tracker": tracker.identity(),
+            "data_digest": listing_digest(self.data),
+        }
         config = {
             "benchmark": "tapvid",
             "protocol": "google-deepmind/tapnet tapvid/evaluation_datasets.py; tracks scored at "
@@ -164,9 +169,10 @@ class TapVidEvaluation:
             **opts,
             "tracker": tracker.identity(),
         }
-        self.out, self._log, self._done = _start_run(
-            out, self.owned, fingerprint, config, resume=resume, overwrite=overwrite
+        self._run_dir, self._log, self._done = _start_run(
+            out, "tapvid", self.owned, fingerprint, config, resume=resume, overwrite=overwrite
         )
+        self.out = self._run_dir.out
         self._rows: list[dict[str, Any]] = []
         self._consumed = False
 
@@ -175,23 +181,24 @@ class TapVidEvaluation:
             raise RuntimeError("a TapVidEvaluation can be iterated once")
         self._consumed = True
         samples = iter_tapvid(self.data, self.query_mode, resolution=None)
-        for count, sample in enumerate(samples):
-            if self.limit is not None and count >= self.limit:
-                break
-            record = self._done.get(sample.video_name)
-            resumed = record is not None
-            if record is None:
-                record = self._compute(sample)
-                self._log.append(record)
-            metrics = {k: record["metrics"][k] for k in TAPVID_KEYS}
-            self._rows.append({"video": sample.video_name, **metrics, **_counts(record)})
-            yield VideoOutcome(
-                sample.video_name,
-                {k: (math.nan if v is None else float(v)) for k, v in metrics.items()},
-                int(record["num_points"]),
-                int(record["num_frames"]),
-                resumed,
-            )
+        with self._run_dir.locked():
+            for count, sample in enumerate(samples):
+                if self.limit is not None and count >= self.limit:
+                    break
+                record = self._done.get(sample.video_name)
+                resumed = record is not None
+                if record is None:
+                    record = self._compute(sample)
+                    self._log.append(record)
+                metrics = {k: record["metrics"][k] for k in TAPVID_KEYS}
+                self._rows.append({"video": sample.video_name, **metrics, **_counts(record)})
+                yield VideoOutcome(
+                    sample.video_name,
+                    {k: (math.nan if v is None else float(v)) for k, v in metrics.items()},
+                    int(record["num_points"]),
+                    int(record["num_frames"]),
+                    resumed,
+                )
         if not self._rows:
             raise InputError(f"no TAP-Vid video in {self.data}; check --data")
 
@@ -248,9 +255,10 @@ class TapVidEvaluation:
             r["video"] for r in self._rows if r["average_jaccard"] is None
         ]
         metrics["tracker"] = self.tracker.identity()
-        write_json(self.out / METRICS_FILE, metrics, "metrics")
         columns = ["video", *TAPVID_KEYS, "num_points", "num_frames", "num_clipped"]
-        write_csv(self.out / VIDEO_FILE, self._rows, columns, "video table")
+        with self._run_dir.locked():
+            write_json(self.out / METRICS_FILE, metrics, "metrics")
+            write_csv(self.out / VIDEO_FILE, self._rows, columns, "video table")
         return metrics
 
 
@@ -346,14 +354,14 @@ def jhmdb_videos(root: str | Path, video_list: str | Path | None = None) -> list
 class KeypointEvaluation:
     """Keypoint tracking PCK on BADJA or JHMDB videos: iterate, then :meth:`finish`."""
 
-    owned = (CONFIG_FILE, LOG_FILE, METRICS_FILE, VIDEO_FILE)
+    owned = (CONFIG_FILE, LOG_FILE, METRICS_FILE, VIDEO_FILE, f"{TRACKS_DIR}/*.npz")
 
     def __init__(
         self,
         dataset: KeypointDataset,
         videos: Sequence[BadjaVideo] | Sequence[JhmdbVideo],
         tracker: Tracker,
-        out: str | Path,
+        out: str | Path | RunDir,
         *,
         options: Mapping[str, Any] | None = None,
         resume: bool = False,
@@ -367,7 +375,21 @@ class KeypointEvaluation:
         self.videos: list[BadjaVideo | JhmdbVideo] = list(videos)
         self.tracker = tracker
         opts = {**dict(options or {}), "dataset": dataset}
-        fingerprint = {"benchmark": "keypoints", **opts, "tracker": tracker.identity()}
+        files = [
+            p
+            for v in self.videos
+            for p in (
+                (v.annotations, v.frames, v.masks)
+                if isinstance(v, BadjaVideo)
+                else (v.frames, v.joints)
+            )
+        ]
+        fingerprint = {
+            "benchmark": "keypoints",
+            **opts,
+            "tracker": tracker.identity(),
+            "data_digest": listing_digest(files),
+        }
         protocol = (
             "PIPs test_on_badja.py: PCK@0.2 of sqrt(GT mask area), query = first annotated frame"
             if dataset == "badja"
@@ -379,9 +401,10 @@ class KeypointEvaluation:
             **opts,
             "tracker": tracker.identity(),
         }
-        self.out, self._log, self._done = _start_run(
-            out, self.owned, fingerprint, config, resume=resume, overwrite=overwrite
+        self._run_dir, self._log, self._done = _start_run(
+            out, "keypoints", self.owned, fingerprint, config, resume=resume, overwrite=overwrite
         )
+        self.out = self._run_dir.out
         self._rows: list[dict[str, Any]] = []
         self._jhmdb: list[tuple[np.ndarray, np.ndarray]] = []
         self._consumed = False
@@ -397,27 +420,31 @@ class KeypointEvaluation:
         if self._consumed:
             raise RuntimeError("a KeypointEvaluation can be iterated once")
         self._consumed = True
-        for video in self.videos:
-            record = self._done.get(video.name)
-            resumed = record is not None
-            if record is None:
-                record = (
-                    self._badja(video)
-                    if isinstance(video, BadjaVideo)
-                    else self._jhmdb_video(video)
-                )
-                self._log.append(record)
-            if isinstance(video, JhmdbVideo):
-                gt = load_jhmdb_joints(video.joints)[: int(record["num_frames"])]
-                pred = np.asarray(record["pred_yx"], dtype=np.float64).reshape(gt.shape)
-                self._jhmdb.append((pred, gt))
-            metrics = {
-                k: float(v) if v is not None else math.nan for k, v in record["metrics"].items()
-            }
-            self._rows.append({"video": video.name, **record["metrics"], **_counts(record)})
-            yield VideoOutcome(
-                video.name, metrics, int(record["num_points"]), int(record["num_frames"]), resumed
-            )
+        with self._run_dir.locked():
+            for video in self.videos:
+                record = self._done.get(video.name)
+                resumed = record is not None
+                if record is None:
+                    record = (
+                        self._badja(video)
+                        if isinstance(video, BadjaVideo)
+                        else self._jhmdb_video(video)
+                    )
+                    self._log.append(record)
+                yield self._outcome(video, record, resumed)
+
+    def _outcome(
+        self, video: BadjaVideo | JhmdbVideo, record: Mapping[str, Any], resumed: bool
+    ) -> VideoOutcome:
+        if isinstance(video, JhmdbVideo):
+            gt = load_jhmdb_joints(video.joints)[: int(record["num_frames"])]
+            pred = np.asarray(record["pred_yx"], dtype=np.float64).reshape(gt.shape)
+            self._jhmdb.append((pred, gt))
+        metrics = {k: float(v) if v is not None else math.nan for k, v in record["metrics"].items()}
+        self._rows.append({"video": video.name, **record["metrics"], **_counts(record)})
+        return VideoOutcome(
+            video.name, metrics, int(record["num_points"]), int(record["num_frames"]), resumed
+        )
 
     def _badja(self, video: BadjaVideo) -> dict[str, Any]:
         frames: list[BadjaFrame] = load_badja(video.annotations, mask_dir=video.masks)
@@ -506,9 +533,10 @@ class KeypointEvaluation:
             metrics.update(jhmdb_pck(list(preds), list(gts)))  # pooled per joint (CRW)
             keys = [f"PCK@{a:g}" for a in JHMDB_ALPHAS]
         metrics["tracker"] = self.tracker.identity()
-        write_json(self.out / METRICS_FILE, metrics, "metrics")
         columns = ["video", *keys, "num_points", "num_frames", "num_clipped"]
-        write_csv(self.out / VIDEO_FILE, self._rows, columns, "video table")
+        with self._run_dir.locked():
+            write_json(self.out / METRICS_FILE, metrics, "metrics")
+            write_csv(self.out / VIDEO_FILE, self._rows, columns, "video table")
         return metrics
 
 
