@@ -232,10 +232,12 @@ def input_size(preset: str, task: Task, scale: Scale) -> tuple[int, int]:
 
 
 def _is_oom(exc: BaseException) -> bool:
-    """A CUDA out-of-memory error, raw or as the library's one-line DeviceError."""
-    return isinstance(exc, torch.OutOfMemoryError) or isinstance(
-        exc.__cause__, torch.OutOfMemoryError
-    )
+    """Out of GPU memory: the allocator's error, the library's one-line DeviceError that wraps
+    it, or a CUDA/cuDNN/cuBLAS allocation failure raised as a plain RuntimeError."""
+    if isinstance(exc, torch.OutOfMemoryError) or isinstance(exc.__cause__, torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return "out of memory" in text or "ALLOC_FAILED" in text
 
 
 def measure_extraction(part: str, scale: Scale, out: Output, run: dict[str, Any]) -> None:
@@ -308,7 +310,7 @@ def measure_extraction(part: str, scale: Scale, out: Output, run: dict[str, Any]
             break
         try:
             row = measure(batch, repeats)
-        except (torch.OutOfMemoryError, DeviceError) as exc:
+        except (RuntimeError, DeviceError) as exc:
             if not _is_oom(exc):
                 raise
             oom_at = batch

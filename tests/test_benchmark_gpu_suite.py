@@ -176,3 +176,30 @@ def _check_flops(preset: str, k: int) -> None:
         family, transformer_config(preset, tiny=True), k, 8 * 12, condition.embeds.shape[1]
     )
     assert 1.0 <= c.get_total_flops() / formula < 1.06
+
+
+def test_out_of_memory_ends_the_batch_search_and_a_broken_part_the_part_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batch 2 out of memory: batch 1 is the best that fits; a part that raises leaves an
+    error row and the suite goes on."""
+    time_extraction = gpu_suite.extract.time_extraction
+
+    def out_of_memory_at_2(extractor: Any, images: torch.Tensor, repeats: int) -> Any:
+        if len(images) == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+        return time_extraction(extractor, images, repeats)
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError("window search failed")
+
+    monkeypatch.setattr(gpu_suite.extract, "time_extraction", out_of_memory_at_2)
+    monkeypatch.setattr(gpu_suite.propagate, "bench_one", broken)
+    gpu_suite.main(["--smoke", "--only", "propagate,sd3", "--out", str(tmp_path)])
+    rows = rows_of(tmp_path)
+    assert [r["part"] for r in rows] == ["run", "matmul", "propagate", "sd3", "sd3", "done"]
+    assert rows[2]["error"] == "ValueError: window search failed"
+    assert (rows[4]["best"], rows[4]["batch"], rows[4]["oom_at"]) == (True, 1, 2)
+    text = (tmp_path / "table.md").read_text()
+    assert "| best: 1 (2 OOM) |" in text
+    assert "- propagate: ValueError: window search failed" in text
