@@ -248,16 +248,19 @@ def build_random_backbone(
     """Blocks 0..k of ``preset``'s real architecture with random weights, and its VAE
     (``tiny``: narrow widths, the real block counts; for smoke runs on the CPU)."""
     import diffusers
+    from accelerate import init_empty_weights
 
     family = load_preset(preset).family
     cls, transformer = empty_transformer(preset, k, tiny)
     random_weights(transformer, device, dtype)
-    vae = diffusers.AutoencoderKL(**{**VAES[family], **(TINY_VAE if tiny else {})})
+    with init_empty_weights():  # the encoder only, in float32 as the library runs it
+        vae = diffusers.AutoencoderKL(**{**VAES[family], **(TINY_VAE if tiny else {})})
     vae.decoder = None
     vae.post_quant_conv = None
+    random_weights(vae, device, torch.float32)
     backbone = cls(
         transformer,
-        vae.to(device),
+        vae,
         k_max=k,
         num_blocks=cls.count_blocks(transformer_config(preset, tiny)),
         model_id=f"random:{preset}",
