@@ -53,10 +53,20 @@ def device_name(device: object = "cpu") -> str:
     return f"{cpu}, {cores} cores"
 
 
-def append_results(title: str, body: str) -> None:
-    """Append ``## title`` with the date, commit and ``body`` (a table) to RESULTS.md."""
+def utc_stamp() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def append_results(
+    title: str, body: str, *, stamp: str | None = None, commit_id: str | None = None
+) -> None:
+    """Append ``## title`` with the date, commit and ``body`` (a table) to RESULTS.md.
+
+    ``stamp`` and ``commit_id`` default to now and this tree's commit; a run measured on
+    another machine (benchmarks/gpu_suite.py --record) gives its own date.
+    """
     if not RESULTS.exists():
         RESULTS.write_text(HEADER)
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = stamp or utc_stamp()
     with RESULTS.open("a") as f:
-        f.write(f"\n## {title}\n\n{stamp} · commit {commit()}\n\n{body.strip()}\n")
+        f.write(f"\n## {title}\n\n{stamp} · commit {commit_id or commit()}\n\n{body.strip()}\n")

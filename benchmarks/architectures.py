@@ -115,6 +115,91 @@ TEXT_SHAPES: dict[str, tuple[int, int, int | None]] = {
 }
 PIXART_BETAS = {"num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02}
 
+# Tiny widths for smoke runs on the CPU (benchmarks/gpu_suite.py --smoke): the real configs
+# with narrow attention, text and VAE, but the real block counts, so every k stays valid.
+TINY_TRANSFORMERS: dict[str, dict[str, Any]] = {
+    "pixart": {  # width 24: the resolution and aspect embeddings take a third each
+        "attention_head_dim": 12,
+        "num_attention_heads": 2,
+        "cross_attention_dim": 24,
+        "caption_channels": 16,
+    },
+    "sd3": {
+        "attention_head_dim": 8,
+        "num_attention_heads": 2,
+        "joint_attention_dim": 16,
+        "caption_projection_dim": 16,
+        "pooled_projection_dim": 16,
+    },
+    "flux": {
+        "attention_head_dim": 16,
+        "num_attention_heads": 2,
+        "joint_attention_dim": 16,
+        "pooled_projection_dim": 16,
+        "axes_dims_rope": [4, 6, 6],
+    },
+}
+TINY_VAE: dict[str, Any] = {
+    "block_out_channels": [8, 8, 8, 8],
+    "layers_per_block": 1,
+    "norm_num_groups": 4,
+}
+TINY_TEXT_SHAPES: dict[str, tuple[int, int, int | None]] = {
+    "pixart": (8, 16, None),
+    "sd3": (8, 16, 16),
+    "flux": (8, 16, 16),
+}
+
+
+def transformer_config(preset: str, tiny: bool = False) -> dict[str, Any]:
+    """``preset``'s transformer config: the hub's, or its tiny-width variant."""
+    config = dict(TRANSFORMERS[preset])
+    if tiny:
+        config.update(TINY_TRANSFORMERS[load_preset(preset).family])
+    return config
+
+
+def dit_flops(
+    family: str, config: dict[str, Any], k: int, image_tokens: int, text_tokens: int
+) -> float:
+    """FLOPs of one image through blocks 0..k as a DiTF capture runs them (2 FLOPs per MAC).
+
+    With N image tokens, T text tokens, L = N + T and width d = heads x head_dim, the MACs of
+    one block are, split into the attention part A and the MLP part M (hidden width 4d):
+
+    * PixArt-α (self-attention on N, cross-attention to T): A = 6·N·d² + 2·T·d² + 2·N²·d +
+      2·N·T·d (q, k, v, out projections; K and V of the text; scores and weighted sum),
+      M = 8·N·d²;
+    * SD3, SD3.5 and Flux's double blocks (joint attention over L): A = 4·L·d² + 2·L²·d,
+      M = 8·L·d²;
+    * Flux's single blocks (fused q, k, v + MLP-in, then out of d + 4d): 12·L·d² + 2·L²·d.
+
+    Blocks 0..k-1 run whole; block k runs its attention part only (the capture stops at its
+    second norm), a Flux single block k none (it stops at its first). Left out: embedders,
+    AdaLN linears (per image, not per token), norms, activations, softmax, and the VAE.
+    """
+    n, t = image_tokens, text_tokens
+    d = int(config["num_attention_heads"]) * int(config["attention_head_dim"])
+    if family == "pixart":
+        attention = 6 * n * d * d + 2 * t * d * d + 2 * n * n * d + 2 * n * t * d
+        macs = k * (attention + 8 * n * d * d) + attention
+    elif family == "sd3":
+        length = n + t
+        attention = 4 * length * d * d + 2 * length * length * d
+        macs = k * (attention + 8 * length * d * d) + attention
+    elif family == "flux":
+        length = n + t
+        attention = 4 * length * d * d + 2 * length * length * d
+        double = int(config["num_layers"])
+        single = 12 * length * d * d + 2 * length * length * d
+        full_double = min(k, double)
+        macs = full_double * (attention + 8 * length * d * d) + max(0, k - double) * single
+        if k < double:
+            macs += attention
+    else:
+        raise ValueError(f"unknown DiT family {family!r}")
+    return 2.0 * macs
+
 
 def random_weights(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
     """Materialise meta parameters on ``device``: N(0, 0.02) matrices, unit norm weights."""
@@ -140,17 +225,17 @@ def random_weights(model: torch.nn.Module, device: torch.device, dtype: torch.dt
 
 
 def empty_transformer(
-    preset: str, k: int | None = None
+    preset: str, k: int | None = None, tiny: bool = False
 ) -> tuple[type[DiTBackbone], torch.nn.Module]:
     """``preset``'s backbone class and real transformer on the meta device (no memory held),
-    truncated to blocks 0..k unless ``k`` is None."""
+    truncated to blocks 0..k unless ``k`` is None; ``tiny``: the tiny-width variant."""
     import diffusers
     from accelerate import init_empty_weights
 
     cls = backbone_class(load_preset(preset).family)
     with init_empty_weights():
         transformer = getattr(diffusers, cls.transformer_class_name).from_config(
-            TRANSFORMERS[preset]
+            transformer_config(preset, tiny)
         )
     if k is not None:
         cls.truncate(transformer, k)
@@ -158,28 +243,32 @@ def empty_transformer(
 
 
 def build_random_backbone(
-    preset: str, k: int, device: torch.device, dtype: torch.dtype
+    preset: str, k: int, device: torch.device, dtype: torch.dtype, tiny: bool = False
 ) -> DiTBackbone:
-    """Blocks 0..k of ``preset``'s real architecture with random weights, and its VAE."""
+    """Blocks 0..k of ``preset``'s real architecture with random weights, and its VAE
+    (``tiny``: narrow widths, the real block counts; for smoke runs on the CPU)."""
     import diffusers
+    from accelerate import init_empty_weights
 
     family = load_preset(preset).family
-    cls, transformer = empty_transformer(preset, k)
+    cls, transformer = empty_transformer(preset, k, tiny)
     random_weights(transformer, device, dtype)
-    vae = diffusers.AutoencoderKL(**VAES[family])
+    with init_empty_weights():  # the encoder only, in float32 as the library runs it
+        vae = diffusers.AutoencoderKL(**{**VAES[family], **(TINY_VAE if tiny else {})})
     vae.decoder = None
     vae.post_quant_conv = None
+    random_weights(vae, device, torch.float32)
     backbone = cls(
         transformer,
-        vae.to(device),
+        vae,
         k_max=k,
-        num_blocks=cls.count_blocks(TRANSFORMERS[preset]),
+        num_blocks=cls.count_blocks(transformer_config(preset, tiny)),
         model_id=f"random:{preset}",
         scheduler_config=PIXART_BETAS,
         device=device,
         dtype=dtype,
     )
-    tokens, width, pooled = TEXT_SHAPES[family]
+    tokens, width, pooled = (TINY_TEXT_SHAPES if tiny else TEXT_SHAPES)[family]
     gen = torch.Generator().manual_seed(1)
     condition = TextCondition(
         embeds=torch.randn(1, tokens, width, generator=gen),

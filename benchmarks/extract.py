@@ -30,41 +30,84 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _results import append_results, device_name
 
 from ditf_track.devices import resolve_device, resolve_dtype
+from ditf_track.extractor import DiTFExtractor
+from ditf_track.features import DiTFSettings, FeatureMaps
+from ditf_track.presets import Task, load_preset
 
 PRESETS = ("pixart-alpha", "sd3", "sd3.5", "flux")
 
 
-def run_one(
-    preset: str, device_arg: str, dtype_arg: str, size: int, batch: int, repeats: int
-) -> dict[str, Any]:
+def random_extractor(
+    preset: str, task: Task, device: torch.device, dtype: torch.dtype, tiny: bool = False
+) -> DiTFExtractor:
+    """``preset``'s ``task`` settings on blocks 0..k of its real architecture, random weights
+    (``tiny``: narrow widths for smoke runs)."""
     from architectures import build_random_backbone
 
-    from ditf_track.extractor import DiTFExtractor
-    from ditf_track.features import DiTFSettings
-    from ditf_track.presets import load_preset
+    spec = load_preset(preset)
+    settings = spec.task(task)
+    backbone = build_random_backbone(preset, settings.k, device, dtype, tiny)
+    ditf = DiTFSettings(t=settings.t, k=settings.k, prompt=settings.prompt, guidance=spec.guidance)
+    return DiTFExtractor(backbone, ditf, preset=preset)
 
-    device = resolve_device(device_arg)
-    dtype = resolve_dtype(dtype_arg, device)
-    settings = load_preset(preset).correspondence
-    backbone = build_random_backbone(preset, settings.k, device, dtype)
-    extractor = DiTFExtractor(backbone, DiTFSettings(t=settings.t, k=settings.k))
-    images = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8)
-    params = sum(p.numel() for p in backbone.transformer.parameters())
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
-    extractor.extract(images)  # warm-up (kernels, allocator)
-    sync()
+
+def time_extraction(
+    extractor: DiTFExtractor, images: torch.Tensor, repeats: int
+) -> tuple[float, float | None, FeatureMaps]:
+    """Seconds per frame of ``extractor.extract(images)`` ``(N, H, W, 3) uint8`` after one
+    warm-up call (kernels, allocator), the peak GPU memory of the timed calls in GiB (None off
+    CUDA; weights included) and the last maps."""
+    device = extractor.device
+    extractor.extract(images)
+    sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     for _ in range(repeats):
         maps = extractor.extract(images)
-    sync()
-    elapsed = (time.perf_counter() - start) / (repeats * batch)
-    peak_gpu = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    sync(device)
+    elapsed = (time.perf_counter() - start) / (repeats * len(images))
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return elapsed, peak, maps
+
+
+@torch.inference_mode()
+def time_dit(extractor: DiTFExtractor, images: torch.Tensor, repeats: int) -> float:
+    """Seconds per frame of the DiT part alone (blocks 0..k on noised latents, the capture
+    hooks included), after one warm-up call: what :func:`dit_flops` counts."""
+    b, s = extractor.backbone, extractor.settings
+    pixels = images.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    latents = b.encode_images(pixels).to(b.dtype)
+    noisy = b.noise_latents(latents, s.t, torch.randn_like(latents))
+    cond = b.condition(s.prompt)
+
+    def dit() -> None:
+        b.capture(noisy, s.t, cond, s.k, s.condition, s.guidance)
+
+    dit()
+    sync(b.device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        dit()
+    sync(b.device)
+    return (time.perf_counter() - start) / (repeats * len(images))
+
+
+def run_one(
+    preset: str, device_arg: str, dtype_arg: str, size: int, batch: int, repeats: int
+) -> dict[str, Any]:
+    device = resolve_device(device_arg)
+    dtype = resolve_dtype(dtype_arg, device)
+    extractor = random_extractor(preset, "correspondence", device, dtype)
+    settings = extractor.settings
+    images = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8)
+    params = sum(p.numel() for p in extractor.backbone.transformer.parameters())
+    elapsed, peak_gpu, maps = time_extraction(extractor, images, repeats)
     return {
         "preset": preset,
         "t": settings.t,

@@ -55,17 +55,19 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def random_maps(n: int, c: int, device: torch.device, dtype: torch.dtype) -> list[torch.Tensor]:
+def random_maps(
+    n: int, c: int, device: torch.device, dtype: torch.dtype, grid: tuple[int, int] = GRID
+) -> list[torch.Tensor]:
     gen = torch.Generator(device="cpu").manual_seed(c + n)
-    maps = torch.randn((n, c, *GRID), generator=gen)
+    maps = torch.randn((n, c, *grid), generator=gen)
     maps = F.normalize(maps, dim=1).to(device=device, dtype=dtype)
     return list(maps)
 
 
-def query_points(n: int) -> np.ndarray:
+def query_points(n: int, grid: tuple[int, int] = GRID) -> np.ndarray:
     """``(n, 2)`` continuous grid ``(y, x)`` spread uniformly over the grid."""
     rng = np.random.default_rng(n)
-    return rng.uniform(0, 1, (n, 2)) * (np.array(GRID) - 1)
+    return rng.uniform(0, 1, (n, 2)) * (np.array(grid) - 1)
 
 
 def seconds_per_frame(
@@ -99,6 +101,20 @@ def settings(
     return out
 
 
+def time_settings(
+    maps: list[torch.Tensor], n: int, faiss_ok: bool, only: tuple[str, ...] | None = None
+) -> list[tuple[str, float]]:
+    """(setting, seconds per frame) for ``n`` query points on ``maps[0]`` tracked through
+    ``maps[1:]``; ``only`` keeps the settings of those labels."""
+    device = maps[0].device
+    points = query_points(n, (int(maps[0].shape[-2]), int(maps[0].shape[-1])))
+    return [
+        (label, seconds_per_frame(run, maps[1:], device))
+        for label, run in settings(maps[0], points, faiss_ok)
+        if only is None or label in only
+    ]
+
+
 def _track(
     query: torch.Tensor, grid: np.ndarray, params: PointParams, frames: list[torch.Tensor]
 ) -> object:
@@ -126,9 +142,7 @@ def main() -> None:
             for c in CHANNELS:
                 maps = random_maps(args.frames + 1, c, device, dtype)
                 for n in POINTS:
-                    grid = query_points(n)
-                    for label, run in settings(maps[0], grid, faiss_ok):
-                        spf = seconds_per_frame(run, maps[1:], device)
+                    for label, spf in time_settings(maps, n, faiss_ok):
                         kind = str(dtype).replace("torch.", "")
                         rows.append((device.type, kind, c, n, label, spf, n / spf))
                         print(

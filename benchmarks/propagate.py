@@ -106,17 +106,20 @@ def dense_step(
     return (segs @ aff).reshape(-1, h, w)
 
 
-def plain_matmul(device: torch.device, dtype: torch.dtype) -> tuple[Callable[[], object], int]:
-    """A plain 4096 x 4096 x 4096 matmul and its FLOP count."""
-    n = 4096
+def plain_matmul(
+    device: torch.device, dtype: torch.dtype, n: int = 4096
+) -> tuple[Callable[[], object], int]:
+    """A plain n x n x n matmul and its FLOP count."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     return (lambda: a @ b), 2 * n**3
 
 
-def random_features(n: int, c: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def random_features(
+    n: int, c: int, device: torch.device, dtype: torch.dtype, grid: tuple[int, int] = GRID
+) -> torch.Tensor:
     g = torch.Generator(device="cpu").manual_seed(n * 7 + c)
-    feats = F.normalize(torch.randn(n, c, *GRID, generator=g), dim=1)
+    feats = F.normalize(torch.randn(n, c, *grid, generator=g), dim=1)
     return feats.to(device=device, dtype=dtype)
 
 
@@ -129,11 +132,14 @@ def bench_one(
     rounds: int,
     dense_frames: int,
     mask: torch.Tensor | None,
+    grid: tuple[int, int] = GRID,
+    matmul_n: int = 4096,
 ) -> dict[str, object]:
     """Per-frame times of ours (one list per strip width, measured in interleaved rounds,
-    each round also timing one plain matmul) and of the dense reference."""
-    feats = random_features(CONTEXTS + 1, c, device, dtype)
-    labels = torch.softmax(torch.randn(CONTEXTS, LABELS, *GRID, device=device), dim=1)
+    each round also timing one plain ``matmul_n``³ matmul) and of the dense reference
+    (``mask``: :func:`dense_mask` of ``grid``; None skips it)."""
+    feats = random_features(CONTEXTS + 1, c, device, dtype, grid)
+    labels = torch.softmax(torch.randn(CONTEXTS, LABELS, *grid, device=device), dim=1)
     assert params.radius is not None
     query = feats[CONTEXTS]
     steps = {}
@@ -148,7 +154,7 @@ def bench_one(
 
         ours()  # warm-up
         steps[strip] = ours
-    matmul, matmul_flop = plain_matmul(device, dtype)
+    matmul, matmul_flop = plain_matmul(device, dtype, matmul_n)
     matmul()
     ours_times: dict[int, list[float]] = {s: [] for s in strips}
     matmul_times: list[float] = []
@@ -167,7 +173,7 @@ def bench_one(
 
         warm = 1 if c < 1000 or device.type == "cuda" else 0
         row["dense"] = call_times(dense, device, dense_frames, warmup=warm)
-    h, w = GRID
+    h, w = grid
     row["useful_flop"] = 2 * CONTEXTS * h * w * (2 * params.radius + 1) ** 2 * c
     return row
 
