@@ -28,6 +28,7 @@ from ditf_track import cli
 from ditf_track.backbones import ModelSource, backbone_class
 from ditf_track.errors import ConfigError, ModelLoadError
 from ditf_track.extractor import DiTFExtractor
+from ditf_track.masks import read_mask, write_mask
 
 pytestmark = pytest.mark.faults
 
@@ -410,3 +411,20 @@ def test_python_warnings_are_one_log_line(
     assert lines[0].startswith(f"ditf-track: WARNING: RGB mask {rgb_mask} was converted")
     assert "UserWarning" not in err
     assert "warnings.warn" not in err
+
+
+def test_small_object_warning_does_not_advise_the_default(
+    shared_data: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    labels = read_mask(shared_data / "davis/Annotations/480p/dog/00000.png").labels.copy()
+    labels[10:12, 10:12] = 2  # 4 px, far below one feature cell
+    mask = write_mask(tmp_path / "00000.png", labels)
+    for mode, advice in (("area", False), ("nearest", True)):
+        args = davis_args(shared_data, tmp_path / mode, end=3)
+        args[args.index("--mask") + 1] = str(mask)
+        code = cli.main([*args, "--preset", "lab", "--short-side", "64", "--label-mode", mode])
+        err = capfd.readouterr().err
+        assert code == 0, err
+        (line,) = [line for line in err.splitlines() if line.strip()]
+        assert line.startswith("ditf-track: WARNING: object(s) 2 in ")
+        assert ("use area labels" in line) is advice
