@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Iterator
 from typing import Any, TextIO
 
 FORMAT = "ditf-track: %(levelname)s: %(message)s"
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 class _NotPrintedElsewhere(logging.Filter):
@@ -42,7 +44,8 @@ def _show_warning(
 ) -> None:
     """``warnings.showwarning`` replacement: the message alone, as a log record."""
     text = " ".join(str(message).split())
-    if not issubclass(category, UserWarning):  # a library's FutureWarning etc.: say which
+    own = filename.startswith(_PACKAGE_DIR) and issubclass(category, UserWarning)
+    if not own:  # a library's warning: say what kind, so it is not read as ours
         text = f"{category.__name__}: {text}"
     logging.getLogger("py.warnings").warning("%s", text)
 

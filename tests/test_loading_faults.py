@@ -205,6 +205,45 @@ def test_unknown_and_gated_ids_online_are_one_line(
     assert "'org/gated' is gated: accept its licence" in one_line(str(exc.value))
 
 
+def fake_hub_cache(tiny_model: Callable[..., Path], family: str, root: Path, repo: str) -> Path:
+    """A Hugging Face cache holding ``repo`` (a tiny model) at one commit; returns the snapshot."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo_dir = root / f"models--{repo.replace('/', '--')}"
+    (repo_dir / "refs").mkdir(parents=True)
+    (repo_dir / "refs" / "main").write_text(commit)
+    return Path(shutil.copytree(tiny_model(family), repo_dir / "snapshots" / commit))
+
+
+def test_unreachable_hub_serves_a_cached_model(
+    online: None, tiny_model: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No network, HF_HUB_OFFLINE unset, the model in the cache: it loads, without retries."""
+    import httpx2
+    import huggingface_hub
+
+    hub_cache = tmp_path / "hub"
+    fake_hub_cache(tiny_model, "sd3", hub_cache, "org/tiny-sd3")
+
+    def refused(*args: Any, **kwargs: Any) -> None:
+        raise httpx2.ConnectError("[Errno 111] Connection refused")
+
+    real_download = huggingface_hub.hf_hub_download
+    modes = []
+
+    def download(*args: Any, **kwargs: Any) -> str:
+        modes.append(kwargs["local_files_only"])
+        return real_download(*args, **kwargs)
+
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", refused)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    backbone = backbone_class("sd3").load(
+        "org/tiny-sd3", k=1, hub_cache_dir=hub_cache, cache_dir=tmp_path / "cache"
+    )
+    assert backbone.k_max == 1
+    assert modes
+    assert all(modes), "a file was fetched online after the Hub proved unreachable"
+
+
 # -- damaged downloads --------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("family", "options", "damage"),
@@ -237,6 +276,25 @@ def test_damaged_weights_name_the_file(
     rel = victim.relative_to(folder).as_posix()
     assert f"re-download it (`hf download <hub id> {rel} --local-dir {folder}`)" in message
     assert "network" not in message
+
+
+@pytest.mark.parametrize("damaged", ["transformer", "text_encoder_3"])
+def test_damaged_file_in_the_hub_cache(
+    tiny_model: Callable[..., Path], tmp_path: Path, damaged: str
+) -> None:
+    """From the hub cache, the fix is a forced re-download of that one file."""
+    snapshot = fake_hub_cache(tiny_model, "sd3", tmp_path / "hub", "org/tiny-sd3")
+    victim = next((snapshot / damaged).glob("*.safetensors"))
+    truncate(victim)
+    with pytest.raises(ModelLoadError) as exc:
+        backbone_class("sd3").load(
+            "org/tiny-sd3", k=1, hub_cache_dir=tmp_path / "hub", cache_dir=tmp_path / "cache"
+        )
+    message = one_line(str(exc.value))
+    assert f"model file {victim} is damaged or incomplete" in message
+    assert (
+        f"re-download it with `hf download org/tiny-sd3 {damaged}/{victim.name} --force-download`"
+    ) in message
 
 
 def test_damaged_index_and_config_name_the_file(

@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -110,7 +111,10 @@ class ModelSource:
     ) -> None:
         self.model = str(model)
         self.revision = revision
-        offline_env = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        offline_env = any(
+            os.environ.get(name, "").lower() in ("1", "true", "yes", "on")
+            for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")  # the hub honours both
+        )
         #: the user's choice (flag or environment), as opposed to a Hub found unreachable.
         self.offline = bool(local_files_only) or offline_env
         self.local_files_only = self.offline
@@ -203,7 +207,10 @@ class ModelSource:
         from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
         url = hf_hub_url(self.model, "model_index.json", revision=self.revision)
-        timeout = float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or HUB_PROBE_TIMEOUT)
+        try:
+            timeout = float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or HUB_PROBE_TIMEOUT)
+        except ValueError:
+            timeout = HUB_PROBE_TIMEOUT
         try:
             get_hf_file_metadata(url, timeout=timeout)
         except hub.HfHubHTTPError as exc:
@@ -440,14 +447,25 @@ def safetensors_problem(path: Path) -> str | None:
 
 
 @contextlib.contextmanager
-def _quiet_progress(quiet: bool) -> Iterator[None]:
-    """Hide diffusers'/transformers' "Loading ..." bars (they are instant) when nothing downloads.
+def _quiet_loading(bars: bool = False) -> Iterator[None]:
+    """Silence what a load prints that is no news to the user.
 
-    transformers' switch also hides the hub's download bars, so it is left alone otherwise.
+    diffusers passes huggingface_hub an argument it deprecated (``local_dir_use_symlinks``),
+    which warns on every hub-id load. ``bars``: hide diffusers'/transformers' "Loading ..." bars
+    (instant) too; only when nothing downloads, since transformers' switch also hides the hub's
+    download bars.
     """
-    if not quiet:
-        yield
-        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
+        if not bars:
+            yield
+            return
+        with _no_progress_bars():
+            yield
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
@@ -705,7 +723,7 @@ class DiTBackbone(ABC):
         """The VAE in float32 (its encoder is small; the official code runs it in fp32 too)."""
         from diffusers import AutoencoderKL
 
-        with source.load_errors("vae/", ["vae"]):
+        with source.load_errors("vae/", ["vae"]), _quiet_loading():
             vae = AutoencoderKL.from_pretrained(
                 source.path_or_id,
                 subfolder="vae",
@@ -734,7 +752,7 @@ class DiTBackbone(ABC):
         source.require_subfolders(text_folders)
         kwargs = source.pretrained_kwargs()
         quiet = kwargs["local_files_only"] or source.is_local  # no download bar to keep
-        with source.load_errors("text encoders", text_folders), _quiet_progress(quiet):
+        with source.load_errors("text encoders", text_folders), _quiet_loading(bars=quiet):
             pipe = pipeline_cls.from_pretrained(
                 source.path_or_id,
                 transformer=None,
