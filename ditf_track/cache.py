@@ -284,8 +284,19 @@ def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
 
     Feature files live in ``<root>/features``, clip metadata in ``<root>/clips`` and text
     embeddings (:func:`~ditf_track.backbones.base.text_cache_dir`) in ``<root>/text``.
+
+    Raises:
+        ConfigError: the root or one of those subfolders exists and is not a folder (a
+            mistyped ``--cache-dir`` naming a file), checked before anything is loaded.
     """
-    return text_cache_dir(cache_dir).parent
+    root = text_cache_dir(cache_dir).parent
+    for path in (root, root / "features", root / "clips", root / "text"):
+        if path.exists() and not path.is_dir():
+            raise ConfigError(
+                f"cache folder {path} is a file, not a folder; pass --cache-dir (or set "
+                "DITF_TRACK_CACHE to) a folder, or remove that file"
+            )
+    return root
 
 
 def _is_temp(name: str) -> bool:

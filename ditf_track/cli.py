@@ -1826,19 +1826,18 @@ def _default_to_track(argv: list[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from ._cli_logging import cli_logging
+
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(_default_to_track(args_list))
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="ditf-track: %(levelname)s: %(message)s",
-    )
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()
         return 2
     try:
-        return handler(args)
+        with cli_logging(args.verbose):
+            return handler(args)
     except DitfError as exc:
         print(f"ditf-track: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -172,7 +172,6 @@ class DINOv2Extractor:
         cache_dir: str | os.PathLike[str] | None = None,
     ) -> DINOv2Extractor:
         """Load a ``Dinov2Model`` from a hub id or a local folder (``save_pretrained`` layout)."""
-        from huggingface_hub import errors as hub
         from transformers import Dinov2Model
 
         source = ModelSource(
@@ -180,15 +179,13 @@ class DINOv2Extractor:
         )
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
-        with source.hub_errors("DINOv2 weights"), out_of_memory_as_error("loading DINOv2"):
+        with source.load_errors("DINOv2 weights", [""]), out_of_memory_as_error("loading DINOv2"):
             try:
                 net: Any = Dinov2Model.from_pretrained(
                     source.path_or_id, dtype=dt, **source.pretrained_kwargs()
                 )
             except OSError as exc:
-                # transformers wraps hub failures in OSError; map the hub error itself.
-                if isinstance(exc.__cause__, hub.HfHubHTTPError | hub.LocalEntryNotFoundError):
-                    raise exc.__cause__ from exc
+                # hub failures that transformers wraps in OSError are mapped by hub_errors
                 if source.is_local:
                     raise ModelLoadError(
                         f"cannot load DINOv2 from {source.describe()} ({exc}); pass a folder "

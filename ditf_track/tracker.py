@@ -349,9 +349,10 @@ class Tracker:
         cell_px = (state.frame_size[0] / state.grid[0]) * (state.frame_size[1] / state.grid[1])
         tiny = small_objects(labels, ids, cell_px)
         if tiny:
+            area = "" if self.label_mode == "area" else "use area labels, "
             warnings.warn(
                 f"object(s) {', '.join(map(str, tiny))} in {name} cover fewer pixels than one "
-                f"feature cell ({cell_px:.0f} px); they may be lost (use area labels, a larger "
+                f"feature cell ({cell_px:.0f} px); they may be lost ({area}a larger "
                 "--short-side, or paint them larger)",
                 SmallObjectWarning,
                 stacklevel=2,
