@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import random
 import warnings
 from pathlib import Path
 
@@ -10,8 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ditf_track import cli
 from ditf_track.errors import InputError
-from ditf_track.masks import DAVIS_PALETTE, read_mask
+from ditf_track.masks import DAVIS_PALETTE, read_mask, write_mask
+from ditf_track.video import open_video
 
 PALETTE = np.frombuffer(DAVIS_PALETTE, np.uint8).reshape(256, 3)
 DOG_MASK = "davis/Annotations/480p/dog/00000.png"  # one object, binary L {0, 255}
@@ -95,3 +98,109 @@ def test_every_real_mask_accepted(tmp_path: Path, shared_data: Path) -> None:
     for path in masks:
         mask = read_mask(path)
         assert mask.object_ids, path
+
+
+# ---- damaged videos ---------------------------------------------------------------------------
+
+
+def _damage(src: Path, dst: Path, first_packet: int, packets: int = 40) -> int:
+    """Copy ``src`` with random bytes over video packets ``first_packet..+packets`` (decode
+    order); returns the smallest frame index (display order) among them."""
+    av = pytest.importorskip("av")
+    data = bytearray(src.read_bytes())
+    with av.open(str(src)) as container:
+        stream = container.streams.video[0]
+        rate, base = stream.average_rate, stream.time_base
+        found = [(p.pos, p.size, p.pts) for p in container.demux(stream) if p.size]
+    rng = random.Random(0)
+    damaged = found[first_packet : first_packet + packets]
+    for pos, size, _ in damaged:
+        data[pos : pos + size] = bytes(rng.randrange(256) for _ in range(size))
+    dst.write_bytes(bytes(data))
+    return min(round(pts * base * rate) for _, _, pts in damaged)
+
+
+@pytest.fixture(scope="module")
+def damaged(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> tuple[Path, int]:
+    """bikes.mp4 damaged from packet 9 on: frames 0..8 intact, frame 9 the first lost."""
+    path = tmp_path_factory.mktemp("damaged") / "bikes.mp4"
+    first_bad = _damage(shared_data / "videos" / "bikes.mp4", path, first_packet=9)
+    assert first_bad == 9
+    return path, first_bad
+
+
+@pytest.fixture(scope="module")
+def first_mask(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    labels = np.zeros((272, 640), np.uint8)
+    labels[100:180, 200:400] = 1
+    return write_mask(tmp_path_factory.mktemp("mask") / "first.png", labels)
+
+
+@pytest.mark.faults
+def test_intact_range_of_damaged_video_reads_and_damage_is_named(
+    damaged: tuple[Path, int], shared_data: Path
+) -> None:
+    path, first_bad = damaged
+    with open_video(shared_data / "videos" / "bikes.mp4", end=first_bad, backend="pyav") as ref:
+        expected = ref.read_batch(range(first_bad))
+    with open_video(path, end=first_bad) as source:  # decord fails here: falls back
+        np.testing.assert_array_equal(source.read_batch(range(first_bad)), expected)
+        assert source.backend == "pyav"
+    with (
+        open_video(path, end=first_bad + 3) as source,
+        pytest.raises(InputError, match=f"could not be decoded at frame {first_bad} of 250"),
+    ):
+        source.read_batch(range(first_bad + 3))
+
+
+@pytest.mark.faults
+def test_decord_failure_on_intact_frames_falls_back(
+    monkeypatch: pytest.MonkeyPatch, shared_data: Path
+) -> None:
+    """decord's read-ahead thread can fail on damage far beyond the frames asked for."""
+    decord = pytest.importorskip("decord")
+
+    def failing(self: object, indices: list[int]) -> None:
+        raise decord.DECORDError("Check failed: avcodec_send_packet Error sending packet")
+
+    monkeypatch.setattr(decord.VideoReader, "get_batch", failing)
+    with open_video(shared_data / "videos" / "bikes.mp4", end=8) as source:
+        frames = source.read_batch(range(8))
+        assert source.backend == "pyav"
+    with open_video(shared_data / "videos" / "bikes.mp4", end=8, backend="pyav") as ref:
+        np.testing.assert_array_equal(frames, ref.read_batch(range(8)))
+
+
+@pytest.mark.faults
+def test_cli_damaged_video_one_line_without_decoder_chatter(
+    damaged: tuple[Path, int],
+    first_mask: Path,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    path, first_bad = damaged
+    base = ["track", str(path), "--mask", str(first_mask), "--preset", "lab", "--quiet"]
+    base += ["--short-side", "64", "--no-disk-cache"]
+    assert cli.main([*base, "--end", "8", "--out", str(tmp_path / "ok")]) == 0
+    assert len(list((tmp_path / "ok").glob("*.png"))) == 8
+    capfd.readouterr()
+    assert cli.main([*base, "--end", "10", "--out", str(tmp_path / "bad")]) == 1
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"ditf-track: error: video {path} could not be decoded at frame ")
+    assert f" at frame {first_bad} of 250 " in err
+    assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.faults
+def test_cli_truncated_video_one_line_without_decoder_chatter(
+    shared_data: Path, first_mask: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    data = (shared_data / "videos" / "bikes.mp4").read_bytes()
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(data[: len(data) // 2])  # the index (moov) is at the end: lost
+    args = ["track", str(truncated), "--mask", str(first_mask), "--preset", "lab", "--end", "8"]
+    assert cli.main([*args, "--out", str(tmp_path / "out")]) == 1
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"ditf-track: error: video {truncated} cannot be opened")
