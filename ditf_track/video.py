@@ -1070,15 +1070,82 @@ class _OpenCVWriter:
         self._writer.release()
 
 
+def _even_size(size: tuple[int, int]) -> tuple[int, int]:
+    """``(H, W)`` rounded up to even sides: H.264 in yuv420p (what browsers and QuickTime
+    play) stores colour at half resolution, so both sides must be even."""
+    return size[0] + size[0] % 2, size[1] + size[1] % 2
+
+
+def _pad_to(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Pad ``(H, W, 3)`` at the bottom and right to ``size`` by repeating the edge pixels."""
+    dh, dw = size[0] - frame.shape[0], size[1] - frame.shape[1]
+    return np.pad(frame, ((0, dh), (0, dw), (0, 0)), mode="edge") if dh or dw else frame
+
+
+def _h264_encoder() -> str | None:
+    """The H.264 encoder in PyAV's FFmpeg (its wheels bundle libx264), or ``None``."""
+    if importlib.util.find_spec("av") is None:
+        return None
+    import av
+
+    available = av.codecs_available
+    return next((name for name in ("libx264", "libopenh264") if name in available), None)
+
+
+class _PyAVWriter:
+    """H.264 (yuv420p) through PyAV's FFmpeg, a core dependency: plays in browsers and
+    QuickTime. Odd sides are padded by one row/column repeating the edge (see _even_size)."""
+
+    def __init__(self, path: Path, size: tuple[int, int], fps: float, encoder: str) -> None:
+        import av
+
+        self._av = av
+        self._size = _even_size(size)
+        self._rate = Fraction(fps).limit_denominator(1001)  # 29.97 → 30000/1001
+        # Index first (mp4/mov), so players start before the whole file has downloaded.
+        options = {"movflags": "+faststart"} if path.suffix.lower() in (".mp4", ".mov") else {}
+        try:
+            container: Any = av.open(str(path), "w", options=options)
+            stream: Any = container.add_stream(encoder, rate=self._rate)
+        except (av.FFmpegError, ValueError) as exc:
+            raise OutputError(
+                f"cannot write video {path} with PyAV ({exc}); use a .mp4 name in a writable folder"
+            ) from exc
+        stream.height, stream.width = self._size
+        stream.pix_fmt = "yuv420p"
+        if encoder == "libx264":
+            stream.options = {"crf": "20", "preset": "medium"}
+        self._container, self._stream = container, stream
+        self._count = 0
+
+    def write(self, frame_rgb: np.ndarray) -> None:
+        frame = self._av.VideoFrame.from_ndarray(
+            np.ascontiguousarray(_pad_to(frame_rgb, self._size)), format="rgb24"
+        )
+        frame.pts = self._count
+        frame.time_base = 1 / self._rate
+        self._count += 1
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
+
+    def close(self) -> None:
+        try:
+            for packet in self._stream.encode():  # flush the frames the encoder holds back
+                self._container.mux(packet)
+        finally:
+            self._container.close()
+
+
 class _FFmpegWriter:
-    """H.264 via imageio-ffmpeg's bundled ffmpeg (plays in browsers, unlike mp4v)."""
+    """H.264 via imageio-ffmpeg's ffmpeg binary (when installed); odd sides padded."""
 
     def __init__(self, path: Path, size: tuple[int, int], fps: float) -> None:
         import imageio_ffmpeg
 
+        self._size = _even_size(size)
         self._gen = imageio_ffmpeg.write_frames(
             str(path),
-            (size[1], size[0]),
+            (self._size[1], self._size[0]),
             fps=fps,
             codec="libx264",
             pix_fmt_out="yuv420p",
@@ -1090,7 +1157,7 @@ class _FFmpegWriter:
         self._gen.send(None)
 
     def write(self, frame_rgb: np.ndarray) -> None:
-        self._gen.send(np.ascontiguousarray(frame_rgb))
+        self._gen.send(np.ascontiguousarray(_pad_to(frame_rgb, self._size)))
 
     def close(self) -> None:
         self._gen.close()
@@ -1107,7 +1174,7 @@ def write_overlay_video(
     *,
     trail: int = 10,
     point_radius: int = 3,
-    writer: Literal["auto", "ffmpeg", "opencv"] = "auto",
+    writer: Literal["auto", "pyav", "ffmpeg", "opencv"] = "auto",
 ) -> Path:
     """Write an mp4 of ``frames`` with masks blended in and point tracks drawn, for a quick look.
 
@@ -1124,9 +1191,12 @@ def write_overlay_video(
         alpha: opacity of the mask colour; outlines are drawn opaque.
         points: one :class:`FramePoints` (``(y, x)`` pixels) or ``None`` per frame; each
             visible point is a dot with a line through its last ``trail`` visible positions.
-        writer: ``"ffmpeg"`` (H.264 through imageio-ffmpeg, if installed), ``"opencv"``
-            (``cv2.VideoWriter`` with the ``mp4v`` codec) or ``"auto"`` (ffmpeg if installed
-            and both sides are even, which yuv420p needs, else OpenCV).
+        writer: ``"pyav"`` (H.264 through PyAV, a core dependency whose wheels bundle
+            libx264), ``"ffmpeg"`` (H.264 through imageio-ffmpeg, if installed), ``"opencv"``
+            (``cv2.VideoWriter`` with MPEG-4 Part 2, ``mp4v``, which browsers and QuickTime do
+            not play) or ``"auto"`` (the first of these that is available). The H.264 writers
+            use yuv420p, which needs even sides: an odd height or width is padded by one
+            row/column repeating the edge pixels, so the file is up to 1 pixel larger.
 
     Returns:
         The path written.
@@ -1140,8 +1210,13 @@ def write_overlay_video(
         raise ConfigError(f"fps={fps} must be positive")
     if not 0.0 <= alpha <= 1.0:
         raise ConfigError(f"alpha={alpha} must be within [0, 1]")
-    if writer not in ("auto", "ffmpeg", "opencv"):
-        raise ConfigError(f"writer={writer!r} is not one of auto, ffmpeg, opencv")
+    if writer not in ("auto", "pyav", "ffmpeg", "opencv"):
+        raise ConfigError(f"writer={writer!r} is not one of auto, pyav, ffmpeg, opencv")
+    encoder = _h264_encoder() if writer in ("auto", "pyav") else None
+    if writer == "pyav" and encoder is None:
+        raise ConfigError(
+            "writer='pyav' needs PyAV with an H.264 encoder (pip install av); use writer='auto'"
+        )
     colours = _palette_array(palette)
     frame_iter = iter(frames)
     mask_iter = iter(masks) if masks is not None else None
@@ -1153,19 +1228,30 @@ def write_overlay_video(
     if first.ndim != 3 or first.shape[2] != 3 or first.dtype != np.uint8:
         raise InputError(f"overlay frames must be (H,W,3) uint8, got {first.shape} {first.dtype}")
     size = (first.shape[0], first.shape[1])
-    use_ffmpeg = writer == "ffmpeg" or (
-        writer == "auto"
-        and importlib.util.find_spec("imageio_ffmpeg") is not None
-        and size[0] % 2 == 0
-        and size[1] % 2 == 0
-    )
+    if writer == "auto":
+        if encoder is not None:
+            writer = "pyav"
+        elif importlib.util.find_spec("imageio_ffmpeg") is not None:
+            writer = "ffmpeg"
+        else:
+            writer = "opencv"
+            log.warning(
+                "no H.264 encoder found (PyAV is missing): writing %s as MPEG-4 Part 2, which "
+                "browsers and QuickTime do not play; pip install av for H.264",
+                out_path,
+            )
     history: collections.deque[dict[int, tuple[float, float]]] = collections.deque(
         maxlen=max(1, trail)
     )
     with atomic_path(out_path, "overlay video") as tmp:
-        sink: _VideoWriter = (
-            _FFmpegWriter(tmp, size, fps) if use_ffmpeg else _OpenCVWriter(tmp, size, fps)
-        )
+        sink: _VideoWriter
+        if writer == "pyav":
+            assert encoder is not None
+            sink = _PyAVWriter(tmp, size, fps, encoder)
+        elif writer == "ffmpeg":
+            sink = _FFmpegWriter(tmp, size, fps)
+        else:
+            sink = _OpenCVWriter(tmp, size, fps)
         try:
             frame: np.ndarray | None = first
             t = 0

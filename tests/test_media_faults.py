@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import random
 import warnings
@@ -14,7 +15,7 @@ from PIL import Image
 from ditf_track import cli
 from ditf_track.errors import InputError
 from ditf_track.masks import DAVIS_PALETTE, read_mask, write_mask
-from ditf_track.video import open_video
+from ditf_track.video import open_video, write_overlay_video
 
 PALETTE = np.frombuffer(DAVIS_PALETTE, np.uint8).reshape(256, 3)
 DOG_MASK = "davis/Annotations/480p/dog/00000.png"  # one object, binary L {0, 255}
@@ -204,3 +205,35 @@ def test_cli_truncated_video_one_line_without_decoder_chatter(
     err = capfd.readouterr().err
     assert err.count("\n") == 1, err
     assert err.startswith(f"ditf-track: error: video {truncated} cannot be opened")
+
+
+# ---- overlay video ----------------------------------------------------------------------------
+
+
+def test_overlay_is_h264_for_odd_sizes_with_the_core_install(
+    tmp_path: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    av = pytest.importorskip("av")
+    real_find_spec = importlib.util.find_spec
+
+    def core_only(name: str, *args: object) -> object:
+        return None if name == "imageio_ffmpeg" else real_find_spec(name, *args)  # dev extra
+
+    monkeypatch.setattr(importlib.util, "find_spec", core_only)
+    with open_video(shared_data / "davis" / "JPEGImages" / "480p" / "blackswan", end=5) as source:
+        frames = [frame[: 481 - 2, :853] for frame in source]  # 479 x 853: both sides odd
+    labels = read_mask(shared_data / "davis" / "Annotations" / "480p" / "blackswan" / "00000.png")
+    masks = [labels.labels[:479, :853]] * 5
+    out = write_overlay_video(tmp_path / "overlay.mp4", frames, masks, None, fps=24)
+    with av.open(str(out)) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264"
+        assert stream.codec_context.pix_fmt == "yuv420p"
+        assert (stream.height, stream.width) == (480, 854)  # padded by one row and column
+        decoded = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+    assert len(decoded) == 5
+    # the padding repeats the last row/column; the picture is the input's
+    assert np.abs(decoded[2][479, :853].astype(int) - frames[2][478]).mean() < 8
+    assert np.abs(decoded[2][:479, 853].astype(int) - frames[2][:, 852]).mean() < 8
+    background = masks[2] == 0  # the object is tinted
+    assert np.abs(decoded[2][:479, :853][background].astype(int) - frames[2][background]).mean() < 4
