@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import json
+import logging
 import random
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from ditf_track import cli
@@ -237,3 +241,74 @@ def test_overlay_is_h264_for_odd_sizes_with_the_core_install(
     assert np.abs(decoded[2][:479, 853].astype(int) - frames[2][:, 852]).mean() < 8
     background = masks[2] == 0  # the object is tinted
     assert np.abs(decoded[2][:479, :853][background].astype(int) - frames[2][background]).mean() < 4
+
+
+# ---- command line: mask, sizes, device ---------------------------------------------------------
+
+DOG_FRAMES = "davis/JPEGImages/480p/dog"
+
+
+@pytest.mark.faults
+def test_cli_refuses_jpeg_mask_in_one_line(
+    shared_data: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    with Image.open(shared_data / DOG_MASK) as image:
+        image.save(tmp_path / "first.jpg", "JPEG", quality=90)
+    args = ["track", str(shared_data / DOG_FRAMES), "--mask", str(tmp_path / "first.jpg")]
+    args += ["--preset", "lab", "--end", "3", "--out", str(tmp_path / "out")]
+    assert cli.main(args) == 1
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "first.jpg is a JPEG" in err
+    assert "save the mask losslessly as a PNG: a palette PNG with one id per object" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("value", ["0", "-4"])
+@pytest.mark.parametrize("command", ["track", "extract", "eval davis", "eval tapvid"])
+def test_short_side_below_one_refused_at_parse_time(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, value: str
+) -> None:
+    args = [*command.split(), "--short-side", value]
+    with pytest.raises(SystemExit) as exc:
+        cli.main([*args, str(tmp_path / "video.mp4"), "--out", str(tmp_path / "out")])
+    assert exc.value.code == 2
+    assert f"argument --short-side: {value} must be at least 1" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.faults
+def test_lab_with_device_cuda_says_cpu_and_records_it(
+    shared_data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    args = ["track", str(shared_data / DOG_FRAMES), "--mask", str(shared_data / DOG_MASK)]
+    args += ["--preset", "lab", "--device", "cuda", "--end", "3", "--short-side", "64"]
+    with caplog.at_level(logging.WARNING, logger="ditf_track"):
+        assert cli.main([*args, "--quiet", "--out", str(tmp_path / "out")]) == 0
+    said = [r.getMessage() for r in caplog.records if "on the CPU" in r.getMessage()]
+    assert said == [
+        "the lab preset computes colours on the CPU (OpenCV); device 'cuda' is not used"
+    ]
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["device"] == "cpu"
+
+
+@pytest.mark.faults
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
+def test_dit_with_device_cuda_without_cuda_is_one_clear_line(
+    shared_data: Path,
+    tmp_path: Path,
+    tiny_model: Callable[..., Path],
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    model = tiny_model("flux")
+    args = ["track", str(shared_data / DOG_FRAMES), "--mask", str(shared_data / DOG_MASK)]
+    args += ["--model", str(model), "--family", "flux", "--t", "90", "--k", "3"]
+    args += ["--device", "cuda", "--end", "3", "--out", str(tmp_path / "out")]
+    capfd.readouterr()  # building the tiny model draws a progress bar
+    assert cli.main(args) == 1
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "device 'cuda' was asked for but CUDA is not available" in err
+    assert not (tmp_path / "out").exists()
