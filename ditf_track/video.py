@@ -274,8 +274,8 @@ class _SequentialReader:
             except InputError:
                 raise
             except _DamagedPacket as exc:
-                # Decoders hold frames back (reordering, frame threads): the packet that failed
-                # holds a later frame than the one asked for; name that one.
+                # The first damaged frame, which may lie after the one asked for: decoders
+                # hold frames back (reordering, frame threads).
                 at = self._next if exc.index is None else exc.index
                 cause = exc.__cause__ or exc
                 raise _decode_error(self.path, at, self.num_frames, cause, self.backend) from exc
@@ -888,9 +888,10 @@ def open_video(
 
     ``end`` is exclusive and clipped to the number of frames (``None``: to the end), like a
     Python slice. ``backend`` forces a video reader (``"decord"``, ``"pyav"``, ``"opencv"``);
-    ``"auto"`` tries them in that order. The first selected frame is decoded here, so a file
-    that cannot be read fails now rather than mid-run; a file truncated after that fails with
-    :class:`InputError` when the missing frames are read.
+    ``"auto"`` tries them in that order, and later hands over to the next one if a reader
+    fails on a frame. The first selected frame is decoded here, so a file that cannot be read
+    fails now rather than mid-run; a file damaged or truncated after that fails with
+    :class:`InputError`, naming the first damaged frame, only when that frame is read.
 
     Raises:
         InputError: missing path, unsupported extension, folder without frames, unreadable or
