@@ -261,7 +261,7 @@ def _add_track(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stride", type=int, default=1, help="take every N-th frame (default 1)")
     p.add_argument(
         "--short-side",
-        type=int,
+        type=_positive_int,
         help="model input short side in pixels (default: the preset's, 960)",
     )
     p.add_argument(
@@ -651,7 +651,9 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="output .safetensors file")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--size", type=int, help="square model input side (images default 960)")
-    size.add_argument("--short-side", type=int, help="resize the short side to N (videos: 960)")
+    size.add_argument(
+        "--short-side", type=_positive_int, help="resize the short side to N (videos: 960)"
+    )
     size.add_argument("--long-side", type=int, help="resize the long side to N")
     p.add_argument("--start", type=int, default=0, help="first frame of a video (default 0)")
     p.add_argument("--end", type=int, help="stop before this frame (default: the last)")
@@ -1404,7 +1406,9 @@ def _add_eval_davis(eval_sub: argparse._SubParsersAction) -> None:
     )
     run.add_argument("--overwrite", action="store_true", help="start the run in --out again")
     run.add_argument(
-        "--short-side", type=int, help="model input short side (default: the preset's, 960)"
+        "--short-side",
+        type=_positive_int,
+        help="model input short side (default: the preset's, 960)",
     )
     run.add_argument(
         "--no-disk-cache", action="store_true", help="keep features in memory only (no files)"
@@ -1573,7 +1577,7 @@ def _add_tracker_eval_options(
     """What builds the :class:`~ditf_track.tracker.Tracker` of a point-tracking evaluation."""
     parser.add_argument(
         "--short-side",
-        type=int,
+        type=_positive_int,
         help="model input short side in pixels (default: the preset's video setting, 960)",
     )
     parser.add_argument(

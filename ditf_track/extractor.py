@@ -318,7 +318,7 @@ def build_extractor(
         if p.family == "lab":
             from .lab import LabExtractor
 
-            return LabExtractor()
+            return LabExtractor(device=device)
         if family is not None and family != p.family:
             raise ConfigError(f"preset {preset!r} is family {p.family!r}, not {family!r}")
         return DiTFExtractor.from_preset(p, task, model=model, device=device, dtype=dtype, **kwargs)

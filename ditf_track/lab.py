@@ -8,6 +8,7 @@ token grid, so its maps have the same (h, w) as a DiT's at the same input size.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,6 +18,8 @@ import torch
 
 from .errors import ConfigError, InputError
 from .features import FeatureMaps, discard_channels, normalize_maps
+
+log = logging.getLogger(__name__)
 
 # Per cell the feature is (L + offset, a, b) / 50 before the L2 normalisation (the common
 # factor 1/50 only keeps values near 1; it does not change the cosine). CIE-Lab D65 as
@@ -35,10 +38,18 @@ class LabExtractor:
 
     Per cell: the mean Lab colour of its pixels, ``(L + lightness_offset, a, b) / 50``,
     L2-normalised over the 3 channels. Deterministic; no parameters to load.
+
+    It always runs on the CPU (OpenCV's colour conversion), whatever ``device`` asks for: a
+    device other than ``"cpu"``/``"auto"`` is logged as unused, and :attr:`device` is the CPU,
+    which ``config.json`` records.
     """
 
     def __init__(
-        self, stride: int = 16, *, lightness_offset: float = DEFAULT_LIGHTNESS_OFFSET
+        self,
+        stride: int = 16,
+        *,
+        lightness_offset: float = DEFAULT_LIGHTNESS_OFFSET,
+        device: str | torch.device | None = "cpu",
     ) -> None:
         if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
             raise ConfigError(f"lab stride={stride!r} must be an integer >= 1 (default 16)")
@@ -46,8 +57,25 @@ class LabExtractor:
             raise ConfigError(
                 f"lightness_offset={lightness_offset!r} must be a finite number (default 100)"
             )
+        asked = "cpu" if device is None else str(device).strip().lower()
+        if asked not in ("cpu", "auto"):
+            try:
+                torch.device(asked)
+            except RuntimeError as exc:
+                raise ConfigError(
+                    f"unknown device {asked!r}; use auto, cpu, cuda, cuda:N or mps"
+                ) from exc
+            log.warning(
+                "the lab preset computes colours on the CPU (OpenCV); device %r is not used",
+                asked,
+            )
         self.stride = stride
         self.lightness_offset = float(lightness_offset)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the features are computed and returned: always the CPU."""
+        return torch.device("cpu")
 
     def identity(self) -> dict[str, Any]:
         """Everything that changes the features (for cache keys and config.json)."""

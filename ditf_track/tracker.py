@@ -853,6 +853,8 @@ def tracker_config(tracker: Tracker, state: TrackerState) -> dict[str, Any]:
         "input_size": list(state.input_size),
         "grid": list(state.grid),
         "massive_channels": list(state.massive_channels or ()),
+        # The resolved device (e.g. "cpu" for lab whatever --device said, "cuda:0").
+        "device": str(getattr(tracker.extractor, "device", "cpu")),
         "extractor": tracker.extractor.identity(),
         "propagation": {
             "n_context": tracker.params.n_context,

@@ -11,9 +11,16 @@ Readers, in the order tried for video files (``.mp4 .avi .mov .mkv``):
 2. PyAV (``av``),
 3. OpenCV (``cv2.VideoCapture``).
 
-A reader that is missing or cannot open the file hands over to the next. The three wrap FFmpeg's
-decoders, so they return the same pixels (identical on the test clips), and all apply the
-container's rotation (display matrix): a phone video comes out upright whichever reader is used.
+A reader that is missing or cannot open the file hands over to the next, and so does one that
+fails to decode a frame later (decord's read-ahead thread can fail on damage far beyond the
+frames asked for): the next reader decodes the same frames, so an intact range of a file damaged
+elsewhere still reads. A frame no reader can decode is named by the sequential readers, which
+know the packet that failed. The three wrap FFmpeg's decoders, so they return the same pixels
+(identical on the test clips), and all apply the container's rotation (display matrix): a phone
+video comes out upright whichever reader is used. Their native log lines (FFmpeg's
+``[h264 @ 0x...]``, decord's ``ERROR opening``) are kept off the terminal: the library log
+levels are lowered, and what is still written to file descriptor 2 while opening a file or
+falling back goes to this module's debug log.
 
 Frame folders hold ``.jpg .jpeg .png`` files, sorted by natural order of the name (``2.jpg``
 before ``10.jpg``); their stems become the frame names used for output files.
@@ -22,12 +29,15 @@ before ``10.jpg``); their stems become the frame names used for output files.
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import importlib.util
 import itertools
 import logging
 import os
 import re
+import sys
+import tempfile
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from fractions import Fraction
@@ -107,12 +117,62 @@ class _Reader(Protocol):
     def close(self) -> None: ...
 
 
-def _decode_error(path: Path, index: int, total: int, exc: BaseException | None) -> InputError:
-    why = f" ({exc})" if exc is not None else ""
-    return InputError(
+class _DecodeError(InputError):
+    """A frame a reader could not decode; ``index`` is the file index it names."""
+
+    def __init__(self, message: str, backend: str, index: int) -> None:
+        super().__init__(message)
+        self.backend = backend
+        self.index = index
+
+
+class _DamagedPacket(Exception):
+    """A packet the decoder refused; ``index`` is the frame it holds (from its timestamp)."""
+
+    def __init__(self, index: int | None) -> None:
+        super().__init__(f"damaged packet at frame {index}")
+        self.index = index
+
+
+def _decode_error(
+    path: Path, index: int, total: int, exc: BaseException | None, backend: str
+) -> _DecodeError:
+    why = f" ({' '.join(str(exc).split())[:160]})" if exc is not None else ""
+    return _DecodeError(
         f"video {path} could not be decoded at frame {index} of {total}{why}: the file is "
-        f"truncated or corrupt; {_reencode_hint(path)}"
+        f"truncated or corrupt; {_reencode_hint(path)}",
+        backend,
+        index,
     )
+
+
+@contextlib.contextmanager
+def _native_stderr_to_log() -> Iterator[None]:
+    """Send what native code writes to file descriptor 2 meanwhile to the debug log.
+
+    FFmpeg (inside decord and OpenCV) and decord's own logger write straight to fd 2, so
+    Python-level redirection does not catch them. Used only around opening a file and the
+    fallback path, which are short and synchronous; other threads' stderr output in that
+    window goes to the debug log too.
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no fd 2 (pythonw) or no sys.stderr
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines = sink.read().decode(errors="replace").split("\n")
+            text = " | ".join(line.strip() for line in lines[:20] if line.strip())
+            if text:
+                log.debug("native decoder output: %s", text)
 
 
 def _rotate(frame: np.ndarray, degrees_ccw: int) -> np.ndarray:
@@ -128,6 +188,7 @@ class _DecordReader:
     def __init__(self, path: Path, batch_size: int = 16) -> None:
         import decord
 
+        decord.logging.set_level(decord.logging.QUIET)  # FFmpeg's per-packet error lines
         self.path = path
         self._vr = decord.VideoReader(str(path), ctx=decord.cpu(0))
         self.num_frames = len(self._vr)
@@ -155,7 +216,9 @@ class _DecordReader:
             try:
                 batch = self._to_numpy(self._vr.get_batch(chunk))
             except Exception as exc:  # decord raises DECORDError / RuntimeError
-                raise _decode_error(self.path, chunk[0], self.num_frames, exc) from exc
+                # Its read-ahead thread may have failed on any later packet: chunk[0] is only
+                # where the failure surfaced; the sequential readers name the damaged frame.
+                raise _decode_error(self.path, chunk[0], self.num_frames, exc, "decord") from exc
             out.extend(batch[j] for j in range(len(chunk)))
         return out
 
@@ -203,13 +266,23 @@ class _SequentialReader:
             try:
                 while self._next <= index:
                     if not self._grab():
-                        raise _decode_error(self.path, self._next, self.num_frames, None)
+                        raise _decode_error(
+                            self.path, self._next, self.num_frames, None, self.backend
+                        )
                     self._next += 1
                 out.append(self._retrieve())
             except InputError:
                 raise
+            except _DamagedPacket as exc:
+                # The first damaged frame, which may lie after the one asked for: decoders
+                # hold frames back (reordering, frame threads).
+                at = self._next if exc.index is None else exc.index
+                cause = exc.__cause__ or exc
+                raise _decode_error(self.path, at, self.num_frames, cause, self.backend) from exc
             except Exception as exc:  # av.FFmpegError, cv2.error
-                raise _decode_error(self.path, self._next, self.num_frames, exc) from exc
+                raise _decode_error(
+                    self.path, self._next, self.num_frames, exc, self.backend
+                ) from exc
         return out
 
 
@@ -248,16 +321,77 @@ class _PyAVReader(_SequentialReader):
         self._container = self._av.open(str(self.path))
         self._stream = self._container.streams.video[0]
         self._stream.thread_type = "AUTO"
-        self._frames = self._container.decode(self._stream)
+        self._frames = self._decode_packets()
         self._frame: Any = None
         self._pending = False  # True after a seek: _frame is decoded but not yet counted
         self._next = 0
 
     def _index_of(self, frame: Any) -> int | None:
-        if frame.pts is None or self._rate is None or self._time_base is None:
+        """File index of a frame or packet from its timestamp (``None`` if it has none)."""
+        pts = frame.pts if frame.pts is not None else getattr(frame, "dts", None)
+        if pts is None or self._rate is None or self._time_base is None:
             return None
-        seconds = (frame.pts - self._start_pts) * self._time_base
+        seconds = (pts - self._start_pts) * self._time_base
         return round(seconds * self._rate)
+
+    def _decode_packets(self) -> Iterator[Any]:
+        """``container.decode(stream)`` that reads up to a damaged frame and names it.
+
+        A refused packet is skipped, like FFmpeg's own tools do, so the frames before the
+        damage still come out (with frame threads they are held back until later packets are
+        sent); the first frame at or after the damage raises :class:`_DamagedPacket`.
+        """
+        damaged: int | None = None
+        cause: BaseException | None = None
+        for packet in self._container.demux(self._stream):
+            try:
+                frames = packet.decode()  # the final empty packet flushes the decoder
+            except self._av.FFmpegError as exc:
+                if cause is None:
+                    damaged, cause = self._first_damaged_frame(packet), exc
+                continue
+            for frame in frames:
+                index = self._index_of(frame)
+                if cause is not None and (damaged is None or index is None or index >= damaged):
+                    raise _DamagedPacket(damaged) from cause
+                yield frame
+        if cause is not None:
+            raise _DamagedPacket(damaged) from cause
+
+    def _first_damaged_frame(self, failed: Any) -> int | None:
+        """Smallest frame index of the packets a one-thread decoder refuses, near ``failed``.
+
+        With frame threads a packet's error surfaces while later packets are being sent, and
+        B-frames are stored after the frame they precede, so the packet that raised is not
+        the first damaged frame. This re-decodes from the key frame about 128 frames before it
+        on one thread (errors then come with their own packet) and keeps the smallest index
+        among the refused packets up to 32 packets after the first.
+        """
+        near = self._index_of(failed)
+        first: int | None = None
+        try:
+            with self._av.open(str(self.path)) as container:
+                stream = container.streams.video[0]
+                stream.thread_type = "SLICE"
+                stream.thread_count = 1
+                if near is not None and self._rate is not None and near > 128:
+                    target = self._start_pts + int((near - 128) / self._rate / self._time_base)
+                    container.seek(target, backward=True, any_frame=False, stream=stream)
+                after = 0
+                for packet in container.demux(stream):
+                    try:
+                        packet.decode()
+                    except self._av.FFmpegError:
+                        index = self._index_of(packet)
+                        if index is not None:
+                            first = index if first is None else min(first, index)
+                    if first is not None:
+                        after += 1
+                        if after > 32:
+                            break
+        except Exception as exc:  # the file cannot be reopened or seeked: keep the estimate
+            log.debug("could not locate the damage in %s: %s", self.path, exc)
+        return near if first is None else first
 
     def _seek(self, index: int) -> bool:
         if self._rate is None or self._time_base is None:
@@ -265,7 +399,7 @@ class _PyAVReader(_SequentialReader):
         target = self._start_pts + int(index / self._rate / self._time_base)
         try:
             self._container.seek(target, backward=True, any_frame=False, stream=self._stream)
-            self._frames = self._container.decode(self._stream)
+            self._frames = self._decode_packets()
             frame = next(self._frames)
         except Exception:
             return False
@@ -301,6 +435,8 @@ class _OpenCVReader(_SequentialReader):
     backend = "opencv"
 
     def __init__(self, path: Path) -> None:
+        # Read once, when OpenCV first loads FFmpeg: quiet its per-packet error lines.
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
         self.path = path
         self._cap: Any = cv2.VideoCapture(str(path))
         self._next = 0
@@ -397,7 +533,17 @@ def _size_mismatch(path: Path, got: tuple[int, ...], want: tuple[int, int]) -> I
     )
 
 
-def _open_video_file(path: Path, backend: Backend) -> _Reader:
+def _open_reader(name: str, path: Path) -> _Reader:
+    with _native_stderr_to_log():
+        if name == "decord":
+            return _DecordReader(path)
+        if name == "pyav":
+            return _PyAVReader(path)
+        return _OpenCVReader(path)
+
+
+def _open_video_file(path: Path, backend: Backend) -> tuple[_Reader, list[str]]:
+    """The first reader of ``backend``'s order that opens ``path``, and the ones after it."""
     order = _VIDEO_BACKENDS if backend == "auto" else (backend,)
     if backend != "auto" and backend not in _VIDEO_BACKENDS:
         raise ConfigError(f"backend={backend!r} is not one of auto, decord, pyav, opencv")
@@ -413,15 +559,13 @@ def _open_video_file(path: Path, backend: Backend) -> _Reader:
             failures.append(f"{name}: not installed")
             continue
         try:
-            if name == "decord":
-                return _DecordReader(path)
-            if name == "pyav":
-                return _PyAVReader(path)
-            return _OpenCVReader(path)
+            reader = _open_reader(name, path)
         except Exception as exc:
             reason = " ".join(str(exc).split())[:160] or type(exc).__name__
             failures.append(f"{name}: {reason}")
             log.debug("reader %s could not open %s: %s", name, path, reason)
+        else:
+            return reader, list(order[order.index(name) + 1 :])
     raise InputError(
         f"video {path} cannot be opened ({'; '.join(failures)}); it is not a readable video "
         f"or it is corrupt: {_reencode_hint(path)}"
@@ -467,6 +611,7 @@ class VideoSource:
         stride: int,
         frame_names: Sequence[str],
         files: Sequence[Path] = (),
+        fallbacks: Sequence[str] = (),
     ) -> None:
         self.path = path
         self.kind = kind
@@ -480,6 +625,7 @@ class VideoSource:
         self.frame_indices: np.ndarray = np.arange(start, stop, stride, dtype=np.int64)
         self.frame_names: list[str] = list(frame_names)
         self._files = list(files)
+        self._fallbacks = list(fallbacks)  # readers to try, in order, if this one fails
         self._lock = threading.Lock()
 
     # ---- sizes -----------------------------------------------------------------------------
@@ -515,9 +661,7 @@ class VideoSource:
         """Decode sorted, unique positions (under the lock; nothing is yielded while held)."""
         file_indices = [int(self.frame_indices[p]) for p in positions]
         with self._lock:
-            if self._reader is None:
-                raise ValueError(f"{self.path} was closed; open it again with open_video")
-            frames = self._reader.read_sorted(file_indices)
+            frames = self._read_with_fallback(file_indices)
         for frame in frames:
             if frame.shape != (self.height, self.width, 3):
                 raise InputError(
@@ -525,6 +669,46 @@ class VideoSource:
                     f"{frame.shape[0]} vs {self.width}x{self.height}); {_reencode_hint(self.path)}"
                 )
         return frames
+
+    def _read_with_fallback(self, indices: list[int]) -> list[np.ndarray]:
+        """Decode file ``indices``; on a decode error switch to the next reader for good.
+
+        If every reader fails, the error of the first sequential reader (PyAV, then OpenCV)
+        is raised: it names the frame of the damaged packet, decord only where it noticed.
+        """
+        failures: list[_DecodeError] = []
+        while True:
+            if self._reader is None:
+                raise ValueError(f"{self.path} was closed; open it again with open_video")
+            try:
+                if not failures:
+                    return self._reader.read_sorted(indices)
+                with _native_stderr_to_log():
+                    return self._reader.read_sorted(indices)
+            except _DecodeError as exc:
+                failures.append(exc)
+                reader = self._next_reader()
+                if reader is None:
+                    named = [f for f in failures if f.backend != "decord"] or failures
+                    raise named[0] from None
+                log.info(
+                    "%s could not decode %s (%s); reading it with %s instead",
+                    self.backend,
+                    self.path,
+                    exc,
+                    reader.backend,
+                )
+                self._reader.close()
+                self._reader, self.backend = reader, reader.backend
+
+    def _next_reader(self) -> _Reader | None:
+        while self._fallbacks:
+            name = self._fallbacks.pop(0)
+            try:
+                return _open_reader(name, self.path)
+            except Exception as exc:
+                log.debug("fallback reader %s could not open %s: %s", name, self.path, exc)
+        return None
 
     def read(self, i: int) -> np.ndarray:
         """Frame at position ``i`` (negative counts from the end): ``(H, W, 3) uint8`` RGB."""
@@ -704,9 +888,10 @@ def open_video(
 
     ``end`` is exclusive and clipped to the number of frames (``None``: to the end), like a
     Python slice. ``backend`` forces a video reader (``"decord"``, ``"pyav"``, ``"opencv"``);
-    ``"auto"`` tries them in that order. The first selected frame is decoded here, so a file
-    that cannot be read fails now rather than mid-run; a file truncated after that fails with
-    :class:`InputError` when the missing frames are read.
+    ``"auto"`` tries them in that order, and later hands over to the next one if a reader
+    fails on a frame. The first selected frame is decoded here, so a file that cannot be read
+    fails now rather than mid-run; a file damaged or truncated after that fails with
+    :class:`InputError`, naming the first damaged frame, only when that frame is read.
 
     Raises:
         InputError: missing path, unsupported extension, folder without frames, unreadable or
@@ -729,10 +914,10 @@ def open_video(
         names = [f.stem for f in selected]
         source = VideoSource(p, "frames", reader, start, stop, stride, names, files)
     elif p.suffix.lower() in VIDEO_EXTENSIONS:
-        reader = _open_video_file(p, backend)
+        reader, fallbacks = _open_video_file(p, backend)
         stop = _resolve_range(p, reader.num_frames, start, end, stride)
         names = [f"{i:05d}" for i in range(start, stop, stride)]
-        source = VideoSource(p, "video", reader, start, stop, stride, names)
+        source = VideoSource(p, "video", reader, start, stop, stride, names, (), fallbacks)
     else:
         raise InputError(
             f"{p} has an unsupported extension {p.suffix!r}; pass a video "
@@ -886,15 +1071,82 @@ class _OpenCVWriter:
         self._writer.release()
 
 
+def _even_size(size: tuple[int, int]) -> tuple[int, int]:
+    """``(H, W)`` rounded up to even sides: H.264 in yuv420p (what browsers and QuickTime
+    play) stores colour at half resolution, so both sides must be even."""
+    return size[0] + size[0] % 2, size[1] + size[1] % 2
+
+
+def _pad_to(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Pad ``(H, W, 3)`` at the bottom and right to ``size`` by repeating the edge pixels."""
+    dh, dw = size[0] - frame.shape[0], size[1] - frame.shape[1]
+    return np.pad(frame, ((0, dh), (0, dw), (0, 0)), mode="edge") if dh or dw else frame
+
+
+def _h264_encoder() -> str | None:
+    """The H.264 encoder in PyAV's FFmpeg (its wheels bundle libx264), or ``None``."""
+    if importlib.util.find_spec("av") is None:
+        return None
+    import av
+
+    available = av.codecs_available
+    return next((name for name in ("libx264", "libopenh264") if name in available), None)
+
+
+class _PyAVWriter:
+    """H.264 (yuv420p) through PyAV's FFmpeg, a core dependency: plays in browsers and
+    QuickTime. Odd sides are padded by one row/column repeating the edge (see _even_size)."""
+
+    def __init__(self, path: Path, size: tuple[int, int], fps: float, encoder: str) -> None:
+        import av
+
+        self._av = av
+        self._size = _even_size(size)
+        self._rate = Fraction(fps).limit_denominator(1001)  # 29.97 → 30000/1001
+        # Index first (mp4/mov), so players start before the whole file has downloaded.
+        options = {"movflags": "+faststart"} if path.suffix.lower() in (".mp4", ".mov") else {}
+        try:
+            container: Any = av.open(str(path), "w", options=options)
+            stream: Any = container.add_stream(encoder, rate=self._rate)
+        except (av.FFmpegError, ValueError) as exc:
+            raise OutputError(
+                f"cannot write video {path} with PyAV ({exc}); use a .mp4 name in a writable folder"
+            ) from exc
+        stream.height, stream.width = self._size
+        stream.pix_fmt = "yuv420p"
+        if encoder == "libx264":
+            stream.options = {"crf": "20", "preset": "medium"}
+        self._container, self._stream = container, stream
+        self._count = 0
+
+    def write(self, frame_rgb: np.ndarray) -> None:
+        frame = self._av.VideoFrame.from_ndarray(
+            np.ascontiguousarray(_pad_to(frame_rgb, self._size)), format="rgb24"
+        )
+        frame.pts = self._count
+        frame.time_base = 1 / self._rate
+        self._count += 1
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
+
+    def close(self) -> None:
+        try:
+            for packet in self._stream.encode():  # flush the frames the encoder holds back
+                self._container.mux(packet)
+        finally:
+            self._container.close()
+
+
 class _FFmpegWriter:
-    """H.264 via imageio-ffmpeg's bundled ffmpeg (plays in browsers, unlike mp4v)."""
+    """H.264 via imageio-ffmpeg's ffmpeg binary (when installed); odd sides padded."""
 
     def __init__(self, path: Path, size: tuple[int, int], fps: float) -> None:
         import imageio_ffmpeg
 
+        self._size = _even_size(size)
         self._gen = imageio_ffmpeg.write_frames(
             str(path),
-            (size[1], size[0]),
+            (self._size[1], self._size[0]),
             fps=fps,
             codec="libx264",
             pix_fmt_out="yuv420p",
@@ -906,7 +1158,7 @@ class _FFmpegWriter:
         self._gen.send(None)
 
     def write(self, frame_rgb: np.ndarray) -> None:
-        self._gen.send(np.ascontiguousarray(frame_rgb))
+        self._gen.send(np.ascontiguousarray(_pad_to(frame_rgb, self._size)))
 
     def close(self) -> None:
         self._gen.close()
@@ -923,7 +1175,7 @@ def write_overlay_video(
     *,
     trail: int = 10,
     point_radius: int = 3,
-    writer: Literal["auto", "ffmpeg", "opencv"] = "auto",
+    writer: Literal["auto", "pyav", "ffmpeg", "opencv"] = "auto",
 ) -> Path:
     """Write an mp4 of ``frames`` with masks blended in and point tracks drawn, for a quick look.
 
@@ -940,9 +1192,12 @@ def write_overlay_video(
         alpha: opacity of the mask colour; outlines are drawn opaque.
         points: one :class:`FramePoints` (``(y, x)`` pixels) or ``None`` per frame; each
             visible point is a dot with a line through its last ``trail`` visible positions.
-        writer: ``"ffmpeg"`` (H.264 through imageio-ffmpeg, if installed), ``"opencv"``
-            (``cv2.VideoWriter`` with the ``mp4v`` codec) or ``"auto"`` (ffmpeg if installed
-            and both sides are even, which yuv420p needs, else OpenCV).
+        writer: ``"pyav"`` (H.264 through PyAV, a core dependency whose wheels bundle
+            libx264), ``"ffmpeg"`` (H.264 through imageio-ffmpeg, if installed), ``"opencv"``
+            (``cv2.VideoWriter`` with MPEG-4 Part 2, ``mp4v``, which browsers and QuickTime do
+            not play) or ``"auto"`` (the first of these that is available). The H.264 writers
+            use yuv420p, which needs even sides: an odd height or width is padded by one
+            row/column repeating the edge pixels, so the file is up to 1 pixel larger.
 
     Returns:
         The path written.
@@ -956,8 +1211,13 @@ def write_overlay_video(
         raise ConfigError(f"fps={fps} must be positive")
     if not 0.0 <= alpha <= 1.0:
         raise ConfigError(f"alpha={alpha} must be within [0, 1]")
-    if writer not in ("auto", "ffmpeg", "opencv"):
-        raise ConfigError(f"writer={writer!r} is not one of auto, ffmpeg, opencv")
+    if writer not in ("auto", "pyav", "ffmpeg", "opencv"):
+        raise ConfigError(f"writer={writer!r} is not one of auto, pyav, ffmpeg, opencv")
+    encoder = _h264_encoder() if writer in ("auto", "pyav") else None
+    if writer == "pyav" and encoder is None:
+        raise ConfigError(
+            "writer='pyav' needs PyAV with an H.264 encoder (pip install av); use writer='auto'"
+        )
     colours = _palette_array(palette)
     frame_iter = iter(frames)
     mask_iter = iter(masks) if masks is not None else None
@@ -969,19 +1229,30 @@ def write_overlay_video(
     if first.ndim != 3 or first.shape[2] != 3 or first.dtype != np.uint8:
         raise InputError(f"overlay frames must be (H,W,3) uint8, got {first.shape} {first.dtype}")
     size = (first.shape[0], first.shape[1])
-    use_ffmpeg = writer == "ffmpeg" or (
-        writer == "auto"
-        and importlib.util.find_spec("imageio_ffmpeg") is not None
-        and size[0] % 2 == 0
-        and size[1] % 2 == 0
-    )
+    if writer == "auto":
+        if encoder is not None:
+            writer = "pyav"
+        elif importlib.util.find_spec("imageio_ffmpeg") is not None:
+            writer = "ffmpeg"
+        else:
+            writer = "opencv"
+            log.warning(
+                "no H.264 encoder found (PyAV is missing): writing %s as MPEG-4 Part 2, which "
+                "browsers and QuickTime do not play; pip install av for H.264",
+                out_path,
+            )
     history: collections.deque[dict[int, tuple[float, float]]] = collections.deque(
         maxlen=max(1, trail)
     )
     with atomic_path(out_path, "overlay video") as tmp:
-        sink: _VideoWriter = (
-            _FFmpegWriter(tmp, size, fps) if use_ffmpeg else _OpenCVWriter(tmp, size, fps)
-        )
+        sink: _VideoWriter
+        if writer == "pyav":
+            assert encoder is not None
+            sink = _PyAVWriter(tmp, size, fps, encoder)
+        elif writer == "ffmpeg":
+            sink = _FFmpegWriter(tmp, size, fps)
+        else:
+            sink = _OpenCVWriter(tmp, size, fps)
         try:
             frame: np.ndarray | None = first
             t = 0

@@ -440,14 +440,14 @@ def test_model_input_size_properties(
 # ---- overlay video ----------------------------------------------------------------------------
 
 
-WRITERS: list[Literal["ffmpeg", "opencv"]] = ["opencv"]
+WRITERS: list[Literal["pyav", "ffmpeg", "opencv"]] = ["pyav", "opencv"]
 if importlib.util.find_spec("imageio_ffmpeg") is not None:
     WRITERS.append("ffmpeg")
 
 
 @pytest.mark.parametrize("writer", WRITERS)
 def test_overlay_video_round_trip(
-    tmp_path: Path, shared_data: Path, writer: Literal["ffmpeg", "opencv"]
+    tmp_path: Path, shared_data: Path, writer: Literal["pyav", "ffmpeg", "opencv"]
 ) -> None:
     source = open_video(shared_data / "davis" / "JPEGImages" / "480p" / "blackswan", end=6)
     labels = read_mask(shared_data / "davis" / "Annotations" / "480p" / "blackswan" / "00000.png")
