@@ -379,11 +379,16 @@ def _names_a_frame(stem: str, video: Any) -> bool:
     return stem.isdigit() and stem == f"{int(stem):05d}" and int(stem) < video.total_frames
 
 
-def _check_masks(masks: list[tuple[int, Path]], video: Any) -> None:
-    """Read every mask now (size, ids, objects) so that a bad one fails before the model loads."""
+def _check_masks(masks: list[tuple[int, Path]], video: Any) -> list[Any]:
+    """Read every mask now (size, ids, objects) so that a bad one fails before the model loads.
+
+    Returns the masks read (:class:`LabelMask`, in the order given), so that each file is read
+    once and its warnings (e.g. an RGB mask's id numbering) are shown once.
+    """
     from .errors import InputError
     from .masks import read_mask, require_objects
 
+    read = []
     for _, path in masks:
         mask = read_mask(path)
         if mask.labels.shape != (video.height, video.width):
@@ -392,6 +397,8 @@ def _check_masks(masks: list[tuple[int, Path]], video: Any) -> None:
                 f"are {video.width}x{video.height}; give a mask of the frame size"
             )
         require_objects(mask, path)
+        read.append(mask)
+    return read
 
 
 def _check_queries(queries: Any, path: Path, video: Any) -> None:
@@ -469,7 +476,7 @@ def _run_track(args: argparse.Namespace) -> int:
     stem = args.video.stem if args.video.is_file() else args.video.name
     out = args.out or Path.cwd() / f"{stem}_{'masks' if args.mask else 'tracks'}"
     masks = _parse_mask_args(args.mask, video)
-    _check_masks(masks, video)
+    label_masks = _check_masks(masks, video)
     queries = read_points_csv(args.points)[0] if args.points is not None else None
     if queries is not None:
         _check_queries(queries, args.points, video)
@@ -517,8 +524,8 @@ def _run_track(args: argparse.Namespace) -> int:
         state = tracker.init_state(video)
         with warnings.catch_warnings():
             warnings.simplefilter("always")
-            for frame_idx, path in masks:
-                tracker.add_mask(state, frame_idx, path)
+            for (frame_idx, _), mask in zip(masks, label_masks):
+                tracker.add_mask(state, frame_idx, mask)
         if queries is not None:
             for frame_idx, (points, ids) in queries.by_frame().items():
                 tracker.add_points(state, frame_idx, points, ids)
