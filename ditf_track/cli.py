@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -24,8 +24,15 @@ log = logging.getLogger("ditf_track")
 Handler = Callable[[argparse.Namespace], int]
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse without its usage block on errors: a wrong option is one line, like every error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="ditf-track",
         description=(
             "Diffusion Transformer features (DiTF) for mask and keypoint propagation in video, "

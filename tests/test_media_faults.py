@@ -274,7 +274,11 @@ def test_short_side_below_one_refused_at_parse_time(
     with pytest.raises(SystemExit) as exc:
         cli.main([*args, str(tmp_path / "video.mp4"), "--out", str(tmp_path / "out")])
     assert exc.value.code == 2
-    assert f"argument --short-side: {value} must be at least 1" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        f"ditf-track {command}: error: argument --short-side: {value} must be at least 1 "
+        f"(see ditf-track {command} --help)"
+    ]
     assert list(tmp_path.iterdir()) == []
 
 
