@@ -54,6 +54,7 @@ class DiTFExtractor:
         *,
         batch_size: int | None = None,
         preset: str | None = None,
+        max_sequence_length: int | None = None,
     ) -> None:
         if settings.k > backbone.k_max:
             raise ConfigError(
@@ -68,6 +69,7 @@ class DiTFExtractor:
         self.settings = settings
         self.batch_size = batch_size
         self.preset = preset
+        self.max_sequence_length = max_sequence_length  # the text condition's token count
         self.stride = TOKEN_STRIDE // settings.upsample if settings.upsample > 1 else TOKEN_STRIDE
         self.last_stats: ActivationStats | None = None
 
@@ -154,7 +156,13 @@ class DiTFExtractor:
                 max_sequence_length=max_sequence_length,
                 prompts=(settings.prompt,),
             )
-        return cls(backbone, settings, batch_size=batch_size, preset=preset)
+        return cls(
+            backbone,
+            settings,
+            batch_size=batch_size,
+            preset=preset,
+            max_sequence_length=max_sequence_length,
+        )
 
     @property
     def device(self) -> torch.device:
@@ -172,6 +180,7 @@ class DiTFExtractor:
             "revision": b.revision,
             "model_files": folder_fingerprint(b.model_id, ("transformer", "vae")),
             "dtype": dtype_name(b.dtype),
+            "max_sequence_length": self.max_sequence_length,
             "stride": self.stride,
             **self.settings.to_dict(),
         }
