@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -33,6 +33,9 @@ from .features import (
     tokens_to_maps,
 )
 from .presets import Preset, Task, load_preset
+
+if TYPE_CHECKING:
+    from .config import FeatureConfig, Runtime
 
 #: Offset between the seeds of successive ensemble draws.
 _ENSEMBLE_SEED_STRIDE = 1_000_003
@@ -337,4 +340,32 @@ def build_extractor(
         )
     return DiTFExtractor.from_pretrained(
         model or "", family=family, device=device, dtype=dtype, **kwargs
+    )
+
+
+def extractor_from_config(
+    features: FeatureConfig, task: Task = "video", runtime: Runtime | None = None
+) -> FeatureExtractor:
+    """The extractor a :class:`~ditf_track.config.FeatureConfig` describes, for ``task``.
+
+    The lab preset takes no model nor DiTF settings: they are dropped (``features.unused()``
+    says so in one line, for the front end to show).
+    """
+    from .config import Runtime
+
+    run = runtime or Runtime()
+    if features.is_lab:
+        return build_extractor(features.preset, task, device=run.device)
+    return build_extractor(
+        features.preset,
+        task,
+        model=features.model,
+        family=features.family,
+        device=run.device,
+        dtype=features.dtype,
+        revision=features.revision,
+        local_files_only=run.local_files_only or None,
+        cache_dir=run.cache_dir,
+        batch_size=run.batch_size,
+        **features.overrides(),
     )
