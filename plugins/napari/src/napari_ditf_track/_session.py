@@ -21,6 +21,7 @@ after the current frame or feature batch, leaving the tracker's state consistent
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import warnings
 from collections.abc import Generator
@@ -106,10 +107,14 @@ class TrackerSettings:
         return self.config().features.resolved_short_side()
 
     def extractor_key(self) -> tuple[Any, ...]:
-        return (self.preset, self.model, self.device, self.dtype, self.t, self.k, self.cache_dir)
+        """What the loaded model and the feature cache depend on: the feature config but its
+        input size, and the runtime (changing anything else keeps them)."""
+        config = self.config()
+        return (dataclasses.replace(config.features, short_side=None), config.runtime)
 
     def tracker_key(self) -> tuple[Any, ...]:
-        return (*self.extractor_key(), self.resolved_short_side(), self.params(), self.label_mode)
+        """What the tracker depends on: the whole config, with the short side resolved."""
+        return (self.config(), self.resolved_short_side())
 
 
 @dataclass
