@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from ditf_track.config import FeatureConfig, Runtime, TrackerConfig
-from ditf_track.errors import InputError
+from ditf_track.errors import ConfigError, InputError
 from ditf_track.eval.davis import evaluate_sequence
 from ditf_track.features import FeatureMaps
 from ditf_track.lab import LabExtractor
@@ -274,3 +274,21 @@ def test_only_the_feature_config_keys_the_feature_cache(
         if name == "family":
             features = dataclasses.replace(features, model=str(tiny_model("sd3")))
         assert key(dataclasses.replace(base, features=features)) != reference, name
+
+
+def test_from_preset_sorts_settings_through_the_config() -> None:
+    tracker = Tracker.from_preset(
+        "lab", short_side=64, label_mode="nearest", batch_size=2, interpolation="area"
+    )
+    assert (tracker.short_side, tracker.label_mode, tracker.batch_size) == (64, "nearest", 2)
+    assert tracker.interpolation == "area"
+    assert Tracker.from_preset("lab").short_side == 960  # the default side
+    with pytest.raises(ConfigError, match="unknown tracker setting 'radius'"):
+        Tracker.from_preset("lab", radius=3)
+    # cheap settings are refused when the config is made, before any model is resolved
+    with pytest.raises(ConfigError, match="unknown label mode"):
+        TrackerConfig(label_mode="blob")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="unknown points mode"):
+        TrackerConfig(points_mode="grid")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="give a preset"):
+        FeatureConfig(preset=None)
