@@ -18,6 +18,7 @@ as a generator), and the CLI, the napari plugin and the evaluators all consume i
 
 from ._version import __version__
 from .cache import FeatureCache
+from .config import FeatureConfig, Runtime, TrackerConfig
 from .coords import (
     QueryPoints,
     napari_to_points,
@@ -34,7 +35,7 @@ from .errors import (
     ModelLoadError,
     OutputError,
 )
-from .extractor import DiTFExtractor, build_extractor
+from .extractor import DiTFExtractor, build_extractor, extractor_from_config
 from .features import DiTFSettings, FeatureExtractor, FeatureMaps
 from .images import model_input_size, read_image
 from .lab import LabExtractor
@@ -55,6 +56,7 @@ __all__ = [
     "DiTFSettings",
     "DitfError",
     "FeatureCache",
+    "FeatureConfig",
     "FeatureExtractor",
     "FeatureMaps",
     "FrameResult",
@@ -69,14 +71,17 @@ __all__ = [
     "ProgressEvent",
     "PropagationParams",
     "QueryPoints",
+    "Runtime",
     "SmallObjectWarning",
     "TaskSettings",
     "Tracker",
+    "TrackerConfig",
     "TrackerState",
     "VideoSource",
     "__version__",
     "available_presets",
     "build_extractor",
+    "extractor_from_config",
     "load_preset",
     "model_input_size",
     "napari_to_points",

@@ -126,50 +126,85 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--batch-size", type=int, help="images per forward pass (default: all)")
 
 
-def _extractor_from_args(args: argparse.Namespace, task: str) -> Any:
-    """Build the extractor the model options describe (a DiTFExtractor or the lab baseline)."""
-    from .extractor import build_extractor
+def _feature_config(args: argparse.Namespace, **resize: Any) -> Any:
+    """The model options as a :class:`~ditf_track.config.FeatureConfig` (no model loaded)."""
+    from .config import SETTING_OVERRIDES, FeatureConfig
     from .presets import DEFAULT_PRESET
 
     preset = args.preset
     if preset is None and args.model is None:
         preset = DEFAULT_PRESET
-    overrides = {
-        name: getattr(args, name)
-        for name in (
-            "t",
-            "k",
-            "prompt",
-            "guidance",
-            "feature_mode",
-            "condition",
-            "discard_stage",
-            "discard_ratio",
-            "seed",
-            "ensemble",
-        )
-        if getattr(args, name, None) is not None
-    }
-    kwargs: dict[str, Any] = dict(overrides)
-    if preset != "lab":
-        kwargs.update(
-            revision=args.revision,
-            local_files_only=args.local_files_only or None,
-            cache_dir=args.cache_dir,
-            batch_size=args.batch_size,
-        )
-    elif args.model is not None or overrides:
-        log.warning("the lab preset has no model or DiTF settings; ignoring them")
-        kwargs = {}
-    return build_extractor(
-        preset,
-        task,  # type: ignore[arg-type]
+    overrides: dict[str, Any] = {name: getattr(args, name, None) for name in SETTING_OVERRIDES}
+    return FeatureConfig(
+        preset=preset,
         model=args.model,
         family=args.family,
-        device=args.device,
+        revision=args.revision,
         dtype=args.dtype,
-        **kwargs,
+        short_side=getattr(args, "short_side", None),
+        **overrides,
+        **resize,
     )
+
+
+def _runtime(args: argparse.Namespace) -> Any:
+    from .config import Runtime
+
+    return Runtime(
+        device=args.device,
+        batch_size=args.batch_size,
+        cache_dir=args.cache_dir,
+        disk_cache=not getattr(args, "no_disk_cache", False),
+        local_files_only=args.local_files_only,
+    )
+
+
+def _extractor_from_args(args: argparse.Namespace, task: str) -> Any:
+    """Build the extractor the model options describe (a DiTFExtractor or the lab baseline)."""
+    from .extractor import extractor_from_config
+
+    features = _feature_config(args)
+    unused = features.unused()
+    if unused is not None:
+        log.warning(unused)
+    return extractor_from_config(features, task, _runtime(args))  # type: ignore[arg-type]
+
+
+def _tracker_config(args: argparse.Namespace, points_mode: str | None = None, **resize: Any) -> Any:
+    """Every option that builds a tracker as a :class:`~ditf_track.config.TrackerConfig`;
+    ``points_mode`` replaces ``--points-mode`` (an evaluation's per-dataset default)."""
+    from .config import TrackerConfig
+
+    point_options: dict[str, Any] = {}
+    if hasattr(args, "points_mode"):  # the commands with point options
+        point_options = {
+            "points_mode": points_mode or args.points_mode,
+            "point_params": _point_params(args),
+        }
+    return TrackerConfig(
+        features=_feature_config(args, **resize),
+        params=_propagation_params(args),
+        label_mode=args.label_mode,
+        runtime=_runtime(args),
+        **point_options,
+    )
+
+
+def _tracker_from_args(
+    args: argparse.Namespace, points_mode: str | None = None, **resize: Any
+) -> Any:
+    """The tracker the options describe (the model loaded, the feature cache opened)."""
+    return _build_tracker(_tracker_config(args, points_mode, **resize))
+
+
+def _build_tracker(config: Any) -> Any:
+    """:meth:`Tracker.from_config`, saying first which given settings it has no use for."""
+    from .tracker import Tracker
+
+    unused = config.features.unused()
+    if unused is not None:
+        log.warning(unused)
+    return Tracker.from_config(config)
 
 
 # -- track (the main job) ---------------------------------------------------------------------
@@ -471,7 +506,7 @@ def _run_track(args: argparse.Namespace) -> int:
     from .errors import ConfigError, InputError, OutputError
     from .masks import DAVIS_PALETTE, write_mask
     from .outputs import RunDir, check_writable_file, refuse_input_overlap, to_json_safe
-    from .tracker import ProgressEvent, Tracker, tracker_config
+    from .tracker import ProgressEvent, tracker_config
     from .video import open_video
 
     if not args.mask and args.points is None:
@@ -496,6 +531,7 @@ def _run_track(args: argparse.Namespace) -> int:
         refuse_input_overlap(args.overlay, inputs, "--overlay")
         check_writable_file(args.overlay, "--overlay")
     fingerprint = _run_fingerprint(args, inputs)
+    config = _tracker_config(args)
     run_dir = RunDir(
         out,
         "track",
@@ -510,24 +546,8 @@ def _run_track(args: argparse.Namespace) -> int:
             print(f"{run_dir.out} is already complete; nothing to do")
             return 0
         work = run_dir.work
-        extractor = _extractor_from_args(args, "video")
-        from .cache import FeatureCache, cache_root
-
-        cache = FeatureCache(
-            None if args.no_disk_cache else cache_root(args.cache_dir),
-            device=getattr(extractor, "device", "cpu"),
-        )
-        short = args.short_side or _preset_value(args, "short_side", 960, "video")
-        tracker = Tracker(
-            extractor,
-            params=_propagation_params(args),
-            cache=cache,
-            label_mode=args.label_mode,
-            short_side=short,
-            batch_size=args.batch_size or 4,
-            points_mode=args.points_mode,
-            point_params=_point_params(args),
-        )
+        tracker = _build_tracker(config)
+        cache = tracker.cache
         state = tracker.init_state(video)
         with warnings.catch_warnings():
             warnings.simplefilter("always")
@@ -536,6 +556,7 @@ def _run_track(args: argparse.Namespace) -> int:
         if queries is not None:
             for frame_idx, (points, ids) in queries.by_frame().items():
                 tracker.add_points(state, frame_idx, points, ids)
+        tracker.massive_channels(state)  # frame 0's, before config.json records them
         run = {"masks": {str(f): str(p) for f, p in masks}, **tracker_config(tracker, state)}
         if args.points is not None:
             run["points_file"] = str(args.points)
@@ -680,9 +701,12 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
 def _run_extract(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from .clip_features import ClipFeatures
+    from .config import DEFAULT_TRACKER_BATCH
     from .errors import OutputError
     from .export import extract_to_safetensors, input_size_for, open_input
     from .outputs import check_writable_file, refuse_input_overlap
+    from .video import VideoSource
 
     refuse_input_overlap(args.out, [("input", args.input)])
     if args.out.exists() and not args.out.is_dir() and not args.overwrite:
@@ -695,21 +719,26 @@ def _run_extract(args: argparse.Namespace) -> int:
     square, short, long = args.size, args.short_side, args.long_side
     if square is None and short is None and long is None:
         if is_image:
-            square = _preset_value(args, "image_size", 960, task)
+            square = _preset_size(args, task, "image_size")
         else:
-            short = _preset_value(args, "short_side", 960, task)
+            short = _preset_size(args, task, "short_side")
     size = input_size_for(
         source, square=square, short_side=short, long_side=long, multiple=extractor.stride
     )
     total = 1 if is_image else len(source)
+    # A video's massive channels: frame 0 of the selection, the rule `track` follows too.
+    channels = None
+    if isinstance(source, VideoSource):
+        channels = ClipFeatures(extractor, source, size).massive_channels
     with tqdm(total=total, desc="extract features", unit="frame", disable=None) as bar:
         path = extract_to_safetensors(
             extractor,
             source,
             args.out,
             size=size,
-            batch_size=args.batch_size or 4,
+            batch_size=args.batch_size or DEFAULT_TRACKER_BATCH,
             progress=lambda done, _total: bar.update(done - bar.n),
+            massive_channels=channels,
         )
     print(f"{path}: {total} frame(s) at {size[1]}x{size[0]}")
     return 0
@@ -762,7 +791,7 @@ def _run_inspect(args: argparse.Namespace) -> int:
         extractor = _extractor_from_args(args, "correspondence")
         if not isinstance(extractor, DiTFExtractor):
             raise ConfigError("inspect needs a DiT (the lab preset has no block features)")
-        side = args.size or _preset_value(args, "image_size", 960, "correspondence")
+        side = args.size or _preset_size(args, "correspondence", "image_size")
         size = model_input_size(*image.shape[:2], square=side, multiple=extractor.stride)
         report = inspect_features(extractor, resize_image(image, size), run_dir.work)
         run_dir.publish(
@@ -782,15 +811,11 @@ def _run_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _preset_value(args: argparse.Namespace, field: str, default: int, task: str) -> int:
+def _preset_size(args: argparse.Namespace, task: str, size: str) -> int:
     """A size setting of the chosen preset's task (the default preset without --model)."""
-    from .presets import DEFAULT_PRESET, load_preset
+    from .presets import preset_size
 
-    if args.preset is None and args.model is not None:
-        return default
-    settings = load_preset(args.preset or DEFAULT_PRESET).task(task)  # type: ignore[arg-type]
-    value = getattr(settings, field)
-    return int(value) if value is not None else default
+    return preset_size(_feature_config(args).preset, task, size)  # type: ignore[arg-type]
 
 
 # -- options shared by the pair commands (match, eval spair/pf-pascal/ap-10k/hpatches) ---------
@@ -1450,27 +1475,12 @@ def _propagate_davis(args: argparse.Namespace, run_dir: Any) -> int:
     """The model-dependent part of ``eval davis --data``, once ``--out`` is open and locked."""
     from tqdm import tqdm
 
-    from .cache import FeatureCache, cache_root
     from .eval.davis_runner import DavisRun
-    from .tracker import ProgressEvent, Tracker
+    from .tracker import ProgressEvent
 
-    extractor = _extractor_from_args(args, "video")
-    cache = FeatureCache(
-        None if args.no_disk_cache else cache_root(args.cache_dir),
-        device=getattr(extractor, "device", "cpu"),
-    )
     # The official DiTF DAVIS script: long side floored to a multiple of 32, OpenCV bilinear.
-    tracker = Tracker(
-        extractor,
-        params=_propagation_params(args),
-        cache=cache,
-        label_mode=args.label_mode,
-        short_side=args.short_side or _preset_value(args, "short_side", 960, "video"),
-        long_multiple=32,
-        rounding="floor",
-        interpolation="bilinear",
-        batch_size=args.batch_size or 4,
-    )
+    tracker = _tracker_from_args(args, long_multiple=32, rounding="floor", interpolation="bilinear")
+    cache = tracker.cache
     run = DavisRun(
         args.data,
         tracker,
@@ -1600,27 +1610,6 @@ def _add_tracker_eval_options(
     _add_propagation_options(parser)
     _add_point_options(parser, mode_default, mode_default_help)
     _add_model_options(parser)
-
-
-def _tracker_from_args(args: argparse.Namespace, points_mode: str) -> Any:
-    from .cache import FeatureCache, cache_root
-    from .tracker import Tracker
-
-    extractor = _extractor_from_args(args, "video")
-    cache = FeatureCache(
-        None if args.no_disk_cache else cache_root(args.cache_dir),
-        device=getattr(extractor, "device", "cpu"),
-    )
-    return Tracker(
-        extractor,
-        params=_propagation_params(args),
-        cache=cache,
-        label_mode=args.label_mode,
-        short_side=args.short_side or _preset_value(args, "short_side", 960, "video"),
-        batch_size=args.batch_size or 4,
-        points_mode=points_mode,  # type: ignore[arg-type]
-        point_params=_point_params(args),
-    )
 
 
 def _add_eval_tapvid(eval_sub: argparse._SubParsersAction) -> None:

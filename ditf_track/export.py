@@ -120,13 +120,15 @@ def extract_to_safetensors(
     batch_size: int = 4,
     progress: Callable[[int, int], None] | None = None,
     extra_metadata: dict[str, Any] | None = None,
+    massive_channels: Sequence[int] | None = None,
 ) -> Path:
     """Extract features for every frame of ``source`` at model input ``size`` into ``out``.
 
     The tensor ``features`` is ``(T, C, h, w)`` in the extractor's dtype; the metadata entry
-    ``ditf_track`` (JSON) holds the frame names, sizes, the massive channels found on the first
-    batch (held for every frame) and the extractor's identity. ``progress(done, total)`` is
-    called after each batch.
+    ``ditf_track`` (JSON) holds the frame names, sizes, the massive channels (``massive_channels``
+    if given — a video's come from :class:`~ditf_track.clip_features.ClipFeatures`, frame 0 —
+    else those found on the first batch; held for every frame) and the extractor's identity.
+    ``progress(done, total)`` is called after each batch.
     """
     frames_iter: Iterator[tuple[Sequence[str], np.ndarray]]
     if isinstance(source, np.ndarray):
@@ -141,13 +143,14 @@ def extract_to_safetensors(
             for batch in source.iter_frames(batch_size=batch_size)
         )
     writer = StreamingSafetensorsWriter(out, "features", len(names))
-    channels: tuple[int, ...] | None = None
+    channels = tuple(int(c) for c in massive_channels) if massive_channels is not None else None
     done = 0
     try:
         for batch_names, frames in frames_iter:
             maps = extractor.extract(frames, massive_channels=channels)
             if channels is None:
                 channels = tuple(maps.meta.get("massive_channels", maps.discarded_channels))
+            if "ditf_track" not in writer.metadata:
                 writer.metadata["ditf_track"] = json.dumps(
                     {
                         "version": __version__,

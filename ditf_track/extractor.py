@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,6 +34,9 @@ from .features import (
 )
 from .presets import Preset, Task, load_preset
 
+if TYPE_CHECKING:
+    from .config import FeatureConfig, Runtime
+
 #: Offset between the seeds of successive ensemble draws.
 _ENSEMBLE_SEED_STRIDE = 1_000_003
 
@@ -54,6 +57,7 @@ class DiTFExtractor:
         *,
         batch_size: int | None = None,
         preset: str | None = None,
+        max_sequence_length: int | None = None,
     ) -> None:
         if settings.k > backbone.k_max:
             raise ConfigError(
@@ -68,6 +72,7 @@ class DiTFExtractor:
         self.settings = settings
         self.batch_size = batch_size
         self.preset = preset
+        self.max_sequence_length = max_sequence_length  # the text condition's token count
         self.stride = TOKEN_STRIDE // settings.upsample if settings.upsample > 1 else TOKEN_STRIDE
         self.last_stats: ActivationStats | None = None
 
@@ -154,7 +159,13 @@ class DiTFExtractor:
                 max_sequence_length=max_sequence_length,
                 prompts=(settings.prompt,),
             )
-        return cls(backbone, settings, batch_size=batch_size, preset=preset)
+        return cls(
+            backbone,
+            settings,
+            batch_size=batch_size,
+            preset=preset,
+            max_sequence_length=max_sequence_length,
+        )
 
     @property
     def device(self) -> torch.device:
@@ -172,6 +183,7 @@ class DiTFExtractor:
             "revision": b.revision,
             "model_files": folder_fingerprint(b.model_id, ("transformer", "vae")),
             "dtype": dtype_name(b.dtype),
+            "max_sequence_length": self.max_sequence_length,
             "stride": self.stride,
             **self.settings.to_dict(),
         }
@@ -328,4 +340,32 @@ def build_extractor(
         )
     return DiTFExtractor.from_pretrained(
         model or "", family=family, device=device, dtype=dtype, **kwargs
+    )
+
+
+def extractor_from_config(
+    features: FeatureConfig, task: Task = "video", runtime: Runtime | None = None
+) -> FeatureExtractor:
+    """The extractor a :class:`~ditf_track.config.FeatureConfig` describes, for ``task``.
+
+    The lab preset takes no model nor DiTF settings: they are dropped (``features.unused()``
+    says so in one line, for the front end to show).
+    """
+    from .config import Runtime
+
+    run = runtime or Runtime()
+    if features.is_lab:
+        return build_extractor(features.preset, task, device=run.device)
+    return build_extractor(
+        features.preset,
+        task,
+        model=features.model,
+        family=features.family,
+        device=run.device,
+        dtype=features.dtype,
+        revision=features.revision,
+        local_files_only=run.local_files_only or None,
+        cache_dir=run.cache_dir,
+        batch_size=run.batch_size,
+        **features.overrides(),
     )

@@ -22,6 +22,9 @@ Task = Literal["correspondence", "video"]
 FAMILIES: tuple[str, ...] = ("pixart", "sd3", "flux", "lab")
 TASKS: tuple[str, ...] = ("correspondence", "video")
 DEFAULT_PRESET = "pixart-alpha"
+#: Model input side in pixels where neither the user nor the preset names one (the paper's).
+DEFAULT_SIDE = 960
+SizeField = Literal["image_size", "pair_long_side", "short_side"]
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,15 @@ def load_preset(name: str) -> Preset:
         raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(names)}")
     text = resources.files("ditf_track.configs").joinpath(f"{name}.yaml").read_text("utf-8")
     return preset_from_dict(yaml.safe_load(text), source=f"{name}.yaml")
+
+
+def preset_size(preset: str | None, task: Task, size: SizeField) -> int:
+    """A size setting of ``preset``'s ``task`` (:data:`DEFAULT_SIDE` where it names none, or
+    without a preset: a bare ``--model``)."""
+    if preset is None:
+        return DEFAULT_SIDE
+    value = getattr(load_preset(preset).task(task), size)
+    return int(value) if value is not None else DEFAULT_SIDE
 
 
 def preset_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Preset:

@@ -10,8 +10,10 @@ propagation from the nearest annotated frame before it — that frame and the fr
 since are the context — and frames before the first annotation are filled by propagating
 backward from it. A segment depends on nothing before its annotated frame, so a correction on
 frame j changes only frames j up to the next annotation, and a re-run recomputes only the
-segments whose annotation changed. Features come from the :class:`~ditf_track.cache.FeatureCache`
-and are extracted in batches only when missing.
+segments whose annotation changed. Features come from the state's
+:class:`~ditf_track.clip_features.ClipFeatures` (keys, massive channels, the cache) and are
+extracted in batches only when missing. :meth:`Tracker.from_config` builds a tracker from a
+:class:`~ditf_track.config.TrackerConfig`, as every front end does.
 
 Points (:meth:`Tracker.add_points`) are tracked from their own query frame, forward and
 backward, in one of two modes (per tracker, or per :meth:`Tracker.propagate` call):
@@ -38,12 +40,24 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .cache import FeatureCache, cache_root, clip_key, feature_key
+from .cache import FeatureCache, cache_root
+from .clip_features import ClipFeatures
+from .config import (
+    POINTS_MODES,
+    FeatureConfig,
+    LabelMode,
+    PointsMode,
+    Runtime,
+    TrackerConfig,
+    check_points_mode,
+    check_tracker_settings,
+)
 from .coords import frame_to_grid, grid_to_frame
 from .errors import ConfigError, InputError
 from .features import FeatureExtractor
 from .images import Interpolation, model_input_size
 from .masks import VOID_ID, LabelMask, labels_to_grid, read_mask, small_objects
+from .presets import DEFAULT_PRESET, DEFAULT_SIDE
 from .propagate import (
     PointEstimate,
     PointParams,
@@ -55,12 +69,9 @@ from .propagate import (
     track_query_points,
 )
 from .propagate.search import Neighbours, NeighbourSearch, PreparedContext
-from .video import VideoSource, open_video, resize_frames
+from .video import VideoSource, open_video
 
-LabelMode = Literal["area", "nearest"]
 Phase = Literal["extract", "propagate"]
-PointsMode = Literal["query", "heatmap"]
-POINTS_MODES: tuple[str, ...] = ("query", "heatmap")
 
 
 class SmallObjectWarning(UserWarning):
@@ -104,7 +115,8 @@ class TrackerState:
     """Everything about one video: frames, sizes, annotations and the latest results.
 
     ``input_size`` is the model input (H', W'), ``grid`` the feature grid (h, w) and
-    ``frame_size`` the original (H, W). ``masks`` holds each frame's latest labels.
+    ``frame_size`` the original (H, W). ``masks`` holds each frame's latest labels;
+    ``features`` the clip's features (cache keys, massive channels).
     """
 
     video: VideoSource
@@ -112,8 +124,8 @@ class TrackerState:
     input_size: tuple[int, int]
     grid: tuple[int, int]
     video_hash: str
+    features: ClipFeatures = field(repr=False)
     palette: bytes | None = None
-    massive_channels: tuple[int, ...] | None = None
     annotations: dict[int, _Annotation] = field(default_factory=dict)
     masks: dict[int, np.ndarray] = field(default_factory=dict)
     dirty: set[int] = field(default_factory=set)  # annotated frames whose segment is stale
@@ -126,6 +138,11 @@ class TrackerState:
     @property
     def num_frames(self) -> int:
         return len(self.video)
+
+    @property
+    def massive_channels(self) -> tuple[int, ...] | None:
+        """The clip's massive channels (found on frame 0 of the selection), once known."""
+        return self.features.known_channels()
 
     @property
     def frame_names(self) -> list[str]:
@@ -188,7 +205,7 @@ class Tracker:
         params: PropagationParams | None = None,
         cache: FeatureCache | None = None,
         label_mode: LabelMode = "area",
-        short_side: int = 960,
+        short_side: int = DEFAULT_SIDE,
         long_multiple: int | None = None,
         rounding: Literal["nearest", "floor"] = "nearest",
         interpolation: Interpolation = "auto",
@@ -196,11 +213,7 @@ class Tracker:
         points_mode: PointsMode = "query",
         point_params: PointParams | None = None,
     ) -> None:
-        if label_mode not in ("area", "nearest"):
-            raise ConfigError(f"unknown label mode {label_mode!r}; use 'area' or 'nearest'")
-        _check_points_mode(points_mode)
-        if batch_size < 1:
-            raise ConfigError(f"batch_size={batch_size} must be at least 1")
+        check_tracker_settings(label_mode, points_mode, batch_size)
         self.extractor = extractor
         self.params = params or PropagationParams()
         self.cache = cache if cache is not None else FeatureCache(None)
@@ -215,9 +228,47 @@ class Tracker:
         self.extracted_frames = 0  # frames that went through the extractor (cache misses)
 
     @classmethod
+    def from_config(
+        cls,
+        config: TrackerConfig,
+        *,
+        extractor: FeatureExtractor | None = None,
+        cache: FeatureCache | None = None,
+    ) -> Tracker:
+        """The tracker ``config`` describes: its extractor, feature cache and settings.
+
+        ``extractor`` and ``cache`` reuse those of an earlier tracker built from the same
+        ``config.features`` and ``config.runtime`` (a front end that changed only propagation
+        settings keeps its loaded model and cached features).
+        """
+        from .extractor import extractor_from_config
+
+        features, runtime = config.features, config.runtime
+        if extractor is None:
+            extractor = extractor_from_config(features, "video", runtime)
+        if cache is None:
+            cache = FeatureCache(
+                cache_root(runtime.cache_dir) if runtime.disk_cache else None,
+                device=getattr(extractor, "device", "cpu"),
+            )
+        return cls(
+            extractor,
+            params=config.params,
+            cache=cache,
+            label_mode=config.label_mode,
+            short_side=features.resolved_short_side("video"),
+            long_multiple=features.long_multiple,
+            rounding=features.rounding,
+            interpolation=features.interpolation,
+            batch_size=config.tracker_batch_size,
+            points_mode=config.points_mode,
+            point_params=config.point_params,
+        )
+
+    @classmethod
     def from_preset(
         cls,
-        name: str = "pixart-alpha",
+        name: str = DEFAULT_PRESET,
         *,
         model: str | os.PathLike[str] | None = None,
         family: str | None = None,
@@ -229,42 +280,48 @@ class Tracker:
         short_side: int | None = None,
         **kwargs: Any,
     ) -> Tracker:
-        """A tracker with a preset's ``video`` settings; ``kwargs`` override DiTF settings.
+        """A tracker with a preset's ``video`` settings; ``kwargs`` are the other fields of a
+        :class:`~ditf_track.config.TrackerConfig` (its features, tracker and runtime parts, by
+        name: ``t``, ``k``, ``label_mode``, ``batch_size``, ...).
 
         Features are cached on disk under ``cache_dir`` (default ``$DITF_TRACK_CACHE`` or
         ``~/.cache/ditf-track``) unless ``disk_cache`` is False.
         """
-        from .extractor import build_extractor
-        from .presets import load_preset
-
-        preset = load_preset(name)
-        tracker_keys = {
-            "label_mode",
-            "long_multiple",
-            "rounding",
-            "interpolation",
-            "batch_size",
-            "points_mode",
-            "point_params",
+        parts: dict[str, dict[str, Any]] = {"features": {}, "tracker": {}, "runtime": {}}
+        owners = {
+            "features": {f.name for f in dataclasses.fields(FeatureConfig)},
+            "tracker": {f.name for f in dataclasses.fields(TrackerConfig)},
+            "runtime": {f.name for f in dataclasses.fields(Runtime)},
         }
-        tracker_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in tracker_keys}
-        cache_kwargs = {
-            k: kwargs.pop(k) for k in list(kwargs) if k in ("device_budget", "disk_budget")
-        }
-        extra = {} if preset.family == "lab" else {"cache_dir": cache_dir}
-        extractor = build_extractor(
-            name, "video", model=model, family=family, device=device, dtype=dtype, **extra, **kwargs
+        for name_, value in kwargs.items():
+            owner = next((o for o, names in owners.items() if name_ in names), None)
+            if owner is None or name_ in ("features", "runtime", "params"):
+                raise ConfigError(f"unknown tracker setting {name_!r}")
+            parts[owner][name_] = value
+        dtype_text = str(dtype).removeprefix("torch.") if dtype is not None else None
+        config = TrackerConfig(
+            features=FeatureConfig(
+                preset=name,
+                model=None if model is None else str(model),
+                family=family,
+                dtype=dtype_text,
+                short_side=short_side,
+                **parts["features"],
+            ),
+            params=params or PropagationParams(),
+            runtime=Runtime(
+                device=str(device),
+                cache_dir=None if cache_dir is None else str(cache_dir),
+                disk_cache=disk_cache,
+                **parts["runtime"],
+            ),
+            **parts["tracker"],
         )
-        cache = FeatureCache(
-            cache_root(cache_dir) if disk_cache else None,
-            device=getattr(extractor, "device", "cpu"),
-            **cache_kwargs,
-        )
-        side = short_side or preset.video.short_side or 960
-        return cls(extractor, params=params, cache=cache, short_side=side, **tracker_kwargs)
+        return cls.from_config(config)
 
     def identity(self) -> dict[str, Any]:
-        """Everything that changes the tracker's results (config files, resume checks)."""
+        """Everything that changes the tracker's results (evaluation resume checks), unlike the
+        feature cache's keys, which hold only what changes the features (:class:`ClipFeatures`)."""
         return {
             "extractor": self.extractor.identity(),
             "short_side": self.short_side,
@@ -297,12 +354,14 @@ class Tracker:
             rounding=self.rounding,
         )
         stride_px = self.extractor.stride
+        features = self._clip_features(source, size)
         return TrackerState(
             video=source,
             frame_size=(source.height, source.width),
             input_size=size,
             grid=(size[0] // stride_px, size[1] // stride_px),
-            video_hash=source.content_hash(),
+            video_hash=features.video_hash,
+            features=features,
         )
 
     def add_mask(
@@ -442,64 +501,44 @@ class Tracker:
         state.tracks_key = None
 
     # -- features ----------------------------------------------------------------------------
-    def _identity(self, state: TrackerState) -> dict[str, Any]:
-        return {**self.extractor.identity(), "resize": self.interpolation}
+    def _clip_features(
+        self, video: VideoSource, input_size: tuple[int, int], video_hash: str | None = None
+    ) -> ClipFeatures:
+        return ClipFeatures(
+            self.extractor,
+            video,
+            input_size,
+            cache=self.cache,
+            interpolation=self.interpolation,
+            video_hash=video_hash,
+            on_extract=self._count_extracted,
+        )
 
-    def _frame_key(self, state: TrackerState, frame_idx: int) -> str:
-        identity = self._identity(state)
-        identity["massive_channels"] = list(state.massive_channels or ())
-        index = int(state.video.frame_indices[frame_idx])
-        return feature_key(identity, state.video_hash, index, state.input_size)
+    def _count_extracted(self, n: int) -> None:
+        self.extracted_frames += n
 
-    def _known_channels(self, state: TrackerState) -> bool:
-        """Whether the clip's massive channels are known (in the state or the cache's clip meta)."""
-        if state.massive_channels is not None:
-            return True
-        key = clip_key(self._identity(state), state.video_hash, state.input_size)
-        meta = self.cache.get_clip_meta(key)
-        if meta is not None and "massive_channels" in meta:
-            state.massive_channels = tuple(int(c) for c in meta["massive_channels"])
-            return True
-        return False
+    def _clip(self, state: TrackerState) -> ClipFeatures:
+        """The state's clip features, under this tracker's extractor, cache and resize."""
+        clip = state.features
+        if (
+            clip.extractor is not self.extractor
+            or clip.cache is not self.cache
+            or clip.interpolation != self.interpolation
+            or clip.on_extract != self._count_extracted
+        ):
+            clip = state.features = self._clip_features(
+                state.video, state.input_size, state.video_hash
+            )
+        return clip
 
-    def _ensure_channels(self, state: TrackerState) -> None:
-        """Fix the clip's massive channels, found on its first frame, once and for all runs.
-
-        Every frame's features depend on them (they are part of the cache key), so they are
-        found on frame 0 of the selection whatever is annotated, and stored as clip metadata.
-        """
-        if self._known_channels(state):
-            return
-        key = clip_key(self._identity(state), state.video_hash, state.input_size)
-        maps = self.extractor.extract(self._frames(state, [0]))
-        self.extracted_frames += 1
-        state.massive_channels = tuple(maps.meta.get("massive_channels", ()))
-        self.cache.put_clip_meta(key, {"massive_channels": list(state.massive_channels)})
-        self.cache.put(self._frame_key(state, 0), maps.features[0])
-
-    def _frames(self, state: TrackerState, positions: Sequence[int]) -> np.ndarray:
-        frames = state.video.read_batch(list(positions))
-        return resize_frames(frames, state.input_size, interpolation=self.interpolation)
+    def massive_channels(self, state: TrackerState) -> tuple[int, ...]:
+        """The clip's massive channels, found on frame 0 of the selection (extracting it unless
+        an earlier run did); every frame of the clip discards them."""
+        return self._clip(state).massive_channels
 
     def features(self, state: TrackerState, frame_idx: int) -> torch.Tensor:
         """The ``(C, h, w)`` feature map of one frame (from the cache, else extracted)."""
-        self._ensure_channels(state)
-        key = self._frame_key(state, frame_idx)
-        cached = self.cache.get(key)
-        if cached is not None:
-            return cached
-        self._extract(state, [frame_idx])
-        found = self.cache.get(key)
-        assert found is not None
-        return found
-
-    def _extract(self, state: TrackerState, positions: Sequence[int]) -> None:
-        maps = self.extractor.extract(
-            self._frames(state, positions), massive_channels=state.massive_channels
-        )
-        self.extracted_frames += len(positions)
-        for pos, feats in zip(positions, maps.features):
-            self.cache.put(self._frame_key(state, pos), feats)
+        return self._clip(state).get(frame_idx)
 
     # -- propagation -------------------------------------------------------------------------
     def _plan(self, state: TrackerState) -> list[tuple[int, list[int], bool]]:
@@ -527,7 +566,7 @@ class Tracker:
         and to name those a cancelled run left without results.
         """
         mode = self.points_mode if points_mode is None else points_mode
-        _check_points_mode(mode)
+        check_points_mode(mode)
         _, mask_order, extra, _ = self._schedule(state, mode)
         return [*mask_order, *extra]
 
@@ -578,7 +617,7 @@ class Tracker:
         and unfinished work stays stale for the next run.
         """
         mode = self.points_mode if points_mode is None else points_mode
-        _check_points_mode(mode)
+        check_points_mode(mode)
         if not state.annotations and not state.point_queries:
             raise InputError(
                 "no frame is annotated and no point is added; add a mask (--mask FIRST.png) or "
@@ -594,18 +633,16 @@ class Tracker:
         if points_stale:
             needed = list(dict.fromkeys([*needed, *extra, *range(state.num_frames)]))
         propagate_total, propagate_done = len(mask_order) + len(extra), 0
-        if self._known_channels(state):
-            missing = [f for f in needed if not self.cache.contains(self._frame_key(state, f))]
-            extract_total, extract_done = len(missing), 0
-        else:
-            # A new clip under these settings: nothing of it is cached (the channels found on
-            # frame 0 are part of every key), and frame 0 is extracted first to find them.
-            missing = needed if 0 in needed else [0, *needed]
-            extract_total, extract_done = len(missing), 0
+        clip = self._clip(state)
+        bootstrap = clip.known_channels() is None
+        missing = clip.missing(needed)
+        extract_total, extract_done = len(missing), 0
+        if bootstrap:
+            # Frame 0 first: the channels found on it are part of every frame's key.
             emit(ProgressEvent("extract", 0, extract_total))
-            self._ensure_channels(state)
+            self.massive_channels(state)
             extract_done = 1
-            missing = [f for f in missing if f != 0]
+            missing = missing[1:]
         emit(ProgressEvent("extract", extract_done, extract_total))
         emit(ProgressEvent("propagate", 0, propagate_total))
         pending = set(missing)
@@ -613,19 +650,16 @@ class Tracker:
 
         def feats(frame_idx: int) -> torch.Tensor:
             nonlocal extract_done
-            key = self._frame_key(state, frame_idx)
-            cached = self.cache.get(key)
+            cached = clip.cache.get(clip.key(frame_idx))
             if cached is not None:
                 return cached
             ahead = [f for f in queue if f in pending and f != frame_idx][: self.batch_size - 1]
             batch = [frame_idx, *ahead]
-            self._extract(state, batch)
+            clip.extract(batch)
             pending.difference_update(batch)
             extract_done += len(batch)
             emit(ProgressEvent("extract", min(extract_done, extract_total), extract_total))
-            found = self.cache.get(key)
-            assert found is not None
-            return found
+            return clip.get(frame_idx)
 
         search = make_search(self.params)
         point_run = _PointRun(self, state, feats, mode) if points_stale else None
@@ -712,11 +746,6 @@ class Tracker:
                 f"frame {frame_idx} is out of range: the video has {state.num_frames} frames "
                 f"(0..{state.num_frames - 1})"
             )
-
-
-def _check_points_mode(mode: str) -> None:
-    if mode not in POINTS_MODES:
-        raise ConfigError(f"unknown points mode {mode!r}; use 'query' or 'heatmap'")
 
 
 class _SharedPrepare:

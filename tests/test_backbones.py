@@ -14,7 +14,6 @@ from typing import Any
 import diffusers
 import pytest
 import torch
-import torch.nn.functional as F
 
 from ditf_track.backbones import DiTBackbone, backbone_class
 from ditf_track.backbones.base import modulation_chunks
@@ -326,16 +325,3 @@ def test_gated_model_message(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "black-forest-labs/FLUX.1-dev" in message
     assert "accept its licence" in message
     assert "hf auth login" in message
-
-
-def test_mean_cosine_helper_sanity() -> None:
-    x = F.normalize(torch.randn(1, 8, 5, 5), dim=1)
-    assert -1 <= mean_patch_cosine(x) <= 1
-
-
-def mean_patch_cosine(maps: torch.Tensor) -> float:
-    """Mean cosine similarity between different cells of ``(1, C, h, w)`` L2-normalised maps."""
-    v = maps[0].flatten(1).T.float()
-    sim = v @ v.T
-    n = sim.shape[0]
-    return float((sim.sum() - sim.diagonal().sum()) / (n * n - n))

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from ditf_track.cache import (
     parse_size,
 )
 from ditf_track.errors import ConfigError
+from ditf_track.extractor import DiTFExtractor
 from ditf_track.features import DiscardRule, DiTFSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +40,8 @@ SIZE = (128, 192)
 
 
 def identity(**changes: Any) -> dict[str, Any]:
-    """What DiTFExtractor.identity() returns for a Flux preset, with ``changes`` applied."""
+    """An extractor identity of the shape DiTFExtractor.identity() returns (Flux), for the key
+    mechanics below; the test of what a real extractor's identity holds is further down."""
     backbone = {
         "extractor": "ditf",
         "preset": "flux",
@@ -107,17 +110,12 @@ def test_format_size() -> None:
 
 
 # -- keys --------------------------------------------------------------------------------------
-#: One changed value for every field of the extractor's identity; DiTFSettings fields are
-#: checked to be all here, so a new setting cannot silently stay out of the key.
-CHANGES: dict[str, Any] = {
-    "preset": "flux-schnell",
-    "family": "sd3",
-    "model": "/models/flux-finetune",
-    "revision": "def456",
-    "dtype": "float16",
-    "stride": 8,
-    "t": 262,
-    "k": 16,
+#: One changed value per DiTFSettings field (checked to cover them all) and per load argument of
+#: the extractor that changes the features; device, local_files_only, cache_dir and batch_size
+#: do not (a frame's features do not depend on its batch) and stay out of the key on purpose.
+SETTING_CHANGES: dict[str, Any] = {
+    "t": 142,
+    "k": 2,
     "prompt": "a photo",
     "guidance": 3.5,
     "condition": "t",
@@ -125,22 +123,47 @@ CHANGES: dict[str, Any] = {
     "discard_stage": "pre_norm",
     "discard_rule": DiscardRule(ratio=50.0),
     "seed": 1,
-    "ensemble": 4,
+    "ensemble": 2,
     "upsample": 2,
+}
+LOAD_CHANGES: dict[str, Any] = {
+    "dtype": "bfloat16",
+    "revision": "def456",
+    "max_sequence_length": 7,
+    "preset": "pixart-alpha",
 }
 
 
-def test_changes_cover_every_setting() -> None:
-    assert set(DiTFSettings.__dataclass_fields__) <= set(CHANGES)
-
-
-@pytest.mark.parametrize(("name", "value"), list(CHANGES.items()), ids=list(CHANGES))
-def test_key_changes_with_each_setting(name: str, value: Any) -> None:
-    base = identity()
-    changed = identity(**{name: value})
-    assert changed != base
-    assert feature_key(changed, VIDEO, 3, SIZE) != feature_key(base, VIDEO, 3, SIZE)
-    assert clip_key(changed, VIDEO, SIZE) != clip_key(base, VIDEO, SIZE)
+def test_extractor_identity_changes_with_every_setting_and_load_argument(
+    tiny_model: Callable[..., Path],
+) -> None:
+    assert set(SETTING_CHANGES) == set(DiTFSettings.__dataclass_fields__)
+    folder = tiny_model("pixart")
+    base_settings = DiTFSettings(t=141, k=1)
+    base = DiTFExtractor.from_pretrained(folder, family="pixart", settings=base_settings)
+    variants: dict[str, DiTFExtractor] = {
+        name: DiTFExtractor.from_pretrained(
+            folder, family="pixart", settings=dataclasses.replace(base_settings, **{name: value})
+        )
+        for name, value in SETTING_CHANGES.items()
+    }
+    for name, value in LOAD_CHANGES.items():
+        variants[name] = DiTFExtractor.from_pretrained(
+            folder, family="pixart", settings=base_settings, **{name: value}
+        )
+    variants["model"] = DiTFExtractor.from_pretrained(  # other weights, same family
+        tiny_model("pixart", seed=1), family="pixart", settings=base_settings
+    )
+    variants["family"] = DiTFExtractor.from_pretrained(
+        tiny_model("sd3"), family="sd3", settings=base_settings
+    )
+    ident = base.identity()
+    assert DiTFExtractor.from_pretrained(folder, family="pixart", t=141, k=1).identity() == ident
+    for name, extractor in variants.items():
+        changed = extractor.identity()
+        assert changed != ident, name
+        assert feature_key(changed, VIDEO, 3, SIZE) != feature_key(ident, VIDEO, 3, SIZE), name
+        assert clip_key(changed, VIDEO, SIZE) != clip_key(ident, VIDEO, SIZE), name
 
 
 def test_key_changes_with_min_token_fraction() -> None:
@@ -669,12 +692,6 @@ def test_cli_cache_default_dir_and_usage(
     assert str(tmp_path) in capsys.readouterr().out
     assert cli.main(["cache"]) == 2
     assert "info" in capsys.readouterr().out
-
-
-def test_settings_dataclass_is_what_identity_spreads() -> None:
-    # identity() spreads DiTFSettings.to_dict(); keep the helper above honest.
-    fields = {f.name for f in dataclasses.fields(DiTFSettings)}
-    assert fields <= set(identity())
 
 
 @pytest.mark.gpu

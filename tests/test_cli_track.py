@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
+from safetensors import safe_open
 
 from ditf_track import cli
+from ditf_track import extractor as extractor_module
+from ditf_track.features import FeatureMaps
 from ditf_track.masks import DAVIS_PALETTE, read_mask, write_mask
 
 
@@ -222,3 +227,46 @@ def test_bad_input_is_one_line(
         assert err.count("\n") <= 2, err  # the error line (and at most one warning line)
     assert (taken / "keep.txt").read_text() == "mine"
     assert not (tmp_path / "o").exists()
+
+
+class BatchChannels:
+    """The lab baseline, but the channels it finds depend on the batch (as DiTF statistics over
+    a batch do): one frame → channel 0, four frames → channel 2."""
+
+    def __init__(self) -> None:
+        from ditf_track.lab import LabExtractor
+
+        self.inner = LabExtractor()
+        self.stride = self.inner.stride
+        self.device = self.inner.device
+
+    def identity(self) -> dict[str, Any]:
+        return {**self.inner.identity(), "batch_channels": True}
+
+    def extract(self, images: Any, *, massive_channels: Any = None) -> FeatureMaps:
+        found = (min(len(images), 3) - 1,) if massive_channels is None else massive_channels
+        maps = self.inner.extract(images, massive_channels=found)
+        return dataclasses.replace(maps, meta={**maps.meta, "massive_channels": list(found)})
+
+
+def test_extract_and_track_discard_the_same_channels(
+    shared_data: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Both commands find the clip's massive channels on frame 0 of the selection."""
+    monkeypatch.setattr(extractor_module, "extractor_from_config", lambda *a, **k: BatchChannels())
+    frames = shared_data / "davis/JPEGImages/480p/dog"
+    mask = shared_data / "davis/Annotations/480p/dog/00002.png"
+    common = ["--start", "2", "--end", "8", "--short-side", "64", "--preset", "lab"]
+    out = tmp_path / "dog.safetensors"
+    assert cli.main(["extract", str(frames), "--out", str(out), *common]) == 0
+    with safe_open(str(out), "pt") as fh:
+        extracted = json.loads(fh.metadata()["ditf_track"])["massive_channels"]
+    masks = tmp_path / "masks"
+    args = ["track", str(frames), "--mask", f"0:{mask}", "--out", str(masks), *common]
+    assert cli.main([*args, "--no-disk-cache"]) == 0
+    capsys.readouterr()
+    tracked = json.loads((masks / "config.json").read_text())["massive_channels"]
+    assert extracted == tracked == [0]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,12 +12,13 @@ import pytest
 import torch
 from PIL import Image
 
-from ditf_track.errors import InputError
+from ditf_track.config import FeatureConfig, Runtime, TrackerConfig
+from ditf_track.errors import ConfigError, InputError
 from ditf_track.eval.davis import evaluate_sequence
 from ditf_track.features import FeatureMaps
 from ditf_track.lab import LabExtractor
 from ditf_track.masks import read_mask
-from ditf_track.propagate import PropagationParams
+from ditf_track.propagate import PointParams, PropagationParams
 from ditf_track.tracker import ProgressEvent, SmallObjectWarning, Tracker
 
 CLIPS = ["blackswan", "car-shadow", "dog", "motocross-jump", "bmx-trees"]
@@ -205,3 +208,87 @@ def test_many_objects_small_ones_warned(shared_data: Path) -> None:
     assert set(np.unique(annotated.labels)) - {0} == set(mask.object_ids)
     for r in results:
         assert set(np.unique(r.labels)) <= {0, *mask.object_ids}
+
+
+# -- the config: what keys the feature cache -----------------------------------------------
+#: One change per propagation setting: none may change a feature key (a correction or a new
+#: --radius re-runs the propagation on cached features).
+PROPAGATION_CHANGES: dict[str, Any] = {
+    "params": PropagationParams(n_context=3, radius=4, topk=9, temperature=0.3),
+    "label_mode": "nearest",
+    "points_mode": "heatmap",
+    "point_params": PointParams(radius=3, min_similarity=0.2, cycle_threshold=None, sigma=2.0),
+    "runtime": Runtime(batch_size=2, disk_cache=False),
+}
+#: One change per feature setting (the preset's is checked by the extractor identity test in
+#: test_cache.py: a tiny model has too few blocks for a real preset's k).
+FEATURE_CHANGES: dict[str, Any] = {
+    "revision": "def456",
+    "dtype": "bfloat16",
+    "t": 142,
+    "k": 2,
+    "prompt": "a photo",
+    "guidance": 3.5,
+    "feature_mode": "adaln",
+    "condition": "t",
+    "discard_stage": "pre_norm",
+    "discard_ratio": 50.0,
+    "seed": 1,
+    "ensemble": 2,
+    "short_side": 80,
+    "long_multiple": 64,
+    "rounding": "floor",  # through the input size: 96 x 170.8 → 96 x 160, not 96 x 176
+    "interpolation": "bilinear",
+}
+
+
+def test_only_the_feature_config_keys_the_feature_cache(
+    tiny_model: Callable[..., Path], shared_data: Path
+) -> None:
+    clip = shared_data / "davis/JPEGImages/480p/dog"
+    base = TrackerConfig(
+        features=FeatureConfig(
+            preset=None,
+            model=str(tiny_model("pixart")),
+            family="pixart",
+            t=141,
+            k=1,
+            short_side=96,
+        ),
+        runtime=Runtime(disk_cache=False),
+    )
+
+    def key(config: TrackerConfig) -> str:
+        tracker = Tracker.from_config(config)
+        state = tracker.init_state(clip, end=2)
+        return state.features.key(1)
+
+    reference = key(base)
+    for name, value in PROPAGATION_CHANGES.items():
+        assert key(dataclasses.replace(base, **{name: value})) == reference, name
+    other_models = {"model": str(tiny_model("pixart", seed=1)), "family": "sd3"}
+    changes = {**FEATURE_CHANGES, **other_models}
+    assert set(changes) | {"preset"} == {f.name for f in dataclasses.fields(FeatureConfig)}
+    for name, value in changes.items():
+        features = dataclasses.replace(base.features, **{name: value})
+        if name == "family":
+            features = dataclasses.replace(features, model=str(tiny_model("sd3")))
+        assert key(dataclasses.replace(base, features=features)) != reference, name
+
+
+def test_from_preset_sorts_settings_through_the_config() -> None:
+    tracker = Tracker.from_preset(
+        "lab", short_side=64, label_mode="nearest", batch_size=2, interpolation="area"
+    )
+    assert (tracker.short_side, tracker.label_mode, tracker.batch_size) == (64, "nearest", 2)
+    assert tracker.interpolation == "area"
+    assert Tracker.from_preset("lab").short_side == 960  # the default side
+    with pytest.raises(ConfigError, match="unknown tracker setting 'radius'"):
+        Tracker.from_preset("lab", radius=3)
+    # cheap settings are refused when the config is made, before any model is resolved
+    with pytest.raises(ConfigError, match="unknown label mode"):
+        TrackerConfig(label_mode="blob")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="unknown points mode"):
+        TrackerConfig(points_mode="grid")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="give a preset"):
+        FeatureConfig(preset=None)

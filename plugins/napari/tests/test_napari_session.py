@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ditf_track import FrameResult, ProgressEvent
+from ditf_track import FrameResult, ProgressEvent, cli
 from ditf_track.video import video_from_array
 from napari_ditf_track import make_shapes_clip
 from napari_ditf_track._session import (
@@ -158,3 +158,16 @@ def test_clicked_points_get_their_own_ids() -> None:
 
     np.testing.assert_array_equal(unique_ids(np.array([0, 1, 2, 2, 2, 7])), [0, 1, 2, 8, 9, 7])
     np.testing.assert_array_equal(unique_ids(np.array([], np.int64)), [])
+
+
+def test_settings_build_the_config_the_cli_builds() -> None:
+    """The widget's defaults and the CLI's are one TrackerConfig (one builder for both)."""
+    args = cli.build_parser().parse_args(["track", "clip.mp4", "--mask", "m.png"])
+    assert TrackerSettings().config() == cli._tracker_config(args)
+    args = cli.build_parser().parse_args(
+        ["track", "clip.mp4", "--mask", "m.png", "--preset", "lab", "--short-side", "64"]
+    )
+    args.device = "cpu"
+    assert LAB.config() == cli._tracker_config(args)
+    assert LAB.resolved_short_side() == 64
+    assert TrackerSettings().resolved_short_side() == 960  # pixart-alpha's video setting

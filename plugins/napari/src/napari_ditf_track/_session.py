@@ -21,6 +21,7 @@ after the current frame or feature batch, leaving the tracker's state consistent
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import warnings
 from collections.abc import Generator
@@ -33,14 +34,16 @@ from ditf_track import (
     DEFAULT_PRESET,
     ConfigError,
     DitfError,
+    FeatureConfig,
     FrameResult,
     ProgressEvent,
     PropagationParams,
     QueryPoints,
+    Runtime,
     Tracker,
+    TrackerConfig,
     TrackerState,
     VideoSource,
-    load_preset,
 )
 
 __all__ = [
@@ -83,15 +86,35 @@ class TrackerSettings:
             temperature=self.temperature,
         )
 
+    def config(self) -> TrackerConfig:
+        """The library's :class:`~ditf_track.TrackerConfig` of these settings (validated)."""
+        return TrackerConfig(
+            features=FeatureConfig(
+                preset=self.preset,
+                model=self.model or None,
+                dtype=self.dtype,
+                t=self.t,
+                k=self.k,
+                short_side=self.short_side,
+            ),
+            params=self.params(),
+            label_mode=self.label_mode,
+            runtime=Runtime(device=self.device, cache_dir=self.cache_dir),
+        )
+
     def resolved_short_side(self) -> int:
-        """``short_side``, else the preset's video short side (960 if it names none)."""
-        return self.short_side or load_preset(self.preset).video.short_side or 960
+        """``short_side``, else the preset's video short side (the default side if none)."""
+        return self.config().features.resolved_short_side()
 
     def extractor_key(self) -> tuple[Any, ...]:
-        return (self.preset, self.model, self.device, self.dtype, self.t, self.k, self.cache_dir)
+        """What the loaded model and the feature cache depend on: the feature config but its
+        input size, and the runtime (changing anything else keeps them)."""
+        config = self.config()
+        return (dataclasses.replace(config.features, short_side=None), config.runtime)
 
     def tracker_key(self) -> tuple[Any, ...]:
-        return (*self.extractor_key(), self.resolved_short_side(), self.params(), self.label_mode)
+        """What the tracker depends on: the whole config, with the short side resolved."""
+        return (self.config(), self.resolved_short_side())
 
 
 @dataclass
@@ -165,33 +188,15 @@ class TrackingSession:
 
     # -- preparing a run ----------------------------------------------------------------------
     def _build_tracker(self, settings: TrackerSettings, notices: list[Notice]) -> Tracker:
-        params = settings.params()
-        short = settings.resolved_short_side()
+        config = settings.config()
         if self.tracker is not None and settings.extractor_key() == self._extractor_key:
-            return Tracker(
-                self.tracker.extractor,
-                params=params,
-                cache=self.tracker.cache,
-                label_mode=settings.label_mode,
-                short_side=short,
+            return Tracker.from_config(
+                config, extractor=self.tracker.extractor, cache=self.tracker.cache
             )
-        overrides = {name: getattr(settings, name) for name in ("t", "k")}
-        overrides = {name: value for name, value in overrides.items() if value is not None}
-        if load_preset(settings.preset).family == "lab" and (settings.model or overrides):
-            notices.append(
-                Notice("warning", "the lab preset has no model or DiTF settings; ignoring them")
-            )
-        return Tracker.from_preset(
-            settings.preset,
-            model=settings.model or None,
-            device=settings.device,
-            dtype=settings.dtype,
-            cache_dir=settings.cache_dir,
-            params=params,
-            short_side=short,
-            label_mode=settings.label_mode,
-            **overrides,
-        )
+        unused = config.features.unused()
+        if unused is not None:
+            notices.append(Notice("warning", unused))
+        return Tracker.from_config(config)
 
     def prepare(self, request: RunRequest, notices: list[Notice]) -> tuple[Tracker, bool]:
         """Bring tracker and state up to date with ``request``; True if the state is new."""

@@ -1,0 +1,180 @@
+"""What builds a tracker, as one frozen value: :class:`TrackerConfig`.
+
+The CLI (from its options), the napari plugin (from its widgets) and the evaluation workers fill
+one and hand it to :meth:`Tracker.from_config <ditf_track.tracker.Tracker.from_config>`; no
+front end sorts keyword arguments between the extractor, the cache and the tracker itself.
+
+The three parts differ in what they may change, on purpose:
+
+* :class:`FeatureConfig` — the model, its DiTF settings and the input-size rule: everything that
+  changes a frame's features. Only this part (resolved through the built extractor's
+  ``identity()``) keys the feature cache, so a run that changes a propagation setting re-runs the
+  propagation on cached features.
+* the propagation fields of :class:`TrackerConfig` — they change the results, never a feature.
+* :class:`Runtime` — where features are computed and kept; changes neither.
+
+``to_dict()`` of the whole config is what a run records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .errors import ConfigError
+from .images import Interpolation
+from .presets import DEFAULT_PRESET, Task, load_preset, preset_size
+from .propagate import PointParams, PropagationParams
+
+LabelMode = Literal["area", "nearest"]
+PointsMode = Literal["query", "heatmap"]
+LABEL_MODES: tuple[str, ...] = ("area", "nearest")
+POINTS_MODES: tuple[str, ...] = ("query", "heatmap")
+#: DiTF settings a :class:`FeatureConfig` may override (None: the preset's).
+SETTING_OVERRIDES: tuple[str, ...] = (
+    "t",
+    "k",
+    "prompt",
+    "guidance",
+    "feature_mode",
+    "condition",
+    "discard_stage",
+    "discard_ratio",
+    "seed",
+    "ensemble",
+)
+#: Frames per extraction batch of a tracker when :attr:`Runtime.batch_size` names none.
+DEFAULT_TRACKER_BATCH = 4
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Everything that changes a frame's features.
+
+    ``preset`` names the model and its per-task settings (None: ``model`` with its ``family``);
+    ``model`` replaces the preset's weights. The DiTF settings (``t`` … ``ensemble``) are the
+    preset's where None. Frames are resized so the short side is ``short_side`` (None: the
+    preset's, else :data:`~ditf_track.presets.DEFAULT_SIDE`), both sides multiples of the token
+    stride (``rounding``/``long_multiple`` as in :func:`~ditf_track.images.model_input_size`).
+    """
+
+    preset: str | None = DEFAULT_PRESET
+    model: str | None = None
+    family: str | None = None
+    revision: str | None = None
+    dtype: str | None = "auto"
+    t: int | None = None
+    k: int | None = None
+    prompt: str | None = None
+    guidance: float | None = None
+    feature_mode: str | None = None
+    condition: str | None = None
+    discard_stage: str | None = None
+    discard_ratio: float | None = None
+    seed: int | None = None
+    ensemble: int | None = None
+    short_side: int | None = None
+    long_multiple: int | None = None
+    rounding: Literal["nearest", "floor"] = "nearest"
+    interpolation: Interpolation = "auto"
+
+    def __post_init__(self) -> None:
+        if self.preset is None and self.model is None:
+            raise ConfigError(
+                "give a preset (--preset) or a model and its family (--model --family)"
+            )
+        if self.short_side is not None and self.short_side < 1:
+            raise ConfigError(f"short side {self.short_side} must be a positive number of pixels")
+
+    @property
+    def is_lab(self) -> bool:
+        """The weight-free colour baseline (no model, no DiTF settings)."""
+        return self.preset is not None and load_preset(self.preset).family == "lab"
+
+    def overrides(self) -> dict[str, Any]:
+        """The DiTF settings given, by name (the rest are the preset's)."""
+        return {n: getattr(self, n) for n in SETTING_OVERRIDES if getattr(self, n) is not None}
+
+    def unused(self) -> str | None:
+        """A one-line warning when settings are given that the chosen extractor has no use for."""
+        if self.is_lab and (self.model is not None or self.overrides()):
+            return "the lab preset has no model or DiTF settings; ignoring them"
+        return None
+
+    def resolved_short_side(self, task: Task = "video") -> int:
+        """``short_side``, else the preset's ``task`` short side, else the default side."""
+        return self.short_side or preset_size(self.preset, task, "short_side")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how features are computed and kept; never changes a feature or a result.
+
+    ``batch_size`` is the images per forward pass (None or 0: a whole extraction batch) and the
+    tracker's extraction batch (None or 0: :data:`DEFAULT_TRACKER_BATCH`). ``cache_dir`` holds text
+    embeddings and features (None: ``$DITF_TRACK_CACHE`` or ``~/.cache/ditf-track``);
+    ``disk_cache=False`` keeps features in memory only.
+    """
+
+    device: str = "auto"
+    batch_size: int | None = None
+    cache_dir: str | None = None
+    disk_cache: bool = True
+    local_files_only: bool = False
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    """Everything that builds a :class:`~ditf_track.tracker.Tracker` (see the module docstring).
+
+    ``label_mode`` brings annotated masks to the token grid (``"area"``: soft labels, keeps
+    objects smaller than a cell; ``"nearest"``: DINO's protocol). ``points_mode`` is how points
+    are tracked unless a ``propagate`` call says otherwise, with ``point_params``.
+    """
+
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    params: PropagationParams = field(default_factory=PropagationParams)
+    label_mode: LabelMode = "area"
+    points_mode: PointsMode = "query"
+    point_params: PointParams = field(default_factory=PointParams)
+    runtime: Runtime = field(default_factory=Runtime)
+
+    def __post_init__(self) -> None:
+        check_tracker_settings(self.label_mode, self.points_mode, self.tracker_batch_size)
+
+    @property
+    def tracker_batch_size(self) -> int:
+        """Frames extracted per batch by the tracker."""
+        return self.runtime.batch_size or DEFAULT_TRACKER_BATCH
+
+    def to_dict(self) -> dict[str, Any]:
+        """The whole config as plain data (JSON-safe)."""
+        return dataclasses.asdict(self)
+
+
+def check_tracker_settings(label_mode: str, points_mode: str, batch_size: int) -> None:
+    """The tracker's own settings, checked before any model is loaded."""
+    if label_mode not in LABEL_MODES:
+        raise ConfigError(f"unknown label mode {label_mode!r}; use 'area' or 'nearest'")
+    check_points_mode(points_mode)
+    if batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size} must be at least 1")
+
+
+def check_points_mode(mode: str) -> None:
+    if mode not in POINTS_MODES:
+        raise ConfigError(f"unknown points mode {mode!r}; use 'query' or 'heatmap'")
+
+
+__all__ = [
+    "DEFAULT_TRACKER_BATCH",
+    "LABEL_MODES",
+    "POINTS_MODES",
+    "SETTING_OVERRIDES",
+    "FeatureConfig",
+    "LabelMode",
+    "PointsMode",
+    "Runtime",
+    "TrackerConfig",
+]
