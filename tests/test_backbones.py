@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ditf_track.backbones import DiTBackbone, backbone_class
-from ditf_track.backbones.base import modulation_chunks
+from ditf_track.backbones.hooks import modulation_chunks
 from ditf_track.errors import ConfigError, ModelLoadError
 from ditf_track.features import adaln_modulate
 
@@ -249,7 +249,7 @@ def test_pixart_takes_resolution_condition_and_refuses_c(tiny_model: Callable[..
 
 
 def test_noise_schedules() -> None:
-    from ditf_track.backbones.sd3 import flow_noise
+    from ditf_track.backbones.base import flow_noise
 
     z0, eps = torch.ones(1, 4, 2, 2), torch.full((1, 4, 2, 2), 3.0)
     torch.testing.assert_close(flow_noise(z0, 250, eps), torch.full_like(z0, 0.75 + 0.75))
