@@ -52,7 +52,7 @@ class BlockCapture:
     eps: float
 
 
-class _Truncated(nn.Module):
+class TruncatedHead(nn.Module):
     """Stands in for a module after block k, which a DiTF forward never reaches."""
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -260,7 +260,7 @@ class DiTBackbone(ABC):
     @staticmethod
     @abstractmethod
     def truncate(transformer: Any, k: int) -> None:
-        """Keep blocks 0..k (and the embedders) only; replace the head by :class:`_Truncated`."""
+        """Keep blocks 0..k (and the embedders) only; replace the head by :class:`TruncatedHead`."""
 
     @staticmethod
     @abstractmethod

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import DiTBackbone, _Truncated, flow_noise
+from .base import DiTBackbone, TruncatedHead, flow_noise
 from .hooks import (
     HookSet,
     mlp_modulation,
@@ -67,8 +67,8 @@ class FluxBackbone(DiTBackbone):
         transformer.single_transformer_blocks = nn.ModuleList(
             list(transformer.single_transformer_blocks)[: max(0, k + 1 - n_double)]
         )
-        transformer.norm_out = _Truncated()
-        transformer.proj_out = _Truncated()
+        transformer.norm_out = TruncatedHead()
+        transformer.proj_out = TruncatedHead()
 
     @staticmethod
     def text_subfolders() -> list[str]:

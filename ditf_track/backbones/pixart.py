@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .base import DiTBackbone, _Truncated
+from .base import DiTBackbone, TruncatedHead
 from .hooks import HookSet
 from .text import TextCondition
 
@@ -39,8 +39,8 @@ class PixArtBackbone(DiTBackbone):
         transformer.transformer_blocks = nn.ModuleList(
             list(transformer.transformer_blocks)[: k + 1]
         )
-        transformer.norm_out = _Truncated()
-        transformer.proj_out = _Truncated()
+        transformer.norm_out = TruncatedHead()
+        transformer.proj_out = TruncatedHead()
         del transformer.scale_shift_table  # the output head's modulation
 
     @staticmethod

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import DiTBackbone, _Truncated, flow_noise
+from .base import DiTBackbone, TruncatedHead, flow_noise
 from .hooks import HookSet, mlp_modulation, time_embed_parts, watch_time_embeds
 from .text import TextCondition
 
@@ -35,8 +35,8 @@ class SD3Backbone(DiTBackbone):
         transformer.transformer_blocks = nn.ModuleList(
             list(transformer.transformer_blocks)[: k + 1]
         )
-        transformer.norm_out = _Truncated()
-        transformer.proj_out = _Truncated()
+        transformer.norm_out = TruncatedHead()
+        transformer.proj_out = TruncatedHead()
 
     @staticmethod
     def text_subfolders() -> list[str]:
