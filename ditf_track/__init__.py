@@ -4,7 +4,7 @@ The data path, in the order one call follows it — ``Tracker.propagate(state)``
 
     video → frames             video.py: open_video → VideoSource (decord, PyAV, OpenCV; streamed)
     frames → latents           backbones/<family>.py: DiTBackbone.encode_images, noise_latents
-    latents → block-k feature  backbones/<family>.py: DiTBackbone.capture (hooks stop at block k)
+    latents → block-k feature  backbones/base.py: DiTBackbone.capture, <family>.py tap (hooks.py)
     → AdaLN → discard          features.py: adaln_modulate, find_massive_channels,
                                discard_channels (driven by extractor.py DiTFExtractor.extract)
     → cache                    cache.py: FeatureCache (memory LRU over safetensors files)

@@ -72,7 +72,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ._atomic import atomic_path
-from .backbones.base import text_cache_dir
+from .backbones.text import text_cache_dir
 from .devices import dtype_name, resolve_device
 from .errors import ConfigError, OutputError
 
@@ -283,7 +283,7 @@ def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """The cache root: ``cache_dir``, else ``$DITF_TRACK_CACHE``, else ``~/.cache/ditf-track``.
 
     Feature files live in ``<root>/features``, clip metadata in ``<root>/clips`` and text
-    embeddings (:func:`~ditf_track.backbones.base.text_cache_dir`) in ``<root>/text``.
+    embeddings (:func:`~ditf_track.backbones.text.text_cache_dir`) in ``<root>/text``.
 
     Raises:
         ConfigError: the root or one of those subfolders exists and is not a folder (a

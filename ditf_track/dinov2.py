@@ -56,10 +56,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .backbones.base import ModelSource
+from .backbones.hooks import HookSet
 from .coords import grid_sample_coords, grid_to_frame, pixel_to_grid, rescale_points
 from .devices import dtype_name, out_of_memory_as_error, resolve_device, resolve_dtype
 from .errors import ConfigError, InputError, ModelLoadError
+from .hub import ModelSource
 from .images import resize_image
 
 DINOV2_MODEL = "facebook/dinov2-base"
@@ -69,10 +70,6 @@ PCA_DIM = 1280  # the paper: DiT features of SD3.5 and Flux reduced to 1280 befo
 # torchvision/DINOv2 ImageNet statistics (extractor_dino.py uses them for every "dino" model).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class _StopForward(Exception):
-    """Raised by the hook once block ``layer`` has run: later blocks are not needed."""
 
 
 @dataclass
@@ -257,24 +254,12 @@ class DINOv2Extractor:
     def extract(self, image: np.ndarray) -> DINOv2Maps:
         """Block-``layer`` token features of ``image`` ``(H, W, 3) uint8``: ``(C, g, g)``."""
         pixels, box = self.preprocess(image)
-        captured: list[torch.Tensor] = []
-
-        def hook(_module: Any, _args: Any, output: Any) -> None:
-            captured.append(output[0] if isinstance(output, tuple) else output)
-            raise _StopForward
-
         block = self.model.encoder.layer[self.layer]
-        handle = block.register_forward_hook(hook)
-        try:
-            with out_of_memory_as_error("extracting DINOv2 features"):
-                self.model(pixel_values=pixels)
-        except _StopForward:
-            pass
-        finally:
-            handle.remove()
-        if not captured:
-            raise RuntimeError(f"DINOv2 block {self.layer} did not run")
-        tokens = captured[0][0]  # (1 + g·g, C) with the CLS token first
+        with HookSet() as hooks, out_of_memory_as_error("extracting DINOv2 features"):
+            hooks.save_output_and_stop(block, "block")  # later blocks are not needed
+            hooks.run(lambda: self.model(pixel_values=pixels))
+        output = hooks.store["block"]
+        tokens = (output[0] if isinstance(output, tuple) else output)[0]  # (1 + g·g, C), CLS first
         g = self.image_size // self.patch
         patches = tokens[-g * g :]  # drop CLS (and registers, were there any)
         maps = patches.T.reshape(-1, g, g)

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from .backbones import TOKEN_STRIDE, BlockCapture, DiTBackbone, backbone_class
-from .backbones.base import folder_fingerprint
 from .devices import dtype_name, out_of_memory_as_error, resolve_device, resolve_dtype
 from .errors import ConfigError, InputError
 from .features import (
@@ -32,6 +31,7 @@ from .features import (
     normalize_maps,
     tokens_to_maps,
 )
+from .hub import folder_fingerprint
 from .presets import Preset, Task, load_preset
 
 if TYPE_CHECKING:

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from ditf_track import cli
-from ditf_track.backbones import ModelSource, backbone_class
+from ditf_track.backbones import backbone_class
 from ditf_track.errors import ConfigError, ModelLoadError
 from ditf_track.extractor import DiTFExtractor
 from ditf_track.masks import read_mask, write_mask
@@ -146,63 +146,6 @@ def test_offline_mode_is_named_only_when_on(
     assert "offline mode is on (HF_HUB_OFFLINE / --local-files-only)" in err
     assert f"hf download {DEFAULT_HUB_ID} --local-dir PATH" in err
     assert "--preset lab" in err
-
-
-@pytest.mark.parametrize(
-    ("status", "reachable"), [(404, True), (401, True), (503, False), (None, False)]
-)
-def test_hub_probe(
-    online: None, monkeypatch: pytest.MonkeyPatch, status: int | None, reachable: bool
-) -> None:
-    """Any HTTP answer means reachable; none, or a 5xx, sends every file to the local cache."""
-    import httpx2
-    import huggingface_hub
-    from huggingface_hub.errors import HfHubHTTPError
-
-    calls = []
-
-    def head(url: str, **kwargs: Any) -> None:
-        calls.append(kwargs)
-        if status is None:
-            raise httpx2.ConnectError("[Errno 111] Connection refused")
-        request = httpx2.Request("HEAD", url)
-        raise HfHubHTTPError(f"{status}", response=httpx2.Response(status, request=request))
-
-    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", head)
-    source = ModelSource("someone/some-model")
-    assert source.pretrained_kwargs()["local_files_only"] is (not reachable)
-    source.pretrained_kwargs()
-    assert len(calls) == 1, "the Hub is probed once per model"
-    assert calls[0]["timeout"] <= 10
-    assert (source.unreachable is None) is reachable
-    assert not source.offline
-
-
-def test_unknown_and_gated_ids_online_are_one_line(
-    online: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import httpx2
-    import huggingface_hub
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
-
-    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda *a, **k: None)
-    errors = {"nobody/no-such-model": RepositoryNotFoundError, "org/gated": GatedRepoError}
-
-    def download(repo_id: str, *args: Any, **kwargs: Any) -> str:
-        assert kwargs["local_files_only"] is False
-        request = httpx2.Request("GET", f"https://huggingface.co/{repo_id}")
-        status = 404 if repo_id.startswith("nobody") else 403
-        raise errors[repo_id]("no", response=httpx2.Response(status, request=request))
-
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
-    with pytest.raises(ModelLoadError) as exc:
-        backbone_class("flux").load("nobody/no-such-model", k=1)
-    assert "'nobody/no-such-model' was not found on the Hugging Face Hub" in one_line(
-        str(exc.value)
-    )
-    with pytest.raises(ModelLoadError) as exc:
-        backbone_class("flux").load("org/gated", k=1)
-    assert "'org/gated' is gated: accept its licence" in one_line(str(exc.value))
 
 
 def fake_hub_cache(tiny_model: Callable[..., Path], family: str, root: Path, repo: str) -> Path:

@@ -7,10 +7,12 @@ test.
 from __future__ import annotations
 
 from ..errors import ConfigError
-from .base import TOKEN_STRIDE, BlockCapture, DiTBackbone, ModelSource, TextCondition
+from ..hub import ModelSource
+from .base import TOKEN_STRIDE, BlockCapture, DiTBackbone
 from .flux import FluxBackbone
 from .pixart import PixArtBackbone
 from .sd3 import SD3Backbone
+from .text import TextCondition
 
 BACKBONES: dict[str, type[DiTBackbone]] = {
     "pixart": PixArtBackbone,

@@ -17,8 +17,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import BlockCapture, DiTBackbone, HookSet, TextCondition, _Truncated, modulation_chunks
-from .sd3 import flow_noise, mlp_modulation, time_embed_parts, watch_time_embeds
+from .base import DiTBackbone, TruncatedHead, flow_noise
+from .hooks import (
+    HookSet,
+    mlp_modulation,
+    modulation_chunks,
+    time_embed_parts,
+    watch_time_embeds,
+)
+from .text import TextCondition
 
 #: FLUX.1-dev's guidance value in the official DiTF code.
 DEFAULT_GUIDANCE = 3.5
@@ -60,8 +67,8 @@ class FluxBackbone(DiTBackbone):
         transformer.single_transformer_blocks = nn.ModuleList(
             list(transformer.single_transformer_blocks)[: max(0, k + 1 - n_double)]
         )
-        transformer.norm_out = _Truncated()
-        transformer.proj_out = _Truncated()
+        transformer.norm_out = TruncatedHead()
+        transformer.proj_out = TruncatedHead()
 
     @staticmethod
     def text_subfolders() -> list[str]:
@@ -128,44 +135,39 @@ class FluxBackbone(DiTBackbone):
             inputs["guidance"] = torch.full((n,), value, device=self.device, dtype=self.dtype)
         return inputs
 
-    @torch.inference_mode()
-    def capture(
-        self,
-        noisy_latents: torch.Tensor,
-        t: int,
-        condition: TextCondition,
-        k: int,
-        condition_mode: str = "t+c",
-        guidance: float | None = None,
-    ) -> BlockCapture:
-        self.check_k(k)
-        tr = self.transformer
-        _, _, h8, w8 = noisy_latents.shape
-        grid = (h8 // 2, w8 // 2)
-        inputs = self.model_inputs(noisy_latents, t, condition, guidance)
-        txt_len = inputs["encoder_hidden_states"].shape[1]
+    def token_grid(self, noisy_latents: torch.Tensor) -> tuple[int, int]:
+        """Latents are packed 2×2 into tokens (the transformer's own patch size is 1)."""
+        return noisy_latents.shape[-2] // 2, noisy_latents.shape[-1] // 2
+
+    def tap(self, hooks: HookSet, k: int) -> None:
         block = self._block(k)
-        single = k >= self.num_double_blocks
-        with HookSet() as hooks:
-            watch_time_embeds(hooks, tr.time_text_embed)
-            if single:
-                hooks.save_input_and_stop(block.norm, "norm")
-            else:
-                hooks.save_output(block.norm1, "norm1")
-                hooks.save_input_and_stop(block.norm2, "norm2")
-            hooks.run(lambda: tr(**inputs))
-            store = hooks.store
+        watch_time_embeds(hooks, self.transformer.time_text_embed)
+        if k >= self.num_double_blocks:
+            hooks.save_input_and_stop(block.norm, "norm")
+        else:
+            hooks.save_output(block.norm1, "norm1")
+            hooks.save_input_and_stop(block.norm2, "norm2")
+
+    def block_input(self, store: dict[str, Any], k: int, inputs: dict[str, Any]) -> torch.Tensor:
+        """A single block's input is text then image tokens: the image tokens are the tail."""
+        if k >= self.num_double_blocks:
+            txt_len = inputs["encoder_hidden_states"].shape[1]
+            single_z: torch.Tensor = store["norm"][0][0][:, txt_len:]
+            return single_z
+        z: torch.Tensor = store["norm2"][0][0]
+        return z
+
+    def modulation(
+        self, store: dict[str, Any], k: int, condition_mode: str
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A single block: (scale, shift, gate) = chunks 1, 0, 2 of ``norm.linear(silu(temb))``."""
+        block = self._block(k)
         parts = time_embed_parts(store)
         hidden = self.hidden_size
-        if single:
-            args, norm_kwargs = store["norm"]
-            z = args[0][:, txt_len:]
-            emb = norm_kwargs["emb"] if "emb" in norm_kwargs else args[1]
-            temb = {"t+c": emb, "t": parts["t"], "c": parts["c"]}[condition_mode]
-            beta, gamma, gate = modulation_chunks(block.norm.linear, temb, hidden)
-        else:
-            z = store["norm2"][0][0]
-            gamma, beta, gate = mlp_modulation(block, store["norm1"], parts, condition_mode, hidden)
-        return BlockCapture(
-            z=z, gamma=gamma, beta=beta, gate=gate, grid=grid, eps=self.block_eps(k)
-        )
+        if k < self.num_double_blocks:
+            return mlp_modulation(block, store["norm1"], parts, condition_mode, hidden)
+        args, norm_kwargs = store["norm"]
+        emb = norm_kwargs["emb"] if "emb" in norm_kwargs else args[1]
+        temb = {"t+c": emb, "t": parts["t"], "c": parts["c"]}[condition_mode]
+        beta, gamma, gate = modulation_chunks(block.norm.linear, temb, hidden)
+        return gamma, beta, gate

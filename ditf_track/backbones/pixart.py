@@ -10,13 +10,14 @@ the real input size) — never on text, so a ``"c"`` condition is an error here.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from .base import BlockCapture, DiTBackbone, HookSet, TextCondition, _Truncated
+from .base import DiTBackbone, TruncatedHead
+from .hooks import HookSet
+from .text import TextCondition
 
 
 class PixArtBackbone(DiTBackbone):
@@ -24,6 +25,10 @@ class PixArtBackbone(DiTBackbone):
     pipeline_class_name = "PixArtAlphaPipeline"
     transformer_class_name = "PixArtTransformer2DModel"
     required_subfolders = ("transformer", "vae", "scheduler")
+    unavailable_conditions: ClassVar[dict[str, str]] = {
+        "c": "condition mode 'c' is not available for PixArt-α: its AdaLN is conditioned on "
+        "the timestep (and image size) only; use 't+c' or 't'"
+    }
 
     @staticmethod
     def count_blocks(config: dict[str, Any]) -> int:
@@ -34,8 +39,8 @@ class PixArtBackbone(DiTBackbone):
         transformer.transformer_blocks = nn.ModuleList(
             list(transformer.transformer_blocks)[: k + 1]
         )
-        transformer.norm_out = _Truncated()
-        transformer.proj_out = _Truncated()
+        transformer.norm_out = TruncatedHead()
+        transformer.proj_out = TruncatedHead()
         del transformer.scale_shift_table  # the output head's modulation
 
     @staticmethod
@@ -114,34 +119,21 @@ class PixArtBackbone(DiTBackbone):
             "return_dict": False,
         }
 
-    @torch.inference_mode()
-    def capture(
-        self,
-        noisy_latents: torch.Tensor,
-        t: int,
-        condition: TextCondition,
-        k: int,
-        condition_mode: str = "t+c",
-        guidance: float | None = None,
-    ) -> BlockCapture:
-        if condition_mode == "c":
-            raise ConfigError(
-                "condition mode 'c' is not available for PixArt-α: its AdaLN is conditioned on "
-                "the timestep (and image size) only; use 't+c' or 't'"
-            )
-        self.check_k(k)
-        n, _, h8, w8 = noisy_latents.shape
-        patch = int(self.transformer.config.patch_size)
+    def tap(self, hooks: HookSet, k: int) -> None:
         block = self.transformer.transformer_blocks[k]
-        with HookSet() as hooks:
-            hooks.save_input(block, "block")
-            hooks.save_input_and_stop(block.norm2, "norm2")
-            hooks.run(lambda: self.transformer(**self.model_inputs(noisy_latents, t, condition)))
-            block_timestep = hooks.store["block"][1]["timestep"]
-            z = hooks.store["norm2"][0][0]
-        grid = (h8 // patch, w8 // patch)
+        hooks.save_input(block, "block")
+        hooks.save_input_and_stop(block.norm2, "norm2")
+
+    def block_input(self, store: dict[str, Any], k: int, inputs: dict[str, Any]) -> torch.Tensor:
+        z: torch.Tensor = store["norm2"][0][0]
+        return z
+
+    def modulation(
+        self, store: dict[str, Any], k: int, condition_mode: str
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(scale_mlp, shift_mlp, gate_mlp): chunks 4, 3, 5 of the table plus the block's AdaLN."""
+        block = self.transformer.transformer_blocks[k]
+        block_timestep = store["block"][1]["timestep"]
+        n = block_timestep.shape[0]
         chunks = (block.scale_shift_table[None] + block_timestep.reshape(n, 6, -1)).chunk(6, dim=1)
-        shift_mlp, scale_mlp, gate_mlp = chunks[3][:, 0], chunks[4][:, 0], chunks[5][:, 0]
-        return BlockCapture(
-            z=z, gamma=scale_mlp, beta=shift_mlp, gate=gate_mlp, grid=grid, eps=self.block_eps(k)
-        )
+        return chunks[4][:, 0], chunks[3][:, 0], chunks[5][:, 0]

@@ -16,54 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import (
-    BlockCapture,
-    DiTBackbone,
-    HookSet,
-    TextCondition,
-    _Truncated,
-    modulation_chunks,
-)
-
-
-def flow_noise(latents: torch.Tensor, t: int, noise: torch.Tensor) -> torch.Tensor:
-    """Rectified-flow interpolation at σ = t/1000, without a resolution shift (official code)."""
-    sigma = t / 1000.0
-    return (1.0 - sigma) * latents + sigma * noise.to(latents.device, latents.dtype)
-
-
-def mlp_modulation(
-    block: Any,
-    norm1_output: tuple[torch.Tensor, ...],
-    time_embeds: dict[str, torch.Tensor],
-    condition_mode: str,
-    hidden: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(γ, β, α) = (scale_mlp, shift_mlp, gate_mlp) of an AdaLN-zero block, for the condition.
-
-    ``"t+c"`` takes them from the block's ``norm1`` output (x, gate_msa, shift_mlp, scale_mlp,
-    gate_mlp, ...) as the forward computed them; ``"t"`` and ``"c"`` apply ``norm1.linear`` to
-    the timestep (+ guidance) or pooled-text embedding alone. Chunks 3, 4, 5 are shift_mlp,
-    scale_mlp, gate_mlp in both the 6- and the 9-chunk (dual attention) layouts.
-    """
-    if condition_mode == "t+c":
-        return norm1_output[3], norm1_output[2], norm1_output[4]
-    temb = time_embeds["t"] if condition_mode == "t" else time_embeds["c"]
-    chunks = modulation_chunks(block.norm1.linear, temb, hidden)
-    return chunks[4], chunks[3], chunks[5]
-
-
-def watch_time_embeds(hooks: HookSet, time_text_embed: Any) -> None:
-    """Keep the timestep, guidance and pooled-text parts of ``temb`` for the ablations."""
-    hooks.save_output(time_text_embed.timestep_embedder, "t_emb")
-    hooks.save_output(time_text_embed.text_embedder, "c_emb")
-    if hasattr(time_text_embed, "guidance_embedder"):
-        hooks.save_output(time_text_embed.guidance_embedder, "g_emb")
-
-
-def time_embed_parts(store: dict[str, Any]) -> dict[str, torch.Tensor]:
-    t_part = store["t_emb"] + store["g_emb"] if "g_emb" in store else store["t_emb"]
-    return {"t": t_part, "c": store["c_emb"]}
+from .base import DiTBackbone, TruncatedHead, flow_noise
+from .hooks import HookSet, mlp_modulation, time_embed_parts, watch_time_embeds
+from .text import TextCondition
 
 
 class SD3Backbone(DiTBackbone):
@@ -80,8 +35,8 @@ class SD3Backbone(DiTBackbone):
         transformer.transformer_blocks = nn.ModuleList(
             list(transformer.transformer_blocks)[: k + 1]
         )
-        transformer.norm_out = _Truncated()
-        transformer.proj_out = _Truncated()
+        transformer.norm_out = TruncatedHead()
+        transformer.proj_out = TruncatedHead()
 
     @staticmethod
     def text_subfolders() -> list[str]:
@@ -135,32 +90,20 @@ class SD3Backbone(DiTBackbone):
             "return_dict": False,
         }
 
-    @torch.inference_mode()
-    def capture(
-        self,
-        noisy_latents: torch.Tensor,
-        t: int,
-        condition: TextCondition,
-        k: int,
-        condition_mode: str = "t+c",
-        guidance: float | None = None,
-    ) -> BlockCapture:
-        self.check_k(k)
-        tr = self.transformer
-        _, _, h8, w8 = noisy_latents.shape
-        patch = int(tr.config.patch_size)
-        block = tr.transformer_blocks[k]
-        with HookSet() as hooks:
-            watch_time_embeds(hooks, tr.time_text_embed)
-            hooks.save_output(block.norm1, "norm1")
-            hooks.save_input_and_stop(block.norm2, "norm2")
-            hooks.run(lambda: tr(**self.model_inputs(noisy_latents, t, condition)))
-            store = hooks.store
-        gamma, beta, gate = mlp_modulation(
+    def tap(self, hooks: HookSet, k: int) -> None:
+        block = self.transformer.transformer_blocks[k]
+        watch_time_embeds(hooks, self.transformer.time_text_embed)
+        hooks.save_output(block.norm1, "norm1")
+        hooks.save_input_and_stop(block.norm2, "norm2")
+
+    def block_input(self, store: dict[str, Any], k: int, inputs: dict[str, Any]) -> torch.Tensor:
+        z: torch.Tensor = store["norm2"][0][0]
+        return z
+
+    def modulation(
+        self, store: dict[str, Any], k: int, condition_mode: str
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        block = self.transformer.transformer_blocks[k]
+        return mlp_modulation(
             block, store["norm1"], time_embed_parts(store), condition_mode, self.hidden_size
-        )
-        z = store["norm2"][0][0]
-        grid = (h8 // patch, w8 // patch)
-        return BlockCapture(
-            z=z, gamma=gamma, beta=beta, gate=gate, grid=grid, eps=self.block_eps(k)
         )
