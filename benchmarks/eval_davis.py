@@ -50,7 +50,7 @@ from davis_fixtures import (  # noqa: E402
     write_multi_object_case,
 )
 
-from ditf_track.eval.davis import evaluate_davis, write_davis_csvs  # noqa: E402
+from ditf_track.eval.davis_folders import evaluate_davis, write_davis_csvs  # noqa: E402
 
 STAT_KEYS = ("J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
 Objects = dict[str, dict[str, float]]

@@ -1551,7 +1551,7 @@ def _format_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> s
 
 
 def _run_eval_davis(args: argparse.Namespace) -> int:
-    from .eval.davis import evaluate_davis, write_davis_csvs, write_davis_json
+    from .eval.davis_folders import evaluate_davis, write_davis_csvs, write_davis_json
     from .outputs import check_writable_file, refuse_input_overlap
 
     if args.data is not None:

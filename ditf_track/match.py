@@ -35,19 +35,13 @@ the same channels and their cosine similarities stay comparable; ``PairFeatures`
   cheaper; quantised to cells unless refined.
 
 Source descriptors are always sampled bilinearly from the source grid at the query point (pixel
-centres aligned, :func:`ditf_track.eval.hpatches.sample_descriptors`) and L2-normalised, which
+centres aligned, :func:`ditf_track.nn.sample_descriptors`) and L2-normalised, which
 for whole-pixel points is exactly the official "upsample, then index" descriptor.
 
-**Soft-argmax refinement** (:class:`SoftArgmax`, grid search only): a window of
-``(2·radius + 1)²`` cells around the argmax cell (cells outside the grid excluded), weights
-``softmax(cosine / temperature)`` over the window, and the weighted mean cell position. The
-defaults, radius 7 (a 15×15 window) and temperature 0.02, are GeoAware-SC's window soft-argmax
-(github Junyi42/GeoAware-SC 99fd6b6, ``pck_train.py --SOFT_EVAL_WINDOW 7``; ``soft_argmax``
-``beta=0.02`` after SFNet).
-
-**Mutual nearest neighbours** (``match_dense``, ``match_keypoints``): a pair (i, j) is kept when
-j is i's most similar descriptor in B and i is j's most similar in A (cosine), computed in
-chunks so that all-cells matching of large grids stays within memory.
+**Soft-argmax refinement** (:class:`~ditf_track.nn.SoftArgmax`, grid search only) and
+**mutual nearest neighbours** (``match_dense``, ``match_keypoints``) are the shared ones of
+:mod:`ditf_track.nn` (GeoAware-SC's 15×15 window at temperature 0.02; chunked so that
+all-cells matching of large grids stays within memory).
 """
 
 from __future__ import annotations
@@ -68,32 +62,19 @@ from .backbones import TOKEN_STRIDE
 from .coords import grid_to_frame
 from .dinov2 import PCA_DIM, DINOv2Extractor, fuse_features, reduce_jointly
 from .errors import ConfigError, InputError
-from .eval.hpatches import sample_descriptors
 from .extractor import DiTFExtractor, build_extractor
 from .features import FeatureExtractor, FeatureMaps
 from .images import model_input_size, resize_image
+from .nn import (
+    SoftArgmax,
+    mutual_nearest_neighbours,
+    sample_descriptors,
+    soft_argmax_window,
+)
 
 DEFAULT_PAIR_LONG_SIDE = 960  # the paper; the official SPair script passes --img_size 640
 UPSAMPLE_CHUNK_BYTES = 256 * 2**20
-MNN_CHUNK = 2048
 MAX_DRAWN_LINES = 500
-
-
-@dataclass(frozen=True)
-class SoftArgmax:
-    """Window soft-argmax on the similarity grid (see the module docstring).
-
-    ``radius`` in cells (window ``2·radius + 1`` wide), ``temperature`` divides the cosine.
-    """
-
-    radius: int = 7
-    temperature: float = 0.02
-
-    def __post_init__(self) -> None:
-        if self.radius < 0:
-            raise ConfigError(f"soft-argmax radius {self.radius} must be >= 0 cells")
-        if not self.temperature > 0:
-            raise ConfigError(f"soft-argmax temperature {self.temperature} must be > 0")
 
 
 @dataclass
@@ -269,56 +250,6 @@ def _source_index(
     i0 = src.floor().long().clamp_max(in_size - 1)
     i1 = (i0 + 1).clamp_max(in_size - 1)
     return i0, i1, (src - i0).float()
-
-
-def soft_argmax_window(
-    sims: torch.Tensor, grid_hw: tuple[int, int], refine: SoftArgmax
-) -> torch.Tensor:
-    """Sub-cell positions from similarities ``(N, h·w)``: ``(N, 2)`` continuous grid (y, x)."""
-    h, w = grid_hw
-    idx = sims.argmax(dim=1)
-    iy, ix = idx // w, idx % w
-    offsets = torch.arange(-refine.radius, refine.radius + 1, device=sims.device)
-    wy = iy[:, None] + offsets  # (N, K)
-    wx = ix[:, None] + offsets
-    valid = ((wy >= 0) & (wy < h))[:, :, None] & ((wx >= 0) & (wx < w))[:, None, :]
-    flat = wy.clamp(0, h - 1)[:, :, None] * w + wx.clamp(0, w - 1)[:, None, :]
-    logits = sims.float().gather(1, flat.reshape(len(sims), -1)) / refine.temperature
-    logits = logits.masked_fill(~valid.reshape(len(sims), -1), -math.inf)
-    weights = torch.softmax(logits, dim=1).reshape(valid.shape)
-    y = (weights.sum(dim=2) * wy).sum(dim=1)
-    x = (weights.sum(dim=1) * wx).sum(dim=1)
-    return torch.stack([y, x], dim=1).double()
-
-
-def mutual_nearest_neighbours(
-    desc_a: torch.Tensor, desc_b: torch.Tensor, chunk: int = MNN_CHUNK
-) -> tuple[np.ndarray, np.ndarray]:
-    """Mutual nearest neighbours by cosine of unit descriptors ``(N, C)`` and ``(M, C)``.
-
-    Returns ``(K, 2) int64`` rows (index in a, index in b) in increasing a order and their
-    cosines ``(K,) float32``. The similarity matrix is built ``chunk`` rows at a time.
-    """
-    a = desc_a.float()
-    b = desc_b.float().to(a.device)
-    n, m = len(a), len(b)
-    if n == 0 or m == 0:
-        return np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=np.float32)
-    nn_ab = torch.empty(n, dtype=torch.long, device=a.device)
-    score_ab = torch.empty(n, device=a.device)
-    best_ba = torch.full((m,), -math.inf, device=a.device)
-    nn_ba = torch.zeros(m, dtype=torch.long, device=a.device)
-    for i0 in range(0, n, chunk):
-        s = a[i0 : i0 + chunk] @ b.T
-        score_ab[i0 : i0 + chunk], nn_ab[i0 : i0 + chunk] = s.max(dim=1)
-        col_best, col_arg = s.max(dim=0)
-        better = col_best > best_ba  # strict: the first maximum in a's order wins, as argmax
-        best_ba = torch.where(better, col_best, best_ba)
-        nn_ba = torch.where(better, col_arg + i0, nn_ba)
-    ids = torch.arange(n, device=a.device)
-    mutual = nn_ba[nn_ab] == ids
-    pairs = torch.stack([ids[mutual], nn_ab[mutual]], dim=1)
-    return pairs.cpu().numpy().astype(np.int64), score_ab[mutual].cpu().numpy().astype(np.float32)
 
 
 def grid_points(image_hw: tuple[int, int], n: int) -> np.ndarray:

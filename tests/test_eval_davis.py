@@ -36,13 +36,11 @@ from ditf_track.eval.davis import (
     boundary_map,
     boundary_radius,
     disk_footprint,
-    evaluate_davis,
     evaluate_sequence,
     jf_statistics,
-    read_label_png,
     region_similarity,
-    write_davis_csvs,
 )
+from ditf_track.eval.davis_folders import evaluate_davis, read_label_png, write_davis_csvs
 
 STATS = ("J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
 

@@ -15,7 +15,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from ditf_track.errors import InputError
 from ditf_track.eval.hpatches import (
@@ -31,8 +30,6 @@ from ditf_track.eval.hpatches import (
     evaluate_homography_pair,
     image_corners_xy,
     load_hpatches,
-    mutual_nearest_neighbours,
-    sample_descriptors,
     select_top_keypoints,
 )
 
@@ -154,18 +151,6 @@ def test_loader_errors(tmp_path: Path) -> None:
 # Matching and homography pieces, by hand
 
 
-def test_mutual_nearest_neighbours_by_hand() -> None:
-    a = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
-    b = np.array([[0.0, 2.0], [3.0, 0.1]])
-    # cos: a0→b1 0.999, a1→b0 1.0, a2→b1 0.731 > a2→b0 0.707; b0→a1, b1→a0.
-    np.testing.assert_array_equal(mutual_nearest_neighbours(a, b), [[0, 1], [1, 0]])
-    # Cosine ignores descriptor length.
-    np.testing.assert_array_equal(mutual_nearest_neighbours(a * 7.0, b * 0.01), [[0, 1], [1, 0]])
-    assert mutual_nearest_neighbours(a, np.zeros((0, 2))).shape == (0, 2)
-    with pytest.raises(ValueError, match="descriptors"):
-        mutual_nearest_neighbours(a, np.zeros((3, 5)))
-
-
 def test_corner_error_by_hand() -> None:
     h, w = 4, 5
     np.testing.assert_array_equal(image_corners_xy(h, w), [[0, 0], [4, 0], [0, 3], [4, 3]])
@@ -233,24 +218,6 @@ def test_accumulator_by_hand() -> None:
         acc.add("graffiti", 2, 1.0)
     with pytest.raises(InputError, match="no HPatches pairs"):
         HomographyAccuracy().result()
-
-
-def test_sample_descriptors_alignment() -> None:
-    # Feature map of a 40x80 image at stride 10: channel 0 holds the column index, 1 the row.
-    hh, ww = 4, 8
-    ys, xs = torch.meshgrid(torch.arange(float(hh)), torch.arange(float(ww)), indexing="ij")
-    feat = torch.stack([xs, ys])
-    pts = np.array([[15.0, 25.0], [5.0, 44.0]])  # (y, x)
-    got = sample_descriptors(feat, pts, (40, 80))
-    # Pixel x maps to feature coordinate (x + 0.5) / 10 - 0.5 (cell j centred on pixel 10j + 4.5).
-    np.testing.assert_allclose(got.numpy(), [[2.05, 1.05], [3.95, 0.05]], atol=1e-5)
-    dift = sample_descriptors(feat, pts, (40, 80), align="dift")
-    # DIFT: g = (x - 39.5) / 39.5, then grid_sample (align_corners=False): ((g + 1) * 8 - 1) / 2.
-    gx = (np.array([25.0, 44.0]) - 39.5) / 39.5
-    gy = (np.array([15.0, 5.0]) - 19.5) / 19.5
-    expect = np.stack([((gx + 1) * ww - 1) / 2, ((gy + 1) * hh - 1) / 2], axis=1)
-    assert np.all(expect > 0)  # inside the map, so zero padding plays no part
-    np.testing.assert_allclose(dift.numpy(), expect, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -70,6 +70,8 @@ def test_tapvid_runner_on_a_tiny_pickle(
     assert code == 0, stdout
     assert f"TAP-Vid ({query_mode}): 2 videos" in stdout
     metrics = json.loads((out / "metrics.json").read_text())
+    # the resume log is the one the docs name and --overwrite owns (it was pairs.jsonl)
+    assert sorted(p.name for p in out.glob("*.jsonl")) == ["videos.jsonl"]
     for key in TAPVID_KEYS:
         assert 0 <= metrics[key] <= 1
     # every point is found within one cell (16 px at 256x256) of where it moved to
@@ -187,6 +189,7 @@ def test_keypoints_runner_on_a_jhmdb_layout(
     assert code == 0
     assert "\r" not in err  # no progress bar when stderr is not a terminal (a log file)
     assert "jhmdb (heatmap points): 2 videos, 30 queried keypoints" in stdout
+    assert sorted(p.name for p in out.glob("*.jsonl")) == ["videos.jsonl"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) >= {"PCK@0.1", "PCK@0.2"}
     preds, gts = [], []

@@ -31,10 +31,8 @@ from ditf_track.match import (
     SoftArgmax,
     check_points,
     grid_points,
-    mutual_nearest_neighbours,
     nearest_in_target,
     read_points_csv,
-    soft_argmax_window,
 )
 from ditf_track.testing import build_tiny_pipeline, plant_massive_channels
 
@@ -226,39 +224,6 @@ def test_points_outside_and_bad_images_are_input_errors(frame: np.ndarray) -> No
 
 # ---------------------------------------------------------------------------------------------
 # The pieces, by hand
-
-
-def test_mutual_nearest_neighbours_by_hand() -> None:
-    a = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1]])
-    b = torch.tensor([[0.0, 1.0], [1.0, 0.05], [-1.0, 0.0]])
-    a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
-    idx, scores = mutual_nearest_neighbours(a, b, chunk=2)  # chunks must not change the result
-    # a0 -> b1 and b1 -> a0; a1 <-> b0; a2 -> b1 but b1 prefers a0: dropped.
-    np.testing.assert_array_equal(idx, [[0, 1], [1, 0]])
-    np.testing.assert_allclose(scores, [float(a[0] @ b[1]), 1.0], atol=1e-6)
-    same, _ = mutual_nearest_neighbours(a, b, chunk=1000)
-    np.testing.assert_array_equal(same, idx)
-    empty, _ = mutual_nearest_neighbours(a[:0], b)
-    assert empty.shape == (0, 2)
-
-
-def test_soft_argmax_window_by_hand() -> None:
-    sims = torch.full((1, 5 * 5), -1.0)
-    sims[0, 2 * 5 + 2] = 1.0  # argmax at cell (2, 2)
-    sims[0, 2 * 5 + 3] = 1.0 - 0.02 * math.log(3.0)  # weight 1/3 of the peak's at (2, 3)
-    sims[0, 0] = 1.0 - 1e-4  # near-peak, but outside a radius-1 window
-    out = soft_argmax_window(sims, (5, 5), SoftArgmax(radius=1, temperature=0.02))
-    # weights: (2,2) 1, (2,3) 1/3, others exp(-100) ~ 0 -> x = (2 + 3/3) / (4/3) = 2.25
-    torch.testing.assert_close(
-        out, torch.tensor([[2.0, 2.25]], dtype=torch.float64), atol=1e-6, rtol=0
-    )
-    # Cells outside the grid are excluded, not clamped (a corner argmax stays in the corner).
-    corner = torch.full((1, 9), -1.0)
-    corner[0, 0] = 1.0
-    out = soft_argmax_window(corner, (3, 3), SoftArgmax(radius=2, temperature=0.02))
-    torch.testing.assert_close(out, torch.zeros(1, 2, dtype=torch.float64), atol=1e-9, rtol=0)
-    with pytest.raises(ConfigError, match="temperature"):
-        SoftArgmax(temperature=0)
 
 
 def test_upsampled_search_equals_full_upsampling() -> None:

@@ -273,15 +273,6 @@ def test_badja_dog_lab_beats_standing_still(shared_data: Path) -> None:
 # ---- the pure functions --------------------------------------------------------------------
 
 
-def test_sample_descriptors_at_cells_and_between() -> None:
-    feats = torch.nn.functional.normalize(torch.randn(8, 5, 7), dim=0)
-    at_cells = sample_descriptors(feats, np.array([[0.0, 0.0], [4.0, 6.0], [2.0, 3.0]]))
-    torch.testing.assert_close(at_cells, feats[:, [0, 4, 2], [0, 6, 3]].T)
-    half = sample_descriptors(feats, np.array([[2.0, 3.5]]))
-    blend = torch.nn.functional.normalize(feats[:, 2, 3] + feats[:, 2, 4], dim=0)
-    torch.testing.assert_close(half[0], blend)
-
-
 def test_locate_torch_and_faiss_agree_and_window_restricts() -> None:
     gen = torch.Generator().manual_seed(0)
     feats = torch.nn.functional.normalize(torch.randn(32, 12, 17, generator=gen), dim=0)

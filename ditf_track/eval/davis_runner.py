@@ -5,7 +5,8 @@ with DiTF features: frames resized so the short side is the preset's (960) and t
 floored to a multiple of 32, bilinearly (OpenCV); the first-frame mask brought to the token grid
 by nearest sampling (DINO's ``read_seg``); the first frame plus the 7 last frames as context,
 a 12-cell square window, top-5, τ = 0.1; the annotated first frame written as given. The masks
-are then scored with :func:`~ditf_track.eval.davis.evaluate_davis` (the official conventions).
+are then scored with :func:`~ditf_track.eval.davis_folders.evaluate_davis` (the official
+conventions).
 
 An output folder holds ``<sequence>/<frame>.png`` for every sequence, ``config.json``,
 ``metrics.json`` and the official ``global_results-<split>.csv`` and
@@ -23,20 +24,12 @@ from typing import Any
 
 from ..errors import InputError, OutputError
 from ..masks import DAVIS_PALETTE, write_mask
-from ..outputs import (
-    TEMP_PATTERN,
-    TOOL,
-    RunDir,
-    environment_versions,
-    is_run_record,
-    listing_digest,
-    write_json,
-)
+from ..outputs import TEMP_PATTERN, TOOL, RunDir, is_run_record, listing_digest, write_json
 from ..tracker import ProgressEvent, Tracker, tracker_config
-from .davis import DavisResult, evaluate_davis, write_davis_csvs, write_davis_json
+from ._run import CONFIG_FILE, METRICS_FILE, ResumableRun
+from .davis import DavisResult
+from .davis_folders import evaluate_davis, write_davis_csvs, write_davis_json
 
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.json"
 SEQUENCE_FILE = "run.json"
 
 
@@ -96,14 +89,17 @@ def davis_owned_files(split: str) -> list[str]:
     ]
 
 
-class DavisRun:
+class DavisRun(ResumableRun[str, SequenceOutcome]):
     """Propagate the sequences of ``split`` under ``data_root`` into ``out`` with ``tracker``.
 
     ``data_root`` has the official DAVIS-2017 layout (``JPEGImages/480p/<seq>/*.jpg``,
     ``Annotations/480p/<seq>/*.png``, ``ImageSets/2017/<split>.txt``). Iterate for one
     :class:`SequenceOutcome` per sequence (``progress`` receives the tracker's events), then
-    :meth:`finish` scores them and writes the metrics.
+    :meth:`finish` scores them and writes the metrics. The resume state is the sequence folders
+    themselves (no record log): a complete one is replayed, so iterating again is allowed.
     """
+
+    iterate_once = False
 
     def __init__(
         self,
@@ -123,49 +119,48 @@ class DavisRun:
         self.sequences = davis_sequences(self.root, split)
         self.tracker = tracker
         self.split_name = Path(split).stem
-        if isinstance(out, RunDir):
-            self._run_dir, own = out, False
-        else:
-            self._run_dir, own = open_davis_dir(out, split, self.root, resume, overwrite), True
-        self.out = self._run_dir.out
-        try:
+        self._progress: Callable[[ProgressEvent], None] | None = None
+
+        def open_dir() -> RunDir:
+            assert not isinstance(out, RunDir)
+            return open_davis_dir(out, split, self.root, resume, overwrite)
+
+        def clear(run_dir: RunDir) -> None:
             if overwrite:
                 for name in self.sequences:
-                    for folder in (self.out / name, self.out / f"{name}.incomplete"):
+                    for folder in (run_dir.out / name, run_dir.out / f"{name}.incomplete"):
                         _clear_sequence(folder)
-            identity = {**tracker.extractor.identity()}
-            params = tracker.params
-            fingerprint = {
-                "benchmark": "davis",
-                "split": self.sequences,
-                "extractor": identity,
-                "propagation": [params.n_context, params.radius, params.topk, params.temperature],
-                "sizing": [tracker.short_side, tracker.long_multiple, tracker.rounding],
-                "label_mode": tracker.label_mode,
-                "interpolation": tracker.interpolation,
-                "data_digest": listing_digest(
-                    root / name
-                    for root in (self.frames_root, self.gt_root)
-                    for name in self.sequences
-                ),
-                **dict(options or {}),
-            }
-            self._run_dir.check_fingerprint(fingerprint)
-            self._run_dir.write_state(
-                {
-                    "fingerprint": fingerprint,
-                    "data": str(self.root),
-                    "split": split,
-                    "protocol": "official DiTF DAVIS script / DINO label propagation",
-                    "versions": environment_versions(),
-                }
-            )
-        except BaseException:
-            if own:
-                self._run_dir.close()
-            raise
-        if own:
-            self._run_dir.release()
+
+        identity = {**tracker.extractor.identity()}
+        params = tracker.params
+        fingerprint = {
+            "benchmark": "davis",
+            "split": self.sequences,
+            "extractor": identity,
+            "propagation": [params.n_context, params.radius, params.topk, params.temperature],
+            "sizing": [tracker.short_side, tracker.long_multiple, tracker.rounding],
+            "label_mode": tracker.label_mode,
+            "interpolation": tracker.interpolation,
+            "data_digest": listing_digest(
+                root / name for root in (self.frames_root, self.gt_root) for name in self.sequences
+            ),
+            **dict(options or {}),
+        }
+        state = {
+            "data": str(self.root),
+            "split": split,
+            "protocol": "official DiTF DAVIS script / DINO label propagation",
+        }
+        self._start(
+            out,
+            "davis",
+            fingerprint,
+            state,
+            resume=resume,
+            overwrite=overwrite,
+            open_dir=open_dir,
+            prepare=clear,
+        )
         self.resume = resume
 
     def __len__(self) -> int:
@@ -179,17 +174,31 @@ class DavisRun:
         self, progress: Callable[[ProgressEvent], None] | None = None
     ) -> Iterator[SequenceOutcome]:
         """Propagate each sequence not yet complete; yield every sequence's outcome in order."""
-        with self._run_dir.locked():
-            for name in self.sequences:
-                target = self.out / name
-                if self.is_done(name):
-                    frames = len(list(target.glob("*.png")))
-                    yield SequenceOutcome(name, frames, resumed=True)
-                    continue
-                yield SequenceOutcome(name, self._run_sequence(name, progress), resumed=False)
+        self._progress = progress
+        yield from self._iterate()
 
     def __iter__(self) -> Iterator[SequenceOutcome]:
         return self.iterate()
+
+    def _items(self) -> list[str]:
+        return self.sequences
+
+    def _key(self, item: str) -> str:
+        return item
+
+    def _replay(self, item: str, key: str) -> dict[str, Any] | None:
+        if not self.is_done(item):
+            return None
+        return {"key": item, "frames": len(list((self.out / item).glob("*.png")))}
+
+    def _compute(self, item: str) -> dict[str, Any]:
+        return {"key": item, "frames": self._run_sequence(item, self._progress)}
+
+    def _commit(self, record: dict[str, Any]) -> None:
+        """Nothing to do: :meth:`_run_sequence` renamed the finished sequence folder."""
+
+    def _score(self, item: str, record: Mapping[str, Any], resumed: bool) -> SequenceOutcome:
+        return SequenceOutcome(item, int(record["frames"]), resumed)
 
     def _run_sequence(self, name: str, progress: Callable[[ProgressEvent], None] | None) -> int:
         tracker = self.tracker
@@ -224,9 +233,12 @@ class DavisRun:
                 "again with --resume"
             )
         result = evaluate_davis(self.out, self.gt_root, sequences=self.sequences, workers=workers)
-        with self._run_dir.locked():
+
+        def write() -> None:
             write_davis_json(result, self.out / METRICS_FILE)
             write_davis_csvs(result, self.out, self.split_name)
+
+        self._write_locked(write)
         return result
 
 

@@ -16,11 +16,13 @@ mihaidusmanu/d2-net, commit 0a3356c); read for facts, nothing copied:
 * Keypoints live at the *original* resolution throughout: DIFT reads SuperPoint top-1k keypoints
   detected on the original images and samples descriptors from the feature map of the 768×768
   resized image with ``F.grid_sample`` at coordinates normalised by ((W−1)/2, (H−1)/2) of the
-  original image, so nothing is scaled back. :func:`sample_descriptors` offers that normalisation
-  (``align="dift"``) and the pixel-centre one (``align="pixel_centers"``, the default).
+  original image, so nothing is scaled back. :func:`ditf_track.nn.sample_descriptors` offers
+  that normalisation (``align="dift"``) and the pixel-centre one (``align="pixel_centers"``,
+  the default).
 * Duplicate keypoint coordinates are dropped per image (DIFT ``np.unique(..., axis=0)``); a
   duplicate has the same sampled descriptor, so which copy survives does not matter.
-* Matching: mutual nearest neighbours of the cosine similarity of L2-normalised descriptors.
+* Matching: mutual nearest neighbours of the cosine similarity of L2-normalised descriptors
+  (:func:`ditf_track.nn.mutual_nearest_neighbours_np`).
 * ``cv2.findHomography(pts_a, pts_b, cv2.LMEDS, ransacReprojThreshold=3)`` with (x, y) points
   (DIFT's default for DIFT-SD; its ADM variant uses ``cv2.RANSAC`` with the same threshold).
   OpenCV documents the threshold as used by RANSAC and RHO only, so LMEDS ignores it.
@@ -49,11 +51,11 @@ from typing import Any, Literal
 
 import cv2
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import InputError
+from ..nn import mutual_nearest_neighbours_np
+from ..nn import sample_descriptors as sample_descriptors  # its DIFT alignment, re-exported
 
 # Spelled as in the release (D2-Net hpatches_sequences/download.sh removes exactly these).
 HIGH_RESOLUTION_SEQUENCES: tuple[str, ...] = (
@@ -177,31 +179,6 @@ def select_top_keypoints(
     return order[: min(k, len(keypoints_yx))]
 
 
-def mutual_nearest_neighbours(desc_a: np.ndarray, desc_b: np.ndarray) -> np.ndarray:
-    """Mutual nearest neighbours by cosine similarity: ``(K, 2) int64`` rows (index in a, in b).
-
-    ``desc_a`` is ``(N, C)``, ``desc_b`` ``(M, C)``; both are L2-normalised here. A pair (i, j) is
-    kept when j is i's most similar descriptor in b and i is j's most similar in a.
-    """
-    a = _l2_normalise(np.asarray(desc_a, dtype=np.float32))
-    b = _l2_normalise(np.asarray(desc_b, dtype=np.float32))
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(f"descriptors must be (N, C) and (M, C), got {a.shape} and {b.shape}")
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((0, 2), dtype=np.int64)
-    sim = a @ b.T
-    nn_ab = sim.argmax(axis=1)
-    nn_ba = sim.argmax(axis=0)
-    ids = np.arange(len(a))
-    mutual = nn_ba[nn_ab] == ids
-    return np.stack([ids[mutual], nn_ab[mutual]], axis=1).astype(np.int64)
-
-
-def _l2_normalise(x: np.ndarray) -> np.ndarray:
-    norm = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(norm, 1e-12)
-
-
 def estimate_homography(
     kp_a_yx: np.ndarray,
     kp_b_yx: np.ndarray,
@@ -287,7 +264,7 @@ def evaluate_homography_pair(
     if deduplicate:
         kp_a_yx, desc_a = deduplicate_keypoints(kp_a_yx, desc_a)
         kp_b_yx, desc_b = deduplicate_keypoints(kp_b_yx, desc_b)
-    matches = mutual_nearest_neighbours(desc_a, desc_b)
+    matches = mutual_nearest_neighbours_np(desc_a, desc_b)
     h_est = estimate_homography(kp_a_yx, kp_b_yx, matches, method=method)
     err = corner_error(h_est, H_gt, *image_a_hw)
     return HomographyPairResult(err, len(matches), h_est)
@@ -344,37 +321,3 @@ class HomographyAccuracy:
 def _finite_mean(values: Sequence[float]) -> float:
     finite = [v for v in values if math.isfinite(v)]
     return float(np.mean(finite)) if finite else math.nan
-
-
-@torch.inference_mode()
-def sample_descriptors(
-    features: torch.Tensor,
-    points_yx: np.ndarray | torch.Tensor,
-    image_hw: tuple[int, int],
-    align: Literal["pixel_centers", "dift"] = "pixel_centers",
-) -> torch.Tensor:
-    """Bilinearly sample a ``(C, h, w)`` feature map at keypoints of the original image: ``(N, C)``.
-
-    ``points_yx`` are ``(N, 2)`` (y, x) pixels of the original ``image_hw`` = (H, W) image; the
-    feature map may come from a resized copy of it (DIFT resizes HPatches to 768×768).
-    ``"pixel_centers"`` maps pixel centres consistently (``align_corners=False``);
-    ``"dift"`` reproduces DIFT ``eval_hpatches.py``: normalise by ((W−1)/2, (H−1)/2) and sample
-    with grid_sample's default ``align_corners=False``.
-    """
-    if features.ndim != 3:
-        raise ValueError(f"features must be (C, h, w), got {tuple(features.shape)}")
-    pts = torch.as_tensor(np.asarray(points_yx, dtype=np.float32)).to(features.device)
-    pts = pts.reshape(-1, 2)
-    height, width = image_hw
-    x, y = pts[:, 1], pts[:, 0]
-    if align == "dift":
-        gx = (x - (width - 1) / 2) / ((width - 1) / 2)
-        gy = (y - (height - 1) / 2) / ((height - 1) / 2)
-    elif align == "pixel_centers":
-        gx = (x + 0.5) / width * 2 - 1
-        gy = (y + 0.5) / height * 2 - 1
-    else:
-        raise ValueError(f"unknown align {align!r}; use 'pixel_centers' or 'dift'")
-    grid = torch.stack([gx, gy], dim=-1).to(features.dtype).view(1, -1, 1, 2)
-    out = F.grid_sample(features[None], grid, mode="bilinear", align_corners=False)
-    return out[0, :, :, 0].T.contiguous()

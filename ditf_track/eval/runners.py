@@ -11,14 +11,15 @@ A run owns an output folder with
 
 Iterating a run yields one outcome per pair — replayed from ``pairs.jsonl`` when already done
 (nothing is recomputed), else computed — so the CLI can show progress; :meth:`finish` writes
-the summary files and returns the metrics. Library code prints nothing.
+the summary files and returns the metrics (the protocol of
+:class:`~ditf_track.eval._run.ResumableRun`). Library code prints nothing.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -29,13 +30,9 @@ import numpy as np
 from ..errors import ConfigError, InputError
 from ..images import read_image
 from ..match import ImageFeatures, Matcher
-from ..outputs import (
-    RecordLog,
-    RunDir,
-    environment_versions,
-    write_csv,
-    write_json,
-)
+from ..outputs import RunDir, write_csv, write_json
+from ._run import CONFIG_FILE, METRICS_FILE, ResumableRun
+from ._run import open_eval_dir as open_eval_dir  # the CLI opens the folder before the model
 from .correspondence import (
     AP10K_PROTOCOL,
     PF_PASCAL_PROTOCOL,
@@ -62,75 +59,9 @@ PCK_PROTOCOLS: dict[str, PCKProtocol] = {
 Detector = Literal["sift", "orb"]
 DETECTORS: tuple[str, ...] = ("sift", "orb")
 
-CONFIG_FILE = "config.json"
 LOG_FILE = "pairs.jsonl"
-METRICS_FILE = "metrics.json"
 CATEGORY_FILE = "per_category.csv"
 PAIR_FILE = "per_pair.csv"
-
-
-def open_eval_dir(
-    out: str | Path,
-    benchmark: str,
-    owned: Sequence[str],
-    *,
-    inputs: Sequence[tuple[str, str | Path | None]] = (),
-    resume: bool = False,
-    overwrite: bool = False,
-) -> RunDir:
-    """Open (check, lock, clean on ``overwrite``) an evaluation's folder, resumed in place.
-
-    The CLI calls this before it builds a model, so a bad ``--out`` fails first, and passes
-    the open folder to the runner.
-    """
-    return RunDir(
-        out,
-        f"eval {benchmark}",
-        inputs=inputs,
-        patterns=owned,
-        resume=resume,
-        overwrite=overwrite,
-        in_place=True,
-    ).open()
-
-
-def _start_run(
-    out: str | Path | RunDir,
-    benchmark: str,
-    owned: Sequence[str],
-    fingerprint: Mapping[str, Any],
-    options: Mapping[str, Any],
-    *,
-    resume: bool,
-    overwrite: bool,
-) -> tuple[RunDir, RecordLog, dict[str, dict[str, Any]]]:
-    """Open ``out`` (unless the caller did), check a resumed run's fingerprint, write
-    config.json, load the finished records.
-
-    A folder the runner opened itself is unlocked again on return and re-locked while it is
-    iterated and finished (so a library user may drop a run half-way and resume it).
-    """
-    own = not isinstance(out, RunDir)
-    run_dir = (
-        open_eval_dir(out, benchmark, owned, resume=resume, overwrite=overwrite)
-        if not isinstance(out, RunDir)
-        else out
-    )
-    try:
-        run_dir.check_fingerprint(fingerprint)
-        log = RecordLog(run_dir.out / LOG_FILE, "key")
-        done = log.load() if run_dir.previous is not None else {}
-        if done:
-            log.rewrite(done.values())  # drop a torn last line before appending to the log
-        state = {"fingerprint": dict(fingerprint), **options, "versions": environment_versions()}
-        run_dir.write_state(state)
-    except BaseException:
-        if own:
-            run_dir.close()
-        raise
-    if own:
-        run_dir.release()
-    return run_dir, log, done
 
 
 # ----------------------------------------------------------------------------------------------
@@ -148,7 +79,7 @@ class PairOutcome:
     resumed: bool
 
 
-class PCKEvaluation:
+class PCKEvaluation(ResumableRun[tuple[int, CorrespondencePair], PairOutcome]):
     """Score ``pairs`` with ``matcher``: iterate for per-pair outcomes, then :meth:`finish`.
 
     ``benchmark`` is ``"spair"``, ``"pf-pascal"`` or ``"ap-10k"`` (its protocol fixes the α and
@@ -157,6 +88,7 @@ class PCKEvaluation:
     """
 
     owned = (CONFIG_FILE, LOG_FILE, METRICS_FILE, CATEGORY_FILE)
+    log_file = LOG_FILE
 
     def __init__(
         self,
@@ -179,20 +111,17 @@ class PCKEvaluation:
         self.matcher = matcher
         opts = dict(options or {})
         fingerprint = {"benchmark": benchmark, **opts, "matcher": matcher.identity()}
-        self._run_dir, self._log, self._done = _start_run(
+        self._start(
             out,
             benchmark,
-            self.owned,
             fingerprint,
             {"benchmark": benchmark, "protocol": self.protocol.source, **opts},
             resume=resume,
             overwrite=overwrite,
         )
-        self.out = self._run_dir.out
         self._acc = PCKAccumulator(self.protocol)
         self._extra: Counter[str] = Counter()
         self._channels: Counter[int] = Counter()
-        self._consumed = False
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -200,22 +129,16 @@ class PCKEvaluation:
     @property
     def num_resumable(self) -> int:
         """Pairs already finished in ``pairs.jsonl`` (replayed, not recomputed)."""
-        return sum(1 for p in self.pairs if p.pair_id in self._done)
+        return sum(1 for p in self.pairs if self.is_resumable(p.pair_id))
 
-    def __iter__(self) -> Iterator[PairOutcome]:
-        if self._consumed:
-            raise RuntimeError("a PCKEvaluation can be iterated once")
-        self._consumed = True
-        with self._run_dir.locked():
-            for index, pair in enumerate(self.pairs):
-                record = self._done.get(pair.pair_id)
-                resumed = record is not None
-                if record is None:
-                    record = self._compute(pair)
-                    self._log.append(record)
-                yield self._score(index, pair, record, resumed)
+    def _items(self) -> Iterable[tuple[int, CorrespondencePair]]:
+        return enumerate(self.pairs)
 
-    def _compute(self, pair: CorrespondencePair) -> dict[str, Any]:
+    def _key(self, item: tuple[int, CorrespondencePair]) -> str:
+        return item[1].pair_id
+
+    def _compute(self, item: tuple[int, CorrespondencePair]) -> dict[str, Any]:
+        pair = item[1]
         image_a = _read_sized(pair.source_image, pair.source_hw)
         image_b = _read_sized(pair.target_image, pair.target_hw)
         valid = np.asarray(pair.valid, dtype=bool)
@@ -234,8 +157,9 @@ class PCKEvaluation:
         }
 
     def _score(
-        self, index: int, pair: CorrespondencePair, record: Mapping[str, Any], resumed: bool
+        self, item: tuple[int, CorrespondencePair], record: Mapping[str, Any], resumed: bool
     ) -> PairOutcome:
+        index, pair = item
         valid = np.asarray(pair.valid, dtype=bool)
         pred = np.zeros_like(pair.source_points)
         stored = np.asarray(record["pred_yx"], dtype=np.float64).reshape(-1, 2)
@@ -263,11 +187,14 @@ class PCKEvaluation:
         columns = ["category", "num_pairs", "num_points"]
         columns += [pck_key("pck_per_point", a) for a in alphas]
         columns += [pck_key("pck_per_image", a) for a in alphas]
-        with self._run_dir.locked():
+
+        def write() -> None:
             write_json(self.out / METRICS_FILE, metrics, "metrics")
             write_csv(
                 self.out / CATEGORY_FILE, self._acc.category_rows(), columns, "category table"
             )
+
+        self._write_locked(write)
         return metrics
 
 
@@ -323,7 +250,7 @@ class HomographyOutcome:
     resumed: bool
 
 
-class HPatchesEvaluation:
+class HPatchesEvaluation(ResumableRun[tuple[HPatchesSequence, int], HomographyOutcome]):
     """Homography accuracy on HPatches: iterate for per-pair outcomes, then :meth:`finish`.
 
     Per sequence, image 1's keypoints and features are computed once (its massive channels are
@@ -332,6 +259,7 @@ class HPatchesEvaluation:
     """
 
     owned = (CONFIG_FILE, LOG_FILE, METRICS_FILE, CATEGORY_FILE, PAIR_FILE)
+    log_file = LOG_FILE
 
     def __init__(
         self,
@@ -362,51 +290,36 @@ class HPatchesEvaluation:
             "method": method,
         }
         fingerprint = {"benchmark": "hpatches", **opts, "matcher": matcher.identity()}
-        self._run_dir, self._log, self._done = _start_run(
+        self._start(
             out,
             "hpatches",
-            self.owned,
             fingerprint,
             {"benchmark": "hpatches", **opts},
             resume=resume,
             overwrite=overwrite,
         )
-        self.out = self._run_dir.out
         self._acc = HomographyAccuracy(method=method)
         self._rows: list[dict[str, Any]] = []
-        self._consumed = False
+        # image 1 of the sequence being computed: (name, image, keypoints, features)
+        self._first: tuple[str, np.ndarray, np.ndarray, ImageFeatures] | None = None
 
     def __len__(self) -> int:
         return 5 * len(self.sequences)
 
-    def __iter__(self) -> Iterator[HomographyOutcome]:
-        if self._consumed:
-            raise RuntimeError("an HPatchesEvaluation can be iterated once")
-        self._consumed = True
-        with self._run_dir.locked():
-            for seq in self.sequences:
-                first: tuple[np.ndarray, np.ndarray, ImageFeatures] | None = None
-                for k in range(2, 7):
-                    key = f"{seq.name}/{k}"
-                    record = self._done.get(key)
-                    resumed = record is not None
-                    if record is None:
-                        if first is None:
-                            image1 = seq.read_image(1)
-                            kp1 = detect_keypoints(image1, self.detector, self.max_keypoints)
-                            first = (image1, kp1, self.matcher.image_features(image1))
-                        record = self._compute(seq, k, *first)
-                        self._log.append(record)
-                    yield self._score(seq, k, record, resumed)
+    def _items(self) -> Iterable[tuple[HPatchesSequence, int]]:
+        return ((seq, k) for seq in self.sequences for k in range(2, 7))
 
-    def _compute(
-        self,
-        seq: HPatchesSequence,
-        k: int,
-        image1: np.ndarray,
-        kp1: np.ndarray,
-        features1: ImageFeatures,
-    ) -> dict[str, Any]:
+    def _key(self, item: tuple[HPatchesSequence, int]) -> str:
+        return f"{item[0].name}/{item[1]}"
+
+    def _compute(self, item: tuple[HPatchesSequence, int]) -> dict[str, Any]:
+        """Image 1's keypoints and features are computed once per sequence, when first needed."""
+        seq, k = item
+        if self._first is None or self._first[0] != seq.name:
+            image1 = seq.read_image(1)
+            kp1 = detect_keypoints(image1, self.detector, self.max_keypoints)
+            self._first = (seq.name, image1, kp1, self.matcher.image_features(image1))
+        _, image1, kp1, features1 = self._first
         image_k = seq.read_image(k)
         kp_k = detect_keypoints(image_k, self.detector, self.max_keypoints)
         pair = self.matcher.features_for_pair(image1, image_k, features_a=features1)
@@ -428,8 +341,9 @@ class HPatchesEvaluation:
         }
 
     def _score(
-        self, seq: HPatchesSequence, k: int, record: Mapping[str, Any], resumed: bool
+        self, item: tuple[HPatchesSequence, int], record: Mapping[str, Any], resumed: bool
     ) -> HomographyOutcome:
+        seq, k = item
         err = record.get("corner_error")
         error = math.inf if err is None else float(err)
         self._acc.add(seq.name, k, error)
@@ -454,8 +368,7 @@ class HPatchesEvaluation:
         metrics["detector"] = self.detector
         metrics["max_keypoints"] = self.max_keypoints
         metrics["matcher"] = self.matcher.identity()
-        with self._run_dir.locked():
-            self._write_summary(metrics)
+        self._write_locked(lambda: self._write_summary(metrics))
         return metrics
 
     def _write_summary(self, metrics: dict[str, Any]) -> None:

@@ -1,9 +1,9 @@
 """Resumable point-tracking evaluations: TAP-Vid (AJ, δ_avg, OA) and BADJA / JHMDB keypoint PCK.
 
 Both drive a :class:`~ditf_track.tracker.Tracker` through its public API (``init_state`` →
-``add_points`` → ``propagate``) and own an output folder like the pair runners
-(:mod:`ditf_track.eval.runners`): ``config.json`` (options, tracker identity, versions, the
-resume fingerprint), ``videos.jsonl`` (one line per finished video: the resume state),
+``add_points`` → ``propagate``) and own an output folder like the pair runners (both are
+:class:`~ditf_track.eval._run.ResumableRun`): ``config.json`` (options, tracker identity,
+versions, the resume fingerprint), ``videos.jsonl`` (one line per finished video: the resume state),
 ``tracks/<video>.npz`` (the predictions), then ``metrics.json`` and ``per_video.csv``.
 Iterating a run yields one outcome per video, replayed from ``videos.jsonl`` when done.
 
@@ -43,6 +43,7 @@ from ..errors import ConfigError, InputError
 from ..outputs import RunDir, listing_digest, write_csv, write_json
 from ..tracker import Tracker
 from ..video import VideoSource, open_video, video_from_array
+from ._run import CONFIG_FILE, METRICS_FILE, ResumableRun
 from .keypoints import (
     BADJA_ALPHA,
     JHMDB_ALPHAS,
@@ -53,12 +54,9 @@ from .keypoints import (
     load_badja,
     load_jhmdb_joints,
 )
-from .runners import _start_run
 from .tapvid import TAPVID_THRESHOLDS, QueryMode, TapVidSample, compute_tapvid_metrics, iter_tapvid
 
-CONFIG_FILE = "config.json"
 LOG_FILE = "videos.jsonl"
-METRICS_FILE = "metrics.json"
 VIDEO_FILE = "per_video.csv"
 TRACKS_DIR = "tracks"
 
@@ -123,13 +121,14 @@ def _finite_mean(values: Iterable[float]) -> float | None:
 # TAP-Vid
 
 
-class TapVidEvaluation:
+class TapVidEvaluation(ResumableRun[TapVidSample, VideoOutcome]):
     """TAP-Vid on a pickle (DAVIS) or a folder of Kinetics shards: iterate, then :meth:`finish`.
 
     ``query_mode`` is ``"first"`` or ``"strided"``; ``limit`` keeps the first videos only.
     """
 
     owned = (CONFIG_FILE, LOG_FILE, METRICS_FILE, VIDEO_FILE, f"{TRACKS_DIR}/*.npz")
+    log_file = LOG_FILE
 
     def __init__(
         self,
@@ -169,38 +168,34 @@ class TapVidEvaluation:
             **opts,
             "tracker": tracker.identity(),
         }
-        self._run_dir, self._log, self._done = _start_run(
-            out, "tapvid", self.owned, fingerprint, config, resume=resume, overwrite=overwrite
-        )
-        self.out = self._run_dir.out
+        self._start(out, "tapvid", fingerprint, config, resume=resume, overwrite=overwrite)
         self._rows: list[dict[str, Any]] = []
-        self._consumed = False
 
     def __iter__(self) -> Iterator[VideoOutcome]:
-        if self._consumed:
-            raise RuntimeError("a TapVidEvaluation can be iterated once")
-        self._consumed = True
-        samples = iter_tapvid(self.data, self.query_mode, resolution=None)
-        with self._run_dir.locked():
-            for count, sample in enumerate(samples):
-                if self.limit is not None and count >= self.limit:
-                    break
-                record = self._done.get(sample.video_name)
-                resumed = record is not None
-                if record is None:
-                    record = self._compute(sample)
-                    self._log.append(record)
-                metrics = {k: record["metrics"][k] for k in TAPVID_KEYS}
-                self._rows.append({"video": sample.video_name, **metrics, **_counts(record)})
-                yield VideoOutcome(
-                    sample.video_name,
-                    {k: (math.nan if v is None else float(v)) for k, v in metrics.items()},
-                    int(record["num_points"]),
-                    int(record["num_frames"]),
-                    resumed,
-                )
+        yield from self._iterate()
         if not self._rows:
             raise InputError(f"no TAP-Vid video in {self.data}; check --data")
+
+    def _items(self) -> Iterator[TapVidSample]:
+        samples = iter_tapvid(self.data, self.query_mode, resolution=None)
+        for count, sample in enumerate(samples):
+            if self.limit is not None and count >= self.limit:
+                break
+            yield sample
+
+    def _key(self, item: TapVidSample) -> str:
+        return item.video_name
+
+    def _score(self, item: TapVidSample, record: Mapping[str, Any], resumed: bool) -> VideoOutcome:
+        metrics = {k: record["metrics"][k] for k in TAPVID_KEYS}
+        self._rows.append({"video": item.video_name, **metrics, **_counts(record)})
+        return VideoOutcome(
+            item.video_name,
+            {k: (math.nan if v is None else float(v)) for k, v in metrics.items()},
+            int(record["num_points"]),
+            int(record["num_frames"]),
+            resumed,
+        )
 
     def _compute(self, sample: TapVidSample) -> dict[str, Any]:
         frames = sample.frames
@@ -256,10 +251,12 @@ class TapVidEvaluation:
         ]
         metrics["tracker"] = self.tracker.identity()
         columns = ["video", *TAPVID_KEYS, "num_points", "num_frames", "num_clipped"]
-        with self._run_dir.locked():
-            write_json(self.out / METRICS_FILE, metrics, "metrics")
-            write_csv(self.out / VIDEO_FILE, self._rows, columns, "video table")
+        self._write_locked(lambda: self._write_summary(metrics, columns))
         return metrics
+
+    def _write_summary(self, metrics: Mapping[str, Any], columns: Sequence[str]) -> None:
+        write_json(self.out / METRICS_FILE, metrics, "metrics")
+        write_csv(self.out / VIDEO_FILE, self._rows, list(columns), "video table")
 
 
 def _counts(record: Mapping[str, Any]) -> dict[str, int]:
@@ -351,10 +348,11 @@ def jhmdb_videos(root: str | Path, video_list: str | Path | None = None) -> list
     return videos
 
 
-class KeypointEvaluation:
+class KeypointEvaluation(ResumableRun[BadjaVideo | JhmdbVideo, VideoOutcome]):
     """Keypoint tracking PCK on BADJA or JHMDB videos: iterate, then :meth:`finish`."""
 
     owned = (CONFIG_FILE, LOG_FILE, METRICS_FILE, VIDEO_FILE, f"{TRACKS_DIR}/*.npz")
+    log_file = LOG_FILE
 
     def __init__(
         self,
@@ -401,39 +399,27 @@ class KeypointEvaluation:
             **opts,
             "tracker": tracker.identity(),
         }
-        self._run_dir, self._log, self._done = _start_run(
-            out, "keypoints", self.owned, fingerprint, config, resume=resume, overwrite=overwrite
-        )
-        self.out = self._run_dir.out
+        self._start(out, "keypoints", fingerprint, config, resume=resume, overwrite=overwrite)
         self._rows: list[dict[str, Any]] = []
         self._jhmdb: list[tuple[np.ndarray, np.ndarray]] = []
-        self._consumed = False
 
     def __len__(self) -> int:
         return len(self.videos)
 
     @property
     def num_resumable(self) -> int:
-        return sum(1 for v in self.videos if v.name in self._done)
+        return sum(1 for v in self.videos if self.is_resumable(v.name))
 
-    def __iter__(self) -> Iterator[VideoOutcome]:
-        if self._consumed:
-            raise RuntimeError("a KeypointEvaluation can be iterated once")
-        self._consumed = True
-        with self._run_dir.locked():
-            for video in self.videos:
-                record = self._done.get(video.name)
-                resumed = record is not None
-                if record is None:
-                    record = (
-                        self._badja(video)
-                        if isinstance(video, BadjaVideo)
-                        else self._jhmdb_video(video)
-                    )
-                    self._log.append(record)
-                yield self._outcome(video, record, resumed)
+    def _items(self) -> list[BadjaVideo | JhmdbVideo]:
+        return self.videos
 
-    def _outcome(
+    def _key(self, item: BadjaVideo | JhmdbVideo) -> str:
+        return item.name
+
+    def _compute(self, item: BadjaVideo | JhmdbVideo) -> dict[str, Any]:
+        return self._badja(item) if isinstance(item, BadjaVideo) else self._jhmdb_video(item)
+
+    def _score(
         self, video: BadjaVideo | JhmdbVideo, record: Mapping[str, Any], resumed: bool
     ) -> VideoOutcome:
         if isinstance(video, JhmdbVideo):
@@ -534,9 +520,12 @@ class KeypointEvaluation:
             keys = [f"PCK@{a:g}" for a in JHMDB_ALPHAS]
         metrics["tracker"] = self.tracker.identity()
         columns = ["video", *keys, "num_points", "num_frames", "num_clipped"]
-        with self._run_dir.locked():
+
+        def write() -> None:
             write_json(self.out / METRICS_FILE, metrics, "metrics")
             write_csv(self.out / VIDEO_FILE, self._rows, columns, "video table")
+
+        self._write_locked(write)
         return metrics
 
 

@@ -15,7 +15,7 @@ other frame its position is the best match, :func:`locate`:
    top-1 when ``knn_backend`` resolves to faiss), optionally only within ``radius`` cells of the
    point's position in the previous frame of the sequence;
 2. refined below the token stride by a window soft-argmax on the cosine map around that argmax
-   (:class:`~ditf_track.match.SoftArgmax`, the refinement the pair matcher uses, here on the
+   (:class:`~ditf_track.nn.SoftArgmax`, the refinement the pair matcher uses, here on the
    3 × 3 cells around the argmax with temperature 0.1: on a smooth random field whose cosine
    falls off over one cell, the mean error of 20 × 30 sub-cell motions was 0.33 cells with the
    pair matcher's 0.02 and 0.13 cells with 0.1; a 5 × 5 window was no better);
@@ -53,9 +53,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..coords import grid_sample_coords
 from ..errors import ConfigError, InputError
-from ..match import SoftArgmax, soft_argmax_window
+from ..nn import (
+    SoftArgmax,
+    as_grid_points,
+    check_feature_map,
+    soft_argmax_window,
+)
+from ..nn import sample_grid_descriptors as sample_descriptors
 from .knn import KNN_BACKENDS, KnnBackend, knn_search, matmul_f32, resolve_knn_backend
 from .labels import propagate_sequence
 from .params import PropagationParams
@@ -159,40 +164,6 @@ class PointEstimate(NamedTuple):
     score: np.ndarray
 
 
-def _check_map(features: torch.Tensor, name: str) -> tuple[int, int, int]:
-    if features.ndim != 3 or not features.is_floating_point():
-        raise InputError(
-            f"{name} must be a float (C, h, w) feature map, got {tuple(features.shape)}"
-        )
-    c, h, w = (int(s) for s in features.shape)
-    return c, h, w
-
-
-def _as_grid_points(grid_yx: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
-    pts = torch.as_tensor(
-        np.asarray(grid_yx, dtype=np.float64) if not torch.is_tensor(grid_yx) else grid_yx
-    )
-    return pts.reshape(-1, 2).to(device=device, dtype=torch.float64)
-
-
-def sample_descriptors(features: torch.Tensor, grid_yx: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """Unit bilinear descriptors ``(N, C)`` float32 at continuous grid ``(N, 2)`` ``(y, x)``.
-
-    ``F.grid_sample(align_corners=False)`` at :func:`~ditf_track.coords.grid_sample_coords`: an
-    integer position returns that cell's vector; points beyond the outer cell centres take the
-    border cells (``padding_mode="border"``).
-    """
-    c, h, w = _check_map(features, "features")
-    pts = _as_grid_points(grid_yx, features.device)
-    if len(pts) == 0:
-        return torch.zeros((0, c), device=features.device)
-    uv = grid_sample_coords(pts, (h, w)).to(torch.float32).view(1, -1, 1, 2)
-    out = F.grid_sample(
-        features[None].float(), uv, mode="bilinear", padding_mode="border", align_corners=False
-    )
-    return F.normalize(out[0, :, :, 0].T, dim=1, eps=1e-12)
-
-
 def _operands(queries: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Queries and ``(C, h·w)`` cells in one dtype: half stays half on CUDA (fp32 accumulate)."""
     c = int(features.shape[0])
@@ -231,7 +202,7 @@ def locate(
     argmax; ``centre (N, 2)`` grid ``(y, x)`` with ``radius`` cells restricts the search to a
     square window around each point's centre.
     """
-    c, h, w = _check_map(features, "features")
+    c, h, w = check_feature_map(features, "features")
     if queries.ndim != 2 or int(queries.shape[1]) != c:
         raise InputError(
             f"descriptors {tuple(queries.shape)} do not match a feature map of {c} channels"
@@ -244,7 +215,7 @@ def locate(
     if not windowed and resolve_knn_backend(knn_backend, features.device) == "faiss":
         return _locate_faiss(queries, features, refine)
     q, cells = _operands(queries, features)
-    centres = _as_grid_points(centre, features.device) if centre is not None and windowed else None
+    centres = as_grid_points(centre, features.device) if centre is not None and windowed else None
     step = max(1, _SIMS_CHUNK_BYTES // (4 * h * w))
     positions, scores, best = [], [], []
     for start in range(0, n, step):
@@ -269,7 +240,7 @@ def _locate_faiss(queries: torch.Tensor, features: torch.Tensor, refine: SoftArg
     """Exact top-1 with FAISS, then the soft-argmax on the cosines of the window around it.
 
     The window's cosines are computed for its cells only, so no ``N × h·w`` score matrix is
-    formed; the refinement is :func:`~ditf_track.match.soft_argmax_window` on that small grid.
+    formed; the refinement is :func:`~ditf_track.nn.soft_argmax_window` on that small grid.
     """
     c, h, w = (int(s) for s in features.shape)
     cells = features.reshape(c, h * w).t()
@@ -336,7 +307,7 @@ def track_query_points(
     frame's estimate (the query in the first); without, every frame is searched whole.
     """
     params = params or PointParams()
-    _check_map(query_features, "query features")
+    check_feature_map(query_features, "query features")
     query = np.asarray(query_grid_yx, dtype=np.float64).reshape(-1, 2)
     descriptors = sample_descriptors(query_features, query)
     previous = query
@@ -440,7 +411,7 @@ def track_heatmaps(
     settings (context frames, window, top-k, τ) and ``search`` an optional prepared search.
     """
     params = params or PointParams()
-    _, h, w = _check_map(query_features, "query features")
+    _, h, w = check_feature_map(query_features, "query features")
     query = np.asarray(query_grid_yx, dtype=np.float64).reshape(-1, 2)
     labels = gaussian_label_maps(query, (h, w), params.sigma).to(query_features.device)
     reference_peak = labels[1:].flatten(1).amax(dim=1).cpu().numpy()

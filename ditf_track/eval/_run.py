@@ -1,0 +1,176 @@
+"""The resumable run every evaluator is: a locked output folder, one record per item, a summary.
+
+An evaluation is a list of items (image pairs, HPatches pairs, videos, DAVIS sequences), each
+with a ``key``. :class:`ResumableRun` holds the protocol they share, on top of
+:class:`~ditf_track.outputs.RunDir` (lock, fingerprint, atomic state, in-place resume):
+
+1. **start** — open ``out`` (unless the caller opened it, as the CLI does before it builds a
+   model), check a resumed run's fingerprint, write ``config.json``, load the finished records;
+   a folder the run opened itself is unlocked again and re-locked while it is iterated and
+   finished, so a library user may drop a run half-way and resume it;
+2. **iterate** — under the lock, for each item: the finished record when there is one
+   (*replayed*, nothing recomputed), else :meth:`~ResumableRun._compute` it and commit it
+   (appended and flushed to the record log before the next item starts); then
+   :meth:`~ResumableRun._score` the record into the outcome the caller sees;
+3. **finish** — the subclass scores the whole run and writes its summary files under the lock
+   (:meth:`~ResumableRun._write_locked`).
+
+The record log (``log_file``, JSON lines keyed by ``"key"``) is the resume state of the pair and
+video runners; the DAVIS runner keeps its state in the sequence folders instead and overrides
+the replay and commit steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Generic, TypeVar
+
+from ..outputs import RecordLog, RunDir, environment_versions
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.json"
+
+ItemT = TypeVar("ItemT")
+OutcomeT = TypeVar("OutcomeT")
+Record = dict[str, Any]
+
+
+def open_eval_dir(
+    out: str | Path,
+    benchmark: str,
+    owned: Sequence[str],
+    *,
+    inputs: Sequence[tuple[str, str | Path | None]] = (),
+    resume: bool = False,
+    overwrite: bool = False,
+) -> RunDir:
+    """Open (check, lock, clean on ``overwrite``) an evaluation's folder, resumed in place.
+
+    The CLI calls this before it builds a model, so a bad ``--out`` fails first, and passes
+    the open folder to the runner.
+    """
+    return RunDir(
+        out,
+        f"eval {benchmark}",
+        inputs=inputs,
+        patterns=owned,
+        resume=resume,
+        overwrite=overwrite,
+        in_place=True,
+    ).open()
+
+
+class ResumableRun(Generic[ItemT, OutcomeT]):
+    """Base of the evaluation runners: subclasses say what an item's key, record and outcome are.
+
+    Subclasses set ``owned`` (the run-level files :meth:`open_eval_dir` may clean) and
+    ``log_file`` (None: no record log, the subclass overrides :meth:`_replay` and
+    :meth:`_commit`), call :meth:`_start` from ``__init__`` and implement :meth:`_items`,
+    :meth:`_key`, :meth:`_compute` and :meth:`_score`.
+    """
+
+    owned: ClassVar[tuple[str, ...]]
+    log_file: ClassVar[str | None] = None
+    #: Whether a second iteration is refused (the runners that accumulate scores while iterated).
+    iterate_once: ClassVar[bool] = True
+
+    out: Path
+    _run_dir: RunDir
+    _log: RecordLog | None
+    _done: dict[str, Record]
+    _consumed: bool
+
+    def _start(
+        self,
+        out: str | Path | RunDir,
+        benchmark: str,
+        fingerprint: Mapping[str, Any],
+        state: Mapping[str, Any],
+        *,
+        resume: bool,
+        overwrite: bool,
+        open_dir: Callable[[], RunDir] | None = None,
+        prepare: Callable[[RunDir], None] | None = None,
+    ) -> None:
+        """Open ``out`` (``open_dir``, default :func:`open_eval_dir`) unless it is open, run
+        ``prepare`` on it, check the fingerprint, write config.json (``{"fingerprint", **state,
+        "versions"}``) and load the finished records."""
+        own = not isinstance(out, RunDir)
+        if isinstance(out, RunDir):
+            run_dir = out
+        elif open_dir is not None:
+            run_dir = open_dir()
+        else:
+            run_dir = open_eval_dir(out, benchmark, self.owned, resume=resume, overwrite=overwrite)
+        try:
+            if prepare is not None:
+                prepare(run_dir)
+            run_dir.check_fingerprint(fingerprint)
+            log = None if self.log_file is None else RecordLog(run_dir.out / self.log_file, "key")
+            done = log.load() if log is not None and run_dir.previous is not None else {}
+            if log is not None and done:
+                log.rewrite(done.values())  # drop a torn last line before appending to the log
+            run_dir.write_state(
+                {"fingerprint": dict(fingerprint), **state, "versions": environment_versions()}
+            )
+        except BaseException:
+            if own:
+                run_dir.close()
+            raise
+        if own:
+            run_dir.release()
+        self._run_dir, self.out, self._log, self._done = run_dir, run_dir.out, log, done
+        self._consumed = False
+
+    # The steps a runner defines
+
+    def _items(self) -> Iterable[ItemT]:
+        raise NotImplementedError
+
+    def _key(self, item: ItemT) -> str:
+        raise NotImplementedError
+
+    def _compute(self, item: ItemT) -> Record:
+        """Run the model on one item; the record must hold ``"key"`` and be JSON-serialisable."""
+        raise NotImplementedError
+
+    def _score(self, item: ItemT, record: Mapping[str, Any], resumed: bool) -> OutcomeT:
+        raise NotImplementedError
+
+    def _replay(self, item: ItemT, key: str) -> Record | None:
+        """The finished record of an item, or None when it has to be computed."""
+        return self._done.get(key)
+
+    def _commit(self, record: Record) -> None:
+        """Make a computed record durable before the next item starts."""
+        assert self._log is not None
+        self._log.append(record)
+
+    # The loop
+
+    def is_resumable(self, key: str) -> bool:
+        """Whether the item ``key`` is finished in the record log (replayed, not recomputed)."""
+        return key in self._done
+
+    def _iterate(self) -> Iterator[OutcomeT]:
+        if self.iterate_once and self._consumed:
+            raise RuntimeError(f"{type(self).__name__} can be iterated only once")
+        self._consumed = True
+        with self._run_dir.locked():
+            for item in self._items():
+                key = self._key(item)
+                record = self._replay(item, key)
+                resumed = record is not None
+                if record is None:
+                    record = self._compute(item)
+                    self._commit(record)
+                yield self._score(item, record, resumed)
+
+    def __iter__(self) -> Iterator[OutcomeT]:
+        return self._iterate()
+
+    def _write_locked(self, write: Callable[[], None]) -> None:
+        """Write the summary files with the folder locked."""
+        with self._run_dir.locked():
+            write()

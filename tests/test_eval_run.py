@@ -1,0 +1,121 @@
+"""The resumable run every evaluator shares (``ditf_track.eval._run``), on a toy benchmark.
+
+A toy runner squares numbers: each item's record is computed once, appended to the log, and
+replayed on resume; the five real runners are checked to be built on the same base, and the
+layering of ``eval/`` (no private imports between modules, the DAVIS metric apart from its
+folder runner and process pool) is checked statically.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import ditf_track.eval
+from ditf_track.errors import ConfigError
+from ditf_track.eval._run import ResumableRun
+from ditf_track.eval.davis_runner import DavisRun
+from ditf_track.eval.runners import HPatchesEvaluation, PCKEvaluation
+from ditf_track.eval.tracking import KeypointEvaluation, TapVidEvaluation
+
+EVAL_DIR = Path(ditf_track.eval.__file__).parent
+
+
+class Squares(ResumableRun[int, tuple[int, int, bool]]):
+    owned = ("config.json", "items.jsonl", "metrics.json")
+    log_file = "items.jsonl"
+
+    def __init__(
+        self, items: Sequence[int], out: Path, power: int = 2, *, resume: bool = False
+    ) -> None:
+        self.items = list(items)
+        self.power = power
+        self.computed: list[int] = []
+        self._start(
+            out,
+            "squares",
+            {"power": power},
+            {"note": "toy"},
+            resume=resume,
+            overwrite=False,
+        )
+
+    def _items(self) -> list[int]:
+        return self.items
+
+    def _key(self, item: int) -> str:
+        return str(item)
+
+    def _compute(self, item: int) -> dict[str, Any]:
+        self.computed.append(item)
+        return {"key": str(item), "value": item**self.power}
+
+    def _score(self, item: int, record: Mapping[str, Any], resumed: bool) -> tuple[int, int, bool]:
+        return item, int(record["value"]), resumed
+
+
+def test_records_are_computed_once_and_replayed_on_resume(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    first = Squares([3, 1, 2], out)
+    assert list(first) == [(3, 9, False), (1, 1, False), (2, 4, False)]
+    assert first.computed == [3, 1, 2]
+    with pytest.raises(RuntimeError, match="only once"):
+        list(first)
+    config = json.loads((out / "config.json").read_text())
+    assert config["fingerprint"] == {"power": 2}
+    assert config["note"] == "toy"
+    lines = (out / "items.jsonl").read_text().splitlines()
+    assert [json.loads(line)["value"] for line in lines] == [9, 1, 4]
+
+    # An interrupted write leaves a torn last line: that item is computed again, nothing else.
+    (out / "items.jsonl").write_text("\n".join(lines[:2]) + '\n{"key": "2", "va')
+    again = Squares([3, 1, 2, 5], out, resume=True)
+    assert again.is_resumable("3")
+    assert not again.is_resumable("2")
+    assert list(again) == [(3, 9, True), (1, 1, True), (2, 4, False), (5, 25, False)]
+    assert again.computed == [2, 5]
+    values = [json.loads(line)["value"] for line in (out / "items.jsonl").read_text().splitlines()]
+    assert values == [9, 1, 4, 25]
+
+    with pytest.raises(ConfigError, match="power"):
+        Squares([3], out, power=3, resume=True)  # other settings: the fingerprint refuses
+
+
+def test_every_runner_is_a_resumable_run() -> None:
+    runners = (PCKEvaluation, HPatchesEvaluation, TapVidEvaluation, KeypointEvaluation, DavisRun)
+    assert [r.__name__ for r in runners if not issubclass(r, ResumableRun)] == []
+    assert DavisRun.log_file is None  # its state is the sequence folders
+    assert {r.log_file for r in runners[:4]} == {"pairs.jsonl", "videos.jsonl"}
+
+
+def _imports(path: Path) -> list[tuple[str, str]]:
+    """``(module, name)`` of each ``from module import name`` in a file; ``import m`` is (m, "")."""
+    found: list[tuple[str, str]] = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            module = "." * node.level + (node.module or "")
+            found.extend((module, a.name) for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.extend((a.name, "") for a in node.names)
+    return found
+
+
+def test_eval_modules_import_no_private_names_of_each_other() -> None:
+    private = [
+        f"{path.name}: {module}.{name}"
+        for path in sorted(EVAL_DIR.glob("*.py"))
+        for module, name in _imports(path)
+        if module.startswith(".") and not module.startswith("..") and name.startswith("_")
+    ]
+    assert private == []
+
+
+def test_davis_metric_has_no_files_or_process_pool() -> None:
+    modules = {module.split(".")[0] for module, _ in _imports(EVAL_DIR / "davis.py")}
+    assert not modules & {"multiprocessing", "concurrent", "PIL", "tempfile", "csv", "json"}
+    assert ".davis_folders" not in modules
