@@ -423,6 +423,22 @@ def _tensor_bytes(t: torch.Tensor) -> memoryview:
     return t.reshape(-1).view(torch.uint8).numpy().data
 
 
+def tensor_checksum(t: torch.Tensor, algo: str = "crc32") -> str:
+    """``"algo:value"`` of a CPU tensor's bytes, as recorded in a cache file's metadata."""
+    return f"{algo}:{CHECKSUMS[algo](_tensor_bytes(t.contiguous()))}"
+
+
+def checksum_problem(t: torch.Tensor, recorded: str) -> str | None:
+    """Why ``t`` does not match a recorded ``"algo:value"`` checksum, or ``None`` when it does."""
+    algo, _, expected = recorded.partition(":")
+    if algo not in CHECKSUMS:
+        return f"unknown checksum {algo!r}"
+    actual = CHECKSUMS[algo](_tensor_bytes(t.contiguous()))
+    if actual != expected:
+        return f"{algo} {actual} differs from the recorded {expected}"
+    return None
+
+
 # -- the cache ---------------------------------------------------------------------------------
 @dataclass
 class CacheStats:
@@ -792,7 +808,7 @@ class FeatureCache:
                 "key": key,
                 "shape": json.dumps(list(host.shape)),
                 "dtype": dtype_name(host.dtype),
-                "checksum": f"{self.checksum}:{CHECKSUMS[self.checksum](_tensor_bytes(host))}",
+                "checksum": tensor_checksum(host, self.checksum),
             }
             try:
                 replaced = path.stat().st_size
@@ -967,10 +983,4 @@ def _verify(tensor: torch.Tensor, metadata: Mapping[str, str], key: str) -> str 
         return "its recorded shape does not parse"
     if shape != list(tensor.shape):
         return f"shape {list(tensor.shape)} differs from the recorded {shape}"
-    algo, _, expected = metadata.get("checksum", "").partition(":")
-    if algo not in CHECKSUMS:
-        return f"unknown checksum {algo!r}"
-    actual = CHECKSUMS[algo](_tensor_bytes(tensor))
-    if actual != expected:
-        return f"{algo} {actual} differs from the recorded {expected}"
-    return None
+    return checksum_problem(tensor, metadata.get("checksum", ""))

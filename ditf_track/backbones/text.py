@@ -169,16 +169,16 @@ _TEXT_CHECKSUM = "crc32"
 
 
 def _checksum(tensor: torch.Tensor) -> str:
-    from ..cache import CHECKSUMS, _tensor_bytes  # cache imports this module
+    from ..cache import tensor_checksum  # cache imports this module
 
-    return f"{_TEXT_CHECKSUM}:{CHECKSUMS[_TEXT_CHECKSUM](_tensor_bytes(tensor.contiguous()))}"
+    return tensor_checksum(tensor, _TEXT_CHECKSUM)
 
 
 def _text_file_problem(
     tensors: dict[str, torch.Tensor], metadata: dict[str, str], digest: str
 ) -> str | None:
     """Why a text cache file does not hold this prompt's embedding intact, or ``None``."""
-    from ..cache import CHECKSUMS, _tensor_bytes
+    from ..cache import checksum_problem
 
     if metadata.get("key") != digest:
         return "it holds another prompt's key"
@@ -189,10 +189,7 @@ def _text_file_problem(
     if "embeds" not in tensors or set(expected) != set(tensors):
         return f"it holds tensors {sorted(tensors)}, recorded {sorted(expected)}"
     for name, tensor in tensors.items():
-        algo, _, value = expected[name].partition(":")
-        if algo not in CHECKSUMS:
-            return f"unknown checksum {algo!r}"
-        actual = CHECKSUMS[algo](_tensor_bytes(tensor))
-        if actual != value:
-            return f"{name}: {algo} {actual} differs from the recorded {value}"
+        problem = checksum_problem(tensor, expected[name])
+        if problem is not None:
+            return f"{name}: {problem}"
     return None
