@@ -19,7 +19,6 @@ from .backbones import TOKEN_STRIDE, BlockCapture, DiTBackbone, backbone_class
 from .devices import dtype_name, out_of_memory_as_error, resolve_device, resolve_dtype
 from .errors import ConfigError, InputError
 from .features import (
-    ActivationStats,
     DiscardRule,
     DiTFSettings,
     FeatureExtractor,
@@ -74,7 +73,6 @@ class DiTFExtractor:
         self.preset = preset
         self.max_sequence_length = max_sequence_length  # the text condition's token count
         self.stride = TOKEN_STRIDE // settings.upsample if settings.upsample > 1 else TOKEN_STRIDE
-        self.last_stats: ActivationStats | None = None
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -238,7 +236,6 @@ class DiTFExtractor:
             if discard and s.discard_stage == "post_adaln":
                 tokens = discard_channels(tokens, channels)
         maps = normalize_maps(tokens_to_maps(tokens, grid), s.upsample).to(self.backbone.dtype)
-        self.last_stats = stats
         return FeatureMaps(
             features=maps,
             stride=self.stride,

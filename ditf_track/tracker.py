@@ -536,10 +536,6 @@ class Tracker:
         an earlier run did); every frame of the clip discards them."""
         return self._clip(state).massive_channels
 
-    def features(self, state: TrackerState, frame_idx: int) -> torch.Tensor:
-        """The ``(C, h, w)`` feature map of one frame (from the cache, else extracted)."""
-        return self._clip(state).get(frame_idx)
-
     # -- propagation -------------------------------------------------------------------------
     def _plan(self, state: TrackerState) -> list[tuple[int, list[int], bool]]:
         """Stale mask segments: (annotated frame, frames in propagation order, backward?)."""
