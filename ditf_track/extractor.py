@@ -300,7 +300,7 @@ def _to_pixels(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     if h % TOKEN_STRIDE or w % TOKEN_STRIDE or h == 0 or w == 0:
         raise InputError(
             f"image size {w}x{h} is not a multiple of the token stride {TOKEN_STRIDE}; resize "
-            "first (ditf_track.video.model_input_size gives a valid size)"
+            "first (ditf_track.images.model_input_size gives a valid size)"
         )
     return arr.permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
