@@ -119,28 +119,17 @@ def _crc32(data: memoryview) -> str:
 # -- sizes -------------------------------------------------------------------------------------
 _SIZE_UNITS: dict[str, int] = {
     "": 1,
-    "b": 1,
-    "k": 10**3,
-    "kb": 10**3,
-    "m": 10**6,
-    "mb": 10**6,
-    "g": 10**9,
-    "gb": 10**9,
-    "t": 10**12,
-    "tb": 10**12,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-    "tib": 2**40,
+    **{u: 10 ** (3 * (n + 1)) for n, u in enumerate(("kb", "mb", "gb", "tb"))},
+    **{u: 2 ** (10 * (n + 1)) for n, u in enumerate(("kib", "mib", "gib", "tib"))},
 }
 _SIZE_PATTERN = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*")
 
 
 def parse_size(value: str | int) -> int:
-    """Bytes of a human size: ``"20GB"`` → 20·10⁹, ``"512MiB"`` → 512·2²⁰, ``"1.5 G"``, ``42``.
+    """Bytes of a budget: ``42``, ``"20GB"`` → 20·10⁹, ``"512MiB"`` → 512·2²⁰.
 
-    SI units (``kB``, ``MB``, ``GB``, ``TB``, or just ``K``/``M``/``G``/``T``) are powers of
-    1000, IEC units (``KiB`` … ``TiB``) powers of 1024; case does not matter.
+    SI units (``kB`` … ``TB``) are powers of 1000, IEC units (``KiB`` … ``TiB``) powers of
+    1024; case does not matter.
     """
     if isinstance(value, bool):
         raise ConfigError(f"size {value!r} is not a size; give bytes or e.g. 20GB")

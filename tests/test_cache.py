@@ -79,7 +79,7 @@ def feature_files(root: Path) -> list[Path]:
     [
         ("20GB", 20 * 10**9),
         ("20gb", 20 * 10**9),
-        ("20 G", 20 * 10**9),
+        ("20 GB", 20 * 10**9),
         ("1.5GB", 1_500_000_000),
         ("512MiB", 512 * 2**20),
         ("8GiB", 8 * 2**30),
@@ -94,7 +94,7 @@ def test_parse_size(text: str | int, expected: int) -> None:
     assert parse_size(text) == expected
 
 
-@pytest.mark.parametrize("bad", ["", "GB", "-1GB", "20 XB", "1e9", "twenty", -5, True])
+@pytest.mark.parametrize("bad", ["", "GB", "-1GB", "20 XB", "20 G", "1e9", "twenty", -5, True])
 def test_parse_size_rejects(bad: str | int) -> None:
     with pytest.raises(ConfigError):
         parse_size(bad)
