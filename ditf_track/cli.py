@@ -960,13 +960,13 @@ def _add_match(sub: argparse._SubParsersAction) -> None:
 def _run_match(args: argparse.Namespace) -> int:
     from .errors import ConfigError
     from .images import read_image
-    from .match import check_points, read_points_csv
+    from .match import check_points, read_match_points
     from .outputs import RunDir
 
     image_a, image_b = read_image(args.image_a), read_image(args.image_b)
     points = ids = None
     if args.points is not None:
-        points, ids = read_points_csv(args.points)
+        points, ids = read_match_points(args.points)
         check_points(points, image_a.shape[:2], f"image A ({args.image_a})")
     if args.dense is not None and args.dense < 1:
         raise ConfigError(f"--dense {args.dense} must be at least 1 point")
