@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _results import append_results
 
 from ditf_track.lab import LabExtractor
-from ditf_track.propagate import DINO_PARAMS, propagate_sequence, soft_labels_to_mask
+from ditf_track.propagate import PropagationParams, propagate_sequence, soft_labels_to_mask
 
 DAVIS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "davis"
 SEQUENCES = ("blackswan", "car-shadow", "dog", "motocross-jump", "bmx-trees")
@@ -60,7 +60,7 @@ def clip_j(extractor: LabExtractor, frames: np.ndarray, masks: list[np.ndarray])
     first = Image.fromarray(masks[0].astype(np.uint8)).resize((w, h), Image.Resampling.NEAREST)
     ref = F.one_hot(torch.from_numpy(np.array(first)).long(), 2).permute(2, 0, 1).float()
     scores = []
-    outs = propagate_sequence(feats[0], ref, iter(feats[1:]), DINO_PARAMS)
+    outs = propagate_sequence(feats[0], ref, iter(feats[1:]), PropagationParams.dino())
     for soft, gt in zip(outs, masks[1:]):
         pred = soft_labels_to_mask(soft, [1], (height, width), extractor.stride) > 0
         union = np.logical_or(pred, gt).sum()

@@ -38,12 +38,13 @@ for every frame and every later run, e.g. the massive channels found on the firs
 Use (the tracker's loop, in short)::
 
     cache = FeatureCache(cache_root(cache_dir), device=device, disk_budget="50GB")
-    ident, video = extractor.identity(), source.content_hash()       # or frames_hash(frames)
+    ident, video = extractor.identity(), source.content_hash()
     meta = cache.get_clip_meta(clip_key(ident, video, (H, W)))       # massive channels, if any
     keys = [feature_key(ident, video, t, (H, W)) for t in range(T)]
-    maps = cache.get_many(keys)                                      # (C, h, w) each, or None
+    maps = [cache.get(k) for k in keys]                              # (C, h, w) each, or None
     todo = [t for t, m in enumerate(maps) if m is None]              # extract these in batches
-    cache.put_many(zip([keys[t] for t in todo], extracted.features)) # (N, C, h, w) → N entries
+    for t, m in zip(todo, extracted.features):                       # (N, C, h, w) → N entries
+        cache.put(keys[t], m)
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ import threading
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
@@ -104,52 +105,31 @@ _DISK_LOW_WATER = 0.95
 _STALE_TEMP_SECONDS = 3600.0
 
 
+#: The checksum of the tensor bytes a file carries: crc32 detects every burst error up to 32
+#: bits and random corruption with probability 1 - 2⁻³², which is what a cache (not an
+#: adversary) needs, at 2× the speed of sha1 and 4× that of blake2b on a 39 MB Flux frame
+#: (zlib releases the GIL, so the writer thread does not stall the tracker).
+CHECKSUM = "crc32"
+
+
 def _crc32(data: memoryview) -> str:
     return f"{zlib.crc32(data) & 0xFFFFFFFF:08x}"
-
-
-def _hashlib(name: str) -> Callable[[memoryview], str]:
-    return lambda data: hashlib.new(name, data).hexdigest()
-
-
-#: Checksums of the tensor bytes a file may carry. crc32 is the default: it detects every
-#: burst error up to 32 bits and random corruption with probability 1 - 2⁻³², which is what a
-#: cache (not an adversary) needs, at 2× the speed of sha1 and 4× that of blake2b on a 39 MB
-#: Flux frame (benchmarks/cache.py; hashlib/zlib release the GIL, so the writer thread does
-#: not stall the tracker).
-CHECKSUMS: dict[str, Callable[[memoryview], str]] = {
-    "crc32": _crc32,
-    "sha1": _hashlib("sha1"),
-    "sha256": _hashlib("sha256"),
-    "blake2b": _hashlib("blake2b"),
-}
 
 
 # -- sizes -------------------------------------------------------------------------------------
 _SIZE_UNITS: dict[str, int] = {
     "": 1,
-    "b": 1,
-    "k": 10**3,
-    "kb": 10**3,
-    "m": 10**6,
-    "mb": 10**6,
-    "g": 10**9,
-    "gb": 10**9,
-    "t": 10**12,
-    "tb": 10**12,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-    "tib": 2**40,
+    **{u: 10 ** (3 * (n + 1)) for n, u in enumerate(("kb", "mb", "gb", "tb"))},
+    **{u: 2 ** (10 * (n + 1)) for n, u in enumerate(("kib", "mib", "gib", "tib"))},
 }
 _SIZE_PATTERN = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*")
 
 
 def parse_size(value: str | int) -> int:
-    """Bytes of a human size: ``"20GB"`` → 20·10⁹, ``"512MiB"`` → 512·2²⁰, ``"1.5 G"``, ``42``.
+    """Bytes of a budget: ``42``, ``"20GB"`` → 20·10⁹, ``"512MiB"`` → 512·2²⁰.
 
-    SI units (``kB``, ``MB``, ``GB``, ``TB``, or just ``K``/``M``/``G``/``T``) are powers of
-    1000, IEC units (``KiB`` … ``TiB``) powers of 1024; case does not matter.
+    SI units (``kB`` … ``TB``) are powers of 1000, IEC units (``KiB`` … ``TiB``) powers of
+    1024; case does not matter.
     """
     if isinstance(value, bool):
         raise ConfigError(f"size {value!r} is not a size; give bytes or e.g. 20GB")
@@ -224,7 +204,7 @@ def feature_key(
     """Key of one frame's feature map: :func:`clip_key`'s parts plus the frame index.
 
     ``identity`` is the extractor's ``identity()`` (everything that changes the features);
-    ``video_hash`` the clip's ``VideoSource.content_hash()`` or :func:`frames_hash`;
+    ``video_hash`` the clip's ``VideoSource.content_hash()``;
     ``frame_index`` the 0-based index in the clip; ``input_size`` the model input ``(H, W)``.
     A changed setting gives a different key (a miss); identical settings the same key.
     """
@@ -249,27 +229,6 @@ def _clip_digest(
         "input_size": [h, w],
     }
     return _digest({**parts, **extra})
-
-
-def frames_hash(frames: np.ndarray | torch.Tensor | Iterable[np.ndarray]) -> str:
-    """sha256 of a clip's pixels, frame by frame: each frame's shape, dtype, then its bytes.
-
-    For frames that exist only in memory (a napari layer, an array passed to the API); a clip
-    read from a file or folder has the cheaper ``VideoSource.content_hash()`` (sampled bytes).
-    ``frames`` is ``(T, H, W, 3) uint8`` (array or tensor) or an iterable of ``(H, W, 3)``
-    frames; both give the same hash for the same pixels. Hash the frames as decoded at their
-    original size: the model input size enters the key separately.
-    """
-    digest = hashlib.sha256(b"ditf-track-video/1")
-    count = 0
-    source: Iterable[Any] = frames.cpu().numpy() if isinstance(frames, torch.Tensor) else frames
-    for frame in source:
-        arr = np.ascontiguousarray(frame)
-        digest.update(f"{arr.shape}:{arr.dtype.str};".encode())
-        digest.update(arr.data.cast("B"))
-        count += 1
-    digest.update(f"frames={count}".encode())
-    return digest.hexdigest()
 
 
 def _check_key(key: str) -> None:
@@ -423,17 +382,17 @@ def _tensor_bytes(t: torch.Tensor) -> memoryview:
     return t.reshape(-1).view(torch.uint8).numpy().data
 
 
-def tensor_checksum(t: torch.Tensor, algo: str = "crc32") -> str:
-    """``"algo:value"`` of a CPU tensor's bytes, as recorded in a cache file's metadata."""
-    return f"{algo}:{CHECKSUMS[algo](_tensor_bytes(t.contiguous()))}"
+def tensor_checksum(t: torch.Tensor) -> str:
+    """``"crc32:value"`` of a CPU tensor's bytes, as recorded in a cache file's metadata."""
+    return f"{CHECKSUM}:{_crc32(_tensor_bytes(t.contiguous()))}"
 
 
 def checksum_problem(t: torch.Tensor, recorded: str) -> str | None:
     """Why ``t`` does not match a recorded ``"algo:value"`` checksum, or ``None`` when it does."""
     algo, _, expected = recorded.partition(":")
-    if algo not in CHECKSUMS:
+    if algo != CHECKSUM:
         return f"unknown checksum {algo!r}"
-    actual = CHECKSUMS[algo](_tensor_bytes(t.contiguous()))
+    actual = _crc32(_tensor_bytes(t.contiguous()))
     if actual != expected:
         return f"{algo} {actual} differs from the recorded {expected}"
     return None
@@ -442,7 +401,7 @@ def checksum_problem(t: torch.Tensor, recorded: str) -> str | None:
 # -- the cache ---------------------------------------------------------------------------------
 @dataclass
 class CacheStats:
-    """Counters since the cache was made (or :meth:`FeatureCache.reset_stats`).
+    """Counters since the cache was made.
 
     A get is exactly one of a memory hit (including a map still queued for writing), a disk
     hit or a miss. ``corrupt_files`` counts files found damaged (then deleted and missed).
@@ -496,10 +455,7 @@ class FeatureCache:
         disk_budget: int | str | None = None,
         background_writes: bool = True,
         max_pending_writes: int = DEFAULT_MAX_PENDING_WRITES,
-        checksum: str = "crc32",
     ) -> None:
-        if checksum not in CHECKSUMS:
-            raise ConfigError(f"unknown checksum {checksum!r}; use one of {sorted(CHECKSUMS)}")
         if max_pending_writes < 1:
             raise ConfigError(f"max_pending_writes={max_pending_writes} must be at least 1")
         self.device = resolve_device(device)
@@ -518,7 +474,6 @@ class FeatureCache:
             if disk_budget is None
             else parse_size(disk_budget)
         )
-        self.checksum = checksum
         self._lock = threading.RLock()
         self._memory: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._memory_bytes = 0
@@ -562,10 +517,6 @@ class FeatureCache:
         """A snapshot of the counters."""
         with self._lock:
             return dataclasses.replace(self._stats)
-
-    def reset_stats(self) -> None:
-        with self._lock:
-            self._stats = CacheStats()
 
     # -- feature maps ------------------------------------------------------------------------
     def get(self, key: str) -> torch.Tensor | None:
@@ -614,10 +565,6 @@ class FeatureCache:
         path = self.path(key)
         return path is not None and path.is_file()
 
-    def get_many(self, keys: Sequence[str]) -> list[torch.Tensor | None]:
-        """:meth:`get` for each key, in order; ``None`` marks the frames to extract."""
-        return [self.get(key) for key in keys]
-
     def put(self, key: str, features: torch.Tensor) -> None:
         """Keep ``features`` under ``key`` in memory and queue its file (write-through).
 
@@ -659,14 +606,6 @@ class FeatureCache:
         with self._lock:
             self._futures.add(future)
         future.add_done_callback(self._write_done)
-
-    def put_many(
-        self, items: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]
-    ) -> None:
-        """:meth:`put` each ``(key, map)``; ``zip(keys, batch)`` splits a ``(N, C, h, w)`` batch."""
-        pairs = items.items() if isinstance(items, Mapping) else items
-        for key, features in pairs:
-            self.put(key, features)
 
     def flush(self) -> None:
         """Wait until every queued file is written (or has failed, with a warning)."""
@@ -808,7 +747,7 @@ class FeatureCache:
                 "key": key,
                 "shape": json.dumps(list(host.shape)),
                 "dtype": dtype_name(host.dtype),
-                "checksum": tensor_checksum(host, self.checksum),
+                "checksum": tensor_checksum(host),
             }
             try:
                 replaced = path.stat().st_size

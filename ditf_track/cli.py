@@ -737,7 +737,7 @@ def _run_extract(args: argparse.Namespace) -> int:
             args.out,
             size=size,
             batch_size=args.batch_size or DEFAULT_TRACKER_BATCH,
-            progress=lambda done, _total: bar.update(done - bar.n),
+            progress=lambda event: bar.update(event.done - bar.n),
             massive_channels=channels,
         )
     print(f"{path}: {total} frame(s) at {size[1]}x{size[0]}")
@@ -960,13 +960,13 @@ def _add_match(sub: argparse._SubParsersAction) -> None:
 def _run_match(args: argparse.Namespace) -> int:
     from .errors import ConfigError
     from .images import read_image
-    from .match import check_points, read_points_csv
+    from .match import check_points, read_match_points
     from .outputs import RunDir
 
     image_a, image_b = read_image(args.image_a), read_image(args.image_b)
     points = ids = None
     if args.points is not None:
-        points, ids = read_points_csv(args.points)
+        points, ids = read_match_points(args.points)
         check_points(points, image_a.shape[:2], f"image A ({args.image_a})")
     if args.dense is not None and args.dense < 1:
         raise ConfigError(f"--dense {args.dense} must be at least 1 point")
@@ -1553,6 +1553,7 @@ def _format_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> s
 def _run_eval_davis(args: argparse.Namespace) -> int:
     from .eval.davis_folders import evaluate_davis, write_davis_csvs, write_davis_json
     from .outputs import check_writable_file, refuse_input_overlap
+    from .progress import ProgressEvent
 
     if args.data is not None:
         return _run_davis_propagation(args)
@@ -1567,8 +1568,8 @@ def _run_eval_davis(args: argparse.Namespace) -> int:
         refuse_input_overlap(table, inputs, "--csv")
         check_writable_file(table, "--csv")
 
-    def progress(done: int, total: int, name: str) -> None:
-        log.info("[%d/%d] %s", done, total, name)
+    def progress(event: ProgressEvent) -> None:
+        log.info("[%d/%d] %s", event.done, event.total, event.item)
 
     result = evaluate_davis(
         args.pred,

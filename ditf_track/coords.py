@@ -74,6 +74,7 @@ __all__ = [
     "points_to_tapvid_tracks",
     "points_to_txy",
     "read_points_csv",
+    "read_points_text",
     "rescale_points",
     "rows_to_points",
     "swap_xy",
@@ -460,16 +461,21 @@ def points_to_csv_rows(
     return rows
 
 
-def read_points_csv(path: str | os.PathLike[str]) -> tuple[QueryPoints, np.ndarray]:
-    """Read a ``frame,x,y[,id][,visible]`` CSV (see :func:`rows_to_points`)."""
+def read_points_text(path: str | os.PathLike[str], missing_hint: str = "check the path") -> str:
+    """The text of a points CSV (BOM dropped); a missing or unreadable file is one-line error."""
     p = Path(path)
     if not p.is_file():
-        raise InputError(f"points file {p} does not exist; check the path")
+        raise InputError(f"points file {p} does not exist; {missing_hint}")
     try:
-        text = p.read_text(encoding="utf-8-sig")
+        return p.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"points file {p} cannot be read ({exc}); save it as UTF-8 CSV") from exc
-    return rows_to_points(csv.reader(io.StringIO(text)), source=f"points file {p}")
+
+
+def read_points_csv(path: str | os.PathLike[str]) -> tuple[QueryPoints, np.ndarray]:
+    """Read a ``frame,x,y[,id][,visible]`` CSV (see :func:`rows_to_points`)."""
+    text = read_points_text(path)
+    return rows_to_points(csv.reader(io.StringIO(text)), source=f"points file {Path(path)}")
 
 
 def write_points_csv(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -24,6 +24,7 @@ from ._version import __version__
 from .errors import InputError, OutputError
 from .features import FeatureExtractor
 from .images import model_input_size, read_image, resize_image
+from .progress import Progress, ProgressEvent
 from .video import VideoSource, open_video, resize_frames
 
 _DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
@@ -118,7 +119,7 @@ def extract_to_safetensors(
     *,
     size: tuple[int, int],
     batch_size: int = 4,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
     extra_metadata: dict[str, Any] | None = None,
     massive_channels: Sequence[int] | None = None,
 ) -> Path:
@@ -128,7 +129,7 @@ def extract_to_safetensors(
     ``ditf_track`` (JSON) holds the frame names, sizes, the massive channels (``massive_channels``
     if given — a video's come from :class:`~ditf_track.clip_features.ClipFeatures`, frame 0 —
     else those found on the first batch; held for every frame) and the extractor's identity.
-    ``progress(done, total)`` is called after each batch.
+    ``progress`` gets an ``extract`` :class:`~ditf_track.progress.ProgressEvent` after each batch.
     """
     frames_iter: Iterator[tuple[Sequence[str], np.ndarray]]
     if isinstance(source, np.ndarray):
@@ -168,7 +169,7 @@ def extract_to_safetensors(
             writer.write(maps.features)
             done += len(batch_names)
             if progress is not None:
-                progress(done, len(names))
+                progress(ProgressEvent("extract", done, len(names)))
     except BaseException:
         writer.abort()
         raise

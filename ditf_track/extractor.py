@@ -8,6 +8,7 @@ k=)``); :func:`build_extractor` also returns the weight-free ``lab`` baseline.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,6 @@ from .backbones import TOKEN_STRIDE, BlockCapture, DiTBackbone, backbone_class
 from .devices import dtype_name, out_of_memory_as_error, resolve_device, resolve_dtype
 from .errors import ConfigError, InputError
 from .features import (
-    ActivationStats,
     DiscardRule,
     DiTFSettings,
     FeatureExtractor,
@@ -74,7 +74,6 @@ class DiTFExtractor:
         self.preset = preset
         self.max_sequence_length = max_sequence_length  # the text condition's token count
         self.stride = TOKEN_STRIDE // settings.upsample if settings.upsample > 1 else TOKEN_STRIDE
-        self.last_stats: ActivationStats | None = None
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -197,28 +196,22 @@ class DiTFExtractor:
         size = (int(pixels.shape[2]), int(pixels.shape[3]))
         step = self.batch_size or len(pixels)
         parts = [self._capture(pixels[i : i + step]) for i in range(0, len(pixels), step)]
-        z = torch.cat([p[0] for p in parts])
-        gamma = torch.cat([p[1] for p in parts])
-        beta = torch.cat([p[2] for p in parts])
-        grid, eps = parts[0][3], parts[0][4]
-        return self.features_from_block(z, gamma, beta, grid, eps, size, massive_channels)
+        return self.features_from_block(_concat(parts), size, massive_channels)
 
     def features_from_block(
         self,
-        z: torch.Tensor,
-        gamma: torch.Tensor,
-        beta: torch.Tensor,
-        grid: tuple[int, int],
-        eps: float,
+        cap: BlockCapture,
         input_size: tuple[int, int],
         massive_channels: Sequence[int] | None = None,
     ) -> FeatureMaps:
         """Apply the feature mode (original / AdaLN / AdaLN + discard) to block-k tensors.
 
-        ``z`` ``(N, h·w, C)``, ``gamma``/``beta`` ``(N, C)``. Massive channels are found on z
-        unless given (fixed for a clip). AdaLN runs in float32; maps come back in the model dtype.
+        ``cap.z`` ``(N, h·w, C)``, ``cap.gamma``/``cap.beta`` ``(N, C)``. Massive channels are
+        found on z unless given (fixed for a clip). AdaLN runs in float32; maps come back in
+        the model dtype.
         """
         s = self.settings
+        z, gamma, beta, grid, eps = cap.z, cap.gamma, cap.beta, cap.grid, cap.eps
         stats = massive_activation_stats(z, s.discard_rule.ratio)
         channels = (
             tuple(int(c) for c in massive_channels)
@@ -238,7 +231,6 @@ class DiTFExtractor:
             if discard and s.discard_stage == "post_adaln":
                 tokens = discard_channels(tokens, channels)
         maps = normalize_maps(tokens_to_maps(tokens, grid), s.upsample).to(self.backbone.dtype)
-        self.last_stats = stats
         return FeatureMaps(
             features=maps,
             stride=self.stride,
@@ -251,10 +243,10 @@ class DiTFExtractor:
     @torch.inference_mode()
     def capture(self, images: np.ndarray | torch.Tensor) -> BlockCapture:
         """Raw block-k tensors of ``images`` (z averaged over the ensemble); for ``inspect``."""
-        z, gamma, beta, grid, eps, gate = self._capture(_to_pixels(images), with_gate=True)
-        return BlockCapture(z=z, gamma=gamma, beta=beta, gate=gate, grid=grid, eps=eps)
+        return self._capture(_to_pixels(images))
 
-    def _capture(self, pixels: torch.Tensor, with_gate: bool = False) -> tuple[Any, ...]:
+    def _capture(self, pixels: torch.Tensor) -> BlockCapture:
+        """Block k of ``pixels`` ``(N, 3, H, W)``, z (float32) averaged over the ensemble."""
         s = self.settings
         b = self.backbone
         cond = b.condition(s.prompt)
@@ -271,9 +263,18 @@ class DiTFExtractor:
                 z32 = cap.z.float()
                 z_sum = z32 if z_sum is None else z_sum + z32
         assert z_sum is not None
-        z = z_sum / s.ensemble
-        out = (z, cap.gamma, cap.beta, cap.grid, cap.eps)
-        return (*out, cap.gate) if with_gate else out
+        return dataclasses.replace(cap, z=z_sum / s.ensemble)
+
+
+def _concat(parts: Sequence[BlockCapture]) -> BlockCapture:
+    """Captures of consecutive batches → one capture of all their images (same grid and eps)."""
+    return dataclasses.replace(
+        parts[0],
+        z=torch.cat([p.z for p in parts]),
+        gamma=torch.cat([p.gamma for p in parts]),
+        beta=torch.cat([p.beta for p in parts]),
+        gate=torch.cat([p.gate for p in parts]),
+    )
 
 
 def _settings_from(fields: dict[str, Any]) -> DiTFSettings:
@@ -303,7 +304,7 @@ def _to_pixels(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     if h % TOKEN_STRIDE or w % TOKEN_STRIDE or h == 0 or w == 0:
         raise InputError(
             f"image size {w}x{h} is not a multiple of the token stride {TOKEN_STRIDE}; resize "
-            "first (ditf_track.video.model_input_size gives a valid size)"
+            "first (ditf_track.images.model_input_size gives a valid size)"
         )
     return arr.permute(0, 3, 1, 2).float() / 127.5 - 1.0
 

@@ -123,20 +123,6 @@ class ActivationStats:
     def num_channels(self) -> int:
         return int(self.mean.shape[0])
 
-    def to_rows(self) -> list[dict[str, float]]:
-        """One row per channel, for CSV."""
-        return [
-            {
-                "channel": c,
-                "mean": float(self.mean[c]),
-                "std": float(self.std[c]),
-                "max_abs": float(self.max_abs[c]),
-                "max_over_median": float(self.max_ratio[c]),
-                "massive_fraction": float(self.massive_fraction[c]),
-            }
-            for c in range(self.num_channels)
-        ]
-
 
 def massive_activation_stats(z: torch.Tensor, ratio: float = 100.0) -> ActivationStats:
     """Statistics of ``z`` ``(N, L, C)`` per channel; medians are per image (paper §1)."""

@@ -20,7 +20,6 @@ from PIL import Image, UnidentifiedImageError
 
 from ._atomic import atomic_path
 from .errors import ConfigError, InputError
-from .images import resize_image
 
 __all__ = [
     "BACKGROUND_ID",
@@ -29,7 +28,6 @@ __all__ = [
     "VOID_ID",
     "LabelMask",
     "davis_palette",
-    "grid_to_labels",
     "labels_to_grid",
     "merge_objects",
     "read_mask",
@@ -397,32 +395,6 @@ def labels_to_grid(
     out[0] = np.clip(1.0 - out[1:].sum(axis=0), 0.0, 1.0)
     out /= out.sum(axis=0, keepdims=True)
     return out
-
-
-def grid_to_labels(
-    scores: np.ndarray,
-    object_ids: Sequence[int],
-    size_hw: tuple[int, int],
-) -> np.ndarray:
-    """Per-cell scores ``(K, h, w)`` → labels ``(H, W) uint8`` (argmax, bilinear upsampling).
-
-    The inverse of :func:`labels_to_grid` for display and quick outputs: scores are resized to
-    ``size_hw`` with OpenCV bilinear interpolation (pixel centres aligned, like
-    ``F.interpolate(..., align_corners=False)``), arg-maxed over K, and channel ``i`` mapped to
-    ``object_ids[i-1]`` (channel 0 → 0). DINO's protocol additionally min-max normalises each
-    channel before the argmax; the propagation module owns that step.
-    """
-    if scores.ndim != 3:
-        raise ValueError(f"scores must be (K,h,w), got shape {scores.shape}")
-    ids = _check_ids(object_ids)
-    if scores.shape[0] != len(ids) + 1:
-        raise ValueError(f"scores has {scores.shape[0]} channels for {len(ids)} objects + bg")
-    planes = np.ascontiguousarray(np.moveaxis(scores.astype(np.float32), 0, -1))
-    big = resize_image(planes, (int(size_hw[0]), int(size_hw[1])), "bilinear")
-    if big.ndim == 2:
-        big = big[:, :, None]
-    lut = np.asarray([0, *ids], dtype=np.uint8)
-    return lut[np.argmax(big, axis=2)]
 
 
 def small_objects(labels: np.ndarray, object_ids: Iterable[int], cell_area_px: float) -> list[int]:

@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 
 from .backbones import TOKEN_STRIDE
-from .coords import grid_to_frame
+from .coords import grid_to_frame, read_points_text
 from .dinov2 import PCA_DIM, DINOv2Extractor, fuse_features, reduce_jointly
 from .errors import ConfigError, InputError
 from .extractor import DiTFExtractor, build_extractor
@@ -566,20 +566,17 @@ def _preset_pair_long_side(extractor: FeatureExtractor) -> int:
 # Files of the ``match`` command
 
 
-def read_points_csv(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray | None]:
-    """A points file with header ``x,y[,id]`` (pixels of image A) → ``(N, 2)`` (y, x), ids.
+def read_match_points(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray | None]:
+    """A ``match`` points file, header ``x,y[,id]`` (pixels of image A) → ``(N, 2)`` (y, x), ids.
 
-    Column order is free; other columns are ignored. ``ids`` is None without an ``id`` column.
+    No frame column and free-text ids (``nose``), unlike a video's
+    :func:`~ditf_track.coords.read_points_csv`. Column order is free; other columns are
+    ignored. ``ids`` is None without an ``id`` column.
     """
     import csv
 
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise InputError(f"points file {p} does not exist; check --points") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"points file {p} cannot be read ({exc}); save it as UTF-8 CSV") from exc
+    text = read_points_text(p, "check --points")
     rows = [r for r in csv.reader(text.splitlines()) if r and any(c.strip() for c in r)]
     if not rows:
         raise InputError(f"points file {p} is empty; write a header x,y and one row per point")

@@ -58,6 +58,7 @@ from .features import FeatureExtractor
 from .images import Interpolation, model_input_size
 from .masks import VOID_ID, LabelMask, labels_to_grid, read_mask, small_objects
 from .presets import DEFAULT_PRESET, DEFAULT_SIDE
+from .progress import Progress, ProgressEvent
 from .propagate import (
     PointEstimate,
     PointParams,
@@ -71,20 +72,9 @@ from .propagate import (
 from .propagate.search import Neighbours, NeighbourSearch, PreparedContext
 from .video import VideoSource, open_video
 
-Phase = Literal["extract", "propagate"]
-
 
 class SmallObjectWarning(UserWarning):
     """An annotated object is smaller than one feature cell and may be lost."""
-
-
-@dataclass(frozen=True)
-class ProgressEvent:
-    """Progress of one phase of a :meth:`Tracker.propagate` run: ``done`` of ``total`` frames."""
-
-    phase: Phase
-    done: int
-    total: int
 
 
 @dataclass
@@ -536,10 +526,6 @@ class Tracker:
         an earlier run did); every frame of the clip discards them."""
         return self._clip(state).massive_channels
 
-    def features(self, state: TrackerState, frame_idx: int) -> torch.Tensor:
-        """The ``(C, h, w)`` feature map of one frame (from the cache, else extracted)."""
-        return self._clip(state).get(frame_idx)
-
     # -- propagation -------------------------------------------------------------------------
     def _plan(self, state: TrackerState) -> list[tuple[int, list[int], bool]]:
         """Stale mask segments: (annotated frame, frames in propagation order, backward?)."""
@@ -598,7 +584,7 @@ class Tracker:
         self,
         state: TrackerState,
         *,
-        progress: Callable[[ProgressEvent], None] | None = None,
+        progress: Progress | None = None,
         points_mode: PointsMode | None = None,
     ) -> Iterator[FrameResult]:
         """Yield every frame whose labels or points are (re)computed, in propagation order.

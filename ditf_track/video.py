@@ -49,7 +49,7 @@ import numpy as np
 
 from ._atomic import atomic_path
 from .errors import ConfigError, InputError, OutputError
-from .images import Interpolation, image_size, model_input_size, read_image, resize_image
+from .images import Interpolation, image_size, read_image, resize_image
 from .masks import DAVIS_PALETTE
 
 __all__ = [
@@ -59,7 +59,6 @@ __all__ = [
     "FrameBatch",
     "FramePoints",
     "VideoSource",
-    "model_input_size",
     "natural_sort_key",
     "open_video",
     "resize_frames",
@@ -959,7 +958,7 @@ def resize_frames(
     Uses :func:`ditf_track.images.resize_image` per frame: OpenCV ``INTER_AREA`` (antialiased
     pixel-area averaging) when shrinking, ``INTER_LINEAR`` when enlarging; pass
     ``interpolation="bilinear"`` to follow the DINO/DiTF DAVIS protocol (plain ``cv2.resize``).
-    Pick ``size`` with :func:`model_input_size`.
+    Pick ``size`` with :func:`ditf_track.images.model_input_size`.
     """
     if frames.ndim != 4 or frames.shape[3] != 3:
         raise ValueError(f"frames must be (N,H,W,3), got shape {frames.shape}")

@@ -41,6 +41,7 @@ from ditf_track.eval.davis import (
     region_similarity,
 )
 from ditf_track.eval.davis_folders import evaluate_davis, read_label_png, write_davis_csvs
+from ditf_track.progress import ProgressEvent
 
 STATS = ("J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
 
@@ -283,7 +284,10 @@ def multi_case(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> t
 
 def test_multi_object_matches_official(multi_case: tuple[Path, Path], tmp_path: Path) -> None:
     pred, gt = multi_case
-    result = evaluate_davis(pred, gt, workers=1)
+    events: list[ProgressEvent] = []
+    result = evaluate_davis(pred, gt, workers=1, progress=events.append)
+    names = [s.name for s in result.sequences]
+    assert events == [ProgressEvent("score", i + 1, len(names), n) for i, n in enumerate(names)]
     assert result.mode == "multi"
     _assert_objects(result, OFFICIAL_MULTI)
     paths = write_davis_csvs(result, tmp_path)

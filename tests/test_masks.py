@@ -17,7 +17,6 @@ from ditf_track.masks import (
     DAVIS_PALETTE,
     VOID_ID,
     davis_palette,
-    grid_to_labels,
     labels_to_grid,
     merge_objects,
     read_mask,
@@ -255,19 +254,6 @@ def test_area_grid_real_mask_non_divisible(shared_data: Path) -> None:
     for obj in small:
         channel = mask.object_ids.index(obj) + 1
         assert grid[channel].sum() > 0  # survives in area mode
-
-
-def test_grid_to_labels_inverts_one_hot() -> None:
-    labels = np.zeros((8, 12), np.uint8)
-    labels[:4, :6] = 3
-    labels[4:, 6:] = 9
-    grid = labels_to_grid(labels, [3, 9], (2, 3), mode="area")
-    back = grid_to_labels(grid, [3, 9], (8, 12))
-    assert back.dtype == np.uint8
-    assert set(np.unique(back).tolist()) == {0, 3, 9}
-    assert back[0, 0] == 3
-    assert back[7, 11] == 9
-    assert back[0, 11] == 0
 
 
 # ---- per-object helpers -------------------------------------------------------------------------

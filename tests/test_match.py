@@ -32,7 +32,7 @@ from ditf_track.match import (
     check_points,
     grid_points,
     nearest_in_target,
-    read_points_csv,
+    read_match_points,
 )
 from ditf_track.testing import build_tiny_pipeline, plant_massive_channels
 
@@ -259,26 +259,26 @@ def test_grid_points() -> None:
         grid_points((10, 10), 0)
 
 
-def test_read_points_csv(tmp_path: Path) -> None:
+def test_read_match_points(tmp_path: Path) -> None:
     good = tmp_path / "p.csv"
     good.write_text("id,y,x\nnose,10,20.5\ntail,30,40\n")
-    yx, ids = read_points_csv(good)
+    yx, ids = read_match_points(good)
     np.testing.assert_array_equal(yx, [[10, 20.5], [30, 40]])
     assert list(ids) == ["nose", "tail"]  # type: ignore[arg-type]
     plain = tmp_path / "q.csv"
     plain.write_text("x,y\n1,2\n")
-    yx, ids = read_points_csv(plain)
+    yx, ids = read_match_points(plain)
     np.testing.assert_array_equal(yx, [[2, 1]])
     assert ids is None
     bad = tmp_path / "bad.csv"
     bad.write_text("u,v\n1,2\n")
     with pytest.raises(InputError, match=r"lacks column\(s\) x, y"):
-        read_points_csv(bad)
+        read_match_points(bad)
     bad.write_text("x,y\n1,oops\n")
     with pytest.raises(InputError, match="line 2"):
-        read_points_csv(bad)
+        read_match_points(bad)
     with pytest.raises(InputError, match="does not exist"):
-        read_points_csv(tmp_path / "none.csv")
+        read_match_points(tmp_path / "none.csv")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,8 +12,6 @@ from PIL import Image
 
 from ditf_track.errors import ConfigError, InputError
 from ditf_track.propagate import (
-    DIFT_PARAMS,
-    DINO_PARAMS,
     GlobalSearch,
     PropagationParams,
     WindowSearch,
@@ -167,7 +165,7 @@ def test_labels_are_averages() -> None:
     """One-hot context labels give per-cell distributions (sum 1, in [0, 1])."""
     query, contexts, _ = random_case(8, 2, 16, 10, 10)
     onehot = F.one_hot(torch.randint(0, 4, (2, 10, 10)), 4).permute(0, 3, 1, 2).float()
-    out = propagate_labels(query, contexts, onehot, DINO_PARAMS)
+    out = propagate_labels(query, contexts, onehot, PropagationParams.dino())
     assert torch.allclose(out.sum(0), torch.ones(10, 10), atol=1e-6)
     assert out.min() >= 0
     assert out.max() <= 1 + 1e-6
@@ -219,8 +217,8 @@ def test_knn_clamps_k_and_validates() -> None:
 
 
 def test_params_defaults_and_validation() -> None:
-    assert PropagationParams() == DINO_PARAMS == PropagationParams(7, 12, 5, 0.1)
-    assert PropagationParams(28, 15, 15, 0.2) == DIFT_PARAMS
+    assert PropagationParams() == PropagationParams.dino() == PropagationParams(7, 12, 5, 0.1)
+    assert PropagationParams(28, 15, 15, 0.2) == PropagationParams.dift()
     assert PropagationParams(radius=None).radius is None
     with pytest.raises(ConfigError, match="radius=None"):
         PropagationParams(radius=0)
@@ -240,7 +238,7 @@ def test_shape_errors_name_the_fix() -> None:
         propagate_labels(query, contexts, labels[:1])
     with pytest.raises(InputError, match="grid"):
         propagate_labels(query, contexts, labels[..., :3])
-    search = make_search(DINO_PARAMS)
+    search = make_search(PropagationParams.dino())
     prepared = [search.prepare(contexts[0])]
     with pytest.raises(InputError, match="same settings"):
         search.search(query[:, :4], prepared)
@@ -368,10 +366,11 @@ def _davis_j(
     ref_labels: torch.Tensor,
     masks: list[np.ndarray],
     stride: int,
-    params: PropagationParams = DINO_PARAMS,
+    params: PropagationParams | None = None,
 ) -> list[float]:
-    """Per-frame IoU of the propagated masks (frames 1..) against the GT."""
+    """Per-frame IoU of the propagated masks (frames 1..) against the GT (DINO's settings)."""
     height, width = masks[0].shape
+    params = PropagationParams.dino() if params is None else params
     outs = propagate_sequence(feats[0], ref_labels, iter(feats[1:]), params)
     return [
         _iou(soft_labels_to_mask(s, [1], (height, width), stride) > 0, gt)
@@ -435,7 +434,7 @@ def test_global_sequence_on_davis_oracle(shared_data: Path) -> None:
 
 def test_aggregate_rejects_mismatched_grids() -> None:
     query, contexts, labels = random_case(2, 2, 8, 4, 4)
-    search = make_search(DINO_PARAMS)
+    search = make_search(PropagationParams.dino())
     nb = search.search(query, [search.prepare(f) for f in contexts])
     with pytest.raises(InputError, match="grid"):
         aggregate_labels(nb, labels[..., :3, :3], 0.1)

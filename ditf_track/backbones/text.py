@@ -66,7 +66,7 @@ class TextConditioner:
     The disk key is the family, model id (for a folder: its path and text-encoder files),
     revision, prompt and sequence length. ``encode`` (which loads the text encoders) runs only
     on a miss; ``encoder_loads`` counts those runs. Each file records its key and a checksum
-    of every tensor (the feature cache's scheme, :data:`ditf_track.cache.CHECKSUMS`): a
+    of every tensor (the feature cache's scheme, :func:`ditf_track.cache.tensor_checksum`): a
     damaged embedding would silently condition every frame wrongly, so it is re-encoded
     instead, with a warning. A cache folder that cannot be written costs a warning, not the run.
     """
@@ -165,13 +165,12 @@ class TextConditioner:
 
 
 _TEXT_FORMAT = "ditf-track-text/1"
-_TEXT_CHECKSUM = "crc32"
 
 
 def _checksum(tensor: torch.Tensor) -> str:
     from ..cache import tensor_checksum  # cache imports this module
 
-    return tensor_checksum(tensor, _TEXT_CHECKSUM)
+    return tensor_checksum(tensor)
 
 
 def _text_file_problem(

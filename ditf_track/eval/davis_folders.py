@@ -22,7 +22,7 @@ import os
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +32,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from ..errors import InputError, OutputError
+from ..progress import Progress, ProgressEvent
 from .davis import (
     BOUND_TH,
     VOID_ID,
@@ -257,7 +258,7 @@ def evaluate_davis(
     workers: int | None = None,
     *,
     bound_th: float = BOUND_TH,
-    progress: Callable[[int, int, str], None] | None = None,
+    progress: Progress | None = None,
 ) -> DavisResult:
     """Score ``pred_root/<seq>/<frame>.png`` against ``gt_root/<seq>/<frame>.png``.
 
@@ -265,7 +266,7 @@ def evaluate_davis(
     ``mode``: ``"multi"`` (DAVIS-2017 palette ids) or ``"binary"`` (DAVIS-2016 {0, 255}); None picks
     binary when every first ground-truth frame holds only 0 and 255. ``workers``: parallel workers,
     processes on Linux and threads elsewhere (default: the usable CPU cores; 1 runs in this
-    process). ``progress(done, total, sequence)`` is called as each sequence finishes.
+    process). ``progress`` gets a ``score`` event (``item`` the sequence) as each sequence finishes.
     """
     pred_dir, gt_dir = Path(pred_root), Path(gt_root)
     if not gt_dir.is_dir():
@@ -325,7 +326,7 @@ def evaluate_davis(
         if remaining[task.plan.name] == 0:
             done += 1
             if progress is not None:
-                progress(done, len(plans), task.plan.name)
+                progress(ProgressEvent("score", done, len(plans), task.plan.name))
 
     if n_workers <= 1:
         for task in tasks:

@@ -17,7 +17,7 @@ complete.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,8 @@ from typing import Any
 from ..errors import InputError, OutputError
 from ..masks import DAVIS_PALETTE, write_mask
 from ..outputs import TEMP_PATTERN, TOOL, RunDir, is_run_record, listing_digest, write_json
-from ..tracker import ProgressEvent, Tracker, tracker_config
+from ..progress import Progress
+from ..tracker import Tracker, tracker_config
 from ._run import CONFIG_FILE, METRICS_FILE, ResumableRun
 from .davis import DavisResult
 from .davis_folders import evaluate_davis, write_davis_csvs, write_davis_json
@@ -119,7 +120,7 @@ class DavisRun(ResumableRun[str, SequenceOutcome]):
         self.sequences = davis_sequences(self.root, split)
         self.tracker = tracker
         self.split_name = Path(split).stem
-        self._progress: Callable[[ProgressEvent], None] | None = None
+        self._progress: Progress | None = None
 
         def open_dir() -> RunDir:
             assert not isinstance(out, RunDir)
@@ -170,9 +171,7 @@ class DavisRun(ResumableRun[str, SequenceOutcome]):
         """A sequence folder is complete when it holds the run.json written after its masks."""
         return is_run_record(self.out / name / SEQUENCE_FILE)
 
-    def iterate(
-        self, progress: Callable[[ProgressEvent], None] | None = None
-    ) -> Iterator[SequenceOutcome]:
+    def iterate(self, progress: Progress | None = None) -> Iterator[SequenceOutcome]:
         """Propagate each sequence not yet complete; yield every sequence's outcome in order."""
         self._progress = progress
         yield from self._iterate()
@@ -200,7 +199,7 @@ class DavisRun(ResumableRun[str, SequenceOutcome]):
     def _score(self, item: str, record: Mapping[str, Any], resumed: bool) -> SequenceOutcome:
         return SequenceOutcome(item, int(record["frames"]), resumed)
 
-    def _run_sequence(self, name: str, progress: Callable[[ProgressEvent], None] | None) -> int:
+    def _run_sequence(self, name: str, progress: Progress | None) -> int:
         tracker = self.tracker
         state = tracker.init_state(self.frames_root / name)
         first = self.gt_root / name / f"{state.frame_names[0]}.png"

@@ -14,7 +14,7 @@ from .labels import (
     propagate_sequence,
     soft_labels_to_mask,
 )
-from .params import DIFT_PARAMS, DINO_PARAMS, PropagationParams
+from .params import PropagationParams
 from .points import (
     PointEstimate,
     PointParams,
@@ -38,8 +38,6 @@ from .search import (
 
 __all__ = [
     "DEFAULT_STRIP_WIDTH",
-    "DIFT_PARAMS",
-    "DINO_PARAMS",
     "GlobalSearch",
     "KnnBackend",
     "NeighbourSearch",

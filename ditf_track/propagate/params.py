@@ -71,7 +71,3 @@ class PropagationParams:
     def dift(cls) -> PropagationParams:
         """DIFT's README setting for SD-2-1 on DAVIS: n = 28, r = 15, k = 15, τ = 0.2."""
         return cls(n_context=28, radius=15, topk=15, temperature=0.2)
-
-
-DINO_PARAMS = PropagationParams.dino()
-DIFT_PARAMS = PropagationParams.dift()
