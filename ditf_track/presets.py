@@ -103,12 +103,19 @@ class Preset:
 
 
 def _preset_folder() -> Traversable:
-    """The installed ``ditf_track.configs`` package, or the checkout's ``configs/`` folder where
-    an editable install made before the presets moved out of ``ditf_track/`` does not map it."""
+    """The installed ``ditf_track.configs`` package, or the checkout's ``configs/`` folder.
+
+    An editable install made before the presets moved out of ``ditf_track/`` maps only
+    ``ditf_track``: there ``ditf_track.configs`` is missing, or is a leftover
+    ``ditf_track/configs/__pycache__`` that imports as an empty namespace package.
+    """
     try:
-        return resources.files("ditf_track.configs")
+        folder = resources.files("ditf_track.configs")
+        if any(f.name.endswith(".yaml") for f in folder.iterdir()):
+            return folder
     except ModuleNotFoundError:
-        return Path(__file__).resolve().parent.parent / "configs"
+        pass
+    return Path(__file__).resolve().parent.parent / "configs"
 
 
 def available_presets() -> list[str]:

@@ -84,15 +84,20 @@ def test_wheel_holds_every_package_and_loads_every_preset(tmp_path: Path) -> Non
     assert {"lab", "pixart-alpha", "flux"} <= shipped
 
 
+@pytest.mark.parametrize("leftover", ["unmapped", "empty namespace"])
 def test_presets_load_where_an_old_editable_install_does_not_map_configs(
-    monkeypatch: pytest.MonkeyPatch,
+    leftover: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An editable install made before configs/ left ditf_track/ maps only ``ditf_track``."""
+    """An editable install made before configs/ left ditf_track/ maps only ``ditf_track``:
+    ``ditf_track.configs`` is missing, or a leftover ``__pycache__`` makes it an empty folder."""
 
-    def unmapped(package: str) -> None:
-        raise ModuleNotFoundError(f"No module named {package!r}")
+    def files(package: str) -> Path:
+        if leftover == "unmapped":
+            raise ModuleNotFoundError(f"No module named {package!r}")
+        (tmp_path / "__pycache__").mkdir(exist_ok=True)
+        return tmp_path
 
-    monkeypatch.setattr(presets.resources, "files", unmapped)
+    monkeypatch.setattr(presets.resources, "files", files)
     presets.load_preset.cache_clear()
     try:
         names = presets.available_presets()
