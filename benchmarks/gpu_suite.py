@@ -195,7 +195,7 @@ def source_digest() -> str:
     The device machine has no git history; ``--record`` compares this with the local tree's.
     """
     h = hashlib.sha256()
-    patterns = ("ditf_track/**/*.py", "ditf_track/configs/*.yaml", "benchmarks/*.py")
+    patterns = ("ditf_track/**/*.py", "configs/*.yaml", "benchmarks/*.py")
     files = sorted(path for pattern in patterns for path in ROOT.glob(pattern))
     for path in files:
         h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")

@@ -654,7 +654,7 @@ def _write_overlay(
     ids: np.ndarray | None = None,
 ) -> None:
     from .masks import read_mask
-    from .video import FramePoints, write_overlay_video
+    from .viz.overlay import FramePoints, write_overlay_video
 
     frames = (batch_frame for batch in video.iter_frames() for batch_frame in batch.frames)
     masks = (
@@ -996,8 +996,9 @@ def _match_into(
     ids: np.ndarray | None,
 ) -> None:
     """The model-dependent part of ``match``, once ``--out`` is open and locked."""
-    from .match import draw_matches, write_matches_csv
+    from .match import write_matches_csv
     from .outputs import environment_versions
+    from .viz.matches import draw_matches
 
     matcher = _matcher_from_args(args)
     pair = matcher.features_for_pair(image_a, image_b)

@@ -1,4 +1,8 @@
-"""Presets: the model and per-task DiTF settings, stored as data in ``ditf_track/configs/*.yaml``.
+"""Presets: the model and per-task DiTF settings, stored as data in ``configs/*.yaml``.
+
+The top-level ``configs/`` folder installs as the package ``ditf_track.configs`` (pyproject's
+``package-dir``), so the presets are read through :mod:`importlib.resources` in a wheel and in an
+editable install alike.
 
 A preset names a model (hub id, family, gating) and carries one :class:`TaskSettings` per task,
 because the best timestep t and block k differ between image-pair correspondence (paper
@@ -11,11 +15,15 @@ import dataclasses
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 Family = Literal["pixart", "sd3", "flux", "lab"]
 Task = Literal["correspondence", "video"]
@@ -94,9 +102,25 @@ class Preset:
         return dataclasses.asdict(self)
 
 
+def _preset_folder() -> Traversable:
+    """The installed ``ditf_track.configs`` package, or the checkout's ``configs/`` folder.
+
+    An editable install made before the presets moved out of ``ditf_track/`` maps only
+    ``ditf_track``: there ``ditf_track.configs`` is missing, or is a leftover
+    ``ditf_track/configs/__pycache__`` that imports as an empty namespace package.
+    """
+    try:
+        folder = resources.files("ditf_track.configs")
+        if any(f.name.endswith(".yaml") for f in folder.iterdir()):
+            return folder
+    except ModuleNotFoundError:
+        pass
+    return Path(__file__).resolve().parent.parent / "configs"
+
+
 def available_presets() -> list[str]:
     """Names of the bundled presets, sorted."""
-    files = resources.files("ditf_track.configs").iterdir()
+    files = _preset_folder().iterdir()
     return sorted(f.name.removesuffix(".yaml") for f in files if f.name.endswith(".yaml"))
 
 
@@ -106,7 +130,7 @@ def load_preset(name: str) -> Preset:
     names = available_presets()
     if name not in names:
         raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(names)}")
-    text = resources.files("ditf_track.configs").joinpath(f"{name}.yaml").read_text("utf-8")
+    text = _preset_folder().joinpath(f"{name}.yaml").read_text("utf-8")
     return preset_from_dict(yaml.safe_load(text), source=f"{name}.yaml")
 
 
@@ -131,6 +155,4 @@ def preset_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Preset:
         data["video"] = TaskSettings(**data["video"])
         return Preset(**data)
     except (KeyError, TypeError) as exc:
-        raise ConfigError(
-            f"{source}: invalid preset ({exc}); see ditf_track/configs/*.yaml"
-        ) from exc
+        raise ConfigError(f"{source}: invalid preset ({exc}); see configs/*.yaml") from exc

@@ -1,6 +1,6 @@
 """DiT families behind one protocol (:class:`~ditf_track.backbones.base.DiTBackbone`).
 
-A new family is one module here, one preset file in ``ditf_track/configs/`` and one tiny-model
+A new family is one module here, one preset file in ``configs/`` and one tiny-model
 test.
 """
 
