@@ -292,9 +292,14 @@ class DiTBackbone(ABC):
     def tap(self, hooks: HookSet, k: int) -> None:
         """Hook block k: save what z and the modulation are read from; the last hook stops."""
 
-    @abstractmethod
     def block_input(self, store: dict[str, Any], k: int, inputs: dict[str, Any]) -> torch.Tensor:
-        """z ``(N, h·w, C)``: block k's image tokens before its AdaLN, from the hook store."""
+        """z ``(N, h·w, C)``: block k's image tokens before its AdaLN, from the hook store.
+
+        In every family's (double) block that is the input of ``norm2``, which :meth:`tap`
+        saves under ``"norm2"``; Flux's single blocks override it.
+        """
+        z: torch.Tensor = store["norm2"][0][0]
+        return z
 
     @abstractmethod
     def modulation(

@@ -154,8 +154,7 @@ class FluxBackbone(DiTBackbone):
             txt_len = inputs["encoder_hidden_states"].shape[1]
             single_z: torch.Tensor = store["norm"][0][0][:, txt_len:]
             return single_z
-        z: torch.Tensor = store["norm2"][0][0]
-        return z
+        return super().block_input(store, k, inputs)
 
     def modulation(
         self, store: dict[str, Any], k: int, condition_mode: str

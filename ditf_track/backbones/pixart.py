@@ -124,10 +124,6 @@ class PixArtBackbone(DiTBackbone):
         hooks.save_input(block, "block")
         hooks.save_input_and_stop(block.norm2, "norm2")
 
-    def block_input(self, store: dict[str, Any], k: int, inputs: dict[str, Any]) -> torch.Tensor:
-        z: torch.Tensor = store["norm2"][0][0]
-        return z
-
     def modulation(
         self, store: dict[str, Any], k: int, condition_mode: str
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
