@@ -587,12 +587,15 @@ class RunDir:
             )
         listed = json.loads(config.read_text(encoding="utf-8")).get("files") or []
         config.unlink()
+        emptied: set[Path] = set()
         for name in listed:
             path = (self.out / str(name)).resolve()
             if self.out in path.parents and path.is_file():
                 path.unlink()
-        for sub in sorted((p for p in self.out.rglob("*") if p.is_dir()), reverse=True):
-            if not any(sub.iterdir()):
+                emptied.update(p for p in path.parents if self.out in p.parents)
+        # Only folders that held the listed files, never an empty folder the user made.
+        for sub in sorted(emptied, key=lambda p: len(p.parts), reverse=True):
+            if sub.is_dir() and not any(sub.iterdir()):
                 sub.rmdir()
 
 

@@ -378,8 +378,10 @@ def test_overwrite_keeps_files_the_previous_run_did_not_write(
     assert run([*base, "--end", "6"], capsys)[0] == 0
     (out / "notes.txt").write_text("mine")
     Image.new("L", (4, 4)).save(out / "sketch.png")
+    (out / "empty-folder-of-mine").mkdir()
     assert run([*base, "--end", "4", "--overwrite"], capsys)[0] == 0
     assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "empty-folder-of-mine").is_dir()
     assert (out / "sketch.png").is_file()
     assert sorted(p.name for p in out.glob("0*.png")) == [f"{i:05d}.png" for i in range(4)]
     assert json.loads((out / "config.json").read_text())["frames"] == 4
