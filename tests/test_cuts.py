@@ -98,6 +98,7 @@ def test_two_flat_colours_cut_once_at_the_switch(tmp_path: Path) -> None:
     for i, frame in enumerate(frames):  # the same as a frame folder
         cv2.imwrite(str(tmp_path / f"{i}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     assert detect_cuts(tmp_path) == [20]
+    assert detect_cuts(video_from_array(frames[:1])) == []  # one frame: one shot
 
 
 def test_content_score_of_black_to_white() -> None:
@@ -157,7 +158,7 @@ def test_bad_parameters_fail_before_reading(params: dict[str, object], message: 
     "params",
     [{"weights": (0.0, 0.0, 0.0)}, {"weights": (1.0, 1.0)}, {"weights": (1.0, -1.0, 1.0)}],
 )
-def test_bad_weights(params: dict[str, object]) -> None:
+def test_bad_weights_and_window(params: dict[str, object]) -> None:
     with pytest.raises(ConfigError, match=r"cut weights=.* must be 3 finite numbers >= 0"):
         CutParams(**params)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=r"cut window=0 must be a whole number >= 1"):
