@@ -13,8 +13,9 @@ from typing import Literal
 __all__ = ["Phase", "Progress", "ProgressEvent"]
 
 #: ``extract``: feature maps (tracker, export); ``propagate``: masks and points (tracker);
-#: ``score``: DAVIS sequences scored (``evaluate_davis``).
-Phase = Literal["extract", "propagate", "score"]
+#: ``score``: DAVIS sequences scored (``evaluate_davis``); ``cuts``: frames scanned for scene
+#: cuts (``cuts.detect_cuts``).
+Phase = Literal["extract", "propagate", "score", "cuts"]
 
 
 @dataclass(frozen=True)
