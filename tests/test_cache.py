@@ -437,7 +437,7 @@ def test_failed_write_leaves_no_file(
         Path(filename).write_bytes(b"\0" * 100)
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("ditf_track.cache.save_file", half_then_fail)
+    monkeypatch.setattr("ditf_track.cache.store.save_file", half_then_fail)
     cache = FeatureCache(tmp_path)
     with caplog.at_level(logging.WARNING, logger="ditf_track.cache"):
         cache.put(key(0), frame(0))
@@ -456,7 +456,7 @@ def test_interrupted_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest.Mo
         Path(filename).write_bytes(b"\0" * 100)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("ditf_track.cache.save_file", interrupted)
+    monkeypatch.setattr("ditf_track.cache.store.save_file", interrupted)
     cache = FeatureCache(tmp_path, background_writes=False)
     with pytest.raises(KeyboardInterrupt):
         cache.put(key(0), frame(0))
