@@ -131,7 +131,8 @@ def format_size(nbytes: int) -> str:
 #: The checksum of the tensor bytes a file carries: crc32 detects every burst error up to 32
 #: bits and random corruption with probability 1 - 2⁻³², which is what a cache (not an
 #: adversary) needs, at 2× the speed of sha1 and 4× that of blake2b on a 39 MB Flux frame
-#: (zlib releases the GIL, so the writer thread does not stall the tracker).
+#: (benchmarks/RESULTS.md, "Feature cache", before those rows were dropped); zlib releases
+#: the GIL, so the writer thread does not stall the tracker.
 CHECKSUM = "crc32"
 
 
