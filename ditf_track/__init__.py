@@ -7,7 +7,7 @@ The data path, in the order one call follows it — ``Tracker.propagate(state)``
     latents → block-k feature  backbones/base.py: DiTBackbone.capture, <family>.py tap (hooks.py)
     → AdaLN → discard          features.py: adaln_modulate, find_massive_channels,
                                discard_channels (driven by extractor.py DiTFExtractor.extract)
-    → cache                    cache.py: FeatureCache (memory LRU over safetensors files)
+    → cache                    cache/store.py: FeatureCache (memory LRU over safetensors files)
     → k-NN                     propagate/: WindowSearch / GlobalSearch, propagate_sequence
     → masks                    propagate/labels.py: soft_labels_to_mask
     → PNGs                     masks.py: write_mask (DAVIS palette), as cli.py's `track` does

@@ -25,10 +25,11 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ..cache import text_cache_dir
 from ..errors import ConfigError, ModelLoadError
 from ..hub import ModelSource, folder_fingerprint, load_truncated_weights, quiet_loading
 from .hooks import HookSet
-from .text import TextCondition, TextConditioner, text_cache_dir
+from .text import TextCondition, TextConditioner
 
 #: Token stride in pixels of every supported DiT: an 8× VAE and 2×2 patches.
 TOKEN_STRIDE = 16
@@ -130,9 +131,8 @@ class DiTBackbone(ABC):
         ``prompts`` are encoded first (text cache, else the text encoders, then released), so
         the text encoders and the transformer are never on the device together.
         """
-        from ..cache import cache_root  # the cache imports this module
-
-        cache_root(cache_dir)  # a file given as the cache folder fails before any download
+        # A file given as the cache folder fails here, before any download.
+        text_folder = text_cache_dir(cache_dir)
         device = device or torch.device("cpu")
         source = ModelSource(
             model, revision=revision, local_files_only=local_files_only, cache_dir=hub_cache_dir
@@ -165,7 +165,7 @@ class DiTBackbone(ABC):
                 "max_sequence_length": max_sequence_length,
             },
             encode_text,
-            text_cache_dir(cache_dir),
+            text_folder,
         )
         for prompt in prompts:
             conditioner.get(prompt)

@@ -1,8 +1,9 @@
 """Text conditions: prompt → embeddings, cached in memory and on disk.
 
 Text encoders (T5-XXL is ~9.5 GB) load only when a prompt's embedding is not in the on-disk
-text cache, and are released right after; the files are written atomically
-(:func:`ditf_track._atomic.atomic_path`) and checksummed like the feature cache.
+text cache (``<root>/text``, :func:`ditf_track.cache.text_cache_dir`), and are released right
+after; the files are written atomically (:func:`ditf_track._atomic.atomic_path`) and
+checksummed like the feature cache.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from .._atomic import atomic_path
+from ..cache import checksum_problem, tensor_checksum
 from ..errors import ConfigError
 from ..hub import short_reason
 
@@ -52,12 +53,6 @@ class TextCondition:
         if self.mask is not None:
             out["mask"] = self.mask
         return {k: v.detach().contiguous().cpu() for k, v in out.items()}
-
-
-def text_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Where text embeddings are cached: ``cache_dir/text``, default ``~/.cache/ditf-track``."""
-    root = cache_dir or os.environ.get("DITF_TRACK_CACHE") or Path.home() / ".cache" / "ditf-track"
-    return Path(root).expanduser() / "text"
 
 
 class TextConditioner:
@@ -150,7 +145,7 @@ class TextConditioner:
             "prompt": prompt,
             "format": _TEXT_FORMAT,
             "key": self._digest(prompt),
-            "checksums": json.dumps({name: _checksum(t) for name, t in tensors.items()}),
+            "checksums": json.dumps({name: tensor_checksum(t) for name, t in tensors.items()}),
         }
         try:
             with atomic_path(path, "text embedding") as tmp:
@@ -167,18 +162,10 @@ class TextConditioner:
 _TEXT_FORMAT = "ditf-track-text/1"
 
 
-def _checksum(tensor: torch.Tensor) -> str:
-    from ..cache import tensor_checksum  # cache imports this module
-
-    return tensor_checksum(tensor)
-
-
 def _text_file_problem(
     tensors: dict[str, torch.Tensor], metadata: dict[str, str], digest: str
 ) -> str | None:
     """Why a text cache file does not hold this prompt's embedding intact, or ``None``."""
-    from ..cache import checksum_problem
-
     if metadata.get("key") != digest:
         return "it holds another prompt's key"
     try:

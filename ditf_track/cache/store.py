@@ -1,4 +1,4 @@
-"""Per-frame feature cache: an LRU on the device that spills to checksummed safetensors files.
+"""The feature cache: an LRU on the device that spills to checksummed safetensors files.
 
 Why: a DiTF feature map costs a forward pass through blocks 0..k of a multi-billion-parameter
 DiT, and propagation reads each frame's map many times (as a target, then as a reference for
@@ -7,9 +7,9 @@ run on the same video must extract nothing. So every map goes through this cache
 
 * **Memory tier** — an LRU on the tracker's device (the GPU when it runs on CUDA) with a byte
   budget; least-recently-used maps are dropped when a new one would exceed it.
-* **Disk tier** — one safetensors file per frame under ``<root>/features/``, with its own byte
-  budget; least-recently-used files (by mtime, touched on every read) are deleted beyond it.
-  ``cache_dir=None`` keeps the memory tier only.
+* **Disk tier** — one safetensors file per frame under ``<root>/features/`` (:mod:`.folder`),
+  with its own byte budget; least-recently-used files (by mtime, touched on every read) are
+  deleted beyond it. ``cache_dir=None`` keeps the memory tier only.
 
 Write policy: **write-through on put**, performed by one background thread. Every put reaches
 disk without relying on an eviction or a final flush, so a crash or Ctrl-C loses at most the
@@ -28,92 +28,64 @@ dtype or key do not match is logged, deleted and treated as a miss, so the frame
 Files are not fsync'ed: a process crash cannot leave a partial file (the rename is atomic), and
 what a power loss may leave (an empty or stale file) fails that verification like any damage.
 
-Keys (:func:`feature_key`, :func:`clip_key`) are the sha256 of a canonical JSON of everything
-that changes a feature map: the extractor's ``identity()`` (preset, model id and revision,
-dtype, stride, t, k, prompt, guidance, condition mode, feature mode, discard rule and stage,
-seed, ensemble, upsample), the video's content hash, the model input size and the frame index.
 Per clip, a small JSON document (:meth:`FeatureCache.put_clip_meta`) holds what must stay fixed
-for every frame and every later run, e.g. the massive channels found on the first frames.
-
-Use (the tracker's loop, in short)::
-
-    cache = FeatureCache(cache_root(cache_dir), device=device, disk_budget="50GB")
-    ident, video = extractor.identity(), source.content_hash()
-    meta = cache.get_clip_meta(clip_key(ident, video, (H, W)))       # massive channels, if any
-    keys = [feature_key(ident, video, t, (H, W)) for t in range(T)]
-    maps = [cache.get(k) for k in keys]                              # (C, h, w) each, or None
-    todo = [t for t, m in enumerate(maps) if m is None]              # extract these in batches
-    for t, m in zip(todo, extracted.features):                       # (N, C, h, w) → N entries
-        cache.put(keys[t], m)
+for every frame and every later run, e.g. the massive channels found on frame 0.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import os
 import re
 import threading
-import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ._atomic import atomic_path
-from .backbones.text import text_cache_dir
-from .devices import dtype_name, resolve_device
-from .errors import ConfigError, OutputError
+from .._atomic import atomic_path
+from ..devices import dtype_name, resolve_device
+from ..errors import ConfigError, OutputError
+from .folder import (
+    CLIPS,
+    DEFAULT_DEVICE_BUDGET,
+    DEFAULT_DISK_BUDGET,
+    FEATURES,
+    SUFFIX,
+    CacheInfo,
+    ClearResult,
+    cache_info,
+    clear_cache,
+    remove_stale_temps,
+    scan,
+)
+from .keys import CACHE_FORMAT, canonical_json, check_key
 
 log = logging.getLogger(__name__)
 
-#: Bumped whenever the feature computation changes without a change of ``identity()``, so
-#: stale maps from an older ditf-track miss instead of being served.
-CACHE_FORMAT = 1
 _FILE_FORMAT = f"ditf-track-features/{CACHE_FORMAT}"
 _CLIP_FORMAT = f"ditf-track-clip/{CACHE_FORMAT}"
 _TENSOR_NAME = "features"
-_SUFFIX = ".safetensors"
-_KEY_PATTERN = re.compile(r"[0-9a-f]{16,128}")
-
-#: Memory budget when none is given: 8 GB holds 204 Flux frames at 60×106 tokens in bf16
-#: (3072·60·106·2 B = 39.1 MB each), more than the longest DAVIS 2017 val clip (104 frames).
-DEFAULT_DEVICE_BUDGET = 8 * 10**9
-#: On CUDA the default is also capped at this share of the memory free when the cache is made
-#: (make it after loading the model): the DiT's activations and the k-NN need the rest.
+#: On CUDA the default memory budget is also capped at this share of the memory free when the
+#: cache is made (make it after loading the model): the DiT's activations and the k-NN need
+#: the rest.
 DEFAULT_DEVICE_FRACTION = 0.25
-#: Disk budget when none is given: 50 GB ≈ 1280 Flux frames at 60×106 bf16 ≈ 12 DAVIS clips.
-DEFAULT_DISK_BUDGET = 50 * 10**9
 #: Writes queued at most before ``put`` waits: 8 Flux frames = 313 MB of host memory.
 DEFAULT_MAX_PENDING_WRITES = 8
 #: When the disk budget is exceeded, files are deleted down to this share of it, so the next
 #: few writes do not each rescan the folder.
 _DISK_LOW_WATER = 0.95
-#: Temporary files older than this are leftovers of a killed writer and are removed on open.
-_STALE_TEMP_SECONDS = 3600.0
-
-
-#: The checksum of the tensor bytes a file carries: crc32 detects every burst error up to 32
-#: bits and random corruption with probability 1 - 2⁻³², which is what a cache (not an
-#: adversary) needs, at 2× the speed of sha1 and 4× that of blake2b on a 39 MB Flux frame
-#: (zlib releases the GIL, so the writer thread does not stall the tracker).
-CHECKSUM = "crc32"
-
-
-def _crc32(data: memoryview) -> str:
-    return f"{zlib.crc32(data) & 0xFFFFFFFF:08x}"
 
 
 # -- sizes -------------------------------------------------------------------------------------
@@ -155,226 +127,17 @@ def format_size(nbytes: int) -> str:
     return f"{value:.1f} TB"
 
 
-# -- keys --------------------------------------------------------------------------------------
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, torch.dtype):
-        return dtype_name(obj)
-    if isinstance(obj, (os.PathLike, torch.device)):
-        return str(obj)
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.asdict(obj)
-    raise TypeError(f"cannot put a {type(obj).__name__} into a cache key: {obj!r}")
+# -- checksums (feature files and the text cache) ---------------------------------------------
+#: The checksum of the tensor bytes a file carries: crc32 detects every burst error up to 32
+#: bits and random corruption with probability 1 - 2⁻³², which is what a cache (not an
+#: adversary) needs, at 2× the speed of sha1 and 4× that of blake2b on a 39 MB Flux frame
+#: (benchmarks/RESULTS.md, "Feature cache", before those rows were dropped); zlib releases
+#: the GIL, so the writer thread does not stall the tracker.
+CHECKSUM = "crc32"
 
 
-def canonical_json(obj: Any) -> str:
-    """JSON with sorted keys and no spaces; tuples become lists. Equal settings → equal text.
-
-    Note that ``1`` and ``1.0`` differ: a setting that changes type misses (and is recomputed).
-    """
-    return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_jsonable
-    )
-
-
-def _digest(parts: Mapping[str, Any]) -> str:
-    return hashlib.sha256(canonical_json(parts).encode()).hexdigest()
-
-
-def clip_key(
-    identity: Mapping[str, Any], video_hash: str, input_size: tuple[int, int] | Sequence[int]
-) -> str:
-    """Key of one clip under one extractor: sha256 of its ``identity()``, video hash, input size.
-
-    ``input_size`` is the model input ``(H, W)`` in pixels. Holds per-clip metadata such as the
-    massive channels found on the first frames.
-    """
-    return _clip_digest("clip", identity, video_hash, input_size)
-
-
-def feature_key(
-    identity: Mapping[str, Any],
-    video_hash: str,
-    frame_index: int,
-    input_size: tuple[int, int] | Sequence[int],
-) -> str:
-    """Key of one frame's feature map: :func:`clip_key`'s parts plus the frame index.
-
-    ``identity`` is the extractor's ``identity()`` (everything that changes the features);
-    ``video_hash`` the clip's ``VideoSource.content_hash()``;
-    ``frame_index`` the 0-based index in the clip; ``input_size`` the model input ``(H, W)``.
-    A changed setting gives a different key (a miss); identical settings the same key.
-    """
-    if isinstance(frame_index, bool) or int(frame_index) != frame_index or frame_index < 0:
-        raise ValueError(f"frame index must be an integer >= 0, got {frame_index!r}")
-    return _clip_digest("frame", identity, video_hash, input_size, frame=int(frame_index))
-
-
-def _clip_digest(
-    kind: str,
-    identity: Mapping[str, Any],
-    video_hash: str,
-    input_size: tuple[int, int] | Sequence[int],
-    **extra: int,
-) -> str:
-    h, w = (int(s) for s in input_size)
-    parts = {
-        "cache_format": CACHE_FORMAT,
-        "kind": kind,
-        "identity": dict(identity),
-        "video": str(video_hash),
-        "input_size": [h, w],
-    }
-    return _digest({**parts, **extra})
-
-
-def _check_key(key: str) -> None:
-    # Keys become file names: only lowercase hex (as feature_key makes) is accepted.
-    if not isinstance(key, str) or _KEY_PATTERN.fullmatch(key) is None:
-        raise ValueError(f"cache keys are hex digests from feature_key()/clip_key(), got {key!r}")
-
-
-# -- folders -----------------------------------------------------------------------------------
-def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The cache root: ``cache_dir``, else ``$DITF_TRACK_CACHE``, else ``~/.cache/ditf-track``.
-
-    Feature files live in ``<root>/features``, clip metadata in ``<root>/clips`` and text
-    embeddings (:func:`~ditf_track.backbones.text.text_cache_dir`) in ``<root>/text``.
-
-    Raises:
-        ConfigError: the root or one of those subfolders exists and is not a folder (a
-            mistyped ``--cache-dir`` naming a file), checked before anything is loaded.
-    """
-    root = text_cache_dir(cache_dir).parent
-    for path in (root, root / "features", root / "clips", root / "text"):
-        if path.exists() and not path.is_dir():
-            raise ConfigError(
-                f"cache folder {path} is a file, not a folder; pass --cache-dir (or set "
-                "DITF_TRACK_CACHE to) a folder, or remove that file"
-            )
-    return root
-
-
-def _is_temp(name: str) -> bool:
-    # atomic_path's ".<stem>.<hex>.tmp<suffix>", and the text cache's "<name>.tmp<pid>".
-    return ".tmp" in name
-
-
-def _scan(folder: Path, suffix: str | None) -> list[os.DirEntry[str]]:
-    """Entries named ``*<suffix>`` (not temporary) in ``folder``; temporary ones if ``None``."""
-    try:
-        with os.scandir(folder) as entries:
-            return [
-                e
-                for e in entries
-                if e.is_file()
-                and (
-                    _is_temp(e.name)
-                    if suffix is None
-                    else e.name.endswith(suffix)
-                    and not e.name.startswith(".")
-                    and not _is_temp(e.name)
-                )
-            ]
-    except FileNotFoundError:
-        return []
-
-
-@dataclass(frozen=True)
-class CacheInfo:
-    """What a cache folder holds. Byte counts are file sizes; budgets ``None`` when unset.
-
-    ``memory_entries``/``memory_bytes`` describe a live :class:`FeatureCache`'s memory tier
-    (zero for a folder read by :func:`cache_info`); ``temp_files`` are leftovers of writes that
-    were killed mid-way (never loaded; :func:`clear_cache` removes them).
-    """
-
-    directory: Path | None
-    feature_files: int
-    feature_bytes: int
-    clip_files: int
-    text_files: int
-    text_bytes: int
-    temp_files: int
-    disk_budget: int | None
-    device_budget: int | None
-    memory_entries: int = 0
-    memory_bytes: int = 0
-
-
-@dataclass(frozen=True)
-class ClearResult:
-    """What :func:`clear_cache` deleted."""
-
-    feature_files: int
-    feature_bytes: int
-    clip_files: int
-    text_files: int
-    text_bytes: int
-    temp_files: int
-
-    @property
-    def freed_bytes(self) -> int:
-        return self.feature_bytes + self.text_bytes
-
-
-def cache_info(
-    cache_dir: str | os.PathLike[str] | None = None,
-    *,
-    disk_budget: int | str | None = DEFAULT_DISK_BUDGET,
-    device_budget: int | str | None = DEFAULT_DEVICE_BUDGET,
-) -> CacheInfo:
-    """Count the files under :func:`cache_root` ``(cache_dir)`` without creating anything."""
-    root = cache_root(cache_dir)
-    features = _scan(root / "features", _SUFFIX)
-    texts = _scan(root / "text", _SUFFIX)
-    temps = [e for f in ("features", "clips", "text") for e in _scan(root / f, None)]
-    return CacheInfo(
-        directory=root,
-        feature_files=len(features),
-        feature_bytes=sum(e.stat().st_size for e in features),
-        clip_files=len(_scan(root / "clips", ".json")),
-        text_files=len(texts),
-        text_bytes=sum(e.stat().st_size for e in texts),
-        temp_files=len(temps),
-        disk_budget=None if disk_budget is None else parse_size(disk_budget),
-        device_budget=None if device_budget is None else parse_size(device_budget),
-    )
-
-
-def _delete(entries: Iterable[os.DirEntry[str]]) -> tuple[int, int]:
-    count = size = 0
-    for e in entries:
-        try:
-            nbytes = e.stat().st_size
-            os.unlink(e.path)
-        except FileNotFoundError:
-            continue
-        count += 1
-        size += nbytes
-    return count, size
-
-
-def clear_cache(
-    cache_dir: str | os.PathLike[str] | None = None, *, text: bool = False
-) -> ClearResult:
-    """Delete the cached feature maps and clip metadata (and the text embeddings if ``text``).
-
-    Only the cache's own files are deleted (``*.safetensors``, ``*.json`` and temporary files
-    in the ``features``, ``clips`` and ``text`` subfolders), never the folders or anything else,
-    so a mistyped ``--cache-dir`` cannot wipe unrelated data.
-    """
-    root = cache_root(cache_dir)
-    folders = ["features", "clips", *(["text"] if text else [])]
-    temps = [e for f in folders for e in _scan(root / f, None)]
-    n_temp, _ = _delete(temps)
-    n_feat, b_feat = _delete(_scan(root / "features", _SUFFIX))
-    n_clip, _ = _delete(_scan(root / "clips", ".json"))
-    n_text, b_text = _delete(_scan(root / "text", _SUFFIX)) if text else (0, 0)
-    return ClearResult(n_feat, b_feat, n_clip, n_text, b_text, n_temp)
+def _crc32(data: memoryview) -> str:
+    return f"{zlib.crc32(data) & 0xFFFFFFFF:08x}"
 
 
 def _tensor_bytes(t: torch.Tensor) -> memoryview:
@@ -489,27 +252,27 @@ class FeatureCache:
         self._background = background_writes and self.root is not None
         self._disk_bytes = 0
         if self.root is not None:
-            entries = _scan(self.features_dir, _SUFFIX)
+            entries = scan(self.features_dir, SUFFIX)
             self._disk_bytes = sum(e.stat().st_size for e in entries)
-            self._remove_stale_temps()
+            remove_stale_temps(self.root)
 
     # -- locations ---------------------------------------------------------------------------
     @property
     def features_dir(self) -> Path:
         if self.root is None:
             raise ValueError("a memory-only cache has no folder")
-        return self.root / "features"
+        return self.root / FEATURES
 
     @property
     def clips_dir(self) -> Path:
         if self.root is None:
             raise ValueError("a memory-only cache has no folder")
-        return self.root / "clips"
+        return self.root / CLIPS
 
     def path(self, key: str) -> Path | None:
         """The file of ``key`` (``None`` for a memory-only cache); it may not exist."""
-        _check_key(key)
-        return None if self.root is None else self.features_dir / f"{key}{_SUFFIX}"
+        check_key(key)
+        return None if self.root is None else self.features_dir / f"{key}{SUFFIX}"
 
     # -- counters ----------------------------------------------------------------------------
     @property
@@ -525,7 +288,7 @@ class FeatureCache:
         Memory first, then a map still queued for writing, then the file (verified; a damaged
         file is deleted with a warning and missed). A disk hit enters the memory tier.
         """
-        _check_key(key)
+        check_key(key)
         with self._lock:
             hit = self._memory.get(key)
             if hit is not None:
@@ -558,7 +321,7 @@ class FeatureCache:
 
         For planning (how many frames to extract); :meth:`get` may still miss a damaged file.
         """
-        _check_key(key)
+        check_key(key)
         with self._lock:
             if key in self._memory or key in self._pending:
                 return True
@@ -571,7 +334,7 @@ class FeatureCache:
         Waits only when ``max_pending_writes`` files are already queued. A map larger than the
         device budget goes to disk only; one larger than the disk budget to memory only.
         """
-        _check_key(key)
+        check_key(key)
         tensor = features.detach()
         if not tensor.is_contiguous() or (
             tensor.untyped_storage().nbytes() != tensor.numel() * tensor.element_size()
@@ -633,7 +396,7 @@ class FeatureCache:
     # -- per-clip metadata -------------------------------------------------------------------
     def get_clip_meta(self, key: str) -> dict[str, Any] | None:
         """The JSON document stored for a clip (:func:`clip_key`), or ``None``; a fresh copy."""
-        _check_key(key)
+        check_key(key)
         with self._lock:
             text = self._clip_meta.get(key)
         if text is None and self.root is not None:
@@ -648,7 +411,7 @@ class FeatureCache:
 
         Written to disk at once (atomically): later runs must reuse the same values.
         """
-        _check_key(key)
+        check_key(key)
         text = canonical_json(dict(meta))
         with self._lock:
             self._clip_meta[key] = text
@@ -741,7 +504,7 @@ class FeatureCache:
                     format_size(self.disk_budget),
                 )
                 return
-            path = self.features_dir / f"{key}{_SUFFIX}"
+            path = self.features_dir / f"{key}{SUFFIX}"
             metadata = {
                 "format": _FILE_FORMAT,
                 "key": key,
@@ -775,7 +538,7 @@ class FeatureCache:
         """
         assert self.disk_budget is not None
         entries = []
-        for e in _scan(self.features_dir, _SUFFIX):
+        for e in scan(self.features_dir, SUFFIX):
             try:
                 st = e.stat()
             except FileNotFoundError:
@@ -869,15 +632,6 @@ class FeatureCache:
                 path.unlink()
             return None
         return canonical_json(document["meta"])
-
-    def _remove_stale_temps(self) -> None:
-        assert self.root is not None
-        cutoff = time.time() - _STALE_TEMP_SECONDS
-        for folder in (self.features_dir, self.clips_dir):
-            for e in _scan(folder, None):
-                with contextlib.suppress(OSError):
-                    if e.stat().st_mtime < cutoff:
-                        os.unlink(e.path)
 
     def _count_write_error(self, what: str, exc: BaseException) -> None:
         with self._lock:

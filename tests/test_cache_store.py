@@ -1,76 +1,26 @@
-"""The per-frame feature cache: keys, memory and disk LRUs, persistence, damage, threads, CLI."""
+"""The feature cache's store (ditf_track/cache/store.py): memory and disk LRUs, persistence,
+damaged files, atomic writes, clip metadata, threads, budgets and their sizes."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
-import re
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from cache_helpers import SHAPE, SIZE, VIDEO, feature_files, frame, identity, key, nbytes
 
-from ditf_track import cli
-from ditf_track.cache import (
-    FeatureCache,
-    cache_info,
-    clear_cache,
-    clip_key,
-    feature_key,
-    format_size,
-    parse_size,
-)
+from ditf_track.cache import FeatureCache, cache_info, clip_key, format_size, parse_size
 from ditf_track.errors import ConfigError
-from ditf_track.extractor import DiTFExtractor
-from ditf_track.features import DiscardRule, DiTFSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHAPE = (32, 8, 12)  # (C, h, w): 6144 B in bf16, 12288 B in float32
-VIDEO = "0" * 64
-SIZE = (128, 192)
-
-
-def identity(**changes: Any) -> dict[str, Any]:
-    """An extractor identity of the shape DiTFExtractor.identity() returns (Flux), for the key
-    mechanics below; the test of what a real extractor's identity holds is further down."""
-    backbone = {
-        "extractor": "ditf",
-        "preset": "flux",
-        "family": "flux",
-        "model": "black-forest-labs/FLUX.1-dev",
-        "revision": "abc123",
-        "dtype": "bfloat16",
-        "stride": 16,
-    }
-    settings = {k: v for k, v in changes.items() if k in DiTFSettings.__dataclass_fields__}
-    backbone.update({k: v for k, v in changes.items() if k not in settings})
-    return {**backbone, **DiTFSettings(**{"t": 261, "k": 15, **settings}).to_dict()}
-
-
-def key(i: int, **changes: Any) -> str:
-    return feature_key(identity(**changes), VIDEO, i, SIZE)
-
-
-def frame(i: int, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
-    """A map whose values identify it (i, then a ramp), so a wrong entry cannot pass."""
-    ramp = torch.arange(int(np.prod(SHAPE)), dtype=torch.float32).reshape(SHAPE) / 1000
-    return (ramp + i).to(dtype)
-
-
-def nbytes(t: torch.Tensor) -> int:
-    return t.numel() * t.element_size()
-
-
-def feature_files(root: Path) -> list[Path]:
-    return sorted((root / "features").glob("*.safetensors"))
 
 
 # -- sizes -------------------------------------------------------------------------------------
@@ -106,94 +56,6 @@ def test_format_size() -> None:
     assert format_size(3072 * 60 * 106 * 2) == "39.1 MB"
     assert format_size(50 * 10**9) == "50.0 GB"
     assert format_size(parse_size("2.5TB")) == "2.5 TB"
-
-
-# -- keys --------------------------------------------------------------------------------------
-#: One changed value per DiTFSettings field (checked to cover them all) and per load argument of
-#: the extractor that changes the features; device, local_files_only, cache_dir and batch_size
-#: do not (a frame's features do not depend on its batch) and stay out of the key on purpose.
-SETTING_CHANGES: dict[str, Any] = {
-    "t": 142,
-    "k": 2,
-    "prompt": "a photo",
-    "guidance": 3.5,
-    "condition": "t",
-    "feature_mode": "adaln",
-    "discard_stage": "pre_norm",
-    "discard_rule": DiscardRule(ratio=50.0),
-    "seed": 1,
-    "ensemble": 2,
-    "upsample": 2,
-}
-LOAD_CHANGES: dict[str, Any] = {
-    "dtype": "bfloat16",
-    "revision": "def456",
-    "max_sequence_length": 7,
-    "preset": "pixart-alpha",
-}
-
-
-def test_extractor_identity_changes_with_every_setting_and_load_argument(
-    tiny_model: Callable[..., Path],
-) -> None:
-    assert set(SETTING_CHANGES) == set(DiTFSettings.__dataclass_fields__)
-    folder = tiny_model("pixart")
-    base_settings = DiTFSettings(t=141, k=1)
-    base = DiTFExtractor.from_pretrained(folder, family="pixart", settings=base_settings)
-    variants: dict[str, DiTFExtractor] = {
-        name: DiTFExtractor.from_pretrained(
-            folder, family="pixart", settings=dataclasses.replace(base_settings, **{name: value})
-        )
-        for name, value in SETTING_CHANGES.items()
-    }
-    for name, value in LOAD_CHANGES.items():
-        variants[name] = DiTFExtractor.from_pretrained(
-            folder, family="pixart", settings=base_settings, **{name: value}
-        )
-    variants["model"] = DiTFExtractor.from_pretrained(  # other weights, same family
-        tiny_model("pixart", seed=1), family="pixart", settings=base_settings
-    )
-    variants["family"] = DiTFExtractor.from_pretrained(
-        tiny_model("sd3"), family="sd3", settings=base_settings
-    )
-    ident = base.identity()
-    assert DiTFExtractor.from_pretrained(folder, family="pixart", t=141, k=1).identity() == ident
-    for name, extractor in variants.items():
-        changed = extractor.identity()
-        assert changed != ident, name
-        assert feature_key(changed, VIDEO, 3, SIZE) != feature_key(ident, VIDEO, 3, SIZE), name
-        assert clip_key(changed, VIDEO, SIZE) != clip_key(ident, VIDEO, SIZE), name
-
-
-def test_key_changes_with_min_token_fraction() -> None:
-    rule = DiscardRule(min_token_fraction=0.6)
-    assert key(0, discard_rule=rule) != key(0)
-
-
-def test_key_changes_with_video_frame_and_size() -> None:
-    ident = identity()
-    base = feature_key(ident, VIDEO, 3, SIZE)
-    assert feature_key(ident, "1" * 64, 3, SIZE) != base
-    assert feature_key(ident, VIDEO, 4, SIZE) != base
-    assert feature_key(ident, VIDEO, 3, SIZE[::-1]) != base  # (H, W) order matters
-    assert clip_key(ident, "1" * 64, SIZE) != clip_key(ident, VIDEO, SIZE)
-    assert clip_key(ident, VIDEO, (256, 192)) != clip_key(ident, VIDEO, SIZE)
-
-
-def test_identical_settings_give_the_same_key() -> None:
-    a = identity()
-    b = dict(reversed(list(identity().items())))  # another dict, other insertion order
-    assert feature_key(a, VIDEO, np.int64(3), list(SIZE)) == feature_key(b, VIDEO, 3, SIZE)
-    assert clip_key(a, VIDEO, SIZE) == clip_key(b, VIDEO, [128, 192])
-    assert re.fullmatch("[0-9a-f]{64}", key(0))  # a sha256 hex digest
-    # the clip key is not any frame's key
-    assert clip_key(a, VIDEO, SIZE) not in {feature_key(a, VIDEO, i, SIZE) for i in range(5)}
-
-
-@pytest.mark.parametrize("bad", [-1, 1.5, True])
-def test_feature_key_rejects_bad_frame_index(bad: Any) -> None:
-    with pytest.raises(ValueError, match="frame index"):
-        feature_key(identity(), VIDEO, bad, SIZE)
 
 
 # -- hits and misses ---------------------------------------------------------------------------
@@ -437,7 +299,7 @@ def test_failed_write_leaves_no_file(
         Path(filename).write_bytes(b"\0" * 100)
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("ditf_track.cache.save_file", half_then_fail)
+    monkeypatch.setattr("ditf_track.cache.store.save_file", half_then_fail)
     cache = FeatureCache(tmp_path)
     with caplog.at_level(logging.WARNING, logger="ditf_track.cache"):
         cache.put(key(0), frame(0))
@@ -456,7 +318,7 @@ def test_interrupted_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest.Mo
         Path(filename).write_bytes(b"\0" * 100)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("ditf_track.cache.save_file", interrupted)
+    monkeypatch.setattr("ditf_track.cache.store.save_file", interrupted)
     cache = FeatureCache(tmp_path, background_writes=False)
     with pytest.raises(KeyboardInterrupt):
         cache.put(key(0), frame(0))
@@ -480,24 +342,6 @@ def test_queued_writes_land_at_interpreter_exit(tmp_path: Path) -> None:
         got = reader.get(f"{i:064x}")
         assert got is not None
         assert torch.equal(got, torch.full(SHAPE, float(i)))
-
-
-def test_stale_temp_files_are_removed_on_open(tmp_path: Path) -> None:
-    folder = tmp_path / "features"
-    folder.mkdir()
-    stale = folder / f".{key(0)}.0123456789ab.tmp.safetensors"  # as atomic_path names them
-    fresh = folder / f".{key(1)}.ba9876543210.tmp.safetensors"
-    stale.write_bytes(b"partial")
-    fresh.write_bytes(b"partial")  # maybe another process writing right now
-    os.utime(stale, (time.time() - 7200, time.time() - 7200))
-    cache = FeatureCache(tmp_path)
-    assert not stale.exists()
-    assert fresh.exists()
-    info = cache_info(tmp_path)
-    assert (info.temp_files, info.feature_files) == (1, 0)  # never taken for a feature file
-    assert cache.get(key(1)) is None
-    assert clear_cache(tmp_path).temp_files == 1
-    assert not fresh.exists()
 
 
 # -- clip metadata -----------------------------------------------------------------------------
@@ -580,40 +424,7 @@ def test_threads_put_and_get_concurrently(tmp_path: Path) -> None:
             assert torch.equal(got, frame(i))
 
 
-# -- info / clear and the CLI ------------------------------------------------------------------
-def _populate(root: Path) -> tuple[int, int]:
-    with FeatureCache(root) as cache:
-        for i in range(3):
-            cache.put(key(i), frame(i, torch.float32))
-        cache.put_clip_meta(clip_key(identity(), VIDEO, SIZE), {"massive_channels": [1]})
-    text = root / "text"
-    text.mkdir()
-    (text / "prompt.safetensors").write_bytes(b"t" * 1234)
-    (root / "notes.txt").write_text("not the cache's")
-    (root / "features" / "README").write_text("not the cache's either")
-    return sum(p.stat().st_size for p in feature_files(root)), 1234
-
-
-def test_info_and_clear(tmp_path: Path) -> None:
-    feature_bytes, text_bytes = _populate(tmp_path)
-    info = cache_info(tmp_path)
-    assert (info.feature_files, info.feature_bytes) == (3, feature_bytes)
-    assert (info.clip_files, info.text_files, info.text_bytes) == (1, 1, text_bytes)
-    assert info.temp_files == 0
-    assert feature_bytes > 3 * nbytes(frame(0, torch.float32))  # tensor bytes + headers
-
-    done = clear_cache(tmp_path)
-    assert (done.feature_files, done.feature_bytes, done.clip_files) == (3, feature_bytes, 1)
-    assert done.text_files == 0
-    assert cache_info(tmp_path).text_files == 1
-    assert (tmp_path / "notes.txt").exists()
-    assert (tmp_path / "features" / "README").exists()
-    done = clear_cache(tmp_path, text=True)
-    assert (done.text_files, done.text_bytes, done.freed_bytes) == (1, text_bytes, text_bytes)
-    assert clear_cache(tmp_path / "missing").freed_bytes == 0
-    assert not (tmp_path / "missing").exists()
-
-
+# -- clear -------------------------------------------------------------------------------------
 def test_feature_cache_clear_waits_for_queued_writes(tmp_path: Path) -> None:
     cache = FeatureCache(tmp_path)
     for i in range(4):
@@ -623,43 +434,6 @@ def test_feature_cache_clear_waits_for_queued_writes(tmp_path: Path) -> None:
     assert feature_files(tmp_path) == []
     assert cache.get(key(0)) is None
     assert cache.info().memory_entries == 0
-
-
-def test_cli_cache_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    feature_bytes, text_bytes = _populate(tmp_path)
-    assert cli.main(["cache", "info", "--cache-dir", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    lines = {line.split("  ")[0]: line.split("  ", 1)[1].strip() for line in out.splitlines()}
-    assert lines["cache directory"] == str(tmp_path)
-    assert lines["feature files"] == f"3 ({format_size(feature_bytes)})"
-    assert lines["clip metadata files"] == "1"
-    assert lines["text embedding files"] == f"1 ({format_size(text_bytes)})"
-    assert lines["disk budget (features)"] == "50.0 GB"
-
-
-def test_cli_cache_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    feature_bytes, text_bytes = _populate(tmp_path)
-    assert cli.main(["cache", "clear", "--cache-dir", str(tmp_path)]) == 0
-    out = capsys.readouterr().out.strip()
-    assert out == (
-        f"freed {format_size(feature_bytes)}: 3 feature files ({format_size(feature_bytes)}), "
-        "1 clip metadata files"
-    )
-    assert feature_files(tmp_path) == []
-    assert cli.main(["cache", "clear", "--cache-dir", str(tmp_path), "--text"]) == 0
-    out = capsys.readouterr().out
-    assert f"1 text embedding files ({format_size(text_bytes)})" in out
-    assert cache_info(tmp_path).text_files == 0
-
-
-def test_cli_cache_default_dir_and_usage(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setenv("DITF_TRACK_CACHE", str(tmp_path))
-    assert cli.main(["cache", "info"]) == 0
-    assert str(tmp_path) in capsys.readouterr().out
-    assert cli.main(["cache"]) == 2
-    assert "info" in capsys.readouterr().out
 
 
 @pytest.mark.gpu
