@@ -117,6 +117,7 @@ def test_sample_clip_runs_with_no_manual_selection(
     assert widget.annotations.value is viewer.layers["shapes annotations"]
     assert widget.keypoints.value is viewer.layers["shapes keypoints"]
     assert widget.preset.value == "lab"
+    assert widget.short_side.value == "192"  # the clip's own size
     outcome = run_to_end(qtbot, widget)
     assert outcome.status == "done", notes.errors
     assert sorted(outcome.computed) == list(range(16))
@@ -126,7 +127,8 @@ def test_sample_clip_runs_with_no_manual_selection(
     for t in range(1, 16):
         assert set(np.unique(masks[t])) == {0, 1, 2}, f"frame {t} lost an object"
     # the library's API on the same frames, annotations and settings gives the same result
-    tracker = Tracker.from_config(TrackerConfig(features=FeatureConfig(preset="lab")))
+    features = FeatureConfig(preset="lab", short_side=192)
+    tracker = Tracker.from_config(TrackerConfig(features=features))
     state = tracker.init_state(video_from_array(clip.frames, clip.frame_names))
     tracker.add_mask(state, 0, clip.labels[0])
     tracker.add_points(state, 0, clip.tracks[0], clip.point_ids)
@@ -141,8 +143,12 @@ def test_sample_clip_runs_with_no_manual_selection(
     assert not notes.errors
 
 
-@pytest.mark.parametrize("reader", ["napari-ditf-track", "napari"])
+@pytest.mark.parametrize(
+    ("reader", "preset"),
+    [("napari-ditf-track", "lab"), ("napari", "lab"), ("napari-ditf-track", "flux")],
+)
 def test_cli_then_widget_on_the_same_file_extracts_nothing(
+    tiny_model: Callable[..., Path],
     qtbot: Any,
     viewer: Any,
     swan_mp4: tuple[Path, Path],
@@ -151,13 +157,19 @@ def test_cli_then_widget_on_the_same_file_extracts_nothing(
     notes: Notes,
     capsys: pytest.CaptureFixture[str],
     reader: str,
+    preset: str,
 ) -> None:
     """The plugin's reader (a lazy VideoSource) and napari's builtin one (the whole video as an
-    array, whose pixels would key the cache) both hit the features the CLI cached."""
+    array, whose pixels would key the cache) both hit the features the CLI cached, with the
+    preset's defaults (lab) and with a DiT's settings given (a tiny Flux: model, t, k, size)."""
     video, mask = swan_mp4
     out = tmp_path / "cli"
-    args = ["track", str(video), "--mask", str(mask), "--preset", "lab", "--device", "cpu"]
-    assert cli.main([*args, "--quiet", "--out", str(out)]) == 0
+    fields: dict[str, str] = {}
+    if preset == "flux":
+        fields = {"model": str(tiny_model("flux")), "t": "90", "k": "3", "short_side": "64"}
+    options = [f"--{name.replace('_', '-')}={value}" for name, value in fields.items()]
+    args = ["track", str(video), "--mask", str(mask), "--preset", preset, "--device", "cpu"]
+    assert cli.main([*args, *options, "--quiet", "--out", str(out)]) == 0
     assert f"{FRAMES} extracted, 0 from the cache" in capsys.readouterr().out
     [layer] = viewer.open(str(video), plugin=reader)
     assert isinstance(layer.data, VideoSource) == (reader == "napari-ditf-track")
@@ -166,8 +178,10 @@ def test_cli_then_widget_on_the_same_file_extracts_nothing(
     widget = dock(viewer)
     assert widget.video.value is layer
     assert widget.annotations.value is annotations
-    widget.preset.value = "lab"
+    widget.preset.value = preset
     widget.device.value = "cpu"
+    for name, value in fields.items():
+        getattr(widget, name).value = value
     outcome = run_to_end(qtbot, widget)
     assert outcome.status == "done", notes.errors
     assert sorted(outcome.computed) == list(range(FRAMES))

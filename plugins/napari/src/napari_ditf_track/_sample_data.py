@@ -14,8 +14,8 @@ import numpy as np
 
 __all__ = ["SETTINGS_KEY", "ShapesClip", "make_sample_data", "make_shapes_clip"]
 
-#: Layer metadata naming widget settings for a video layer (``{"preset": "lab"}``), which the
-#: widget applies when that layer becomes its video.
+#: Layer metadata naming widget settings for a video layer (``{"preset": "lab", "short_side":
+#: 192}``), which the widget applies when that layer becomes its video.
 SETTINGS_KEY = "ditf_track_settings"
 
 
@@ -94,8 +94,10 @@ def make_sample_data() -> list[tuple[Any, dict[str, Any], str]]:
     points = np.hstack([t0, clip.tracks[0]])  # (N, 3) as (t, y, x)
     meta: dict[str, Any] = {"frame_names": clip.frame_names}
     # The widget chooses the weight-free lab preset for this clip (it runs with nothing
-    # downloaded); the annotations and keypoints name their frames, so the widget pairs them.
-    video_meta = {**meta, SETTINGS_KEY: {"preset": "lab"}}
+    # downloaded) at the clip's own short side (not the preset's 960: 25x the pixels, no more
+    # detail); the annotations and keypoints name their frames, so the widget pairs them.
+    settings = {"preset": "lab", "short_side": min(clip.frames.shape[1:3])}
+    video_meta = {**meta, SETTINGS_KEY: settings}
     return [
         (clip.frames, {"name": "shapes", "rgb": True, "metadata": video_meta}, "image"),
         (annotations, {"name": "shapes annotations", "metadata": meta}, "labels"),

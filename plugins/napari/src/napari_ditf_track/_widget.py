@@ -17,9 +17,10 @@ Ready on open: the widget follows the viewer's layers (:meth:`PropagationWidget.
 which napari calls on every layer change). It chooses the video when there is one candidate, and
 for the chosen video the newest Labels and Points layers that match it (:func:`matches_video`),
 and again whenever a matching layer is added; a video layer's :data:`SETTINGS_KEY` metadata
-picks its preset (the sample clip: ``lab``). A video napari decoded into memory (its builtin
-reader) is read from its file for the tracker, so the feature cache keys are the CLI's for the
-same file, and a large one gets a warning naming the fix (:data:`LARGE_LAYER_BYTES`).
+picks its preset and short side (the sample clip: ``lab`` at its own size). A video napari
+decoded into memory (its builtin reader) is read from its file for the tracker, so the feature
+cache keys are the CLI's for the same file, and a large one gets a warning naming the fix
+(:data:`LARGE_LAYER_BYTES`).
 """
 
 from __future__ import annotations
@@ -446,8 +447,11 @@ class PropagationWidget(Container):
         if video is None:
             return
         hint = video.metadata.get(SETTINGS_KEY)
-        if isinstance(hint, dict) and hint.get("preset") in self.preset.choices:
-            self.preset.value = hint["preset"]
+        if isinstance(hint, dict):
+            if hint.get("preset") in self.preset.choices:
+                self.preset.value = hint["preset"]
+            if isinstance(hint.get("short_side"), int):
+                self.short_side.value = str(hint["short_side"])
         self._warn_if_large(video)
         self._choose_matching(list(self._viewer.layers), keep_current=False)
 
