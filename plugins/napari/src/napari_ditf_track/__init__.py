@@ -2,14 +2,16 @@
 
 Contributions (``napari.yaml``): a reader (videos, frame folders, DAVIS annotation folders,
 points CSVs), writers (DAVIS palette PNGs, tracks CSV), a sample clip and the
-:class:`PropagationWidget` dock widget. Importing this package does not import Qt; the widget
-module does.
+:class:`PropagationWidget` dock widget. :func:`set_reader_preference` makes the reader napari's
+choice for videos (:func:`reset_reader_preference` undoes it). Importing this package does not
+import Qt; the widget module does.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from ._preference import reset_reader_preference, set_reader_preference
 from ._reader import napari_get_reader
 from ._sample_data import make_sample_data, make_shapes_clip
 from ._version import __version__
@@ -21,6 +23,8 @@ __all__ = [
     "make_sample_data",
     "make_shapes_clip",
     "napari_get_reader",
+    "reset_reader_preference",
+    "set_reader_preference",
     "write_davis_labels",
     "write_points_layer",
     "write_tracks_layer",

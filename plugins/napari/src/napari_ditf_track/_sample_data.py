@@ -12,7 +12,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["ShapesClip", "make_sample_data", "make_shapes_clip"]
+__all__ = ["SETTINGS_KEY", "ShapesClip", "make_sample_data", "make_shapes_clip"]
+
+#: Layer metadata naming widget settings for a video layer (``{"preset": "lab", "short_side":
+#: 192}``), which the widget applies when that layer becomes its video.
+SETTINGS_KEY = "ditf_track_settings"
 
 
 class ShapesClip(NamedTuple):
@@ -88,9 +92,14 @@ def make_sample_data() -> list[tuple[Any, dict[str, Any], str]]:
     annotations[0] = clip.labels[0]
     t0 = np.zeros((len(clip.point_ids), 1))
     points = np.hstack([t0, clip.tracks[0]])  # (N, 3) as (t, y, x)
-    meta = {"frame_names": clip.frame_names}
+    meta: dict[str, Any] = {"frame_names": clip.frame_names}
+    # The widget chooses the weight-free lab preset for this clip (it runs with nothing
+    # downloaded) at the clip's own short side (not the preset's 960: 25x the pixels, no more
+    # detail); the annotations and keypoints name their frames, so the widget pairs them.
+    settings = {"preset": "lab", "short_side": min(clip.frames.shape[1:3])}
+    video_meta = {**meta, SETTINGS_KEY: settings}
     return [
-        (clip.frames, {"name": "shapes", "rgb": True, "metadata": meta}, "image"),
+        (clip.frames, {"name": "shapes", "rgb": True, "metadata": video_meta}, "image"),
         (annotations, {"name": "shapes annotations", "metadata": meta}, "labels"),
         (
             points,
@@ -99,6 +108,7 @@ def make_sample_data() -> list[tuple[Any, dict[str, Any], str]]:
                 "features": {"id": clip.point_ids, "visible": np.ones(len(points), bool)},
                 "face_color": "yellow",
                 "size": 7,
+                "metadata": meta,
             },
             "points",
         ),

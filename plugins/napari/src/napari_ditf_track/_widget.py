@@ -12,17 +12,29 @@ output layer is renamed ``"... (partial)"`` until a later run completes them.
 User errors (a :class:`~ditf_track.DitfError`: gated model, no GPU, out of memory, size
 mismatch, empty mask) end the run and show the same one line the CLI prints, as a napari error
 notification; only programming errors reach napari's traceback notification.
+
+Ready on open: the widget follows the viewer's layers (:meth:`PropagationWidget.reset_choices`,
+which napari calls on every layer change). It chooses the video when there is one candidate, and
+for the chosen video the newest Labels and Points layers that match it (:func:`matches_video`),
+and again whenever a matching layer is added; a video layer's :data:`SETTINGS_KEY` metadata
+picks its preset and short side (the sample clip: ``lab`` at its own size). A video napari
+decoded into memory (its builtin reader) is read from its file for the tracker, so the feature
+cache keys are the CLI's for the same file, and a large one gets a warning naming the fix
+(:data:`LARGE_LAYER_BYTES`).
 """
 
 from __future__ import annotations
 
+import itertools
+import logging
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from magicgui.widgets import (
+    CheckBox,
     ComboBox,
     Container,
     FloatSpinBox,
@@ -32,6 +44,7 @@ from magicgui.widgets import (
     SpinBox,
     create_widget,
 )
+from napari.layers import Image, Labels, Points
 from napari.qt.threading import create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
@@ -46,21 +59,45 @@ from ditf_track import (
     QueryPoints,
     VideoSource,
     available_presets,
+    load_preset,
     napari_to_points,
+    open_video,
     video_from_array,
 )
 
+from ._preference import reader_preference_set, reset_reader_preference, set_reader_preference
+from ._sample_data import SETTINGS_KEY
 from ._session import Notice, Outcome, Plan, RunRequest, TrackerSettings, TrackingSession
 from ._writer import frame_names_for
 
 if TYPE_CHECKING:
     import napari
-    from napari.layers import Image, Labels, Points, Tracks
+    from napari.layers import Tracks
 
-__all__ = ["PropagationWidget", "format_frames", "unique_ids"]
+__all__ = [
+    "LARGE_LAYER_BYTES",
+    "NOT_USED",
+    "PropagationWidget",
+    "format_frames",
+    "large_layer_message",
+    "matches_video",
+    "unique_ids",
+    "video_size",
+]
+
+log = logging.getLogger(__name__)
 
 PARTIAL = " (partial)"
 _OUTPUT_KEY = "ditf_track_output_of"  # metadata of our output layers: the video layer's name
+#: An in-memory video layer larger than this (1 GB: ~360 frames of 720p, ~120 of 1080p) gets a
+#: warning: napari's builtin reader decoded the whole video, this plugin's reader decodes frames
+#: on demand.
+LARGE_LAYER_BYTES = 1_000_000_000
+#: What the t and k boxes show for a preset without those settings (lab).
+NOT_USED = "\u2013"
+# A video file stands in for an in-memory layer when its frame 0 differs from the layer's by at
+# most this mean absolute difference (decoders round differently, other videos differ a lot).
+_SAME_FRAME_MEAN_DIFF = 2.0
 
 
 def format_frames(frames: list[int]) -> str:
@@ -91,10 +128,93 @@ def unique_ids(ids: np.ndarray) -> np.ndarray:
     return out
 
 
+def video_size(layer: Any) -> tuple[int, int, int] | None:
+    """``(T, H, W)`` of an Image layer that can be a video (``(T, H, W, 3|4)`` RGB or
+    ``(T, H, W)`` grey), else None."""
+    if getattr(layer, "multiscale", False):
+        return None
+    shape = tuple(int(n) for n in layer.data.shape)
+    if layer.rgb and len(shape) == 4:
+        return shape[0], shape[1], shape[2]
+    if not layer.rgb and len(shape) == 3:
+        return shape[0], shape[1], shape[2]
+    return None
+
+
+def _frame_names(layer: Any) -> list[str] | None:
+    names = layer.metadata.get("frame_names")
+    if names is None and isinstance(layer.data, VideoSource):
+        names = layer.data.frame_names
+    return None if names is None else [str(n) for n in names]
+
+
+def _names_fit(names: Sequence[str] | None, video_names: Sequence[str] | None) -> bool:
+    """Frame names of a layer are those of the video's first frames (unknown: no objection)."""
+    if names is None or video_names is None:
+        return True
+    return list(names) == list(video_names[: len(names)])
+
+
+def matches_video(layer: Any, video: Any) -> bool:
+    """Whether a Labels or Points ``layer`` belongs to the ``video`` Image layer.
+
+    Labels ``(T', H, W)``: the frame size, and the frame count or frame names (the reader places
+    a sparse DAVIS annotation folder on its first frames). Points ``(t, y, x)``: every point
+    inside the video's frames, and the frame names if the layer has any. Result layers never
+    match (they are not annotations).
+    """
+    size = video_size(video)
+    if size is None or layer.metadata.get(_OUTPUT_KEY) is not None:
+        return False
+    count, height, width = size
+    video_names = _frame_names(video)
+    names = layer.metadata.get("frame_names")
+    if isinstance(layer, Labels):
+        shape = tuple(layer.data.shape)
+        if layer.multiscale or len(shape) != 3 or shape[1:] != (height, width):
+            return False
+        if names is not None and video_names is not None:
+            return shape[0] <= count and _names_fit(names, video_names)
+        return shape[0] == count
+    if isinstance(layer, Points):
+        data = np.asarray(layer.data, dtype=np.float64)
+        if layer.ndim != 3 or not _names_fit(names, video_names):
+            return False
+        if len(data) == 0:
+            return True
+        low, high = np.round(data.min(axis=0)), np.round(data.max(axis=0))
+        return bool((low >= 0).all() and (high < (count, height, width)).all())
+    return False
+
+
+def _leaves_frames_to_track(layer: Any, count: int) -> bool:
+    """Whether a Labels layer leaves a frame of a ``count``-frame video without an object.
+
+    A layer with objects on every frame (a result read back from its PNGs, say) leaves nothing to
+    propagate, so it is never chosen as annotations automatically. Stops at the first empty frame
+    (an annotation layer's second frame, usually).
+    """
+    data = layer.data
+    if len(data) < count:
+        return True
+    return any(not np.any(np.asarray(data[t])) for t in range(len(data)))
+
+
+def large_layer_message(name: str, nbytes: int) -> str:
+    """The one-line warning for an in-memory video layer of ``nbytes``."""
+    return (
+        f"video layer {name!r} holds {nbytes / 1e9:.2f} GB in memory (more than "
+        f"{LARGE_LAYER_BYTES / 1e9:g} GB: napari's builtin reader decoded the whole video); "
+        "open videos with `napari --plugin napari-ditf-track VIDEO` or tick 'open videos with "
+        "ditf-track' to decode frames on demand"
+    )
+
+
 def _whole_number(text: str, name: str) -> int | None:
-    """An override box: empty → None (the preset's value), else a whole number >= 0."""
+    """An override box: empty or :data:`NOT_USED` → None (the preset's value), else a whole
+    number >= 0."""
     text = text.strip()
-    if not text:
+    if not text or text == NOT_USED:
         return None
     if not text.isdigit():
         raise ConfigError(f"{name} {text!r} is not a whole number; enter one, or leave it empty")
@@ -124,6 +244,13 @@ class PropagationWidget(Container):
         self._palette: Any = None
         self._inbox: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
         self._delivering = False
+        # Layers seen so far (id → order of arrival: the highest is the newest), the large
+        # layers already warned about, and the reader preferences the checkbox replaced.
+        self._arrival: dict[int, int] = {}
+        self._arrivals = itertools.count()
+        self._warned: set[int] = set()
+        self._resetting = False
+        self._replaced_preferences: dict[str, str | None] | None = None
 
         # Choices: the viewer's layers of each type, kept current by napari's dock.
         self.video = cast(ComboBox, create_widget(annotation="napari.layers.Image", label="video"))
@@ -145,6 +272,12 @@ class PropagationWidget(Container):
             "holding a label is an annotated frame"
         )
         self.keypoints.tooltip = "Points layer (t, y, x): each point is tracked from its frame"
+        self.reader_preference = CheckBox(
+            text="open videos with ditf-track",
+            value=reader_preference_set(),
+            tooltip="make this plugin napari's reader for .mp4 .avi .mov .mkv (frames decoded on "
+            "demand; napari's builtin reader loads the whole video); untick to undo",
+        )
         presets = available_presets()
         self.preset = ComboBox(
             label="preset",
@@ -186,6 +319,7 @@ class PropagationWidget(Container):
         self.extend(
             [
                 self.video,
+                self.reader_preference,
                 self.annotations,
                 self.keypoints,
                 self.preset,
@@ -208,23 +342,144 @@ class PropagationWidget(Container):
         )
         self._special_values()
         self.preset.changed.connect(self._special_values)
+        self.video.changed.connect(self._on_video_changed)
+        self.reader_preference.changed.connect(self._on_reader_preference)
+        self._follow_layers(video_changed=True)  # the choices may be filled already
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.correct_button.changed.connect(self.correct_current_frame)
 
     def _special_values(self) -> None:
-        """Show the preset's values in the empty override boxes."""
-        from ditf_track import load_preset
-
-        video = load_preset(self.preset.value).video
+        """Show the preset's values in the empty override boxes; ``–`` (disabled) for t and k
+        of a preset that has none (lab)."""
+        preset = load_preset(self.preset.value)
+        video = preset.video
+        no_model = preset.family == "lab"
         for box, value in (
             (self.short_side, video.short_side or 960),
             (self.t, video.t),
             (self.k, video.k),
         ):
+            if box is not self.short_side:
+                if no_model:
+                    box.value = NOT_USED
+                elif box.value == NOT_USED:
+                    box.value = ""
+                box.enabled = not no_model
             native = box.native
             if hasattr(native, "setPlaceholderText"):
                 native.setPlaceholderText(f"preset: {value}")
+
+    # -- following the viewer's layers ----------------------------------------------------------
+    def reset_choices(self, *args: Any) -> None:
+        """Refresh the layer choices (napari calls this on every layer change), then choose
+        the layers that fit: the video if it is the only candidate, and the newest annotations
+        and keypoints matching the chosen video (see :func:`matches_video`)."""
+        before = self.video.value
+        self._resetting = True
+        try:
+            super().reset_choices(*args)
+        finally:
+            self._resetting = False
+        self._follow_layers(video_changed=self.video.value is not before)
+
+    def _offered(self, layer: Any) -> bool:
+        """Whether the combobox for ``layer``'s type lists it (not yet while undocked)."""
+        for combo, kind in (
+            (self.video, Image),
+            (self.annotations, Labels),
+            (self.keypoints, Points),
+        ):
+            if isinstance(layer, kind):
+                return any(choice is layer for choice in combo.choices)
+        return True
+
+    def _follow_layers(self, video_changed: bool) -> None:
+        layers = list(self._viewer.layers)
+        if not all(self._offered(layer) for layer in layers):
+            return  # not docked yet: the choices are empty
+        present = {id(layer) for layer in layers}
+        self._arrival = {k: v for k, v in self._arrival.items() if k in present}
+        new = [layer for layer in layers if id(layer) not in self._arrival]
+        for layer in new:
+            self._arrival[id(layer)] = next(self._arrivals)
+        videos = [layer for layer in layers if self._is_video(layer)]
+        if len(videos) == 1 and self.video.value is not videos[0]:
+            self.video.value = videos[0]  # → _on_video_changed
+        elif video_changed:
+            self._on_video_changed()
+        elif new and self.video.value is not None:
+            self._choose_matching(new, keep_current=True)
+
+    @staticmethod
+    def _is_video(layer: Any) -> bool:
+        return isinstance(layer, Image) and video_size(layer) is not None
+
+    def _choose_matching(self, layers: Sequence[Any], keep_current: bool) -> None:
+        """Choose the newest of ``layers`` matching the video as annotations and keypoints
+        (Labels with an object on every frame excepted); with ``keep_current`` a combobox
+        without such a layer keeps its choice, else a choice not matching the video is
+        cleared."""
+        video = self.video.value
+        size = video_size(video)
+        for combo, kind in ((self.annotations, Labels), (self.keypoints, Points)):
+            matching = [
+                layer
+                for layer in layers
+                if isinstance(layer, kind)
+                and matches_video(layer, video)
+                and any(choice is layer for choice in combo.choices)
+                and (kind is Points or (size and _leaves_frames_to_track(layer, size[0])))
+            ]
+            if matching:
+                combo.value = max(matching, key=lambda layer: self._arrival.get(id(layer), -1))
+            elif (
+                not keep_current
+                and combo.value is not None
+                and not matches_video(combo.value, video)
+            ):
+                combo.value = None
+
+    def _on_video_changed(self, *_: Any) -> None:
+        if self._resetting:
+            return  # the other choices are not refreshed yet; reset_choices comes back here
+        video = self.video.value
+        if video is None:
+            return
+        hint = video.metadata.get(SETTINGS_KEY)
+        if isinstance(hint, dict):
+            if hint.get("preset") in self.preset.choices:
+                self.preset.value = hint["preset"]
+            if isinstance(hint.get("short_side"), int):
+                self.short_side.value = str(hint["short_side"])
+        self._warn_if_large(video)
+        self._choose_matching(list(self._viewer.layers), keep_current=False)
+
+    def _warn_if_large(self, layer: Image) -> None:
+        """Warn once per layer when a video layer is a large array in memory."""
+        data = layer.data
+        if not isinstance(data, np.ndarray) or id(layer) in self._warned:
+            return
+        if data.nbytes > LARGE_LAYER_BYTES:
+            self._warned.add(id(layer))
+            message = large_layer_message(layer.name, data.nbytes)
+            log.warning(message)
+            show_warning(message)
+
+    def _on_reader_preference(self, wanted: bool) -> None:
+        """Tick: this plugin becomes napari's video reader; untick: napari's earlier choice."""
+        if wanted == reader_preference_set():
+            return
+        if wanted:
+            self._replaced_preferences = set_reader_preference()
+            show_info(
+                "napari now opens .mp4 .avi .mov .mkv with napari-ditf-track (frames decoded on "
+                "demand); untick 'open videos with ditf-track' to undo"
+            )
+        else:
+            reset_reader_preference(self._replaced_preferences)
+            self._replaced_preferences = None
+            show_info("napari's reader preference for videos is restored")
 
     # -- snapshot of the inputs ---------------------------------------------------------------
     def settings(self) -> TrackerSettings:
@@ -246,12 +501,17 @@ class PropagationWidget(Container):
         )
 
     def _video_source(self, layer: Image) -> VideoSource:
-        """The frames of an Image layer as a VideoSource (the reader's, or one over the array)."""
+        """The frames of an Image layer as a VideoSource: the reader's; else the layer's file
+        (:meth:`_file_source`); else one over the array."""
         data = layer.data
         if isinstance(data, VideoSource):
             return data
         if self._array_source is not None and self._array_source[0] is data:
             return self._array_source[1]
+        from_file = self._file_source(layer)
+        if from_file is not None:
+            self._array_source = (data, from_file)
+            return from_file
         if layer.multiscale:
             raise InputError(f"layer {layer.name!r} is multiscale; choose a (T, H, W, 3) video")
         shape = tuple(data.shape)
@@ -272,6 +532,31 @@ class PropagationWidget(Container):
         source = video_from_array(np.ascontiguousarray(frames), names, name=layer.name)
         self._array_source = (data, source)
         return source
+
+    @staticmethod
+    def _file_source(layer: Image) -> VideoSource | None:
+        """The video file or frame folder napari read ``layer`` from, opened as the CLI opens
+        it, when it holds the layer's frames.
+
+        The feature cache is keyed by the video's identity (:meth:`VideoSource.content_hash`):
+        the file's bytes for a file, but every pixel for an array. Reading the file makes a
+        layer from napari's builtin reader hit the CLI's cached features for the same file (and
+        the tracker decodes frames on demand).
+        """
+        path = layer.source.path or layer.metadata.get("path")
+        size = video_size(layer)
+        if not path or size is None or not layer.rgb or layer.multiscale:
+            return None
+        try:
+            source = open_video(path)
+        except DitfError:
+            return None
+        if (len(source), source.height, source.width) == size:
+            first = np.asarray(layer.data[0])[..., :3].astype(np.float64)
+            if np.abs(first - source.read(0)).mean() <= _SAME_FRAME_MEAN_DIFF:
+                return source
+        source.close()
+        return None
 
     def _annotated_frames(self, layer: Labels, size: tuple[int, int, int]) -> dict[int, Any]:
         """Frame → ``(H, W) uint8`` labels of every frame of ``layer`` holding an object."""
@@ -454,8 +739,6 @@ class PropagationWidget(Container):
 
     def _masks_layer(self, plan: Plan) -> tuple[Labels, bool]:
         """This video's result layer, created (T, H, W) uint8 if missing (then True)."""
-        from napari.layers import Labels
-
         shape = self._frame_shape
         for layer in self._viewer.layers:
             if (
