@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from ditf_track import cli, outputs
+from ditf_track.cli import track as cli_track
 from ditf_track.masks import read_mask, write_mask
 
 pytestmark = pytest.mark.faults
@@ -189,12 +190,7 @@ class Interrupt(BaseException):
 
 def interrupt_after(monkeypatch: pytest.MonkeyPatch, frames: int) -> None:
     written = []
-    real = cli.write_mask if hasattr(cli, "write_mask") else None
-    assert real is None  # track imports write_mask from ditf_track.masks at call time
-
-    from ditf_track import masks
-
-    original = masks.write_mask
+    original = cli_track.write_mask
 
     def write_then_die(*args: object, **kwargs: object) -> Path:
         if len(written) == frames:
@@ -202,7 +198,7 @@ def interrupt_after(monkeypatch: pytest.MonkeyPatch, frames: int) -> None:
         written.append(args[0])
         return original(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(masks, "write_mask", write_then_die)
+    monkeypatch.setattr(cli_track, "write_mask", write_then_die)
 
 
 def test_killed_run_resumes_byte_identical_and_a_stray_temp_file_is_not_published(
@@ -518,14 +514,15 @@ def test_sigkilled_run_resumes_byte_identical(
     out = tmp_path / "masks"
     driver = (
         "import os, signal, sys\n"
-        "from ditf_track import cli, masks\n"
-        "real, n = masks.write_mask, [0]\n"
+        "from ditf_track import cli\n"
+        "from ditf_track.cli import track\n"
+        "real, n = track.write_mask, [0]\n"
         "def write(*a, **k):\n"
         "    if n[0] == 3:\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
         "    n[0] += 1\n"
         "    return real(*a, **k)\n"
-        "masks.write_mask = write\n"
+        "track.write_mask = write\n"
         "sys.exit(cli.main(sys.argv[1:]))\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}

@@ -373,20 +373,20 @@ def test_library_warnings_print_once(
 
     from huggingface_hub.utils import logging as hub_logging
 
-    import ditf_track.cache
+    from ditf_track.cli import cache as cli_cache
 
     hub_logger = hub_logging.get_logger("huggingface_hub.file_download")
     # the hub's own handler (what a user sees) kept the stderr of the test that imported it
     for handler in logging.getLogger("huggingface_hub").handlers:
         monkeypatch.setattr(handler, "stream", sys.stderr)
-    real_info = ditf_track.cache.cache_info
+    real_info = cli_cache.cache_info
 
     def noisy_info(*args: Any, **kwargs: Any) -> Any:
         hub_logger.warning("Retrying in 1s [Retry 1/5].")
         warnings.warn("`foo` is deprecated\nand will go", FutureWarning, stacklevel=1)
         return real_info(*args, **kwargs)
 
-    monkeypatch.setattr(ditf_track.cache, "cache_info", noisy_info)
+    monkeypatch.setattr(cli_cache, "cache_info", noisy_info)
     code = cli.main(["cache", "info", "--cache-dir", str(tmp_path)])
     err = capfd.readouterr().err
     assert code == 0
