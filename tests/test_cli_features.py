@@ -7,10 +7,11 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import cli_helpers
 import numpy as np
 import pytest
 import torch
-from cli_helpers import run
+from cli_helpers import one_line_error, run
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -195,3 +196,20 @@ def test_cli_errors_are_one_line(
         assert expected in err
         assert err.count("\n") == 1
     assert not (tmp_path / "x.safetensors").exists()
+
+
+no_model = cli_helpers.no_model
+
+
+@pytest.mark.faults
+def test_inspect_refuses_lab_before_any_model_or_folder(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], no_model: None
+) -> None:
+    """One check, on the config (the lab preset has no block features), before --out opens."""
+    image = shared_data / DAVIS_DOG / "00000.jpg"
+    args = ["inspect", str(image), "--out", str(tmp_path / "i"), "--preset", "lab"]
+    code, _, err = run(args, capsys)
+    assert one_line_error(code, err) == (
+        "ditf-track: error: inspect needs a DiT (the lab preset has no block features)"
+    )
+    assert list(tmp_path.iterdir()) == []

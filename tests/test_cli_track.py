@@ -34,6 +34,7 @@ from ditf_track.cli import track as cli_track
 from ditf_track.coords import read_points_csv
 from ditf_track.features import FeatureMaps
 from ditf_track.masks import DAVIS_PALETTE, read_mask, write_mask
+from ditf_track.outputs import to_json_safe
 from ditf_track.video import open_video
 
 
@@ -651,6 +652,57 @@ def test_resume_refuses_an_edited_mask_and_changed_settings(
     assert "already complete" in stdout
     code, _, err = run([*base, "--resume", "--radius", "3"], capsys)
     assert "(settings.radius: None there, 3 now)" in one_line_error(code, err)
+
+
+def test_config_json_holds_the_tracker_config_and_the_run_facts(
+    clip: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """config.json's ``config`` is TrackerConfig.to_dict() of the options (what was asked); the
+    rest are what the run read and resolved."""
+    frames, mask = clip
+    out = tmp_path / "masks"
+    args = ["track", str(frames), "--mask", str(mask), "--out", str(out), *LAB]
+    args += ["--radius", "3", "--label-mode", "nearest", "--end", "4", "--cycle-threshold", "-1"]
+    assert run(args, capsys)[0] == 0
+    recorded = json.loads((out / "config.json").read_text())
+    expected = cli_options.tracker_config(cli.build_parser().parse_args(args))
+    assert recorded["config"] == to_json_safe(expected.to_dict())
+    assert recorded["config"]["params"]["radius"] == 3
+    assert recorded["config"]["label_mode"] == "nearest"
+    assert recorded["config"]["point_params"]["cycle_threshold"] is None  # negative: off
+    assert recorded["config"]["features"]["preset"] == "lab"
+    assert recorded["config"]["runtime"]["disk_cache"] is False
+    assert recorded["propagation"] == recorded["config"]["params"]
+    assert (recorded["frames"], recorded["input_size"], recorded["device"]) == (4, [64, 112], "cpu")
+    assert recorded["masks"] == {"0": str(mask)}
+    assert recorded["versions"]["ditf_track"]
+    assert "label_mode" not in recorded  # a setting: only in ``config``
+
+
+@pytest.mark.faults
+def test_resume_may_change_where_features_are_cached(
+    clip: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``config.runtime`` (cache folder, disk cache) changes no result: a resume may change it."""
+    frames, mask = clip
+    fresh = tmp_path / "fresh"
+    base = ["track", str(frames), "--mask", str(mask), *LAB]
+    assert run([*base, "--out", str(fresh)], capsys)[0] == 0
+    out = tmp_path / "masks"
+    with monkeypatch.context() as m:
+        interrupt_after(m, 3)
+        with pytest.raises(Interrupt):
+            cli.main([*base, "--out", str(out)])
+    resumed = [*base, "--out", str(out), "--resume", "--cache-dir", str(tmp_path / "elsewhere")]
+    code, _, err = run(resumed, capsys)
+    assert code == 0, err
+    pngs = {k: v for k, v in snapshot(fresh).items() if k.endswith(".png")}
+    assert {k: v for k, v in snapshot(out).items() if k.endswith(".png")} == pngs
+    config = json.loads((out / "config.json").read_text())
+    assert config["config"]["runtime"]["cache_dir"] == str(tmp_path / "elsewhere")
 
 
 @pytest.mark.faults
