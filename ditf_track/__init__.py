@@ -10,7 +10,7 @@ The data path, in the order one call follows it — ``Tracker.propagate(state)``
     → cache                    cache/store.py: FeatureCache (memory LRU over safetensors files)
     → k-NN                     propagate/: WindowSearch / GlobalSearch, propagate_sequence
     → masks                    propagate/labels.py: soft_labels_to_mask
-    → PNGs                     masks.py: write_mask (DAVIS palette), as cli.py's `track` does
+    → PNGs                     masks.py: write_mask (DAVIS palette), as cli/track.py does
 
 :class:`Tracker` ties them together (SAM2's shape: a tracker, an explicit state, propagation
 as a generator), and the CLI, the napari plugin and the evaluators all consume its generator.

@@ -7,17 +7,23 @@ model's own tensors and against a hand computation of (1 + γ)·LN(z) + β.
 
 from __future__ import annotations
 
+import errno
+import logging
+import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import diffusers
+import numpy as np
 import pytest
 import torch
+from test_hub import truncate
 
 from ditf_track.backbones import DiTBackbone, backbone_class
 from ditf_track.backbones.hooks import modulation_chunks
 from ditf_track.errors import ConfigError, ModelLoadError
+from ditf_track.extractor import DiTFExtractor
 from ditf_track.features import adaln_modulate
 
 # (tiny folder family, backbone family, block indices to read). The tiny Flux has 2 double
@@ -298,3 +304,76 @@ def test_loading_errors(tiny_model: Callable[..., Path], tmp_path: Path) -> None
         backbone_class("flux").load(folder, k=1)
     with pytest.raises(ConfigError, match="unknown model family 'unet'"):
         backbone_class("unet")
+
+
+# -- the text-embedding cache (backbones/text.py; faults) ----------------------------------------
+
+
+def flip_data_bytes(path: Path) -> None:
+    """Flip bytes in the tensor data of a safetensors file, leaving its header intact."""
+    data = bytearray(path.read_bytes())
+    (header_len,) = struct.unpack("<Q", data[:8])
+    start = 8 + header_len
+    for i in range(start, len(data), 7):
+        data[i] ^= 0x5A
+    path.write_bytes(bytes(data))
+
+
+def load_flux(folder: Path, cache: Path) -> DiTFExtractor:
+    return DiTFExtractor.from_pretrained(
+        folder, family="flux", t=90, k=2, prompt="a photo of a dog", cache_dir=cache
+    )
+
+
+def encoder_loads(ex: DiTFExtractor) -> int:
+    assert ex.backbone.conditioner is not None
+    return ex.backbone.conditioner.encoder_loads
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("damage", [flip_data_bytes, truncate])
+def test_damaged_text_embedding_is_re_encoded(
+    tiny_model: Callable[..., Path],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    damage: Callable[[Path], None],
+) -> None:
+    folder = tiny_model("flux")
+    first = load_flux(folder, tmp_path)
+    good = first.backbone.condition("a photo of a dog")
+    (text_file,) = (tmp_path / "text").glob("*.safetensors")
+    damage(text_file)
+    with caplog.at_level(logging.WARNING):
+        second = load_flux(folder, tmp_path)
+    assert encoder_loads(second) == 1, "a damaged embedding was trusted"
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert f"text cache file {text_file} is damaged" in warnings[0].getMessage()
+    torch.testing.assert_close(second.backbone.condition("a photo of a dog").embeds, good.embeds)
+    # the re-encoded file replaced the damaged one and is trusted again
+    third = load_flux(folder, tmp_path)
+    assert encoder_loads(third) == 0
+
+
+@pytest.mark.faults
+def test_text_embedding_store_failure_warns_and_continues(
+    tiny_model: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import safetensors.torch
+
+    def full_disk(*args: Any, **kwargs: Any) -> None:
+        Path(args[1]).write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    with caplog.at_level(logging.WARNING):
+        ex = load_flux(tiny_model("flux"), tmp_path)
+    assert np.isfinite(ex.extract(np.zeros((1, 64, 64, 3), np.uint8)).features.numpy()).all()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "could not store the text embedding in the cache folder" in warnings[0]
+    assert "No space left on device" in warnings[0]
+    assert list((tmp_path / "text").iterdir()) == [], "a partial file was left behind"

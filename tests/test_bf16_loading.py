@@ -9,7 +9,6 @@ through exactly the loader a user's download does.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 
-from ditf_track import cli
 from ditf_track.extractor import DiTFExtractor
 
 # (tiny folder, family, k): Flux k=3 is a single-stream block, SD3.5 has dual attention.
@@ -54,44 +52,3 @@ def test_bf16_load_keeps_bf16_and_extracts(
     ref = fp32.extract(images).features
     cosine = torch.nn.functional.cosine_similarity(maps.float(), ref, dim=1)
     assert cosine.mean() > 0.95, f"bf16 features differ from float32 ({cosine.mean():.3f})"
-
-
-def test_cli_track_in_bf16(
-    tiny_model: Callable[..., Path],
-    shared_data: Path,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    clip = shared_data / "davis/JPEGImages/480p/dog"
-    mask = shared_data / "davis/Annotations/480p/dog/00000.png"
-    out = tmp_path / "masks"
-    code = cli.main(
-        [
-            "track",
-            str(clip),
-            "--mask",
-            str(mask),
-            "--end",
-            "6",
-            "--short-side",
-            "64",
-            "--out",
-            str(out),
-            "--cache-dir",
-            str(tmp_path / "cache"),
-            "--model",
-            str(tiny_model("flux")),
-            "--family",
-            "flux",
-            "--t",
-            "90",
-            "--k",
-            "3",
-            "--dtype",
-            "bfloat16",
-        ]
-    )
-    err = capsys.readouterr().err
-    assert code == 0, err
-    assert len(list(out.glob("*.png"))) == 6
-    assert json.loads((out / "config.json").read_text())["extractor"]["dtype"] == "bfloat16"

@@ -6,6 +6,8 @@ the hub client's requests with monkeypatched answers, so nothing reaches the net
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -161,3 +163,129 @@ def test_a_forward_that_never_reaches_block_k_is_an_error() -> None:
         hooks.save_input_and_stop(nn.Linear(3, 3), "elsewhere")  # not in the forward
         with pytest.raises(RuntimeError, match="without reaching block k"):
             hooks.run(lambda: model(torch.zeros(1, 3)))
+
+
+# -- damaged downloads, an unreachable Hub (faults) ---------------------------------------------
+
+
+def copy_model(tiny_model: Callable[..., Path], family: str, dst: Path, **options: Any) -> Path:
+    return Path(shutil.copytree(tiny_model(family, **options), dst))
+
+
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+
+
+def break_header(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[8:16] = b"\x00" * 8  # the JSON header now starts with NULs
+    path.write_bytes(bytes(data))
+
+
+def fake_hub_cache(tiny_model: Callable[..., Path], family: str, root: Path, repo: str) -> Path:
+    """A Hugging Face cache holding ``repo`` (a tiny model) at one commit; returns the snapshot."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo_dir = root / f"models--{repo.replace('/', '--')}"
+    (repo_dir / "refs").mkdir(parents=True)
+    (repo_dir / "refs" / "main").write_text(commit)
+    return Path(shutil.copytree(tiny_model(family), repo_dir / "snapshots" / commit))
+
+
+@pytest.mark.faults
+def test_unreachable_hub_serves_a_cached_model(
+    online: None, tiny_model: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No network, HF_HUB_OFFLINE unset, the model in the cache: it loads, without retries."""
+    import httpx2
+    import huggingface_hub
+
+    hub_cache = tmp_path / "hub"
+    fake_hub_cache(tiny_model, "sd3", hub_cache, "org/tiny-sd3")
+
+    def refused(*args: Any, **kwargs: Any) -> None:
+        raise httpx2.ConnectError("[Errno 111] Connection refused")
+
+    real_download = huggingface_hub.hf_hub_download
+    modes = []
+
+    def download(*args: Any, **kwargs: Any) -> str:
+        modes.append(kwargs["local_files_only"])
+        return real_download(*args, **kwargs)
+
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", refused)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    backbone = backbone_class("sd3").load(
+        "org/tiny-sd3", k=1, hub_cache_dir=hub_cache, cache_dir=tmp_path / "cache"
+    )
+    assert backbone.k_max == 1
+    assert modes
+    assert all(modes), "a file was fetched online after the Hub proved unreachable"
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize(
+    ("family", "options", "damage"),
+    [
+        ("sd3", {}, "transformer"),
+        ("flux", {"max_shard_size": "20KB"}, "transformer-shard"),
+        ("sd3", {}, "text_encoder_3"),
+        ("pixart", {}, "vae"),
+    ],
+)
+@pytest.mark.parametrize("how", [truncate, break_header])
+def test_damaged_weights_name_the_file(
+    tiny_model: Callable[..., Path],
+    tmp_path: Path,
+    family: str,
+    options: dict[str, Any],
+    damage: str,
+    how: Callable[[Path], None],
+) -> None:
+    folder = copy_model(tiny_model, family, tmp_path / "model", **options)
+    if damage == "transformer-shard":
+        victim = sorted((folder / "transformer").glob("*-00002-of-*.safetensors"))[0]
+    else:
+        victim = next((folder / damage).glob("*.safetensors"))
+    how(victim)
+    with pytest.raises(ModelLoadError) as exc:
+        backbone_class(family).load(folder, k=1, cache_dir=tmp_path / "cache")
+    message = one_line(str(exc.value))
+    assert f"model file {victim} is damaged or incomplete" in message
+    rel = victim.relative_to(folder).as_posix()
+    assert f"re-download it (`hf download <hub id> {rel} --local-dir {folder}`)" in message
+    assert "network" not in message
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("damaged", ["transformer", "text_encoder_3"])
+def test_damaged_file_in_the_hub_cache(
+    tiny_model: Callable[..., Path], tmp_path: Path, damaged: str
+) -> None:
+    """From the hub cache, the fix is a forced re-download of that one file."""
+    snapshot = fake_hub_cache(tiny_model, "sd3", tmp_path / "hub", "org/tiny-sd3")
+    victim = next((snapshot / damaged).glob("*.safetensors"))
+    truncate(victim)
+    with pytest.raises(ModelLoadError) as exc:
+        backbone_class("sd3").load(
+            "org/tiny-sd3", k=1, hub_cache_dir=tmp_path / "hub", cache_dir=tmp_path / "cache"
+        )
+    message = one_line(str(exc.value))
+    assert f"model file {victim} is damaged or incomplete" in message
+    assert (
+        f"re-download it with `hf download org/tiny-sd3 {damaged}/{victim.name} --force-download`"
+    ) in message
+
+
+@pytest.mark.faults
+def test_damaged_index_and_config_name_the_file(
+    tiny_model: Callable[..., Path], tmp_path: Path
+) -> None:
+    folder = copy_model(tiny_model, "flux", tmp_path / "model", max_shard_size="20KB")
+    index = folder / "transformer/diffusion_pytorch_model.safetensors.index.json"
+    index.write_text(index.read_text()[:50])
+    with pytest.raises(ModelLoadError, match=r"cannot read .*index\.json .*re-download it"):
+        backbone_class("flux").load(folder, k=1, cache_dir=tmp_path / "cache")
+    (folder / "transformer/config.json").write_bytes(b"\xff\xfe{")
+    with pytest.raises(ModelLoadError, match=r"cannot read .*config\.json .*re-download it"):
+        backbone_class("flux").load(folder, k=1, cache_dir=tmp_path / "cache")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata
-import json
 import os
 import re
 import subprocess
@@ -19,13 +18,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from ditf_track import cli
-from ditf_track.masks import read_mask
 from ditf_track.testing import require_shared_data, shared_data_root
 
 tomllib = pytest.importorskip("tomllib")
@@ -218,41 +214,3 @@ def test_tests_that_read_shared_data_skip_without_it(tmp_path: Path) -> None:
     assert not re.search(r"\d+ skipped", ci.stdout)
     assert "def require_shared_data" not in ci.stdout  # the message alone, no code
     assert "CI=true: missing test data is a failure" in ci.stdout
-
-
-# --- the main job's output feeds eval davis -----------------------------------------------------
-
-
-def test_track_output_scores_with_eval_davis(
-    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """``ditf-track VIDEO --out preds/<seq>`` then ``eval davis --pred preds``, no renaming."""
-    davis = shared_data / "davis"
-    gt = tmp_path / "gt" / "dog"
-    gt.mkdir(parents=True)
-    for i in range(8):  # the first 8 ground-truth frames, linked (read in place)
-        (gt / f"{i:05d}.png").symlink_to(davis / "Annotations/480p/dog" / f"{i:05d}.png")
-    preds = tmp_path / "preds"
-    track = [str(davis / "JPEGImages/480p/dog"), "--mask", str(gt / "00000.png"), "--end", "8"]
-    options = ["--preset", "lab", "--short-side", "240", "--out", str(preds / "dog")]
-    assert cli.main([*track, *options]) == 0
-    metrics = tmp_path / "metrics.json"
-    args = ["eval", "davis", "--pred", str(preds), "--gt", str(gt.parent), "--workers", "1"]
-    assert cli.main([*args, "--json", str(metrics)]) == 0
-    scores = json.loads(metrics.read_text())
-    assert list(scores["sequences"]) == ["dog"]
-    # J of frames 1..6 (the first and last are not scored), recomputed from the PNGs
-    ious = []
-    for i in range(1, 7):
-        pred = read_mask(preds / "dog" / f"{i:05d}.png").labels > 0
-        truth = read_mask(gt / f"{i:05d}.png").labels > 0
-        ious.append(np.count_nonzero(pred & truth) / np.count_nonzero(pred | truth))
-    assert scores["J-Mean"] == pytest.approx(np.mean(ious))
-    assert 0.3 < scores["J-Mean"] < 1.0
-    capsys.readouterr()
-    # the track output folder itself as --pred: one line naming the fix
-    assert cli.main(["eval", "davis", "--pred", str(preds / "dog"), "--gt", str(gt.parent)]) == 1
-    err = capsys.readouterr().err.strip()
-    assert err.splitlines() == [err]
-    assert "holds frame PNGs itself" in err
-    assert err.endswith(f"pass --pred {preds}")

@@ -17,7 +17,8 @@ from collections.abc import Iterator
 from typing import Any, TextIO
 
 FORMAT = "ditf-track: %(levelname)s: %(message)s"
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+#: The ditf_track/ folder (this module is in ditf_track/cli/): its warnings print as messages alone.
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class _NotPrintedElsewhere(logging.Filter):

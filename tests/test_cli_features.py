@@ -1,21 +1,21 @@
-"""`ditf-track extract` and `ditf-track inspect` end to end on tiny models, and the help texts."""
+"""`ditf-track extract` and `ditf-track inspect` on tiny models, and their one-line errors."""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 from collections.abc import Callable
 from pathlib import Path
 
+import cli_helpers
 import numpy as np
 import pytest
 import torch
+from cli_helpers import one_line_error, run
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from ditf_track import cli
 from ditf_track.export import extract_to_safetensors
 from ditf_track.extractor import DiTFExtractor
 from ditf_track.lab import LabExtractor
@@ -24,12 +24,6 @@ from ditf_track.testing import build_tiny_pipeline, plant_massive_channels
 from ditf_track.video import video_from_array
 
 DAVIS_DOG = "davis/JPEGImages/480p/dog"
-
-
-def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = cli.main(args)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def metadata(path: Path) -> dict:
@@ -204,34 +198,18 @@ def test_cli_errors_are_one_line(
     assert not (tmp_path / "x.safetensors").exists()
 
 
-def _walk(
-    parser: argparse.ArgumentParser, path: str = "ditf-track"
-) -> list[tuple[str, argparse.Action]]:
-    found = []
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, child in action.choices.items():
-                found += _walk(child, f"{path} {name}")
-        elif not isinstance(action, argparse._HelpAction):
-            found.append((path, action))
-    return found
+no_model = cli_helpers.no_model
 
 
-def test_every_option_has_help() -> None:
-    missing = [
-        f"{path} {'/'.join(a.option_strings) or a.dest}"
-        for path, a in _walk(cli.build_parser())
-        if not a.help or a.help == argparse.SUPPRESS
-    ]
-    assert missing == []
-
-
-@pytest.mark.parametrize("command", [[], ["extract"], ["inspect"]])
-def test_help_texts(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exc:
-        cli.main([*command, "--help"])
-    assert exc.value.code == 0
-    text = capsys.readouterr().out
-    assert text.startswith("usage: ditf-track")
-    for option in ("--preset", "--model", "--device", "--t", "--k") if command else ("--version",):
-        assert option in text
+@pytest.mark.faults
+def test_inspect_refuses_lab_before_any_model_or_folder(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], no_model: None
+) -> None:
+    """One check, on the config (the lab preset has no block features), before --out opens."""
+    image = shared_data / DAVIS_DOG / "00000.jpg"
+    args = ["inspect", str(image), "--out", str(tmp_path / "i"), "--preset", "lab"]
+    code, _, err = run(args, capsys)
+    assert one_line_error(code, err) == (
+        "ditf-track: error: inspect needs a DiT (the lab preset has no block features)"
+    )
+    assert list(tmp_path.iterdir()) == []

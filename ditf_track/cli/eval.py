@@ -1,0 +1,722 @@
+"""``ditf-track eval <benchmark>``: one sub-subcommand per evaluator, each on its official protocol.
+
+Pairs (SPair-71k, PF-PASCAL, AP-10K, HPatches) are scored with the pair matcher, videos (DAVIS,
+TAP-Vid, BADJA/JHMDB keypoints) with the tracker; every run but ``davis --pred`` writes a
+resumable run folder (:mod:`ditf_track.eval.runners`, :mod:`ditf_track.eval.tracking`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from tqdm import tqdm
+
+from ..config import PointsMode
+from ..errors import ConfigError, InputError
+from ..eval import correspondence as corr
+from ..eval.correspondence import AP10K_SUBSETS, SPAIR_SPLITS, CorrespondencePair
+from ..eval.davis_folders import evaluate_davis, write_davis_csvs, write_davis_json
+from ..eval.davis_runner import DavisRun, davis_sequences, open_davis_dir
+from ..eval.hpatches import MAX_KEYPOINTS, load_hpatches
+from ..eval.runners import DETECTORS, HPatchesEvaluation, PCKEvaluation, open_eval_dir
+from ..outputs import RunDir, check_writable_file, listing_digest, refuse_input_overlap
+from ..progress import ProgressEvent
+from ._options import (
+    Handler,
+    add_matcher_options,
+    add_model_options,
+    add_propagation_options,
+    add_tracker_options,
+    matcher_from_args,
+    positive_int,
+    tracker_from_args,
+)
+
+if TYPE_CHECKING:
+    from ..eval.tracking import KeypointDataset
+
+log = logging.getLogger("ditf_track")
+T = TypeVar("T")
+
+
+def add_eval(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "eval",
+        help="score results on a standard benchmark",
+        description="Score results on a standard benchmark with its official protocol.",
+    )
+    eval_sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
+    _add_davis(eval_sub)
+    for benchmark in _PCK_BENCHMARKS:
+        _add_pck(eval_sub, benchmark)
+    _add_hpatches(eval_sub)
+    _add_tapvid(eval_sub)
+    _add_keypoints(eval_sub)
+
+
+# -- what the run-folder evaluations share ----------------------------------------------------
+def _add_run_options(parser: argparse.ArgumentParser, items: str = "pairs") -> None:
+    """--out/--resume/--overwrite/--limit; ``items`` names what the run's log records."""
+    g = parser.add_argument_group("run")
+    g.add_argument("--out", type=Path, required=True, help="output folder of the run")
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help=f"continue the run in a non-empty --out (finished {items} are not recomputed)",
+    )
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start again in --out (deletes only the files an earlier run there wrote)",
+    )
+    g.add_argument(
+        "--limit", type=int, metavar="N", help=f"only the first N {items} (a quick check)"
+    )
+
+
+def _open_eval_dir(
+    args: argparse.Namespace,
+    benchmark: str,
+    owned: Sequence[str],
+    inputs: Sequence[tuple[str, Path | None]],
+) -> RunDir:
+    """An evaluation's --out, checked and locked before any model is resolved."""
+    return open_eval_dir(
+        args.out, benchmark, owned, inputs=inputs, resume=args.resume, overwrite=args.overwrite
+    )
+
+
+def _limited(items: list[T], limit: int | None) -> list[T]:
+    if limit is None:
+        return items
+    if limit < 1:
+        raise ConfigError(f"--limit {limit} must be at least 1")
+    return items[:limit]
+
+
+def _drive(
+    run: Iterable[T], desc: str, unit: str, describe: Callable[[T], str], total: int | None
+) -> None:
+    """Iterate an evaluation to its end under a progress bar showing each outcome."""
+    with tqdm(run, total=total, desc=desc, unit=unit, disable=None) as bar:
+        for outcome in bar:
+            bar.set_postfix_str(describe(outcome))
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+def _names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"no names in {text!r}; use e.g. cat,dog")
+    return names
+
+
+# -- PCK of semantic correspondence: spair, pf-pascal, ap-10k ---------------------------------
+@dataclass(frozen=True)
+class _PCKBenchmark:
+    """One PCK benchmark's sub-subcommand: its data folder and how its pairs are chosen."""
+
+    name: str
+    title: str
+    data_help: str
+    split_help: str = "default test"
+    split_choices: tuple[str, ...] | None = None
+    categories: bool = True  # --categories A,B (SPair, PF-PASCAL); AP-10K has --subset instead
+
+
+_PCK_BENCHMARKS = (
+    _PCKBenchmark(
+        "spair",
+        "SPair-71k",
+        "the SPair-71k folder (PairAnnotation/, JPEGImages/)",
+        split_choices=SPAIR_SPLITS,
+    ),
+    _PCKBenchmark(
+        "pf-pascal",
+        "PF-PASCAL",
+        "the PF-dataset-PASCAL folder (with test_pairs_pf_pascal.csv and JPEGImages/)",
+        split_help="pair list <split>_pairs_pf_pascal.csv",
+    ),
+    _PCKBenchmark(
+        "ap-10k",
+        "AP-10K",
+        "the ap-10k folder (ImageAnnotation/, JPEGImages/, PairAnnotation/ from GeoAware-SC)",
+        categories=False,
+    ),
+)
+
+
+def _add_pck(eval_sub: argparse._SubParsersAction, benchmark: _PCKBenchmark) -> None:
+    p = eval_sub.add_parser(
+        benchmark.name,
+        help=f"{benchmark.title}: PCK of DiTF nearest-neighbour matches",
+        description=f"{benchmark.title} semantic correspondence: match each source keypoint into "
+        "the target image and report PCK per point and per image, per category and overall. "
+        "Writes config.json, pairs.jsonl (resume state), metrics.json and per_category.csv.",
+    )
+    p.add_argument("--data", type=Path, required=True, metavar="ROOT", help=benchmark.data_help)
+    _add_run_options(p)
+    add_model_options(p)
+    add_matcher_options(p)
+    if not benchmark.categories:
+        p.add_argument(
+            "--subset", default="intra-species", choices=AP10K_SUBSETS, help="default intra-species"
+        )
+    p.add_argument(
+        "--split", default="test", choices=benchmark.split_choices, help=benchmark.split_help
+    )
+    if benchmark.categories:
+        p.add_argument("--categories", type=_names, metavar="A,B", help="only these categories")
+    p.set_defaults(handler=_run_pck, benchmark_key=benchmark.name)
+
+
+def _pck_pairs(args: argparse.Namespace) -> tuple[list[CorrespondencePair], dict[str, Any]]:
+    """The benchmark's pairs and the options its config.json records."""
+    name = args.benchmark_key
+    options: dict[str, Any] = {"data": str(args.data.resolve()), "split": args.split}
+    options["data_digest"] = listing_digest(args.data)
+    if name == "spair":
+        pairs = corr.load_spair_pairs(args.data, args.split, args.categories)
+        options["categories"] = args.categories
+    elif name == "pf-pascal":
+        pairs = corr.load_pf_pascal_pairs(args.data, args.split, categories=args.categories)
+        options["categories"] = args.categories
+    else:
+        pairs = corr.load_ap10k_pairs(args.data, args.subset, args.split)
+        options["subset"] = args.subset
+    return _limited(pairs, args.limit), options
+
+
+def _run_pck(args: argparse.Namespace) -> int:
+    name = args.benchmark_key
+    pairs, options = _pck_pairs(args)
+    run_dir = _open_eval_dir(args, name, PCKEvaluation.owned, [("data", args.data)])
+    try:
+        run = PCKEvaluation(
+            name,
+            pairs,
+            matcher_from_args(args),
+            run_dir,
+            options=options,
+            resume=args.resume,
+            overwrite=args.overwrite,
+        )
+        if run.num_resumable:
+            print(f"resuming: {run.num_resumable} of {len(run)} pairs already done")
+        _drive(
+            run,
+            name,
+            "pair",
+            lambda o: f"{o.category} PCK@0.10 {o.pck.get('pck@0.10', 0):.2f}",
+            len(run),
+        )
+        metrics = run.finish()
+    finally:
+        run_dir.close()
+    alphas = metrics["alphas"]
+    print(f"{name}: {metrics['num_pairs']} pairs, {metrics['num_points']} points")
+    for kind in ("pck_per_point", "pck_per_image"):
+        values = "  ".join(
+            f"@{a:.2f} {100 * (metrics[f'{kind}@{a:.2f}'] or 0):.1f}" for a in alphas
+        )
+        print(f"{kind:15s} {values}")
+    print(run.out / "metrics.json")
+    return 0
+
+
+# -- hpatches -----------------------------------------------------------------------------------
+def _add_hpatches(eval_sub: argparse._SubParsersAction) -> None:
+    p = eval_sub.add_parser(
+        "hpatches",
+        help="HPatches homography accuracy (corner error at 1/3/5 px)",
+        description="HPatches: keypoints from an OpenCV detector, DiTF descriptors at them, "
+        "mutual nearest neighbours, cv2.findHomography (LMEDS) and the mean corner error; "
+        "accuracy at 1, 3 and 5 px for all, illumination and viewpoint sequences. Writes "
+        "config.json, pairs.jsonl, metrics.json, per_category.csv and per_pair.csv.",
+    )
+    p.add_argument(
+        "--data", type=Path, required=True, metavar="ROOT", help="hpatches-sequences-release"
+    )
+    p.add_argument(
+        "--detector",
+        default="sift",
+        choices=DETECTORS,
+        help="OpenCV keypoint detector (default sift; the paper's SuperPoint needs weights "
+        "that are not bundled)",
+    )
+    p.add_argument(
+        "--max-keypoints",
+        type=int,
+        default=MAX_KEYPOINTS,
+        metavar="N",
+        help=f"strongest keypoints per image (default {MAX_KEYPOINTS})",
+    )
+    p.add_argument(
+        "--method", default="LMEDS", choices=("LMEDS", "RANSAC"), help="cv2.findHomography"
+    )
+    p.add_argument(
+        "--exclude-high-res",
+        action="store_true",
+        help="leave out the 8 sequences above 1600x1200 (the 108-sequence set of D2-Net)",
+    )
+    _add_run_options(p)
+    add_model_options(p)
+    add_matcher_options(p, points=False)
+    p.set_defaults(handler=_run_hpatches)
+
+
+def _run_hpatches(args: argparse.Namespace) -> int:
+    sequences = _limited(
+        load_hpatches(args.data, exclude_high_res=args.exclude_high_res), args.limit
+    )
+    run_dir = _open_eval_dir(args, "hpatches", HPatchesEvaluation.owned, [("data", args.data)])
+    try:
+        run = HPatchesEvaluation(
+            sequences,
+            matcher_from_args(args),
+            run_dir,
+            detector=args.detector,
+            max_keypoints=args.max_keypoints,
+            method=args.method,
+            options={
+                "data": str(args.data.resolve()),
+                "exclude_high_res": args.exclude_high_res,
+                "data_digest": listing_digest(args.data),
+            },
+            resume=args.resume,
+            overwrite=args.overwrite,
+        )
+        _drive(
+            run,
+            "hpatches",
+            "pair",
+            lambda o: f"{o.sequence}/{o.target} err {o.corner_error:.1f}",
+            len(run),
+        )
+        metrics = run.finish()
+    finally:
+        run_dir.close()
+    for group in ("all", "illumination", "viewpoint"):
+        acc = "  ".join(
+            f"@{e}px {100 * (metrics[group][e] or 0):.1f}" for e in metrics["thresholds_px"]
+        )
+        print(f"{group:13s} {acc}  ({metrics['num_pairs'][group]} pairs)")
+    print(run.out / "metrics.json")
+    return 0
+
+
+# -- davis: score a folder of masks, or propagate a split and score it ------------------------
+def _add_davis(eval_sub: argparse._SubParsersAction) -> None:
+    parser = eval_sub.add_parser(
+        "davis",
+        help="DAVIS video object segmentation: J&F (region J, boundary F)",
+        description=(
+            "DAVIS semi-supervised J&F with the official davis2017-evaluation conventions: the "
+            "first and last frame are not scored, objects are the ids of the first ground-truth "
+            "frame, ground-truth 255 counts as background, boundary tolerance 0.008 of the "
+            "diagonal. Prints the official global and per-sequence tables."
+        ),
+    )
+    # Where the masks to score come from: exactly one source per run.
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--pred",
+        metavar="PRED_ROOT",
+        type=Path,
+        help="folder of predicted masks, <sequence>/<frame>.png (palette or grayscale ids), "
+        "named like the ground-truth frames",
+    )
+    source.add_argument(
+        "--data",
+        metavar="DAVIS_ROOT",
+        type=Path,
+        help="a DAVIS-2017 root (JPEGImages/480p, Annotations/480p, ImageSets/2017): propagate "
+        "every sequence of --split from its first annotation with --preset's video settings "
+        "(the official DiTF DAVIS protocol), write the masks to --out and score them",
+    )
+    parser.add_argument(
+        "--gt",
+        metavar="GT_ROOT",
+        type=Path,
+        help="ground-truth folder, <sequence>/<frame>.png (e.g. DAVIS/Annotations/480p); "
+        "required with --pred",
+    )
+    parser.add_argument(
+        "--sequences",
+        metavar="A,B|LIST.txt",
+        type=_sequence_list,
+        help="sequences to score, in this order: comma-separated names, or a text file with one "
+        "name per line such as DAVIS/ImageSets/2017/val.txt (default: every sequence folder of "
+        "the ground truth)",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=("multi", "binary"),
+        help="multi: DAVIS-2017 palette ids, scored per object; binary: DAVIS-2016 {0,255} "
+        "masks, one object (ground truth > 0 against prediction > 0). Default: binary when every "
+        "first ground-truth frame holds only 0 and 255, else multi",
+    )
+    parser.add_argument(
+        "--json", metavar="OUT.json", type=Path, help="also write the metrics as JSON here"
+    )
+    parser.add_argument(
+        "--csv",
+        metavar="DIR",
+        type=Path,
+        help="also write the official global_results-<set>.csv and "
+        "per-sequence_results-<set>.csv into this folder",
+    )
+    parser.add_argument(
+        "--set",
+        dest="subset",
+        metavar="SET",
+        default="val",
+        help="subset name used in the CSV file names and table titles (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--workers",
+        metavar="N",
+        type=positive_int,
+        help="processes to score with (default: the number of usable CPU cores; 1 = no pool)",
+    )
+    run = parser.add_argument_group("with --data")
+    run.add_argument(
+        "--split",
+        default="val",
+        help="val, train, or a text file with one sequence name per line (default val)",
+    )
+    run.add_argument("--out", type=Path, help="output folder for the masks and metrics")
+    run.add_argument(
+        "--resume", action="store_true", help="skip the sequences already written completely"
+    )
+    run.add_argument("--overwrite", action="store_true", help="start the run in --out again")
+    run.add_argument(
+        "--short-side",
+        type=positive_int,
+        help="model input short side (default: the preset's, 960)",
+    )
+    run.add_argument(
+        "--no-disk-cache", action="store_true", help="keep features in memory only (no files)"
+    )
+    add_propagation_options(parser, label_default="nearest")
+    add_model_options(parser)
+    parser.set_defaults(handler=_run_davis)
+
+
+def _sequence_list(text: str) -> list[str]:
+    """Names from ``a,b,c`` or from a file with one name per line (DAVIS ImageSets style)."""
+    path = Path(text)
+    if path.is_file():
+        try:
+            names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise argparse.ArgumentTypeError(f"cannot read sequence list {path}: {exc}") from None
+    else:
+        names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"no sequence names in {text!r}; use e.g. blackswan,dog")
+    return names
+
+
+def _format_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Right-aligned columns like pandas' to_string(index=False); floats with 3 decimals."""
+    cells = [list(columns)] + [
+        [v if isinstance(v, str) else f"{v:.3f}" for v in row] for row in rows
+    ]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    return "\n".join(
+        " ".join(cell.rjust(width) for cell, width in zip(line, widths)) for line in cells
+    )
+
+
+def _run_davis(args: argparse.Namespace) -> int:
+    if args.data is not None:
+        return _run_davis_propagation(args)
+    if args.gt is None:
+        raise ConfigError("--pred needs --gt GT_ROOT (the folder of <sequence>/<frame>.png)")
+    inputs = [("ground truth", args.gt), ("predictions", args.pred)]
+    if args.json is not None:
+        refuse_input_overlap(args.json, inputs, "--json")
+        check_writable_file(args.json, "--json")
+    if args.csv is not None:
+        table = args.csv / f"global_results-{args.subset}.csv"
+        refuse_input_overlap(table, inputs, "--csv")
+        check_writable_file(table, "--csv")
+
+    def progress(event: ProgressEvent) -> None:
+        log.info("[%d/%d] %s", event.done, event.total, event.item)
+
+    result = evaluate_davis(
+        args.pred,
+        args.gt,
+        sequences=args.sequences,
+        mode=args.mode,
+        workers=args.workers,
+        progress=progress,
+    )
+    global_columns, global_rows = result.global_table()
+    rule = "-" * 27
+    print(f"{rule} Global results for {args.subset} {rule}")
+    print(_format_table(global_columns, global_rows))
+    seq_columns, seq_rows = result.per_sequence_table()
+    print(f"\n---------- Per sequence results for {args.subset} ----------")
+    print(_format_table(seq_columns, seq_rows))
+    if args.json is not None:
+        print(f"\nmetrics written to {write_davis_json(result, args.json)}")
+    if args.csv is not None:
+        paths = write_davis_csvs(result, args.csv, args.subset)
+        print(f"CSVs written to {paths[0]} and {paths[1]}")
+    return 0
+
+
+def _run_davis_propagation(args: argparse.Namespace) -> int:
+    """``eval davis --data``: propagate a split with the official protocol, then score it."""
+    if args.out is None:
+        raise ConfigError("--data needs --out DIR for the masks and metrics")
+    davis_sequences(args.data, args.split)
+    run_dir = open_davis_dir(args.out, args.split, args.data, args.resume, args.overwrite)
+    try:
+        return _propagate_davis(args, run_dir)
+    finally:
+        run_dir.close()
+
+
+def _propagate_davis(args: argparse.Namespace, run_dir: RunDir) -> int:
+    """The model-dependent part of ``eval davis --data``, once ``--out`` is open and locked."""
+    # The official DiTF DAVIS script: long side floored to a multiple of 32, OpenCV bilinear.
+    tracker = tracker_from_args(args, long_multiple=32, rounding="floor", interpolation="bilinear")
+    run = DavisRun(
+        args.data,
+        tracker,
+        run_dir,
+        split=args.split,
+        resume=args.resume,
+        overwrite=args.overwrite,
+    )
+    frames_bar = tqdm(desc="frames", unit="frame", position=1, disable=None, leave=False)
+
+    def on_progress(event: ProgressEvent) -> None:
+        if event.phase == "propagate":
+            if event.done == 0:
+                frames_bar.reset(total=event.total)
+            frames_bar.update(event.done - frames_bar.n)
+
+    try:
+        with tqdm(total=len(run), desc="sequences", unit="seq", disable=None) as bar:
+            for outcome in run.iterate(progress=on_progress):
+                bar.set_postfix_str(outcome.name + (" (done before)" if outcome.resumed else ""))
+                bar.update(1)
+    finally:
+        frames_bar.close()
+        tracker.cache.close()
+    result = run.finish(workers=args.workers)
+    columns, rows = result.global_table()
+    print(_format_table(columns, rows))
+    seq_columns, seq_rows = result.per_sequence_table()
+    print(_format_table(seq_columns, seq_rows))
+    print(f"masks, metrics.json and CSVs written to {args.out}")
+    return 0
+
+
+# -- point tracking: tapvid and keypoints (BADJA, JHMDB) --------------------------------------
+def _add_tracking_run_options(
+    p: argparse.ArgumentParser,
+    handler: Handler,
+    mode_default: str | None = "query",
+    mode_default_help: str = "default query",
+) -> None:
+    """What the point-tracking evaluations share after their data options: the run folder and
+    everything that builds the tracker."""
+    _add_run_options(p, "videos")
+    add_tracker_options(
+        p,
+        "model input short side in pixels (default: the preset's video setting, 960)",
+        mode_default,
+        mode_default_help,
+    )
+    p.set_defaults(handler=handler)
+
+
+def _add_tapvid(eval_sub: argparse._SubParsersAction) -> None:
+    p = eval_sub.add_parser(
+        "tapvid",
+        help="TAP-Vid point tracking: AJ, delta_avg, OA (DAVIS pickle or Kinetics shards)",
+        description="TAP-Vid with the reference protocol (google-deepmind/tapnet): queries "
+        "sampled 'first' or 'strided', tracks scored at 256x256 (average Jaccard, "
+        "average_pts_within_thresh, occlusion accuracy), per video and the mean over videos. "
+        "Features come from the stored frames at the tracker's short side, not from 256x256. "
+        "Writes config.json, videos.jsonl (resume state), tracks/<video>.npz, metrics.json and "
+        "per_video.csv.",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        metavar="PKL_OR_DIR",
+        help="tapvid_davis.pkl, or the folder of TAP-Vid-Kinetics shards *_of_0010.pkl",
+    )
+    p.add_argument(
+        "--query-mode", choices=["first", "strided"], default="first", help="default first"
+    )
+    _add_tracking_run_options(p, _run_tapvid)
+
+
+def _add_keypoints(eval_sub: argparse._SubParsersAction) -> None:
+    p = eval_sub.add_parser(
+        "keypoints",
+        help="keypoint tracking PCK: BADJA (PIPs protocol) or JHMDB (CRW protocol)",
+        description="Track annotated keypoints and score PCK. BADJA: --data a "
+        "joint_annotations/<seq>.json with --frames/--masks the sequence's DAVIS JPEGImages and "
+        "Annotations folders (or a folder of json files with --frames/--masks holding one "
+        "<seq>/ folder each); PCK@0.2 of sqrt(mask area), mean over videos. JHMDB: --data the "
+        "root with joint_positions/ and Rename_Images/; PCK@0.1/0.2 of 0.6 x the joint box "
+        "diagonal, pooled per joint. Writes config.json, videos.jsonl, tracks/, metrics.json "
+        "and per_video.csv.",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        metavar="JSON_OR_ROOT",
+        help="BADJA <seq>.json or joint_annotations/ folder, or the JHMDB root",
+    )
+    p.add_argument("--frames", type=Path, help="BADJA: DAVIS frames (sequence folder or root)")
+    p.add_argument("--masks", type=Path, help="BADJA: DAVIS GT masks (sequence folder or root)")
+    p.add_argument(
+        "--videos",
+        type=Path,
+        metavar="LIST.txt",
+        help="JHMDB: only these videos (<class>/<video> per line, or CRW's split-list lines)",
+    )
+    # BADJA is scored by query-point trackers (PIPs), JHMDB by heat-map propagation (CRW).
+    _add_tracking_run_options(
+        p, _run_keypoints, None, "default: query for BADJA (as PIPs), heatmap for JHMDB (as CRW)"
+    )
+
+
+def _run_tapvid(args: argparse.Namespace) -> int:
+    # scipy.io (0.3 s, JHMDB's .mat files) stays out of `ditf-track --help`.
+    from ..eval.tracking import TapVidEvaluation
+
+    if not args.data.exists():
+        raise InputError(f"TAP-Vid path {args.data} does not exist; pass tapvid_davis.pkl")
+    _limited([], args.limit)
+    run_dir = _open_eval_dir(args, "tapvid", TapVidEvaluation.owned, [("data", args.data)])
+    try:
+        tracker = tracker_from_args(args, args.points_mode)
+        run = TapVidEvaluation(
+            args.data,
+            tracker,
+            run_dir,
+            query_mode=args.query_mode,
+            limit=args.limit,
+            options={"data": str(args.data.resolve())},
+            resume=args.resume,
+            overwrite=args.overwrite,
+        )
+        try:
+            _drive(
+                run,
+                "tapvid",
+                "video",
+                lambda o: f"{o.video} AJ {o.metrics['average_jaccard']:.3f}",
+                None,
+            )
+        finally:
+            tracker.cache.close()
+        metrics = run.finish()
+    finally:
+        run_dir.close()
+    print(
+        f"TAP-Vid ({args.query_mode}): {metrics['num_videos']} videos, "
+        f"{metrics['num_points']} queries"
+    )
+    for key, label in (
+        ("average_jaccard", "AJ"),
+        ("average_pts_within_thresh", "delta_avg"),
+        ("occlusion_accuracy", "OA"),
+    ):
+        print(f"{label:10s} {_percent(metrics[key])}")
+    print(run.out / "metrics.json")
+    return 0
+
+
+def _run_keypoints(args: argparse.Namespace) -> int:
+    # scipy.io (0.3 s, JHMDB's .mat files) stays out of `ditf-track --help`.
+    from ..eval.tracking import KeypointEvaluation, badja_videos, jhmdb_videos
+
+    data: Path = args.data
+    videos: list[Any]
+    dataset: KeypointDataset
+    if data.is_dir() and (data / "joint_positions").is_dir():
+        dataset = "jhmdb"
+        videos = jhmdb_videos(data, args.videos)
+    elif data.suffix == ".json" or (data.is_dir() and any(data.glob("*.json"))):
+        dataset = "badja"
+        if args.frames is None or args.masks is None:
+            raise ConfigError(
+                "BADJA needs --frames and --masks: the DAVIS JPEGImages and Annotations folders "
+                "of the sequence (e.g. JPEGImages/480p/dog, Annotations/480p/dog)"
+            )
+        videos = badja_videos(data, args.frames, args.masks)
+    else:
+        raise InputError(
+            f"--data {data} is neither a BADJA <seq>.json (or folder of them) nor a JHMDB root "
+            "with joint_positions/; check the path"
+        )
+    videos = _limited(videos, args.limit)
+    mode: PointsMode = args.points_mode or ("query" if dataset == "badja" else "heatmap")
+    inputs = [("data", data), ("frames", args.frames), ("masks", args.masks)]
+    inputs.append(("video list", args.videos))
+    run_dir = _open_eval_dir(args, "keypoints", KeypointEvaluation.owned, inputs)
+    try:
+        tracker = tracker_from_args(args, mode)
+        options = {
+            "data": str(data.resolve()),
+            "frames": str(args.frames.resolve()) if args.frames else None,
+            "masks": str(args.masks.resolve()) if args.masks else None,
+            "videos": [v.name for v in videos],
+        }
+        run = KeypointEvaluation(
+            dataset,
+            videos,
+            tracker,
+            run_dir,
+            options=options,
+            resume=args.resume,
+            overwrite=args.overwrite,
+        )
+        if run.num_resumable:
+            print(f"resuming: {run.num_resumable} of {len(run)} videos already done")
+        try:
+            _drive(
+                run,
+                dataset,
+                "video",
+                lambda o: (
+                    f"{o.video} " + "  ".join(f"{k} {100 * v:.1f}" for k, v in o.metrics.items())
+                ),
+                len(run),
+            )
+        finally:
+            tracker.cache.close()
+        metrics = run.finish()
+    finally:
+        run_dir.close()
+    print(
+        f"{dataset} ({mode} points): {metrics['num_videos']} videos, "
+        f"{metrics['num_points']} queried keypoints"
+    )
+    for key, value in metrics.items():
+        if key.startswith("PCK@"):
+            print(f"{key:8s} {_percent(value)}")
+    print(run.out / "metrics.json")
+    return 0

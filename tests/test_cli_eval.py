@@ -1,0 +1,174 @@
+"""`ditf-track eval`: the evaluations' run folders, the DAVIS scorer's outputs, and the main
+job's output scored as it is. Each evaluator's own command-line cases are in its test_eval_*.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cli_helpers import DOG, one_line_error, run, snapshot
+from PIL import Image
+
+from ditf_track import cli, outputs
+from ditf_track.masks import read_mask
+
+
+@pytest.mark.faults
+def test_eval_help_names_what_the_runs_write(capsys: pytest.CaptureFixture[str]) -> None:
+    for benchmark, items, log in (
+        ("tapvid", "videos", "videos.jsonl"),
+        ("keypoints", "videos", "videos.jsonl"),
+        ("spair", "pairs", "pairs.jsonl"),
+        ("hpatches", "pairs", "pairs.jsonl"),
+    ):
+        with pytest.raises(SystemExit):
+            cli.main(["eval", benchmark, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert f"finished {items} are not recomputed" in text, benchmark
+        assert f"only the first N {items}" in text, benchmark
+        assert log in text, benchmark
+
+
+def jhmdb_layout(shared_data: Path, root: Path) -> Path:
+    """One still 3-frame video in JHMDB's layout (Rename_Images/, joint_positions/)."""
+    import scipy.io
+
+    frame = Image.open(shared_data / DOG / "00000.jpg").resize((160, 120))
+    folder = root / "Rename_Images" / "walk" / "a"
+    folder.mkdir(parents=True)
+    for k in range(3):
+        frame.save(folder / f"{k + 1:05d}.png")
+    joints = np.random.default_rng(0).uniform([20, 20], [140, 100], size=(15, 2))
+    mat = root / "joint_positions" / "walk" / "a" / "joint_positions.mat"
+    mat.parent.mkdir(parents=True)
+    scipy.io.savemat(mat, {"pos_img": np.repeat((joints.T + 1)[:, :, None], 3, axis=2)})
+    return root
+
+
+@pytest.mark.faults
+def test_eval_run_folder_refusals(
+    shared_data: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data = jhmdb_layout(shared_data, tmp_path / "jhmdb")
+    out = tmp_path / "run"
+    args = ["eval", "keypoints", "--data", str(data), "--preset", "lab", "--short-side", "64"]
+    args += ["--no-disk-cache", "--out", str(out)]
+    # a second evaluation into the same --out while the first runs
+    second: list[tuple[int, str]] = []
+
+    def start_second_run(first: outputs.RunDir) -> None:
+        monkeypatch.setattr(outputs, "after_lock", None)
+        code = cli.main([*args, "--resume"])
+        second.append((code, capsys.readouterr().err))
+
+    monkeypatch.setattr(outputs, "after_lock", start_second_run)
+    assert cli.main(args) == 0
+    assert f"another ditf-track run (pid {os.getpid()}) is writing {out}" in one_line_error(
+        *second[0]
+    )
+    assert not (out / ".ditf-track.lock").exists()
+    assert json.loads((out / "config.json").read_text())["tool"] == "ditf-track"
+    # --overwrite deletes what the run wrote, never a file of the user's
+    (out / "notes.txt").write_text("mine")
+    assert run([*args, "--overwrite"], capsys)[0] == 0
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "tracks" / "walk__a.npz").is_file()
+    # the data changed since: resuming would mix two datasets
+    Image.new("RGB", (160, 120)).save(data / "Rename_Images" / "walk" / "a" / "00002.png")
+    code, _, err = run([*args, "--resume"], capsys)
+    assert "holds a run with other settings or inputs (the data changed)" in one_line_error(
+        code, err
+    )
+    # a torn config.json is one line, not a JSONDecodeError
+    (out / "config.json").write_bytes(b"")
+    code, _, err = run([*args, "--resume"], capsys)
+    assert "config.json is unreadable (JSONDecodeError): a torn run state" in one_line_error(
+        code, err
+    )
+
+
+@pytest.mark.faults
+def test_eval_davis_overwrite_keeps_a_sequence_folder_it_did_not_write(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "DAVIS"
+    for kind in ("JPEGImages", "Annotations"):
+        (root / kind / "480p").mkdir(parents=True)
+        (root / kind / "480p" / "dog").symlink_to(shared_data / "davis" / kind / "480p" / "dog")
+    (root / "ImageSets" / "2017").mkdir(parents=True)
+    (root / "ImageSets" / "2017" / "val.txt").write_text("dog\n")
+    out = tmp_path / "run"
+    args = ["eval", "davis", "--data", str(root), "--preset", "lab", "--short-side", "64"]
+    args += ["--no-disk-cache", "--out", str(out)]
+    # an earlier ditf-track run in --out, and the user's own folder named like a sequence
+    run_dir = outputs.RunDir(out, "eval davis", in_place=True).open()
+    run_dir.write_state({"fingerprint": {}})
+    run_dir.close()
+    (out / "dog").mkdir()
+    (out / "dog" / "00000.png").write_bytes(b"my drawing")
+    (out / "dog" / "notes.txt").write_text("mine")
+    code, _, err = run([*args, "--overwrite"], capsys)
+    assert f"{out / 'dog'} holds files ditf-track did not write" in one_line_error(code, err)
+    assert snapshot(out / "dog") == {"00000.png": b"my drawing", "notes.txt": b"mine"}
+
+
+@pytest.mark.faults
+def test_eval_davis_scoring_outputs_are_checked_before_scoring(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gt = tmp_path / "gt"
+    (gt / "dog").mkdir(parents=True)
+    for i in range(3):
+        shutil.copy(shared_data / "davis/Annotations/480p/dog" / f"{i:05d}.png", gt / "dog")
+    before = snapshot(gt)
+    base = ["eval", "davis", "--pred", str(gt), "--gt", str(gt)]
+    code, _, err = run([*base, "--json", str(gt / "dog" / "00001.png")], capsys)
+    assert "--json" in one_line_error(code, err)
+    assert "would replace a file of the ground truth" in err
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    code, _, err = run([*base, "--csv", str(a_file / "tables")], capsys)
+    assert "cannot write --csv" in one_line_error(code, err)
+    assert snapshot(gt) == before
+
+
+def test_track_output_scores_with_eval_davis(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``ditf-track VIDEO --out preds/<seq>`` then ``eval davis --pred preds``, no renaming."""
+    davis = shared_data / "davis"
+    gt = tmp_path / "gt" / "dog"
+    gt.mkdir(parents=True)
+    for i in range(8):  # the first 8 ground-truth frames, linked (read in place)
+        (gt / f"{i:05d}.png").symlink_to(davis / "Annotations/480p/dog" / f"{i:05d}.png")
+    preds = tmp_path / "preds"
+    track = [str(davis / "JPEGImages/480p/dog"), "--mask", str(gt / "00000.png"), "--end", "8"]
+    options = ["--preset", "lab", "--short-side", "240", "--out", str(preds / "dog")]
+    assert cli.main([*track, *options]) == 0
+    metrics = tmp_path / "metrics.json"
+    args = ["eval", "davis", "--pred", str(preds), "--gt", str(gt.parent), "--workers", "1"]
+    assert cli.main([*args, "--json", str(metrics)]) == 0
+    scores = json.loads(metrics.read_text())
+    assert list(scores["sequences"]) == ["dog"]
+    # J of frames 1..6 (the first and last are not scored), recomputed from the PNGs
+    ious = []
+    for i in range(1, 7):
+        pred = read_mask(preds / "dog" / f"{i:05d}.png").labels > 0
+        truth = read_mask(gt / f"{i:05d}.png").labels > 0
+        ious.append(np.count_nonzero(pred & truth) / np.count_nonzero(pred | truth))
+    assert scores["J-Mean"] == pytest.approx(np.mean(ious))
+    assert 0.3 < scores["J-Mean"] < 1.0
+    capsys.readouterr()
+    # the track output folder itself as --pred: one line naming the fix
+    assert cli.main(["eval", "davis", "--pred", str(preds / "dog"), "--gt", str(gt.parent)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err]
+    assert "holds frame PNGs itself" in err
+    assert err.endswith(f"pass --pred {preds}")
