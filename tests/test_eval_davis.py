@@ -14,6 +14,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import stat
 from pathlib import Path
 
 import cv2
@@ -27,7 +29,7 @@ from PIL import Image
 from skimage.morphology import disk
 
 from ditf_track import cli
-from ditf_track.errors import InputError
+from ditf_track.errors import InputError, OutputError
 from ditf_track.eval.davis import (
     METRIC_KEYS,
     PER_SEQUENCE_COLUMNS,
@@ -40,7 +42,12 @@ from ditf_track.eval.davis import (
     jf_statistics,
     region_similarity,
 )
-from ditf_track.eval.davis_folders import evaluate_davis, read_label_png, write_davis_csvs
+from ditf_track.eval.davis_folders import (
+    evaluate_davis,
+    read_label_png,
+    write_davis_csvs,
+    write_davis_json,
+)
 from ditf_track.progress import ProgressEvent
 
 STATS = ("J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
@@ -275,6 +282,35 @@ def test_osvos_binary_csv_equals_official(osvos_binary: DavisResult, tmp_path: P
     assert global_csv.name == "global_results-val.csv"
     assert per_seq_csv.name == "per-sequence_results-val.csv"
     assert (global_csv.read_text(), per_seq_csv.read_text()) == OFFICIAL_BINARY_CSV
+
+
+@pytest.mark.faults
+def test_davis_files_written_atomically_with_the_usual_permissions(
+    osvos_binary: DavisResult, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The package's one atomic write: umask permissions (not mkstemp's 0600), nothing left
+    behind, and a failed rename a one-line OutputError that leaves the old file."""
+    out = tmp_path / "scores"
+    old_umask = os.umask(0o022)
+    try:
+        written = [
+            *write_davis_csvs(osvos_binary, out),
+            write_davis_json(osvos_binary, out / "m.json"),
+        ]
+    finally:
+        os.umask(old_umask)
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in written)
+    assert {stat.S_IMODE(p.stat().st_mode) for p in written} == {0o644}
+
+    def full(src: object, dst: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("ditf_track._atomic.os.replace", full)
+    before = written[2].read_bytes()
+    with pytest.raises(OutputError, match=r"cannot write DAVIS metrics .*m\.json.*No space"):
+        write_davis_json(osvos_binary, out / "m.json")
+    assert written[2].read_bytes() == before
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in written)
 
 
 @pytest.fixture(scope="module")
