@@ -21,7 +21,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from davis_fixtures import save_palette_png, write_multi_object_case
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -49,6 +48,7 @@ from ditf_track.eval.davis_folders import (
     write_davis_json,
 )
 from ditf_track.progress import ProgressEvent
+from ditf_track.testing.davis import save_palette_png, write_multi_object_case
 
 STATS = ("J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
 
@@ -101,7 +101,7 @@ OFFICIAL_BINARY_CSV = (
     "Sequence,J-Mean,F-Mean\nblackswan_1,0.943,0.974\nbmx-trees_1,0.623,0.835\n"
     "car-shadow_1,0.928,0.917\ndog_1,0.711,0.691\nmotocross-jump_1,0.816,0.621\n",
 )
-# Official numbers: the two-object palette case of tests/davis_fixtures.py.
+# Official numbers: the two-object palette case of ditf_track/testing/davis.py.
 OFFICIAL_MULTI = {
     "bmx-trees_1": {
         "J-Mean": 0.5806191794531932,
