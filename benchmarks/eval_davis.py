@@ -5,8 +5,8 @@ Cases (both from the real data in ../shared/data/davis, read in place):
 * ``binary``: the OSVOS predictions of the five shared clips against their DAVIS-2016 ground
   truth (``ditf-track eval davis`` in binary mode). The official tool only reads palette ids, so it
   is given the same masks written as ids {0, 1} (ground truth > 0, prediction > 0).
-* ``multi``: the two-object palette case of ``tests/davis_fixtures.py`` (void ring, absent object,
-  late unscored id, a prediction with fewer objects), scored per object by all tools as is.
+* ``multi``: the two-object palette case of ``ditf_track/testing/davis.py`` (void ring, absent
+  object, late unscored id, a prediction with fewer objects), scored per object by all tools as is.
 
 The official tool (davisvideochallenge/davis2017-evaluation) runs from a temporary checkout outside
 the repository (``--official``, default /tmp/davis2017-evaluation, cloned from ``--official-git``
@@ -40,17 +40,16 @@ import numpy as np
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from _results import append_results, device_name  # noqa: E402
-from davis_fixtures import (  # noqa: E402
+
+from ditf_track.eval.davis_folders import evaluate_davis, write_davis_csvs  # noqa: E402
+from ditf_track.testing.davis import (  # noqa: E402
     MULTI_SEQUENCES,
     save_palette_png,
     write_multi_object_case,
 )
-
-from ditf_track.eval.davis_folders import evaluate_davis, write_davis_csvs  # noqa: E402
 
 STAT_KEYS = ("J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
 Objects = dict[str, dict[str, float]]

@@ -59,6 +59,7 @@ import propagate
 from _results import append_results, commit, device_name, utc_stamp
 from architectures import dit_flops, transformer_config
 
+from ditf_track._atomic import atomic_path
 from ditf_track.errors import DeviceError
 from ditf_track.images import model_input_size
 from ditf_track.presets import Task, load_preset
@@ -174,9 +175,8 @@ class Output:
             f.write(json.dumps(row) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        tmp = self.folder / "table.md.tmp"
-        tmp.write_text(render(self.rows))
-        os.replace(tmp, self.folder / "table.md")
+        with atomic_path(self.folder / "table.md", "results table") as tmp:
+            tmp.write_text(render(self.rows))
         print(_one_line(row), flush=True)
 
 

@@ -20,6 +20,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
+from ._atomic import move_into_place, temporary_path
 from ._version import __version__
 from .errors import InputError, OutputError
 from .features import FeatureExtractor
@@ -45,7 +46,7 @@ class StreamingSafetensorsWriter:
         self.length = length
         self.written = 0
         self.metadata: dict[str, str] = {}
-        self._tmp = self.path.with_name(f".{self.path.name}.incomplete")
+        self._tmp: Path | None = None
         self._file: BinaryIO | None = None
         self._frame_shape: tuple[int, ...] | None = None
         self._dtype: torch.dtype | None = None
@@ -78,7 +79,7 @@ class StreamingSafetensorsWriter:
         }
         text = json.dumps(header, separators=(",", ":")).encode()
         text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = temporary_path(self.path)
         self._file = self._tmp.open("wb")
         self._file.write(struct.pack("<Q", len(text)) + text)
 
@@ -89,13 +90,14 @@ class StreamingSafetensorsWriter:
                 f"{self.path}: {self.written} of {self.length} frames were written; nothing saved"
             )
         self._file.close()
-        os.replace(self._tmp, self.path)
-        return self.path
+        assert self._tmp is not None
+        return move_into_place(self._tmp, self.path, "features file")
 
     def abort(self) -> None:
         if self._file is not None:
             self._file.close()
-        self._tmp.unlink(missing_ok=True)
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
 
 
 def open_input(path: str | os.PathLike[str], **range_kwargs: Any) -> VideoSource | np.ndarray:

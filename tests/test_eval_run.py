@@ -14,14 +14,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 import ditf_track.eval
 from ditf_track.errors import ConfigError
-from ditf_track.eval._run import ResumableRun
-from ditf_track.eval.davis_runner import DavisRun
-from ditf_track.eval.runners import HPatchesEvaluation, PCKEvaluation
-from ditf_track.eval.tracking import KeypointEvaluation, TapVidEvaluation
+from ditf_track.eval._run import ResumableRun, clip_queries
+from ditf_track.eval.runs.davis import DavisRun
+from ditf_track.eval.runs.pairs import HPatchesEvaluation, PCKEvaluation
+from ditf_track.eval.runs.points import KeypointEvaluation, TapVidEvaluation
 
 EVAL_DIR = Path(ditf_track.eval.__file__).parent
 
@@ -77,6 +78,7 @@ def test_records_are_computed_once_and_replayed_on_resume(tmp_path: Path) -> Non
     again = Squares([3, 1, 2, 5], out, resume=True)
     assert again.is_resumable("3")
     assert not again.is_resumable("2")
+    assert again.num_resumable == 2
     assert list(again) == [(3, 9, True), (1, 1, True), (2, 4, False), (5, 25, False)]
     assert again.computed == [2, 5]
     values = [json.loads(line)["value"] for line in (out / "items.jsonl").read_text().splitlines()]
@@ -105,14 +107,34 @@ def _imports(path: Path) -> list[tuple[str, str]]:
     return found
 
 
+def _resolve(path: Path, module: str) -> str:
+    """The absolute name of a relative ``module`` imported in ``path`` (under ``ditf_track``)."""
+    level = len(module) - len(module.lstrip("."))
+    if not level:
+        return module
+    package = path.parent.relative_to(EVAL_DIR.parents[1]).parts
+    return ".".join([*package[: len(package) - level + 1], module[level:]]).rstrip(".")
+
+
 def test_eval_modules_import_no_private_names_of_each_other() -> None:
     private = [
-        f"{path.name}: {module}.{name}"
-        for path in sorted(EVAL_DIR.glob("*.py"))
+        f"{path.relative_to(EVAL_DIR)}: {module}.{name}"
+        for path in sorted(EVAL_DIR.rglob("*.py"))
         for module, name in _imports(path)
-        if module.startswith(".") and not module.startswith("..") and name.startswith("_")
+        if _resolve(path, module).startswith("ditf_track.eval") and name.startswith("_")
     ]
     assert private == []
+    assert _resolve(EVAL_DIR / "runs" / "pairs.py", "..hpatches") == "ditf_track.eval.hpatches"
+
+
+def test_clip_queries_closed_for_the_matcher_half_open_for_the_tracker() -> None:
+    points = np.array([[-3.0, 5.0], [10.0, 19.0], [9.5, 19.5], [4.0, 4.0]])
+    inside, moved = clip_queries(points, (10, 20))
+    np.testing.assert_array_equal(inside, [[-0.5, 5.0], [9.5, 19.0], [9.5, 19.5], [4.0, 4.0]])
+    assert moved == 2  # the point on the edge is inside the closed extent
+    inside, moved = clip_queries(points, (10, 20), below_edge=1e-6)
+    assert inside[2].tolist() == [9.5 - 1e-6, 19.5 - 1e-6]
+    assert moved == 3
 
 
 def test_davis_metric_has_no_files_or_process_pool() -> None:

@@ -1,4 +1,7 @@
-"""video → frames: folders and video files, ranges, readers, streaming, errors, sizing, overlay."""
+"""video → frames: folders and video files, ranges, streaming, errors, sizing, overlay.
+
+The readers behind ``open_video`` are tested in test_video_readers.py.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import cv2
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -27,10 +29,10 @@ from ditf_track.video import (
     write_overlay_video,
 )
 
-BACKENDS: list[Backend] = ["decord", "pyav", "opencv"]
+BACKENDS: list[Backend] = ["decord", "pyav", "opencv"]  # test_video_readers.py
 
 
-def _remux(src: Path, dst: Path, options: dict[str, str] | None = None) -> Path:
+def remux(src: Path, dst: Path, options: dict[str, str] | None = None) -> Path:
     """Copy the video stream of ``src`` into another container without re-encoding."""
     av = pytest.importorskip("av")
     with av.open(str(src)) as inp, av.open(str(dst), "w", options=options or {}) as out:
@@ -47,13 +49,6 @@ def _remux(src: Path, dst: Path, options: dict[str, str] | None = None) -> Path:
 @pytest.fixture(scope="module")
 def bikes(shared_data: Path) -> Path:
     return shared_data / "videos" / "bikes.mp4"
-
-
-@pytest.fixture(scope="module")
-def bikes_frames(bikes: Path) -> np.ndarray:
-    """Every 10th frame of bikes.mp4 as decoded by the default reader: (25, 272, 640, 3)."""
-    with open_video(bikes) as source:
-        return source.read_batch(range(0, 250, 10))
 
 
 # ---- frame folders ------------------------------------------------------------------------
@@ -101,106 +96,9 @@ def test_folder_natural_sort_and_hidden_files(tmp_path: Path) -> None:
 # ---- video files ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_mp4_counts_sizes_names(bikes: Path, backend: Backend) -> None:
-    source = open_video(bikes, backend=backend)
-    assert source.backend == backend
-    assert (len(source), source.height, source.width) == (250, 272, 640)
-    assert source.fps == pytest.approx(25.0)
-    assert source.frame_names[:2] == ["00000", "00001"]
-    sub = open_video(bikes, start=10, end=100, stride=7, backend=backend)
-    assert len(sub) == len(range(10, 100, 7)) == 13
-    assert sub.frame_names[:3] == ["00010", "00017", "00024"]
-    assert sub.frame_indices[-1] == 94
-    with open_video(bikes, stride=5, backend=backend) as strided:
-        assert strided.frame_names[:3] == ["00000", "00005", "00010"]
-
-
 def test_bigbuckbunny_size(shared_data: Path) -> None:
     source = open_video(shared_data / "videos" / "bigbuckbunny.mp4")
     assert (len(source), source.height, source.width) == (132, 720, 1280)
-
-
-@pytest.mark.parametrize("backend", ["pyav", "opencv"])
-def test_readers_agree_on_pixels(bikes: Path, bikes_frames: np.ndarray, backend: Backend) -> None:
-    # All three wrap FFmpeg's H.264 decoder; a different colour conversion would show here.
-    source = open_video(bikes, backend=backend)
-    assert len(source) == len(open_video(bikes, backend="decord"))
-    frames = source.read_batch(range(0, 250, 10))
-    diff = np.abs(frames.astype(np.int16) - bikes_frames)
-    assert diff.mean() < 0.5
-    assert np.percentile(diff, 99.9) <= 4
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_random_access_matches_sequential(
-    bikes: Path, bikes_frames: np.ndarray, backend: Backend
-) -> None:
-    # Backward jumps and long forward jumps exercise the seeks (key frames at 0,30,76,137,...).
-    source = open_video(bikes, start=0, stride=10, backend=backend)
-    order = [24, 3, 20, 10, 0, 15, 15, 7, 23, 1]
-    frames = source.read_batch(order)
-    for k, pos in enumerate(order):
-        np.testing.assert_allclose(frames[k], bikes_frames[pos], atol=4)
-    np.testing.assert_allclose(source[-1], bikes_frames[-1], atol=4)
-
-
-@pytest.mark.parametrize("container", ["mkv", "mov"])
-def test_other_containers(tmp_path: Path, bikes: Path, container: str) -> None:
-    # mkv stores no frame count: PyAV counts packets, the others read the index.
-    path = _remux(bikes, tmp_path / f"bikes.{container}")
-    for backend in BACKENDS:
-        source = open_video(path, backend=backend)
-        assert (len(source), source.height, source.width) == (250, 272, 640), backend
-
-
-def test_avi_from_opencv_writer(tmp_path: Path) -> None:
-    path = tmp_path / "clip.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 10, (64, 48))
-    for t in range(12):
-        writer.write(np.full((48, 64, 3), 20 * t, np.uint8))
-    writer.release()
-    source = open_video(path)
-    assert (len(source), source.height, source.width) == (12, 48, 64)
-    assert [round(float(f.mean()) / 20) for f in source] == list(range(12))
-
-
-@pytest.mark.skipif(importlib.util.find_spec("imageio_ffmpeg") is None, reason="no ffmpeg binary")
-def test_rotated_video_upright_with_every_reader(tmp_path: Path, bikes: Path) -> None:
-    import subprocess
-
-    import imageio_ffmpeg
-
-    rotated = tmp_path / "rotated.mp4"
-    done = subprocess.run(
-        [
-            imageio_ffmpeg.get_ffmpeg_exe(),
-            "-y",
-            "-loglevel",
-            "error",
-            "-display_rotation",
-            "90",
-            "-i",
-            str(bikes),
-            "-frames:v",
-            "40",
-            "-c",
-            "copy",
-            str(rotated),
-        ],
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip("this ffmpeg cannot set -display_rotation")
-    frames = {}
-    for backend in BACKENDS:
-        source = open_video(rotated, backend=backend)
-        assert (source.height, source.width) == (640, 272), backend
-        frames[backend] = source.read(5)
-    upright = open_video(bikes).read(5)
-    # display rotation 90 = counter-clockwise: np.rot90 with k=1
-    for backend, frame in frames.items():
-        assert np.abs(frame.astype(np.int16) - np.rot90(upright)).mean() < 0.5, backend
 
 
 # ---- streaming -------------------------------------------------------------------------------
@@ -255,7 +153,7 @@ def test_content_hash(tmp_path: Path, bikes: Path, shared_data: Path) -> None:
     assert h != open_video(bikes, start=1).content_hash()
     copy = shutil.copy(bikes, tmp_path / "renamed.mp4")
     assert open_video(copy).content_hash() == h  # content, not path
-    remuxed = _remux(bikes, tmp_path / "remuxed.mp4")
+    remuxed = remux(bikes, tmp_path / "remuxed.mp4")
     assert open_video(remuxed).content_hash() != h
 
     dog = shared_data / "davis" / "JPEGImages" / "480p" / "dog"
@@ -270,7 +168,7 @@ def test_content_hash(tmp_path: Path, bikes: Path, shared_data: Path) -> None:
 # ---- errors -----------------------------------------------------------------------------------
 
 
-def _raises_naming(path: Path, **kwargs: Any) -> str:
+def raises_naming(path: Path, **kwargs: Any) -> str:
     def open_and_decode() -> None:
         source = open_video(path, **kwargs)
         for _ in source.iter_frames(batch_size=32):
@@ -285,54 +183,18 @@ def _raises_naming(path: Path, **kwargs: Any) -> str:
 
 
 def test_errors_missing_and_unsupported(tmp_path: Path) -> None:
-    assert "does not exist" in _raises_naming(tmp_path / "missing.mp4")
+    assert "does not exist" in raises_naming(tmp_path / "missing.mp4")
     notes = tmp_path / "clip.txt"
     notes.write_text("hello")
-    assert "unsupported extension" in _raises_naming(notes)
+    assert "unsupported extension" in raises_naming(notes)
     empty = tmp_path / "frames"
     empty.mkdir()
     (empty / "readme.md").write_text("no frames here")
-    assert "no .jpg" in _raises_naming(empty)
-
-
-def test_errors_corrupt_videos(tmp_path: Path, bikes: Path) -> None:
-    text = tmp_path / "text.mp4"
-    text.write_text("this is not a video\n" * 20)
-    assert "cannot be opened" in _raises_naming(text)
-
-    # bikes.mp4 keeps its index (moov) at the end: half the file cannot even be opened.
-    truncated = tmp_path / "truncated.mp4"
-    data = bikes.read_bytes()
-    truncated.write_bytes(data[: len(data) // 2])
-    assert "ffmpeg -i" in _raises_naming(truncated)
-
-    # With the index first (faststart) it opens, and fails where the data stops.
-    fast = _remux(bikes, tmp_path / "fast.mp4", {"movflags": "faststart"})
-    cut = tmp_path / "cut.mp4"
-    cut.write_bytes(fast.read_bytes()[: fast.stat().st_size // 2])
-    assert "truncated or corrupt" in _raises_naming(cut)
-    # decord refuses it at open (it indexes every packet); the next reader takes over
-    assert open_video(cut).backend == "pyav"
-
-
-def test_auto_falls_back_when_decord_is_missing(
-    bikes: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import ditf_track.video as video
-
-    real_find_spec = importlib.util.find_spec
-
-    def find_spec(name: str, *args: Any) -> Any:
-        return None if name in ("decord", "av") else real_find_spec(name, *args)
-
-    monkeypatch.setattr(video.importlib.util, "find_spec", find_spec)
-    assert open_video(bikes).backend == "opencv"
-    with pytest.raises(ConfigError, match="pip install decord"):
-        open_video(bikes, backend="decord")
+    assert "no .jpg" in raises_naming(empty)
 
 
 def test_errors_range(bikes: Path) -> None:
-    message = _raises_naming(bikes, start=250)
+    message = raises_naming(bikes, start=250)
     assert "250 frames" in message
     with pytest.raises(ConfigError):
         open_video(bikes, start=3, end=3)
@@ -343,12 +205,12 @@ def test_errors_range(bikes: Path) -> None:
 def test_errors_folder_sizes_and_duplicates(tmp_path: Path) -> None:
     Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(tmp_path / "00000.png")
     Image.fromarray(np.zeros((4, 7, 3), np.uint8)).save(tmp_path / "00001.png")
-    message = _raises_naming(tmp_path)
+    message = raises_naming(tmp_path)
     assert "00001.png" in message
     assert "same size" in message
     (tmp_path / "00001.png").unlink()
     Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(tmp_path / "00000.jpg")
-    assert "two frames named" in _raises_naming(tmp_path)
+    assert "two frames named" in raises_naming(tmp_path)
 
 
 # ---- images -------------------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 ``davis`` (DAVIS J&F; ``davis_folders`` scores folders of PNGs), ``tapvid`` (TAP-Vid AJ,
 δ_avg, OA), ``keypoints`` (BADJA/JHMDB PCK), ``correspondence`` (SPair-71k / PF-PASCAL /
-AP-10K PCK), ``hpatches`` (homography accuracy). The runners that own an output folder
-(``runners``, ``tracking``, ``davis_runner``) share the resumable run of ``_run``.
+AP-10K PCK), ``hpatches`` (homography accuracy). The runs that own an output folder
+(``runs.pairs``, ``runs.points``, ``runs.davis``) share the resumable run of ``_run``.
 """
 
 from .davis import (

@@ -26,7 +26,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
-from ..outputs import RecordLog, RunDir, environment_versions
+import numpy as np
+
+from ..outputs import RecordLog, RunDir, environment_versions, write_csv, write_json
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
@@ -34,6 +36,8 @@ METRICS_FILE = "metrics.json"
 ItemT = TypeVar("ItemT")
 OutcomeT = TypeVar("OutcomeT")
 Record = dict[str, Any]
+#: A summary CSV: file name in the run folder, rows, columns, and what it is (for errors).
+Table = tuple[str, Sequence[Mapping[str, Any]], Sequence[str], str]
 
 
 def open_eval_dir(
@@ -153,6 +157,11 @@ class ResumableRun(Generic[ItemT, OutcomeT]):
         """Whether the item ``key`` is finished in the record log (replayed, not recomputed)."""
         return key in self._done
 
+    @property
+    def num_resumable(self) -> int:
+        """Items already finished (replayed, not recomputed), for the CLI's resume line."""
+        return sum(1 for item in self._items() if self.is_resumable(self._key(item)))
+
     def _iterate(self) -> Iterator[OutcomeT]:
         if self.iterate_once and self._consumed:
             raise RuntimeError(f"{type(self).__name__} can be iterated only once")
@@ -174,3 +183,27 @@ class ResumableRun(Generic[ItemT, OutcomeT]):
         """Write the summary files with the folder locked."""
         with self._run_dir.locked():
             write()
+
+    def _write_results(self, metrics: Mapping[str, Any], *tables: Table) -> None:
+        """Write ``metrics.json`` and the CSV ``tables``, with the folder locked."""
+
+        def write() -> None:
+            write_json(self.out / METRICS_FILE, metrics, "metrics")
+            for name, rows, columns, what in tables:
+                write_csv(self.out / name, rows, columns, what)
+
+        self._write_locked(write)
+
+
+def clip_queries(
+    points_yx: np.ndarray, hw: tuple[int, int], below_edge: float = 0.0
+) -> tuple[np.ndarray, int]:
+    """Query points ``(N, 2)`` ``(y, x)`` clipped into the frame, and how many had to move.
+
+    Annotations may lie on or beyond the border. The frame spans ``[-0.5, size - 0.5]``; the
+    matcher takes that closed extent, the tracker's ``add_points`` the half-open one
+    ``[-0.5, size - 0.5)``, hence ``below_edge`` (the point runners pass ``1e-6``).
+    """
+    upper = np.array(hw, dtype=np.float64) - 0.5 - below_edge
+    inside = np.clip(points_yx, -0.5, upper)
+    return inside, int(np.count_nonzero(np.any(inside != points_yx, axis=1)))

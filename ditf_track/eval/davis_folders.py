@@ -20,7 +20,6 @@ import logging
 import multiprocessing
 import os
 import sys
-import tempfile
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -31,7 +30,8 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from ..errors import InputError, OutputError
+from .._atomic import atomic_path
+from ..errors import InputError
 from ..progress import Progress, ProgressEvent
 from .davis import (
     BOUND_TH,
@@ -360,17 +360,9 @@ def evaluate_davis(
 # ----------------------------------------------------------------------------- writers
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(fd, "w", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise OutputError(
-            f"cannot write {path} ({exc.strerror}); pick a writable location"
-        ) from None
+def _write_text(path: Path, text: str, what: str) -> None:
+    with atomic_path(path, what) as tmp:
+        tmp.write_text(text, encoding="utf-8", newline="")
 
 
 def _csv_text(columns: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
@@ -394,14 +386,14 @@ def write_davis_csvs(
     out = Path(out_dir)
     global_name, per_seq_name = davis_csv_names(subset)
     columns, rows = result.global_table()
-    _atomic_write(out / global_name, _csv_text(columns, rows))
+    _write_text(out / global_name, _csv_text(columns, rows), "DAVIS global results")
     seq_columns, seq_rows = result.per_sequence_table()
-    _atomic_write(out / per_seq_name, _csv_text(seq_columns, seq_rows))
+    _write_text(out / per_seq_name, _csv_text(seq_columns, seq_rows), "DAVIS per-sequence results")
     return out / global_name, out / per_seq_name
 
 
 def write_davis_json(result: DavisResult, path: str | os.PathLike[str]) -> Path:
     """Write :meth:`DavisResult.to_json_dict` to ``path`` (full float precision)."""
     out = Path(path)
-    _atomic_write(out, json.dumps(result.to_json_dict(), indent=2) + "\n")
+    _write_text(out, json.dumps(result.to_json_dict(), indent=2) + "\n", "DAVIS metrics")
     return out

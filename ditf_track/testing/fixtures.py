@@ -1,4 +1,9 @@
-"""Shared test fixtures: the real data in ../shared/data, tiny DiT pipelines, the test tiers."""
+"""The shared pytest fixtures, loaded by the repository's root ``conftest.py``.
+
+``pytest_plugins = ["ditf_track.testing.fixtures"]`` there, not an installed ``pytest11`` entry
+point, which would change every pytest session of every user. Only a test session imports this
+module (it imports pytest); ``ditf_track`` never does.
+"""
 
 from __future__ import annotations
 
@@ -9,24 +14,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from ditf_track.testing import (
-    isolated_caches,
-    require_shared_data,
-    shared_data_root,
-    tiny_model_factory,
-)
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from .data import require_shared_data, shared_data_root
+from .models import isolated_caches, tiny_model_factory
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
+def shared_data(pytestconfig: pytest.Config) -> Path:
     """../shared/data (or $DITF_SHARED_DATA), read in place (never copied into the project).
 
     Every test that reads real data takes it through this fixture: without the folder such a
     test is skipped with the reason, and fails under ``CI=true``.
     """
-    return require_shared_data(shared_data_root(REPO_ROOT))
+    return require_shared_data(shared_data_root(pytestconfig.rootpath))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -43,6 +42,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip ``gpu`` tests without CUDA and ``gui`` tests without a display, saying why."""
     no_cuda = pytest.mark.skip(reason="needs a CUDA GPU")
     no_display = pytest.mark.skip(reason="needs a display: run under xvfb-run -a")
     for item in items:

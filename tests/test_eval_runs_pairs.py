@@ -28,7 +28,7 @@ from ditf_track.eval.correspondence import (
     load_spair_pairs,
 )
 from ditf_track.eval.hpatches import load_hpatches
-from ditf_track.eval.runners import HPatchesEvaluation, PCKEvaluation, detect_keypoints
+from ditf_track.eval.runs.pairs import HPatchesEvaluation, PCKEvaluation, detect_keypoints
 from ditf_track.extractor import DiTFExtractor
 from ditf_track.features import FeatureMaps
 from ditf_track.match import Matcher

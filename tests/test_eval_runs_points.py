@@ -13,8 +13,8 @@ from PIL import Image
 
 from ditf_track import cli
 from ditf_track.eval.keypoints import jhmdb_pck
+from ditf_track.eval.runs.points import TAPVID_KEYS, TapVidEvaluation
 from ditf_track.eval.tapvid import compute_tapvid_metrics
-from ditf_track.eval.tracking import TAPVID_KEYS, TapVidEvaluation
 from ditf_track.lab import LabExtractor
 from ditf_track.tracker import Tracker
 

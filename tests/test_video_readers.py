@@ -1,0 +1,160 @@
+"""The video readers (decord, PyAV, OpenCV): sizes, pixels, seeks, containers, rotation, and
+the hand-over to the next reader when one is missing or fails."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+from test_video import BACKENDS, raises_naming, remux
+
+from ditf_track import _video_readers
+from ditf_track.errors import ConfigError
+from ditf_track.video import Backend, open_video
+
+
+@pytest.fixture(scope="module")
+def bikes(shared_data: Path) -> Path:
+    return shared_data / "videos" / "bikes.mp4"
+
+
+@pytest.fixture(scope="module")
+def bikes_frames(bikes: Path) -> np.ndarray:
+    """Every 10th frame of bikes.mp4 as decoded by the default reader: (25, 272, 640, 3)."""
+    with open_video(bikes) as source:
+        return source.read_batch(range(0, 250, 10))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mp4_counts_sizes_names(bikes: Path, backend: Backend) -> None:
+    source = open_video(bikes, backend=backend)
+    assert source.backend == backend
+    assert (len(source), source.height, source.width) == (250, 272, 640)
+    assert source.fps == pytest.approx(25.0)
+    assert source.frame_names[:2] == ["00000", "00001"]
+    sub = open_video(bikes, start=10, end=100, stride=7, backend=backend)
+    assert len(sub) == len(range(10, 100, 7)) == 13
+    assert sub.frame_names[:3] == ["00010", "00017", "00024"]
+    assert sub.frame_indices[-1] == 94
+    with open_video(bikes, stride=5, backend=backend) as strided:
+        assert strided.frame_names[:3] == ["00000", "00005", "00010"]
+
+
+@pytest.mark.parametrize("backend", ["pyav", "opencv"])
+def test_readers_agree_on_pixels(bikes: Path, bikes_frames: np.ndarray, backend: Backend) -> None:
+    # All three wrap FFmpeg's H.264 decoder; a different colour conversion would show here.
+    source = open_video(bikes, backend=backend)
+    assert len(source) == len(open_video(bikes, backend="decord"))
+    frames = source.read_batch(range(0, 250, 10))
+    diff = np.abs(frames.astype(np.int16) - bikes_frames)
+    assert diff.mean() < 0.5
+    assert np.percentile(diff, 99.9) <= 4
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_random_access_matches_sequential(
+    bikes: Path, bikes_frames: np.ndarray, backend: Backend
+) -> None:
+    # Backward jumps and long forward jumps exercise the seeks (key frames at 0,30,76,137,...).
+    source = open_video(bikes, start=0, stride=10, backend=backend)
+    order = [24, 3, 20, 10, 0, 15, 15, 7, 23, 1]
+    frames = source.read_batch(order)
+    for k, pos in enumerate(order):
+        np.testing.assert_allclose(frames[k], bikes_frames[pos], atol=4)
+    np.testing.assert_allclose(source[-1], bikes_frames[-1], atol=4)
+
+
+@pytest.mark.parametrize("container", ["mkv", "mov"])
+def test_other_containers(tmp_path: Path, bikes: Path, container: str) -> None:
+    # mkv stores no frame count: PyAV counts packets, the others read the index.
+    path = remux(bikes, tmp_path / f"bikes.{container}")
+    for backend in BACKENDS:
+        source = open_video(path, backend=backend)
+        assert (len(source), source.height, source.width) == (250, 272, 640), backend
+
+
+def test_avi_from_opencv_writer(tmp_path: Path) -> None:
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 10, (64, 48))
+    for t in range(12):
+        writer.write(np.full((48, 64, 3), 20 * t, np.uint8))
+    writer.release()
+    source = open_video(path)
+    assert (len(source), source.height, source.width) == (12, 48, 64)
+    assert [round(float(f.mean()) / 20) for f in source] == list(range(12))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("imageio_ffmpeg") is None, reason="no ffmpeg binary")
+def test_rotated_video_upright_with_every_reader(tmp_path: Path, bikes: Path) -> None:
+    import subprocess
+
+    import imageio_ffmpeg
+
+    rotated = tmp_path / "rotated.mp4"
+    done = subprocess.run(
+        [
+            imageio_ffmpeg.get_ffmpeg_exe(),
+            "-y",
+            "-loglevel",
+            "error",
+            "-display_rotation",
+            "90",
+            "-i",
+            str(bikes),
+            "-frames:v",
+            "40",
+            "-c",
+            "copy",
+            str(rotated),
+        ],
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip("this ffmpeg cannot set -display_rotation")
+    frames = {}
+    for backend in BACKENDS:
+        source = open_video(rotated, backend=backend)
+        assert (source.height, source.width) == (640, 272), backend
+        frames[backend] = source.read(5)
+    upright = open_video(bikes).read(5)
+    # display rotation 90 = counter-clockwise: np.rot90 with k=1
+    for backend, frame in frames.items():
+        assert np.abs(frame.astype(np.int16) - np.rot90(upright)).mean() < 0.5, backend
+
+
+def test_errors_corrupt_videos(tmp_path: Path, bikes: Path) -> None:
+    text = tmp_path / "text.mp4"
+    text.write_text("this is not a video\n" * 20)
+    assert "cannot be opened" in raises_naming(text)
+
+    # bikes.mp4 keeps its index (moov) at the end: half the file cannot even be opened.
+    truncated = tmp_path / "truncated.mp4"
+    data = bikes.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    assert "ffmpeg -i" in raises_naming(truncated)
+
+    # With the index first (faststart) it opens, and fails where the data stops.
+    fast = remux(bikes, tmp_path / "fast.mp4", {"movflags": "faststart"})
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(fast.read_bytes()[: fast.stat().st_size // 2])
+    assert "truncated or corrupt" in raises_naming(cut)
+    # decord refuses it at open (it indexes every packet); the next reader takes over
+    assert open_video(cut).backend == "pyav"
+
+
+def test_auto_falls_back_when_decord_is_missing(
+    bikes: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name: str, *args: Any) -> Any:
+        return None if name in ("decord", "av") else real_find_spec(name, *args)
+
+    monkeypatch.setattr(_video_readers.importlib.util, "find_spec", find_spec)
+    assert open_video(bikes).backend == "opencv"
+    with pytest.raises(ConfigError, match="pip install decord"):
+        open_video(bikes, backend="decord")
