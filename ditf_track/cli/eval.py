@@ -2,7 +2,7 @@
 
 Pairs (SPair-71k, PF-PASCAL, AP-10K, HPatches) are scored with the pair matcher, videos (DAVIS,
 TAP-Vid, BADJA/JHMDB keypoints) with the tracker; every run but ``davis --pred`` writes a
-resumable run folder (:mod:`ditf_track.eval.runners`, :mod:`ditf_track.eval.tracking`).
+resumable run folder (:mod:`ditf_track.eval.runs`).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from ..errors import ConfigError, InputError
 from ..eval import correspondence as corr
 from ..eval.correspondence import AP10K_SUBSETS, SPAIR_SPLITS, CorrespondencePair
 from ..eval.davis_folders import evaluate_davis, write_davis_csvs, write_davis_json
-from ..eval.davis_runner import DavisRun, davis_sequences, open_davis_dir
 from ..eval.hpatches import MAX_KEYPOINTS, load_hpatches
-from ..eval.runners import DETECTORS, HPatchesEvaluation, PCKEvaluation, open_eval_dir
+from ..eval.runs.davis import DavisRun, davis_sequences, open_davis_dir
+from ..eval.runs.pairs import DETECTORS, HPatchesEvaluation, PCKEvaluation, open_eval_dir
 from ..outputs import RunDir, check_writable_file, listing_digest, refuse_input_overlap
 from ..progress import ProgressEvent
 from ._options import (
@@ -38,7 +38,7 @@ from ._options import (
 )
 
 if TYPE_CHECKING:
-    from ..eval.tracking import KeypointDataset
+    from ..eval.runs.points import KeypointDataset
 
 log = logging.getLogger("ditf_track")
 T = TypeVar("T")
@@ -604,7 +604,7 @@ def _add_keypoints(eval_sub: argparse._SubParsersAction) -> None:
 
 def _run_tapvid(args: argparse.Namespace) -> int:
     # scipy.io (0.3 s, JHMDB's .mat files) stays out of `ditf-track --help`.
-    from ..eval.tracking import TapVidEvaluation
+    from ..eval.runs.points import TapVidEvaluation
 
     if not args.data.exists():
         raise InputError(f"TAP-Vid path {args.data} does not exist; pass tapvid_davis.pkl")
@@ -651,7 +651,7 @@ def _run_tapvid(args: argparse.Namespace) -> int:
 
 def _run_keypoints(args: argparse.Namespace) -> int:
     # scipy.io (0.3 s, JHMDB's .mat files) stays out of `ditf-track --help`.
-    from ..eval.tracking import KeypointEvaluation, badja_videos, jhmdb_videos
+    from ..eval.runs.points import KeypointEvaluation, badja_videos, jhmdb_videos
 
     data: Path = args.data
     videos: list[Any]
