@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ditf_track.cache import feature_key
+from ditf_track.cache import FeatureCache, clip_key, feature_key
 from ditf_track.features import DiTFSettings
 
 SHAPE = (32, 8, 12)  # (C, h, w): 6144 B in bf16, 12288 B in float32
@@ -50,3 +50,16 @@ def nbytes(t: torch.Tensor) -> int:
 
 def feature_files(root: Path) -> list[Path]:
     return sorted((root / "features").glob("*.safetensors"))
+
+
+def populate(root: Path) -> tuple[int, int]:
+    with FeatureCache(root) as cache:
+        for i in range(3):
+            cache.put(key(i), frame(i, torch.float32))
+        cache.put_clip_meta(clip_key(identity(), VIDEO, SIZE), {"massive_channels": [1]})
+    text = root / "text"
+    text.mkdir()
+    (text / "prompt.safetensors").write_bytes(b"t" * 1234)
+    (root / "notes.txt").write_text("not the cache's")
+    (root / "features" / "README").write_text("not the cache's either")
+    return sum(p.stat().st_size for p in feature_files(root)), 1234

@@ -9,16 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from cache_helpers import SIZE, VIDEO, feature_files, frame, identity, key, nbytes
+from cache_helpers import frame, key, nbytes, populate
 
-from ditf_track import cli
 from ditf_track.cache import (
     FeatureCache,
     cache_info,
     cache_root,
     clear_cache,
-    clip_key,
-    format_size,
     text_cache_dir,
 )
 from ditf_track.errors import ConfigError
@@ -70,21 +67,10 @@ def test_stale_temp_files_are_removed_on_open(tmp_path: Path) -> None:
 
 
 # -- info / clear and the CLI ------------------------------------------------------------------
-def _populate(root: Path) -> tuple[int, int]:
-    with FeatureCache(root) as cache:
-        for i in range(3):
-            cache.put(key(i), frame(i, torch.float32))
-        cache.put_clip_meta(clip_key(identity(), VIDEO, SIZE), {"massive_channels": [1]})
-    text = root / "text"
-    text.mkdir()
-    (text / "prompt.safetensors").write_bytes(b"t" * 1234)
-    (root / "notes.txt").write_text("not the cache's")
-    (root / "features" / "README").write_text("not the cache's either")
-    return sum(p.stat().st_size for p in feature_files(root)), 1234
 
 
 def test_info_and_clear(tmp_path: Path) -> None:
-    feature_bytes, text_bytes = _populate(tmp_path)
+    feature_bytes, text_bytes = populate(tmp_path)
     info = cache_info(tmp_path)
     assert (info.feature_files, info.feature_bytes) == (3, feature_bytes)
     assert (info.clip_files, info.text_files, info.text_bytes) == (1, 1, text_bytes)
@@ -101,40 +87,3 @@ def test_info_and_clear(tmp_path: Path) -> None:
     assert (done.text_files, done.text_bytes, done.freed_bytes) == (1, text_bytes, text_bytes)
     assert clear_cache(tmp_path / "missing").freed_bytes == 0
     assert not (tmp_path / "missing").exists()
-
-
-def test_cli_cache_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    feature_bytes, text_bytes = _populate(tmp_path)
-    assert cli.main(["cache", "info", "--cache-dir", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    lines = {line.split("  ")[0]: line.split("  ", 1)[1].strip() for line in out.splitlines()}
-    assert lines["cache directory"] == str(tmp_path)
-    assert lines["feature files"] == f"3 ({format_size(feature_bytes)})"
-    assert lines["clip metadata files"] == "1"
-    assert lines["text embedding files"] == f"1 ({format_size(text_bytes)})"
-    assert lines["disk budget (features)"] == "50.0 GB"
-
-
-def test_cli_cache_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    feature_bytes, text_bytes = _populate(tmp_path)
-    assert cli.main(["cache", "clear", "--cache-dir", str(tmp_path)]) == 0
-    out = capsys.readouterr().out.strip()
-    assert out == (
-        f"freed {format_size(feature_bytes)}: 3 feature files ({format_size(feature_bytes)}), "
-        "1 clip metadata files"
-    )
-    assert feature_files(tmp_path) == []
-    assert cli.main(["cache", "clear", "--cache-dir", str(tmp_path), "--text"]) == 0
-    out = capsys.readouterr().out
-    assert f"1 text embedding files ({format_size(text_bytes)})" in out
-    assert cache_info(tmp_path).text_files == 0
-
-
-def test_cli_cache_default_dir_and_usage(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setenv("DITF_TRACK_CACHE", str(tmp_path))
-    assert cli.main(["cache", "info"]) == 0
-    assert str(tmp_path) in capsys.readouterr().out
-    assert cli.main(["cache"]) == 2
-    assert "info" in capsys.readouterr().out

@@ -3,18 +3,30 @@ job's output scored as it is. Each evaluator's own command-line cases are in its
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from cli_helpers import DOG, one_line_error, run, snapshot
 from PIL import Image
+from test_eval_davis_folders import EXACT, OFFICIAL_BINARY, STATS, official_global, tiny_case
 
 from ditf_track import cli, outputs
+from ditf_track.errors import InputError
+from ditf_track.eval.davis import (
+    METRIC_KEYS,
+    PER_SEQUENCE_COLUMNS,
+)
+from ditf_track.eval.davis_folders import (
+    evaluate_davis,
+)
 from ditf_track.masks import read_mask
+from ditf_track.testing.davis import save_palette_png
 
 
 @pytest.mark.faults
@@ -172,3 +184,147 @@ def test_track_output_scores_with_eval_davis(
     assert err.splitlines() == [err]
     assert "holds frame PNGs itself" in err
     assert err.endswith(f"pass --pred {preds}")
+
+
+def test_eval_cli(
+    spair_root: tuple[Path, list[dict[str, object]]],
+    tiny_model: Callable[..., Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root, _ = spair_root
+    out = tmp_path / "cli"
+    base = ["eval", "spair", "--data", str(root), "--out", str(out), "--long-side", "64"]
+    model = ["--model", str(tiny_model("flux")), "--family", "flux", "--t", "260", "--k", "3"]
+    ablation = ["--feature-mode", "original", "--device", "cpu", "--dtype", "float32"]
+    assert cli.main([*base, *model, *ablation, "--limit", "2"]) == 0
+    stdout = capsys.readouterr().out
+    assert "pck_per_point" in stdout
+    config = json.loads((out / "config.json").read_text())
+    assert config["fingerprint"]["matcher"]["extractor"]["feature_mode"] == "original"
+    assert json.loads((out / "metrics.json").read_text())["num_pairs"] == 2
+    # the rest of the pairs, resumed
+    assert cli.main([*base, *model, *ablation, "--resume"]) == 0
+    assert "resuming: 2 of 4 pairs already done" in capsys.readouterr().out
+    assert json.loads((out / "metrics.json").read_text())["num_pairs"] == 4
+    # a non-empty --out without --resume is one line on stderr
+    assert cli.main([*base, *model, *ablation]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "--resume" in err
+
+
+def test_eval_cli_lab_baseline(
+    pf_pascal_root: tuple[Path, list[list[str]]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    pytest.importorskip("ditf_track.lab", reason="the lab baseline is not merged yet")
+    root, _ = pf_pascal_root
+    out = tmp_path / "lab"
+    args = ["eval", "pf-pascal", "--data", str(root), "--out", str(out), "--preset", "lab"]
+    assert cli.main([*args, "--long-side", "128", "--device", "cpu"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_pairs"] == 3
+    assert 0.0 <= metrics["pck_per_point@0.10"] <= 1.0
+    assert "pck_per_point" in capsys.readouterr().out
+
+
+def test_cli_json_and_csv(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    davis = shared_data / "davis"
+    out_json = tmp_path / "metrics.json"
+    rc = cli.main(
+        [
+            "eval",
+            "davis",
+            "--pred",
+            str(davis / "Predictions" / "osvos" / "480p"),
+            "--gt",
+            str(davis / "Annotations" / "480p"),
+            "--sequences",
+            "dog,blackswan",
+            "--json",
+            str(out_json),
+            "--csv",
+            str(tmp_path / "csv"),
+            "--workers",
+            "1",
+        ]
+    )
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "Global results for val" in printed
+    assert "Per sequence results for val" in printed
+    assert "dog_1" in printed
+
+    expected_objects = {k: OFFICIAL_BINARY[k] for k in ("dog_1", "blackswan_1")}
+    metrics = json.loads(out_json.read_text())
+    assert list(metrics) == [*METRIC_KEYS, "sequences"]
+    for key, value in official_global(expected_objects).items():
+        assert metrics[key] == pytest.approx(value, abs=EXACT)
+    assert list(metrics["sequences"]) == ["dog", "blackswan"]
+    for seq, stats in metrics["sequences"].items():
+        official = OFFICIAL_BINARY[f"{seq}_1"]
+        assert list(stats) == list(METRIC_KEYS)
+        for key in STATS:
+            assert stats[key] == pytest.approx(official[key], abs=EXACT)
+        expected_jf = (official["J-Mean"] + official["F-Mean"]) / 2
+        assert stats["J&F-Mean"] == pytest.approx(expected_jf, abs=EXACT)
+
+    with (tmp_path / "csv" / "global_results-val.csv").open() as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == list(METRIC_KEYS)
+    assert len(rows) == 2
+    assert float(rows[1][0]) == pytest.approx(metrics["J&F-Mean"], abs=5e-4)
+    with (tmp_path / "csv" / "per-sequence_results-val.csv").open() as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == list(PER_SEQUENCE_COLUMNS)
+    assert [r[0] for r in rows[1:]] == ["dog_1", "blackswan_1"]
+    assert rows[1][1:] == [f"{OFFICIAL_BINARY['dog_1'][k]:.3f}" for k in ("J-Mean", "F-Mean")]
+
+
+def test_cli_help_describes_every_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["eval", "davis", "--help"])
+    text = capsys.readouterr().out
+    for option in ("--pred", "--gt", "--sequences", "--mode", "--json", "--csv", "--workers"):
+        assert option in text
+
+
+def test_id_above_object_count_names_the_frame(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pred, gt = tiny_case(tmp_path)
+    bad = np.zeros((12, 16), dtype=np.uint8)
+    bad[0, 0] = 2
+    save_palette_png(bad, pred / "seq" / "00002.png")
+    with pytest.raises(InputError, match=r"seq/00002\.png.*id 2.*1 object"):
+        evaluate_davis(pred, gt, workers=1)
+    rc = cli.main(["eval", "davis", "--pred", str(pred), "--gt", str(gt), "--workers", "2"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "00002.png" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_cli_set_names_the_csvs_and_bad_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pred, gt = tiny_case(tmp_path)
+    args = ["eval", "davis", "--pred", str(pred), "--gt", str(gt), "--workers", "1"]
+    assert cli.main([*args, "--set", "train", "--csv", str(tmp_path / "out")]) == 0
+    assert "Global results for train" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "global_results-train.csv",
+        "per-sequence_results-train.csv",
+    ]
+    (tmp_path / "val.txt").write_text("seq\n\n")
+    assert cli.main([*args, "--sequences", str(tmp_path / "val.txt")]) == 0
+    assert "seq_1" in capsys.readouterr().out
+    assert cli.main(["eval", "davis", "--pred", str(pred)]) == 1
+    assert "--pred needs --gt" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        cli.main([*args, "--workers", "0"])
+    assert exc.value.code == 2

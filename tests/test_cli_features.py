@@ -16,12 +16,8 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from ditf_track.export import extract_to_safetensors
 from ditf_track.extractor import DiTFExtractor
-from ditf_track.lab import LabExtractor
-from ditf_track.progress import ProgressEvent
 from ditf_track.testing import build_tiny_pipeline, plant_massive_channels
-from ditf_track.video import video_from_array
 
 DAVIS_DOG = "davis/JPEGImages/480p/dog"
 
@@ -91,21 +87,6 @@ def test_extract_frame_folder_and_video(
     assert code == 0
     assert load_file(str(video))["features"].shape[0] == 2
     assert metadata(video)["frame_names"] == ["00000", "00002"]
-
-
-def test_export_reports_progress_events(tmp_path: Path) -> None:
-    frames = np.random.default_rng(0).integers(0, 256, (3, 32, 48, 3), dtype=np.uint8)
-    events: list[ProgressEvent] = []
-    out = tmp_path / "lab.safetensors"
-    extract_to_safetensors(
-        LabExtractor(),
-        video_from_array(frames),
-        out,
-        size=(32, 48),
-        batch_size=2,
-        progress=events.append,
-    )
-    assert events == [ProgressEvent("extract", 2, 3), ProgressEvent("extract", 3, 3)]
 
 
 def test_inspect_finds_planted_channels(

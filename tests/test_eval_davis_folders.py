@@ -12,8 +12,6 @@ tests.
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 import stat
 from pathlib import Path
@@ -22,11 +20,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ditf_track import cli
 from ditf_track.errors import InputError, OutputError
 from ditf_track.eval.davis import (
     METRIC_KEYS,
-    PER_SEQUENCE_COLUMNS,
     DavisResult,
     evaluate_sequence,
 )
@@ -134,7 +130,7 @@ OFFICIAL_MULTI_CSV = (
 EXACT = 1e-12
 
 
-def _official_global(objects: dict[str, dict[str, float]]) -> dict[str, float]:
+def official_global(objects: dict[str, dict[str, float]]) -> dict[str, float]:
     """evaluation_method.py's global row: np.mean of the per-object lists."""
     out = {k: float(np.mean([o[k] for o in objects.values()])) for k in STATS}
     return {"J&F-Mean": (out["J-Mean"] + out["F-Mean"]) / 2.0, **out}
@@ -162,7 +158,7 @@ def osvos_binary(shared_data: Path) -> DavisResult:
 def test_osvos_binary_matches_official(osvos_binary: DavisResult) -> None:
     assert osvos_binary.mode == "binary"  # picked from the {0, 255} ground truth
     _assert_objects(osvos_binary, OFFICIAL_BINARY)
-    expected = _official_global(OFFICIAL_BINARY)
+    expected = official_global(OFFICIAL_BINARY)
     got = osvos_binary.metrics()
     for key in METRIC_KEYS:
         assert got[key] == pytest.approx(expected[key], abs=EXACT), key
@@ -262,69 +258,6 @@ def test_read_label_png_equals_pil_values(shared_data: Path, tmp_path: Path) -> 
 # ----------------------------------------------------------------------------- CLI
 
 
-def test_cli_json_and_csv(
-    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    davis = shared_data / "davis"
-    out_json = tmp_path / "metrics.json"
-    rc = cli.main(
-        [
-            "eval",
-            "davis",
-            "--pred",
-            str(davis / "Predictions" / "osvos" / "480p"),
-            "--gt",
-            str(davis / "Annotations" / "480p"),
-            "--sequences",
-            "dog,blackswan",
-            "--json",
-            str(out_json),
-            "--csv",
-            str(tmp_path / "csv"),
-            "--workers",
-            "1",
-        ]
-    )
-    assert rc == 0
-    printed = capsys.readouterr().out
-    assert "Global results for val" in printed
-    assert "Per sequence results for val" in printed
-    assert "dog_1" in printed
-
-    expected_objects = {k: OFFICIAL_BINARY[k] for k in ("dog_1", "blackswan_1")}
-    metrics = json.loads(out_json.read_text())
-    assert list(metrics) == [*METRIC_KEYS, "sequences"]
-    for key, value in _official_global(expected_objects).items():
-        assert metrics[key] == pytest.approx(value, abs=EXACT)
-    assert list(metrics["sequences"]) == ["dog", "blackswan"]
-    for seq, stats in metrics["sequences"].items():
-        official = OFFICIAL_BINARY[f"{seq}_1"]
-        assert list(stats) == list(METRIC_KEYS)
-        for key in STATS:
-            assert stats[key] == pytest.approx(official[key], abs=EXACT)
-        expected_jf = (official["J-Mean"] + official["F-Mean"]) / 2
-        assert stats["J&F-Mean"] == pytest.approx(expected_jf, abs=EXACT)
-
-    with (tmp_path / "csv" / "global_results-val.csv").open() as fh:
-        rows = list(csv.reader(fh))
-    assert rows[0] == list(METRIC_KEYS)
-    assert len(rows) == 2
-    assert float(rows[1][0]) == pytest.approx(metrics["J&F-Mean"], abs=5e-4)
-    with (tmp_path / "csv" / "per-sequence_results-val.csv").open() as fh:
-        rows = list(csv.reader(fh))
-    assert rows[0] == list(PER_SEQUENCE_COLUMNS)
-    assert [r[0] for r in rows[1:]] == ["dog_1", "blackswan_1"]
-    assert rows[1][1:] == [f"{OFFICIAL_BINARY['dog_1'][k]:.3f}" for k in ("J-Mean", "F-Mean")]
-
-
-def test_cli_help_describes_every_option(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit):
-        cli.main(["eval", "davis", "--help"])
-    text = capsys.readouterr().out
-    for option in ("--pred", "--gt", "--sequences", "--mode", "--json", "--csv", "--workers"):
-        assert option in text
-
-
 # ----------------------------------------------------------------------------- errors
 
 
@@ -334,7 +267,7 @@ def _write_sequence(root: Path, name: str, frames: list[np.ndarray]) -> Path:
     return root
 
 
-def _tiny_case(tmp_path: Path, n_frames: int = 5) -> tuple[Path, Path]:
+def tiny_case(tmp_path: Path, n_frames: int = 5) -> tuple[Path, Path]:
     gt_frame = np.zeros((12, 16), dtype=np.uint8)
     gt_frame[3:8, 4:10] = 1
     gt = _write_sequence(tmp_path / "gt", "seq", [gt_frame] * n_frames)
@@ -343,31 +276,15 @@ def _tiny_case(tmp_path: Path, n_frames: int = 5) -> tuple[Path, Path]:
 
 
 def test_tiny_case_scores_one(tmp_path: Path) -> None:
-    pred, gt = _tiny_case(tmp_path)
+    pred, gt = tiny_case(tmp_path)
     result = evaluate_davis(pred, gt, workers=1)
     assert result.mode == "multi"
     assert result.sequences[0].frames == ("00001", "00002", "00003")
     assert result.metrics()["J&F-Mean"] == 1.0
 
 
-def test_id_above_object_count_names_the_frame(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    pred, gt = _tiny_case(tmp_path)
-    bad = np.zeros((12, 16), dtype=np.uint8)
-    bad[0, 0] = 2
-    save_palette_png(bad, pred / "seq" / "00002.png")
-    with pytest.raises(InputError, match=r"seq/00002\.png.*id 2.*1 object"):
-        evaluate_davis(pred, gt, workers=1)
-    rc = cli.main(["eval", "davis", "--pred", str(pred), "--gt", str(gt), "--workers", "2"])
-    err = capsys.readouterr().err
-    assert rc == 1
-    assert "00002.png" in err
-    assert len(err.strip().splitlines()) == 1
-
-
 def test_missing_prediction_frame(tmp_path: Path) -> None:
-    pred, gt = _tiny_case(tmp_path)
+    pred, gt = tiny_case(tmp_path)
     (pred / "seq" / "00003.png").unlink()
     with pytest.raises(InputError, match=r"00003\.png is missing"):
         evaluate_davis(pred, gt)
@@ -378,14 +295,14 @@ def test_missing_prediction_frame(tmp_path: Path) -> None:
 
 
 def test_size_mismatch(tmp_path: Path) -> None:
-    pred, gt = _tiny_case(tmp_path)
+    pred, gt = tiny_case(tmp_path)
     save_palette_png(np.zeros((12, 15), np.uint8), pred / "seq" / "00001.png")
     with pytest.raises(InputError, match=r"00001\.png is 15x12 but its ground truth is 16x12"):
         evaluate_davis(pred, gt, workers=1)
 
 
 def test_unknown_or_missing_sequence(tmp_path: Path) -> None:
-    pred, gt = _tiny_case(tmp_path)
+    pred, gt = tiny_case(tmp_path)
     with pytest.raises(InputError, match=r"'cat' is not in the ground truth.*seq"):
         evaluate_davis(pred, gt, sequences=["seq", "cat"])
     _write_sequence(gt, "other", [np.ones((4, 4), np.uint8)] * 3)
@@ -394,7 +311,7 @@ def test_unknown_or_missing_sequence(tmp_path: Path) -> None:
 
 
 def test_unreadable_mask_kinds(tmp_path: Path) -> None:
-    pred, gt = _tiny_case(tmp_path)
+    pred, gt = tiny_case(tmp_path)
     Image.new("RGB", (16, 12)).save(pred / "seq" / "00001.png")
     with pytest.raises(InputError, match="is a RGB image"):
         evaluate_davis(pred, gt, workers=1)
@@ -404,7 +321,7 @@ def test_unreadable_mask_kinds(tmp_path: Path) -> None:
 
 
 def test_too_few_frames(tmp_path: Path) -> None:
-    pred, gt = _tiny_case(tmp_path, n_frames=2)
+    pred, gt = tiny_case(tmp_path, n_frames=2)
     with pytest.raises(InputError, match="at least 3"):
         evaluate_davis(pred, gt)
 
@@ -427,24 +344,3 @@ def test_binary_mode_and_mixed_styles(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="mixes DAVIS-2016 binary"):
         evaluate_davis(pred, gt)
     assert evaluate_davis(pred, gt, mode="binary", workers=1).metrics()["J&F-Mean"] == 1.0
-
-
-def test_cli_set_names_the_csvs_and_bad_options(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    pred, gt = _tiny_case(tmp_path)
-    args = ["eval", "davis", "--pred", str(pred), "--gt", str(gt), "--workers", "1"]
-    assert cli.main([*args, "--set", "train", "--csv", str(tmp_path / "out")]) == 0
-    assert "Global results for train" in capsys.readouterr().out
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "global_results-train.csv",
-        "per-sequence_results-train.csv",
-    ]
-    (tmp_path / "val.txt").write_text("seq\n\n")
-    assert cli.main([*args, "--sequences", str(tmp_path / "val.txt")]) == 0
-    assert "seq_1" in capsys.readouterr().out
-    assert cli.main(["eval", "davis", "--pred", str(pred)]) == 1
-    assert "--pred needs --gt" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exc:
-        cli.main([*args, "--workers", "0"])
-    assert exc.value.code == 2

@@ -20,7 +20,6 @@ import pytest
 import test_eval_correspondence as tec
 import test_eval_hpatches as teh
 
-from ditf_track import cli
 from ditf_track.errors import ConfigError, OutputError
 from ditf_track.eval.correspondence import (
     load_ap10k_pairs,
@@ -245,47 +244,3 @@ def test_detect_keypoints(hpatches_root: tuple[Path, dict[str, list[np.ndarray]]
         assert np.all((kp >= -0.5) & (kp <= np.array(rgb.shape[:2]) - 0.5))
     with pytest.raises(ConfigError, match="unknown detector"):
         detect_keypoints(rgb, "superpoint")  # type: ignore[arg-type]
-
-
-def test_eval_cli(
-    spair_root: tuple[Path, list[dict[str, object]]],
-    tiny_model: Callable[..., Path],
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    root, _ = spair_root
-    out = tmp_path / "cli"
-    base = ["eval", "spair", "--data", str(root), "--out", str(out), "--long-side", "64"]
-    model = ["--model", str(tiny_model("flux")), "--family", "flux", "--t", "260", "--k", "3"]
-    ablation = ["--feature-mode", "original", "--device", "cpu", "--dtype", "float32"]
-    assert cli.main([*base, *model, *ablation, "--limit", "2"]) == 0
-    stdout = capsys.readouterr().out
-    assert "pck_per_point" in stdout
-    config = json.loads((out / "config.json").read_text())
-    assert config["fingerprint"]["matcher"]["extractor"]["feature_mode"] == "original"
-    assert json.loads((out / "metrics.json").read_text())["num_pairs"] == 2
-    # the rest of the pairs, resumed
-    assert cli.main([*base, *model, *ablation, "--resume"]) == 0
-    assert "resuming: 2 of 4 pairs already done" in capsys.readouterr().out
-    assert json.loads((out / "metrics.json").read_text())["num_pairs"] == 4
-    # a non-empty --out without --resume is one line on stderr
-    assert cli.main([*base, *model, *ablation]) == 1
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1
-    assert "--resume" in err
-
-
-def test_eval_cli_lab_baseline(
-    pf_pascal_root: tuple[Path, list[list[str]]],
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    pytest.importorskip("ditf_track.lab", reason="the lab baseline is not merged yet")
-    root, _ = pf_pascal_root
-    out = tmp_path / "lab"
-    args = ["eval", "pf-pascal", "--data", str(root), "--out", str(out), "--preset", "lab"]
-    assert cli.main([*args, "--long-side", "128", "--device", "cpu"]) == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["num_pairs"] == 3
-    assert 0.0 <= metrics["pck_per_point@0.10"] <= 1.0
-    assert "pck_per_point" in capsys.readouterr().out

@@ -5,13 +5,17 @@ from __future__ import annotations
 import fnmatch
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from ditf_track.errors import OutputError
-from ditf_track.export import StreamingSafetensorsWriter
+from ditf_track.export import StreamingSafetensorsWriter, extract_to_safetensors
+from ditf_track.lab import LabExtractor
 from ditf_track.outputs import TEMP_PATTERN
+from ditf_track.progress import ProgressEvent
+from ditf_track.video import video_from_array
 
 
 def test_streaming_writer_appears_only_when_complete(tmp_path: Path) -> None:
@@ -60,3 +64,18 @@ def test_streaming_writer_rename_failure_is_one_line(
     with pytest.raises(OutputError, match=r"cannot write features file .*No space left"):
         writer.close()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_export_reports_progress_events(tmp_path: Path) -> None:
+    frames = np.random.default_rng(0).integers(0, 256, (3, 32, 48, 3), dtype=np.uint8)
+    events: list[ProgressEvent] = []
+    out = tmp_path / "lab.safetensors"
+    extract_to_safetensors(
+        LabExtractor(),
+        video_from_array(frames),
+        out,
+        size=(32, 48),
+        batch_size=2,
+        progress=events.append,
+    )
+    assert events == [ProgressEvent("extract", 2, 3), ProgressEvent("extract", 3, 3)]
