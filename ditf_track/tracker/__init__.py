@@ -226,22 +226,25 @@ class Tracker:
         *,
         extractor: FeatureExtractor | None = None,
         cache: FeatureCache | None = None,
+        warn: Callable[[str], None] | None = None,
     ) -> Tracker:
         """The tracker ``config`` describes: its extractor, feature cache and settings.
 
         ``extractor`` and ``cache`` reuse those of an earlier tracker built from the same
         ``config.features`` and ``config.runtime`` (a front end that changed only propagation
-        settings keeps its loaded model and cached features).
+        settings keeps its loaded model and cached features). ``warn`` is told, in one line, of
+        settings the new extractor has no use for (see
+        :func:`~ditf_track.extractor.extractor_from_config`).
         """
         from ..extractor import extractor_from_config
 
         features, runtime = config.features, config.runtime
         if extractor is None:
-            extractor = extractor_from_config(features, "video", runtime)
+            extractor = extractor_from_config(features, "video", runtime, warn=warn)
         if cache is None:
             cache = FeatureCache(
                 cache_root(runtime.cache_dir) if runtime.disk_cache else None,
-                device=getattr(extractor, "device", "cpu"),
+                device=extractor.device,
             )
         return cls(
             extractor,
@@ -844,7 +847,7 @@ def tracker_config(tracker: Tracker, state: TrackerState) -> dict[str, Any]:
         "grid": list(state.grid),
         "massive_channels": list(state.massive_channels or ()),
         # The resolved device (e.g. "cpu" for lab whatever --device said, "cuda:0").
-        "device": str(getattr(tracker.extractor, "device", "cpu")),
+        "device": str(tracker.extractor.device),
         "extractor": tracker.extractor.identity(),
         "propagation": {
             "n_context": tracker.params.n_context,
