@@ -13,7 +13,9 @@ The data path, in the order one call follows it — ``Tracker.propagate(state)``
     → PNGs                     masks.py: write_mask (DAVIS palette), as cli/track.py does
 
 :class:`Tracker` ties them together (SAM2's shape: a tracker, an explicit state, propagation
-as a generator), and the CLI, the napari plugin and the evaluators all consume its generator.
+as a generator), and the CLI, the napari plugin and the evaluators all consume its generator:
+``tracker/__init__.py`` holds it, ``tracker/schedule.py`` says which frames are propagated from
+which annotation in which order, ``tracker/clip_features.py`` keys one clip's features.
 """
 
 from ._version import __version__

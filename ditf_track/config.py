@@ -87,19 +87,17 @@ class FeatureConfig:
         if self.short_side is not None and self.short_side < 1:
             raise ConfigError(f"short side {self.short_side} must be a positive number of pixels")
 
-    @property
-    def is_lab(self) -> bool:
-        """The weight-free colour baseline (no model, no DiTF settings)."""
-        return self.preset is not None and load_preset(self.preset).family == "lab"
-
     def overrides(self) -> dict[str, Any]:
         """The DiTF settings given, by name (the rest are the preset's)."""
         return {n: getattr(self, n) for n in SETTING_OVERRIDES if getattr(self, n) is not None}
 
     def unused(self) -> str | None:
-        """A one-line warning when settings are given that the chosen extractor has no use for."""
-        if self.is_lab and (self.model is not None or self.overrides()):
-            return "the lab preset has no model or DiTF settings; ignoring them"
+        """A one-line warning when settings are given that the chosen extractor has no use for
+        (a weight-free preset takes no model nor DiTF settings)."""
+        if self.preset is None or not load_preset(self.preset).weight_free:
+            return None
+        if self.model is not None or self.overrides():
+            return f"the {self.preset} preset has no model or DiTF settings; ignoring them"
         return None
 
     def resolved_short_side(self, task: Task = "video") -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -96,7 +96,7 @@ class DiTFExtractor:
         ``model`` replaces the preset's hub id with another id or a local folder (same family).
         """
         preset = load_preset(name) if isinstance(name, str) else name
-        if preset.family == "lab":
+        if preset.weight_free:
             raise ConfigError("the lab preset is not a DiT; use build_extractor('lab')")
         task_settings = preset.task(task)
         fields = {
@@ -321,14 +321,15 @@ def build_extractor(
 ) -> FeatureExtractor:
     """An extractor from a preset name, or from ``model`` + ``family`` (+ ``t``, ``k``).
 
-    ``preset="lab"`` gives the weight-free colour baseline. With ``model`` and a preset, the
+    ``preset="lab"`` gives the weight-free colour baseline (the one place that builds it; it
+    takes no model nor DiTF settings, and ignores them). With ``model`` and a preset, the
     preset's settings are used on that model (its family must match).
     """
     if preset is None and model is None:
         raise ConfigError("give a preset (--preset) or a model and its family (--model --family)")
     if preset is not None:
         p = load_preset(preset)
-        if p.family == "lab":
+        if p.weight_free:
             from .lab import LabExtractor
 
             return LabExtractor(device=device)
@@ -345,18 +346,23 @@ def build_extractor(
 
 
 def extractor_from_config(
-    features: FeatureConfig, task: Task = "video", runtime: Runtime | None = None
+    features: FeatureConfig,
+    task: Task = "video",
+    runtime: Runtime | None = None,
+    *,
+    warn: Callable[[str], None] | None = None,
 ) -> FeatureExtractor:
     """The extractor a :class:`~ditf_track.config.FeatureConfig` describes, for ``task``.
 
-    The lab preset takes no model nor DiTF settings: they are dropped (``features.unused()``
-    says so in one line, for the front end to show).
+    A weight-free preset (``lab``) takes no model nor DiTF settings: they are dropped, and
+    ``warn`` (a front end's ``log.warning``, say) is told so in one line (``features.unused()``).
     """
     from .config import Runtime
 
     run = runtime or Runtime()
-    if features.is_lab:
-        return build_extractor(features.preset, task, device=run.device)
+    unused = features.unused()
+    if unused is not None and warn is not None:
+        warn(unused)
     return build_extractor(
         features.preset,
         task,

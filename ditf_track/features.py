@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ConfigError
+from .presets import check_t_k
 
 FeatureMode = Literal["original", "adaln", "adaln+discard"]
 DiscardStage = Literal["post_adaln", "pre_norm"]
@@ -77,10 +78,7 @@ class DiTFSettings:
     upsample: int = 1
 
     def __post_init__(self) -> None:
-        if not 0 <= self.t < 1000:
-            raise ConfigError(f"timestep t={self.t} is outside [0, 1000); pick t in 0..999")
-        if self.k < 0:
-            raise ConfigError(f"block index k={self.k} is negative; pick k >= 0")
+        check_t_k(self.t, self.k, self.ensemble)
         if self.condition not in CONDITION_MODES:
             raise ConfigError(
                 f"unknown condition mode {self.condition!r}; use one of {CONDITION_MODES}"
@@ -93,8 +91,6 @@ class DiTFSettings:
             raise ConfigError(
                 f"unknown discard stage {self.discard_stage!r}; use one of {DISCARD_STAGES}"
             )
-        if self.ensemble < 1:
-            raise ConfigError(f"ensemble={self.ensemble} must be at least 1")
         if self.upsample < 1:
             raise ConfigError(f"upsample={self.upsample} must be at least 1")
 
@@ -224,9 +220,14 @@ class FeatureExtractor(Protocol):
     and returns maps of ``(H/stride, W/stride)`` cells. ``massive_channels`` fixes the discarded
     channels (found on the first frames of a clip, then held); ``None`` finds them on this batch.
     ``identity()`` lists everything that changes the features, for cache keys and config.json.
+    ``device`` is where the maps come back (the feature cache keeps them there; config.json
+    records it): every extractor has one, so no caller asks which kind of extractor it holds.
     """
 
     stride: int
+
+    @property
+    def device(self) -> torch.device: ...
 
     def identity(self) -> dict[str, Any]: ...
 

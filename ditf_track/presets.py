@@ -35,6 +35,18 @@ DEFAULT_SIDE = 960
 SizeField = Literal["image_size", "pair_long_side", "short_side"]
 
 
+def check_t_k(t: int, k: int, ensemble: int = 1) -> None:
+    """The DiTF timestep ``t`` in [0, 1000), block index ``k`` ≥ 0 and ensemble size ≥ 1: the
+    one check behind a preset's :class:`TaskSettings` and :class:`~ditf_track.features.DiTFSettings`
+    (whatever the front end)."""
+    if not 0 <= t < 1000:
+        raise ConfigError(f"timestep t={t} is outside [0, 1000); pick t in 0..999")
+    if k < 0:
+        raise ConfigError(f"block index k={k} is negative; pick k >= 0")
+    if ensemble < 1:
+        raise ConfigError(f"ensemble={ensemble} must be at least 1")
+
+
 @dataclass(frozen=True)
 class TaskSettings:
     """DiTF settings for one task.
@@ -56,12 +68,7 @@ class TaskSettings:
     short_side: int | None = None
 
     def __post_init__(self) -> None:
-        if not 0 <= self.t < 1000:
-            raise ConfigError(f"timestep t={self.t} is outside [0, 1000); pick t in 0..999")
-        if self.k < 0:
-            raise ConfigError(f"block index k={self.k} is negative; pick k >= 0")
-        if self.ensemble < 1:
-            raise ConfigError(f"ensemble={self.ensemble} must be at least 1")
+        check_t_k(self.t, self.k, self.ensemble)
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,12 @@ class Preset:
     resources: Resources
     correspondence: TaskSettings
     video: TaskSettings
+
+    @property
+    def weight_free(self) -> bool:
+        """The colour baseline (``lab``): no model to load, no DiTF settings, not a DiT. The one
+        place that tells it apart; :func:`~ditf_track.extractor.build_extractor` branches on it."""
+        return self.family == "lab"
 
     def task(self, task: Task) -> TaskSettings:
         """The settings for ``"correspondence"`` or ``"video"``."""

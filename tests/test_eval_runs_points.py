@@ -150,8 +150,8 @@ def test_keypoints_runner_on_badja_dog(
     assert code == 0
     assert "badja (query points): 1 videos, 17 queried keypoints" in stdout
     metrics = json.loads((tmp_path / "b/metrics.json").read_text())
-    # the same tracks as tests/test_points.py's lab run: 17 of 174 joints
-    assert metrics["PCK@0.2"] == pytest.approx(12 / 174)  # as test_points measures with lab
+    # the same tracks as tests/test_tracker.py's lab run: 17 of 174 joints
+    assert metrics["PCK@0.2"] == pytest.approx(12 / 174)  # as test_tracker measures with lab
     assert metrics["num_videos"] == 1
     with np.load(tmp_path / "b/tracks/dog.npz") as npz:
         assert npz["tracks"].shape == (53, 17, 2)  # frames 00003 … 00055

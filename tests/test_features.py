@@ -1,10 +1,6 @@
-"""DiTF math and the extractor: massive channels found and discarded, seeds, ensemble, cache."""
+"""DiTF math: massive-activation statistics, AdaLN modulation, channel discard."""
 
 from __future__ import annotations
-
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -12,8 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ditf_track.errors import ConfigError, DeviceError, InputError
-from ditf_track.extractor import DiTFExtractor, build_extractor
+from ditf_track.errors import ConfigError
 from ditf_track.features import (
     DiscardRule,
     DiTFSettings,
@@ -22,17 +17,7 @@ from ditf_track.features import (
     find_massive_channels,
     massive_activation_stats,
 )
-from ditf_track.testing import build_tiny_pipeline, plant_massive_channels
-
-IMAGES = np.random.RandomState(0).randint(0, 256, (2, 64, 96, 3), dtype=np.uint8)
-
-
-def mean_patch_cosine(maps: torch.Tensor) -> float:
-    """Mean cosine similarity between different cells of ``(N, C, h, w)`` maps (first image)."""
-    v = torch.nn.functional.normalize(maps[0].flatten(1).T.float(), dim=1)
-    sim = v @ v.T
-    n = sim.shape[0]
-    return float((sim.sum() - sim.diagonal().sum()) / (n * n - n))
+from ditf_track.presets import TaskSettings, check_t_k
 
 
 def test_massive_activation_stats_by_hand() -> None:
@@ -74,175 +59,22 @@ def test_discard_channels_copies() -> None:
     assert discard_channels(x, ()) is x
 
 
-def dog_frame(shared: Path) -> np.ndarray:
-    from PIL import Image
-
-    frame = Image.open(shared / "davis/JPEGImages/480p/dog/00000.jpg")
-    frame = frame.convert("RGB").resize((96, 64))
-    return np.asarray(frame).copy()[None]
-
-
-@pytest.mark.parametrize("tiny", ["pixart", "sd3", "sd3.5", "flux"])
-def test_planted_massive_channels_are_found_and_zeroed(
-    tmp_path: Path, tiny_model: Callable[..., Path], tiny: str, shared_data: Path
+@pytest.mark.parametrize(
+    ("t", "k", "ensemble", "message"),
+    [
+        (1000, 1, 1, "timestep t=1000 is outside [0, 1000); pick t in 0..999"),
+        (-1, 1, 1, "timestep t=-1 is outside [0, 1000); pick t in 0..999"),
+        (10, -1, 1, "block index k=-1 is negative; pick k >= 0"),
+        (10, 1, 0, "ensemble=0 must be at least 1"),
+    ],
+)
+def test_t_k_and_ensemble_are_checked_once_for_presets_and_settings(
+    t: int, k: int, ensemble: int, message: str
 ) -> None:
-    family = {"sd3.5": "sd3"}.get(tiny, tiny)
-    image = dog_frame(shared_data)
-    clean = DiTFExtractor.from_pretrained(tiny_model(tiny), family=family, t=100, k=3)
-    assert clean.extract(image).discarded_channels == ()
-    planted = plant_massive_channels(build_tiny_pipeline(tiny, tmp_path / tiny), (3, 11), 400.0)
-    maps = {
-        (mode, stage): DiTFExtractor.from_pretrained(
-            planted, family=family, t=100, k=3, feature_mode=mode, discard_stage=stage
-        ).extract(image)
-        for mode, stage in [
-            ("original", "post_adaln"),
-            ("adaln", "post_adaln"),
-            ("adaln+discard", "post_adaln"),
-            ("adaln+discard", "pre_norm"),
-        ]
-    }
-    for stage in ("post_adaln", "pre_norm"):
-        assert maps["adaln+discard", stage].discarded_channels == (3, 11)
-    assert maps["adaln", "post_adaln"].discarded_channels == ()
-    post = maps["adaln+discard", "post_adaln"]
-    assert post.stats is not None
-    assert post.stats.max_ratio[3] > 100
-    assert post.features[:, [3, 11]].abs().max() == 0
-    assert post.features[:, 5].abs().max() > 0
-    norms = post.features.float().norm(dim=1)
-    torch.testing.assert_close(norms, torch.ones_like(norms))
-    # One shared direction dominates the raw feature; zeroing the planted channels before the
-    # LayerNorm (the official code's stage) brings back the patches' own geometry.
-    original = mean_patch_cosine(maps["original", "post_adaln"].features)
-    assert original > 0.999
-    assert mean_patch_cosine(maps["adaln+discard", "pre_norm"].features) < original - 0.015
-
-
-def test_post_adaln_discard_on_heavy_tailed_planted_model(
-    tmp_path: Path, shared_data: Path
-) -> None:
-    """The paper's stage, on a planted model whose LayerNorm the planted channels don't dominate.
-
-    With a narrow random model's Gaussian background, any channel at 100× the median dominates
-    the LayerNorm variance, which real DiT maps (heavy-tailed, 1152–3072 channels) do not; the
-    planted content channels restore that, and the post-AdaLN discard then lowers the mean
-    patch cosine as the paper reports.
-    """
-    folder = plant_massive_channels(
-        build_tiny_pipeline("flux", tmp_path / "flux"),
-        channels=(3, 11),
-        value=150.0,
-        content_channels=(0, 1, 2, 4, 5, 6, 7, 8),
-        content_gain=300.0,
-    )
-    image = dog_frame(shared_data)
-    original = DiTFExtractor.from_pretrained(
-        folder, family="flux", t=100, k=3, feature_mode="original"
-    ).extract(image)
-    ditf = DiTFExtractor.from_pretrained(folder, family="flux", t=100, k=3).extract(image)
-    assert ditf.discarded_channels == (3, 11)
-    assert mean_patch_cosine(ditf.features) < mean_patch_cosine(original.features) - 0.1
-
-
-def test_seed_and_ensemble(tiny_model: Callable[..., Path]) -> None:
-    folder = tiny_model("sd3")
-    make = lambda **kw: DiTFExtractor.from_pretrained(folder, family="sd3", t=400, k=2, **kw)  # noqa: E731
-    a, b = make(seed=0).extract(IMAGES), make(seed=0).extract(IMAGES)
-    torch.testing.assert_close(a.features, b.features, rtol=0, atol=0)
-    c = make(seed=1).extract(IMAGES)
-    assert (a.features - c.features).abs().max() > 1e-3
-    # a frame's features do not depend on the other frames of the batch
-    single = make(seed=0).extract(IMAGES[1:])
-    torch.testing.assert_close(single.features[0], a.features[1], rtol=1e-5, atol=1e-5)
-    # ensemble=2 averages the raw z of draws seed and seed + stride before the LayerNorm
-    ens = make(seed=0, ensemble=2, feature_mode="original")
-    z_ens = ens.capture(IMAGES).z
-    z0 = make(seed=0, feature_mode="original").capture(IMAGES).z
-    z1 = make(seed=1_000_003, feature_mode="original").capture(IMAGES).z
-    torch.testing.assert_close(z_ens, (z0 + z1) / 2, rtol=1e-5, atol=1e-5)
-
-
-def test_text_cache_hit_loads_no_text_encoder(
-    tiny_model: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    folder = tiny_model("flux")
-    first = DiTFExtractor.from_pretrained(
-        folder, family="flux", t=90, k=2, prompt="a photo of a image", cache_dir=tmp_path
-    )
-    assert first.backbone.conditioner is not None
-    assert first.backbone.conditioner.encoder_loads == 1
-    cached = list((tmp_path / "text").glob("*.safetensors"))
-    assert len(cached) == 1
-
-    import diffusers
-
-    def no_pipeline(*args: Any, **kwargs: Any) -> None:
-        raise AssertionError("a text encoder was loaded on a cache hit")
-
-    monkeypatch.setattr(diffusers.FluxPipeline, "from_pretrained", no_pipeline)
-    second = DiTFExtractor.from_pretrained(
-        folder, family="flux", t=90, k=2, prompt="a photo of a image", cache_dir=tmp_path
-    )
-    assert second.backbone.conditioner is not None
-    assert second.backbone.conditioner.encoder_loads == 0
-    torch.testing.assert_close(second.extract(IMAGES).features, first.extract(IMAGES).features)
-    # another prompt misses the cache
-    with pytest.raises(AssertionError, match="text encoder was loaded"):
-        DiTFExtractor.from_pretrained(
-            folder, family="flux", t=90, k=2, prompt="a dog", cache_dir=tmp_path
-        )
-    # a corrupt cache file is re-encoded, not trusted
-    monkeypatch.undo()
-    cached[0].write_bytes(b"garbage")
-    third = DiTFExtractor.from_pretrained(
-        folder, family="flux", t=90, k=2, prompt="a photo of a image", cache_dir=tmp_path
-    )
-    assert third.backbone.conditioner is not None
-    assert third.backbone.conditioner.encoder_loads == 1
-
-
-def test_upsampled_maps(tiny_model: Callable[..., Path]) -> None:
-    ex = DiTFExtractor.from_pretrained(
-        tiny_model("pixart"), family="pixart", t=141, k=1, upsample=4
-    )
-    maps = ex.extract(IMAGES)
-    assert maps.features.shape[-2:] == (16, 24)
-    assert maps.stride == 4
-    norms = maps.features.float().norm(dim=1)
-    torch.testing.assert_close(norms, torch.ones_like(norms))
-
-
-def test_extractor_errors(tiny_model: Callable[..., Path]) -> None:
-    folder = tiny_model("pixart")
-    with pytest.raises(ConfigError, match="unknown preset"):
-        build_extractor("nope")
-    with pytest.raises(ConfigError, match="condition mode 'c'"):
-        DiTFExtractor.from_pretrained(folder, family="pixart", t=141, k=1, condition="c")
-    with pytest.raises(ConfigError, match=r"k=40 is out of range"):
-        DiTFExtractor.from_pretrained(folder, family="pixart", t=141, k=40)
-    with pytest.raises(ConfigError, match="t=1000"):
-        DiTFSettings(t=1000, k=1)
-    with pytest.raises(ConfigError, match="needs --family"):
-        build_extractor(model=folder)
-    if not torch.cuda.is_available():
-        with pytest.raises(DeviceError, match="CUDA is not available"):
-            DiTFExtractor.from_pretrained(folder, family="pixart", t=141, k=1, device="cuda")
-    ex = DiTFExtractor.from_pretrained(folder, family="pixart", t=141, k=1)
-    with pytest.raises(InputError, match="multiple of the token stride 16"):
-        ex.extract(np.zeros((1, 60, 96, 3), np.uint8))
-    with pytest.raises(InputError, match="uint8"):
-        ex.extract(np.zeros((1, 64, 96, 3), np.float32))
-
-
-def test_preset_on_a_local_folder(tiny_model: Callable[..., Path]) -> None:
-    ex = DiTFExtractor.from_preset("flux", "video", model=tiny_model("flux"), k=3)
-    ident = ex.identity()
-    assert (ident["t"], ident["k"], ident["prompt"], ident["guidance"]) == (
-        90,
-        3,
-        "a photo of a image",
-        3.5,
-    )
-    assert ident["preset"] == "flux"
-    assert ex.extract(IMAGES).features.shape == (2, 32, 4, 6)
+    """A preset's task settings and the extractor's settings refuse the same values with the
+    same line: one check (:func:`~ditf_track.presets.check_t_k`) behind both."""
+    for make in (check_t_k, TaskSettings, DiTFSettings):
+        with pytest.raises(ConfigError) as caught:
+            make(t=t, k=k, ensemble=ensemble)
+        assert str(caught.value) == message, make
+    assert TaskSettings(t=999, k=0).t == DiTFSettings(t=999, k=0).t == 999  # bounds are valid

@@ -188,7 +188,7 @@ def _pytest_without_data(tmp_path: Path, ci: bool) -> subprocess.CompletedProces
     env["DITF_SHARED_DATA"] = str(tmp_path / "no-data")
     if ci:
         env["CI"] = "true"
-    args = ["tests/test_features.py", "-k", "planted", "-q", "-p", "no:cacheprovider"]
+    args = ["tests/test_extractor.py", "-k", "planted", "-q", "-p", "no:cacheprovider"]
     return subprocess.run(
         [sys.executable, "-m", "pytest", *args],
         cwd=REPO_ROOT,

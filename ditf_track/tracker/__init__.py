@@ -10,9 +10,10 @@ propagation from the nearest annotated frame before it — that frame and the fr
 since are the context — and frames before the first annotation are filled by propagating
 backward from it. A segment depends on nothing before its annotated frame, so a correction on
 frame j changes only frames j up to the next annotation, and a re-run recomputes only the
-segments whose annotation changed. Features come from the state's
-:class:`~ditf_track.clip_features.ClipFeatures` (keys, massive channels, the cache) and are
-extracted in batches only when missing. :meth:`Tracker.from_config` builds a tracker from a
+segments whose annotation changed (which frames, from which annotation, in which order:
+:mod:`~ditf_track.tracker.schedule`). Features come from the state's
+:class:`~ditf_track.tracker.clip_features.ClipFeatures` (keys, massive channels, the cache) and
+are extracted in batches only when missing. :meth:`Tracker.from_config` builds a tracker from a
 :class:`~ditf_track.config.TrackerConfig`, as every front end does.
 
 Points (:meth:`Tracker.add_points`) are tracked from their own query frame, forward and
@@ -40,9 +41,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .cache import FeatureCache, cache_root
-from .clip_features import ClipFeatures
-from .config import (
+from ..cache import FeatureCache, cache_root
+from ..config import (
     POINTS_MODES,
     FeatureConfig,
     LabelMode,
@@ -52,14 +52,14 @@ from .config import (
     check_points_mode,
     check_tracker_settings,
 )
-from .coords import frame_to_grid, grid_to_frame
-from .errors import ConfigError, InputError
-from .features import FeatureExtractor
-from .images import Interpolation, model_input_size
-from .masks import VOID_ID, LabelMask, labels_to_grid, read_mask, small_objects
-from .presets import DEFAULT_PRESET, DEFAULT_SIDE
-from .progress import Progress, ProgressEvent
-from .propagate import (
+from ..coords import frame_to_grid, grid_to_frame
+from ..errors import ConfigError, InputError
+from ..features import FeatureExtractor
+from ..images import Interpolation, model_input_size
+from ..masks import VOID_ID, LabelMask, labels_to_grid, read_mask, small_objects
+from ..presets import DEFAULT_PRESET, DEFAULT_SIDE
+from ..progress import Progress, ProgressEvent
+from ..propagate import (
     PointEstimate,
     PointParams,
     PropagationParams,
@@ -69,8 +69,10 @@ from .propagate import (
     track_heatmaps,
     track_query_points,
 )
-from .propagate.search import Neighbours, NeighbourSearch, PreparedContext
-from .video import VideoSource, open_video
+from ..propagate.search import Neighbours, NeighbourSearch, PreparedContext
+from ..video import VideoSource, open_video
+from .clip_features import ClipFeatures
+from .schedule import Schedule, governing_anchor, plan_run
 
 
 class SmallObjectWarning(UserWarning):
@@ -224,22 +226,25 @@ class Tracker:
         *,
         extractor: FeatureExtractor | None = None,
         cache: FeatureCache | None = None,
+        warn: Callable[[str], None] | None = None,
     ) -> Tracker:
         """The tracker ``config`` describes: its extractor, feature cache and settings.
 
         ``extractor`` and ``cache`` reuse those of an earlier tracker built from the same
         ``config.features`` and ``config.runtime`` (a front end that changed only propagation
-        settings keeps its loaded model and cached features).
+        settings keeps its loaded model and cached features). ``warn`` is told, in one line, of
+        settings the new extractor has no use for (see
+        :func:`~ditf_track.extractor.extractor_from_config`).
         """
-        from .extractor import extractor_from_config
+        from ..extractor import extractor_from_config
 
         features, runtime = config.features, config.runtime
         if extractor is None:
-            extractor = extractor_from_config(features, "video", runtime)
+            extractor = extractor_from_config(features, "video", runtime, warn=warn)
         if cache is None:
             cache = FeatureCache(
                 cache_root(runtime.cache_dir) if runtime.disk_cache else None,
-                device=getattr(extractor, "device", "cpu"),
+                device=extractor.device,
             )
         return cls(
             extractor,
@@ -527,20 +532,6 @@ class Tracker:
         return self._clip(state).massive_channels
 
     # -- propagation -------------------------------------------------------------------------
-    def _plan(self, state: TrackerState) -> list[tuple[int, list[int], bool]]:
-        """Stale mask segments: (annotated frame, frames in propagation order, backward?)."""
-        if not state.annotations:
-            return []
-        anchors = sorted(state.annotations)
-        plan: list[tuple[int, list[int], bool]] = []
-        if state.backward_dirty and anchors[0] > 0:
-            plan.append((anchors[0], list(range(anchors[0] - 1, -1, -1)), True))
-        for i, anchor in enumerate(anchors):
-            if anchor in state.dirty:
-                stop = anchors[i + 1] if i + 1 < len(anchors) else state.num_frames
-                plan.append((anchor, list(range(anchor + 1, stop)), False))
-        return plan
-
     def pending_frames(
         self, state: TrackerState, *, points_mode: PointsMode | None = None
     ) -> list[int]:
@@ -553,31 +544,22 @@ class Tracker:
         """
         mode = self.points_mode if points_mode is None else points_mode
         check_points_mode(mode)
-        _, mask_order, extra, _ = self._schedule(state, mode)
-        return [*mask_order, *extra]
+        return self._schedule(state, mode).frames
 
-    def _schedule(
-        self, state: TrackerState, mode: str
-    ) -> tuple[list[tuple[int, list[int], bool]], list[int], list[int], bool]:
-        """(stale mask segments, their frames in order, frames only points need, points stale?)."""
-        plan = self._plan(state)
+    def _schedule(self, state: TrackerState, mode: str) -> Schedule:
+        """The next run's :class:`~ditf_track.tracker.schedule.Schedule` for ``state``."""
         points_stale = bool(state.point_queries) and (
             state.tracks_key != self._points_key(state, mode)
             or len(state.tracks) < state.num_frames
         )
-        mask_order = [
-            f for anchor, frames, back in plan for f in ([*frames] if back else [anchor, *frames])
-        ]
-        extra: list[int] = []
-        if points_stale:
-            first_query = min(q[0] for q in state.point_queries.values())
-            in_masks = set(mask_order)
-            extra = [
-                f
-                for f in [*range(first_query - 1, -1, -1), *range(first_query, state.num_frames)]
-                if f not in in_masks
-            ]
-        return plan, mask_order, extra, points_stale
+        return plan_run(
+            sorted(state.annotations),
+            state.dirty,
+            state.backward_dirty,
+            state.num_frames,
+            first_query=min((q[0] for q in state.point_queries.values()), default=None),
+            points_stale=points_stale,
+        )
 
     @torch.inference_mode()
     def propagate(
@@ -609,16 +591,15 @@ class Tracker:
                 "no frame is annotated and no point is added; add a mask (--mask FIRST.png) or "
                 "points (--points POINTS.csv) before tracking"
             )
-        plan, mask_order, extra, points_stale = self._schedule(state, mode)
+        schedule = self._schedule(state, mode)
+        points_stale = schedule.points_stale
         emit = progress or (lambda _event: None)
         points_key = self._points_key(state, mode)
         if points_stale:
             state.tracks.clear()
             state.tracks_key = None
-        needed = list(dict.fromkeys(f for anchor, frames, _ in plan for f in (anchor, *frames)))
-        if points_stale:
-            needed = list(dict.fromkeys([*needed, *extra, *range(state.num_frames)]))
-        propagate_total, propagate_done = len(mask_order) + len(extra), 0
+        needed = schedule.feature_frames()
+        propagate_total, propagate_done = len(schedule.frames), 0
         clip = self._clip(state)
         bootstrap = clip.known_channels() is None
         missing = clip.missing(needed)
@@ -663,7 +644,7 @@ class Tracker:
             return result
 
         names = state.frame_names
-        for anchor, frames, backward in plan:
+        for anchor, frames, backward in schedule.segments:
             ann = state.annotations[anchor]
             reference = feats(anchor)
             reference_labels = torch.from_numpy(
@@ -696,7 +677,7 @@ class Tracker:
                 state.backward_dirty = False
             else:
                 state.dirty.discard(anchor)
-        for frame_idx in extra:
+        for frame_idx in schedule.point_frames:
             result = with_points(
                 FrameResult(
                     frame_idx,
@@ -720,11 +701,8 @@ class Tracker:
 
     def _object_ids_at(self, state: TrackerState, frame_idx: int) -> tuple[int, ...]:
         """Object ids of the annotation whose segment holds ``frame_idx`` (() without masks)."""
-        if not state.annotations:
-            return ()
-        anchors = sorted(state.annotations)
-        governing = [a for a in anchors if a <= frame_idx]
-        return state.annotations[governing[-1] if governing else anchors[0]].object_ids
+        anchor = governing_anchor(sorted(state.annotations), frame_idx)
+        return () if anchor is None else state.annotations[anchor].object_ids
 
     def _check_frame(self, state: TrackerState, frame_idx: int) -> None:
         if not 0 <= frame_idx < state.num_frames:
@@ -855,7 +833,7 @@ def tracker_config(tracker: Tracker, state: TrackerState) -> dict[str, Any]:
     import diffusers
     import transformers
 
-    from ._version import __version__
+    from .._version import __version__
 
     return {
         "ditf_track": __version__,
@@ -869,7 +847,7 @@ def tracker_config(tracker: Tracker, state: TrackerState) -> dict[str, Any]:
         "grid": list(state.grid),
         "massive_channels": list(state.massive_channels or ()),
         # The resolved device (e.g. "cpu" for lab whatever --device said, "cuda:0").
-        "device": str(getattr(tracker.extractor, "device", "cpu")),
+        "device": str(tracker.extractor.device),
         "extractor": tracker.extractor.identity(),
         "propagation": {
             "n_context": tracker.params.n_context,
@@ -893,6 +871,7 @@ def tracker_config(tracker: Tracker, state: TrackerState) -> dict[str, Any]:
 
 __all__ = [
     "POINTS_MODES",
+    "ClipFeatures",
     "FrameResult",
     "PointsMode",
     "ProgressEvent",
