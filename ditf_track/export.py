@@ -129,7 +129,7 @@ def extract_to_safetensors(
 
     The tensor ``features`` is ``(T, C, h, w)`` in the extractor's dtype; the metadata entry
     ``ditf_track`` (JSON) holds the frame names, sizes, the massive channels (``massive_channels``
-    if given — a video's come from :class:`~ditf_track.clip_features.ClipFeatures`, frame 0 —
+    if given — a video's come from :class:`~ditf_track.tracker.ClipFeatures`, frame 0 —
     else those found on the first batch; held for every frame) and the extractor's identity.
     ``progress`` gets an ``extract`` :class:`~ditf_track.progress.ProgressEvent` after each batch.
     """

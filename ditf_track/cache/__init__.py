@@ -9,7 +9,7 @@
   ``~/.cache/ditf-track``) and its layout (``features/``, ``clips/``, ``text/``),
   :func:`cache_info`, :func:`clear_cache`.
 
-Use (what :class:`~ditf_track.clip_features.ClipFeatures` does, in short)::
+Use (what :class:`~ditf_track.tracker.ClipFeatures` does, in short)::
 
     cache = FeatureCache(cache_root(cache_dir), device=device, disk_budget="50GB")
     ident, video = extractor.identity(), source.content_hash()

@@ -141,17 +141,9 @@ def runtime(args: argparse.Namespace) -> Runtime:
     )
 
 
-def _warn_unused(features: FeatureConfig) -> None:
-    unused = features.unused()
-    if unused is not None:
-        log.warning(unused)
-
-
 def extractor_from_args(args: argparse.Namespace, task: Task) -> FeatureExtractor:
     """The extractor the model options describe (a DiTFExtractor or the lab baseline)."""
-    features = feature_config(args)
-    _warn_unused(features)
-    return extractor_from_config(features, task, runtime(args))
+    return extractor_from_config(feature_config(args), task, runtime(args), warn=log.warning)
 
 
 # -- the tracker: track and the video evaluations ---------------------------------------------
@@ -292,9 +284,8 @@ def tracker_config(
 
 
 def build_tracker(config: TrackerConfig) -> Tracker:
-    """:meth:`Tracker.from_config`, saying first which given settings it has no use for."""
-    _warn_unused(config.features)
-    return Tracker.from_config(config)
+    """:meth:`Tracker.from_config`, which says in the log which given settings it has no use for."""
+    return Tracker.from_config(config, warn=log.warning)
 
 
 def tracker_from_args(

@@ -10,7 +10,6 @@ from typing import cast
 import numpy as np
 from tqdm import tqdm
 
-from ..clip_features import ClipFeatures
 from ..config import DEFAULT_TRACKER_BATCH
 from ..errors import ConfigError, OutputError
 from ..export import extract_to_safetensors, input_size_for, open_input
@@ -18,7 +17,8 @@ from ..extractor import DiTFExtractor
 from ..images import model_input_size, read_image, resize_image
 from ..inspect import INSPECT_FILES, inspect_features
 from ..outputs import RunDir, check_writable_file, refuse_input_overlap
-from ..presets import SizeField, Task, preset_size
+from ..presets import SizeField, Task, load_preset, preset_size
+from ..tracker import ClipFeatures
 from ..video import VideoSource
 from ._options import add_model_options, extractor_from_args, feature_config, positive_int
 
@@ -120,7 +120,7 @@ def add_inspect(sub: argparse._SubParsersAction) -> None:
 
 def run_inspect(args: argparse.Namespace) -> int:
     image = read_image(args.image)
-    if feature_config(args).is_lab:  # before --out is opened: every other preset is a DiT
+    if args.preset is not None and load_preset(args.preset).weight_free:  # before --out opens
         raise ConfigError("inspect needs a DiT (the lab preset has no block features)")
     run_dir = RunDir(
         args.out,

@@ -193,10 +193,7 @@ class TrackingSession:
             return Tracker.from_config(
                 config, extractor=self.tracker.extractor, cache=self.tracker.cache
             )
-        unused = config.features.unused()
-        if unused is not None:
-            notices.append(Notice("warning", unused))
-        return Tracker.from_config(config)
+        return Tracker.from_config(config, warn=lambda m: notices.append(Notice("warning", m)))
 
     def prepare(self, request: RunRequest, notices: list[Notice]) -> tuple[Tracker, bool]:
         """Bring tracker and state up to date with ``request``; True if the state is new."""
