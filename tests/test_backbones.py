@@ -377,3 +377,20 @@ def test_text_embedding_store_failure_warns_and_continues(
     assert "could not store the text embedding in the cache folder" in warnings[0]
     assert "No space left on device" in warnings[0]
     assert list((tmp_path / "text").iterdir()) == [], "a partial file was left behind"
+
+
+@pytest.mark.faults
+def test_cache_dir_that_is_a_file_fails_before_loading(
+    tiny_model: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import diffusers
+
+    def no_pipeline(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(diffusers.FluxPipeline, "from_pretrained", no_pipeline)
+    not_a_folder = tmp_path / "cache"
+    not_a_folder.write_text("my notes")
+    with pytest.raises(ConfigError, match=r"cache folder .*cache is a file, not a folder"):
+        load_flux(tiny_model("flux"), not_a_folder)
+    assert not_a_folder.read_text() == "my notes"

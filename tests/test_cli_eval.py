@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import test_eval_correspondence
 from cli_helpers import DOG, one_line_error, run, snapshot
 from PIL import Image
 from test_eval_davis_folders import EXACT, OFFICIAL_BINARY, STATS, official_global, tiny_case
@@ -43,6 +44,10 @@ def test_eval_help_names_what_the_runs_write(capsys: pytest.CaptureFixture[str])
         assert f"finished {items} are not recomputed" in text, benchmark
         assert f"only the first N {items}" in text, benchmark
         assert log in text, benchmark
+
+
+spair_root = test_eval_correspondence.spair_root
+pf_pascal_root = test_eval_correspondence.pf_pascal_root
 
 
 def jhmdb_layout(shared_data: Path, root: Path) -> Path:

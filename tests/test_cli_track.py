@@ -20,7 +20,7 @@ from typing import Any
 import cli_helpers
 import numpy as np
 import pytest
-import test_media_faults
+import test_video_readers
 import torch
 from cli_helpers import DOG, DOG_MASK, LAB, davis_args, one_line_error, run, snapshot
 from PIL import Image
@@ -879,7 +879,7 @@ def test_sigkilled_run_resumes_byte_identical(
 
 
 # -- media and devices (faults) ----------------------------------------------------------
-damaged = test_media_faults.damaged
+damaged = test_video_readers.damaged
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from ditf_track import LabExtractor, Tracker, open_video
 from ditf_track.config import FeatureConfig, TrackerConfig
 from ditf_track.coords import frame_to_grid, frame_to_model, grid_to_frame
 from ditf_track.errors import ConfigError, InputError
@@ -22,13 +23,12 @@ from ditf_track.eval.davis import evaluate_sequence
 from ditf_track.eval.keypoints import BadjaFrame, badja_pck, load_badja
 from ditf_track.features import FeatureMaps
 from ditf_track.images import model_input_size, read_image
-from ditf_track.lab import LabExtractor
 from ditf_track.masks import read_mask
 from ditf_track.propagate import (
     PointParams,
     PropagationParams,
 )
-from ditf_track.tracker import ProgressEvent, SmallObjectWarning, Tracker, TrackerState
+from ditf_track.tracker import ProgressEvent, SmallObjectWarning, TrackerState
 from ditf_track.video import resize_frames, video_from_array
 
 CLIPS = ["blackswan", "car-shadow", "dog", "motocross-jump", "bmx-trees"]
@@ -585,3 +585,53 @@ def test_points_only_run_from_preset_with_progress(shared_data: Path) -> None:
     extract = [e for e in events if e.phase == "extract"]
     assert extract[-1].done == extract[-1].total == 6  # frame 0 (fixes the channels) counts
     assert tracker.identity()["points_mode"] == "heatmap"
+
+
+def test_pending_frames_on_an_array_source(shared_data: Path) -> None:
+    davis = shared_data / "davis"
+    with open_video(davis / "JPEGImages/480p/blackswan", end=8) as disk:
+        frames = disk.read_batch(range(8))
+    gt = [read_mask(davis / f"Annotations/480p/blackswan/{i:05d}.png").labels for i in range(8)]
+    tracker = Tracker(LabExtractor(), short_side=160, params=PropagationParams(n_context=3))
+    state = tracker.init_state(video_from_array(frames, name="blackswan"))
+    assert tracker.pending_frames(state) == []  # nothing annotated: nothing to yield
+    tracker.add_mask(state, 2, gt[2])
+    # backward fill first (1, 0), then the forward segment from the annotation
+    assert tracker.pending_frames(state) == [1, 0, 2, 3, 4, 5, 6, 7]
+    assert [r.frame_idx for r in tracker.propagate(state)] == [1, 0, 2, 3, 4, 5, 6, 7]
+    assert tracker.pending_frames(state) == []
+    tracker.add_mask(state, 5, gt[5])
+    assert tracker.pending_frames(state) == [5, 6, 7]
+    stream = tracker.propagate(state)
+    next(stream)
+    stream.close()  # stopped after frame 5: the segment stays pending as a whole
+    assert tracker.pending_frames(state) == [5, 6, 7]
+    # the same frames read from disk give the same masks
+    disk_state = tracker.init_state(davis / "JPEGImages/480p/blackswan", end=8)
+    tracker.add_mask(disk_state, 2, gt[2])
+    tracker.add_mask(disk_state, 5, gt[5])
+    list(tracker.propagate(disk_state))
+    list(tracker.propagate(state))
+    for i in range(8):
+        np.testing.assert_array_equal(state.masks[i], disk_state.masks[i])
+
+
+def test_pending_frames_with_points(shared_data: Path) -> None:
+    davis = shared_data / "davis"
+    gt = read_mask(davis / "Annotations/480p/blackswan/00002.png").labels
+    tracker = Tracker(LabExtractor(), short_side=160, params=PropagationParams(n_context=3))
+    state = tracker.init_state(davis / "JPEGImages/480p/blackswan", end=6)
+    tracker.add_mask(state, 2, gt)
+    tracker.add_points(state, 3, [[200.0, 400.0]])
+    # the mask segments cover every frame: the points need no frame of their own
+    assert tracker.pending_frames(state) == [1, 0, 2, 3, 4, 5]
+    assert [r.frame_idx for r in tracker.propagate(state)] == [1, 0, 2, 3, 4, 5]
+    assert tracker.pending_frames(state) == []
+    # new points only: every frame, backward from the first query frame, then forward
+    tracker.add_points(state, 4, [[100.0, 100.0]], ids=[7])
+    assert tracker.pending_frames(state) == [2, 1, 0, 3, 4, 5]
+    assert tracker.pending_frames(state, points_mode="heatmap") == [2, 1, 0, 3, 4, 5]
+    assert [r.frame_idx for r in tracker.propagate(state)] == [2, 1, 0, 3, 4, 5]
+    assert tracker.pending_frames(state) == []
+    # another mode makes the tracks stale again
+    assert tracker.pending_frames(state, points_mode="heatmap") == [2, 1, 0, 3, 4, 5]

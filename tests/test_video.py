@@ -1,32 +1,26 @@
-"""video → frames: folders and video files, ranges, streaming, errors, sizing, overlay.
+"""video → frames (video.py): folders and video files, ranges, streaming, content hashes, errors.
 
 The readers behind ``open_video`` are tested in test_video_readers.py.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from PIL import Image
 
 from ditf_track.errors import ConfigError, InputError
-from ditf_track.images import image_size, model_input_size, read_image, resize_image
-from ditf_track.masks import DAVIS_PALETTE, read_mask
+from ditf_track.images import read_image
 from ditf_track.video import (
     Backend,
-    FramePoints,
     natural_sort_key,
     open_video,
-    resize_frames,
-    write_overlay_video,
+    video_from_array,
 )
 
 BACKENDS: list[Backend] = ["decord", "pyav", "opencv"]  # test_video_readers.py
@@ -216,132 +210,19 @@ def test_errors_folder_sizes_and_duplicates(tmp_path: Path) -> None:
 # ---- images -------------------------------------------------------------------------------------
 
 
-def test_read_image_exif_orientation_and_errors(tmp_path: Path) -> None:
-    pixels = np.zeros((20, 40, 3), np.uint8)
-    pixels[:, :20] = 255  # left half white
-    exif = Image.Exif()
-    exif[0x0112] = 6  # stored pixels must be rotated 90° clockwise for display
-    path = tmp_path / "phone.jpg"
-    Image.fromarray(pixels).save(path, exif=exif, quality=95)
-    image = read_image(path)
-    assert image.shape == (40, 20, 3)
-    assert image_size(path) == (40, 20)
-    assert image[:20].mean() > 200
-    assert image[20:].mean() < 50
-
-    broken = tmp_path / "broken.jpg"
-    broken.write_bytes(path.read_bytes()[:200])
-    with pytest.raises(InputError, match=r"broken\.jpg"):
-        read_image(broken)
-    with pytest.raises(InputError, match="does not exist"):
-        read_image(tmp_path / "nope.png")
-
-
-def test_resize_area_and_frames() -> None:
-    image = np.arange(16, dtype=np.uint8).reshape(4, 4) * 10
-    small = resize_image(image, (2, 2))  # area: exact 2×2 block means
-    np.testing.assert_array_equal(small, [[25, 45], [105, 125]])
-    frames = np.random.default_rng(0).integers(0, 256, (3, 48, 64, 3), dtype=np.uint8)
-    out = resize_frames(frames, (32, 48))
-    assert out.shape == (3, 32, 48, 3)
-    assert out.dtype == np.uint8
-    constant = np.full((2, 30, 50, 3), 77, np.uint8)
-    assert (resize_frames(constant, (64, 96)) == 77).all()  # enlarging: bilinear
-
-
 # ---- model input size -------------------------------------------------------------------------
-
-
-def test_model_input_size_reference_protocols() -> None:
-    assert model_input_size(480, 854, short_side=960) == (960, 1712)  # 1708 → nearest 16
-    # DINO eval_video_segmentation.py: short side 480, long side floored to a multiple of 64
-    assert model_input_size(480, 854, short_side=480, long_multiple=64, rounding="floor") == (
-        480,
-        832,
-    )
-    # DiTF eval_davis.py: short side --img_size, long side floored to a multiple of 32
-    assert model_input_size(480, 854, short_side=960, long_multiple=32, rounding="floor") == (
-        960,
-        1696,
-    )
-    assert model_input_size(854, 480, short_side=960) == (1712, 960)  # portrait
-    assert model_input_size(1080, 1920, long_side=1024) == (576, 1024)
-    assert model_input_size(480, 854, square=768) == (768, 768)
-    assert model_input_size(480, 854) == (480, 848)
-    assert model_input_size(3, 1000, short_side=4) == (16, 1328)  # never 0
-    with pytest.raises(ConfigError):
-        model_input_size(480, 854, short_side=480, long_side=960)
-
-
-@settings(max_examples=200, deadline=None)
-@given(
-    h=st.integers(1, 4000),
-    w=st.integers(1, 4000),
-    target=st.integers(16, 2048),
-    multiple=st.sampled_from([8, 14, 16, 32, 64]),
-    which=st.sampled_from(["short_side", "long_side"]),
-)
-def test_model_input_size_properties(
-    h: int, w: int, target: int, multiple: int, which: str
-) -> None:
-    sides: dict[str, Any] = {which: target}
-    out_h, out_w = model_input_size(h, w, multiple=multiple, **sides)
-    assert out_h % multiple == 0
-    assert out_w % multiple == 0
-    assert out_h > 0
-    assert out_w > 0
-    scale = target / (min(h, w) if which == "short_side" else max(h, w))
-    for got, exact in ((out_h, h * scale), (out_w, w * scale)):
-        # nearest multiple: within half a stride, unless lifted to the minimum of one stride
-        assert abs(got - exact) <= multiple / 2 + 1e-9 or got == multiple
-    floor_h, floor_w = model_input_size(h, w, multiple=multiple, rounding="floor", **sides)
-    assert floor_h <= max(h * scale, multiple) + 1e-9
-    assert floor_w <= max(w * scale, multiple) + 1e-9
 
 
 # ---- overlay video ----------------------------------------------------------------------------
 
 
-WRITERS: list[Literal["pyav", "ffmpeg", "opencv"]] = ["pyav", "opencv"]
-if importlib.util.find_spec("imageio_ffmpeg") is not None:
-    WRITERS.append("ffmpeg")
-
-
-@pytest.mark.parametrize("writer", WRITERS)
-def test_overlay_video_round_trip(
-    tmp_path: Path, shared_data: Path, writer: Literal["pyav", "ffmpeg", "opencv"]
-) -> None:
-    source = open_video(shared_data / "davis" / "JPEGImages" / "480p" / "blackswan", end=6)
-    labels = read_mask(shared_data / "davis" / "Annotations" / "480p" / "blackswan" / "00000.png")
-    masks = [labels.labels, None, labels.labels[::2, ::2], None, None, labels.labels]
-    points = [
-        FramePoints(np.array([[100.0 + 5 * t, 200.0]]), np.array([True]), np.array([3]))
-        for t in range(6)
-    ]
-    out = write_overlay_video(
-        tmp_path / "sub" / "overlay.mp4",
-        iter(source),
-        masks,
-        None,
-        fps=12,
-        points=points,
-        writer=writer,
-    )
-    assert [p.name for p in out.parent.iterdir()] == ["overlay.mp4"]  # no temp file left
-    back = open_video(out)
-    assert (len(back), back.height, back.width) == (6, 480, 854)
-    assert back.fps == pytest.approx(12)
-    obj = labels.labels == 1
-    red = np.frombuffer(DAVIS_PALETTE, np.uint8)[3:6]  # id 1 = (128, 0, 0)
-    tinted, plain = back.read(0)[obj].mean(0), source.read(0)[obj].mean(0)
-    assert tinted[0] - plain[0] > 0.3 * (red[0] - plain[0])  # pulled towards red
-    np.testing.assert_allclose(back.read(1)[obj].mean(0), plain, atol=6)  # no mask on frame 1
-
-
-def test_overlay_errors_leave_no_file(tmp_path: Path) -> None:
-    frames = [np.zeros((32, 48, 3), np.uint8)] * 4
-    with pytest.raises(InputError, match="masks ran out"):
-        write_overlay_video(tmp_path / "o.mp4", frames, [None], None, fps=5, writer="opencv")
-    assert list(tmp_path.iterdir()) == []
-    with pytest.raises(InputError, match="no frames"):
-        write_overlay_video(tmp_path / "o.mp4", [], None, None, fps=5)
+def test_video_from_array_hash_follows_pixels() -> None:
+    frames = np.random.default_rng(0).integers(0, 255, (3, 8, 10, 3), dtype=np.uint8)
+    source = video_from_array(frames)
+    assert source.frame_names == ["00000", "00001", "00002"]
+    assert video_from_array(frames.copy()).content_hash() == source.content_hash()
+    changed = frames.copy()
+    changed[1, 4, 4, 0] ^= 1
+    assert video_from_array(changed).content_hash() != source.content_hash()
+    with pytest.raises(InputError, match="uint8"):
+        video_from_array(frames.astype(np.float32))

@@ -1,9 +1,11 @@
 """The video readers (decord, PyAV, OpenCV): sizes, pixels, seeks, containers, rotation, and
-the hand-over to the next reader when one is missing or fails."""
+the hand-over to the next reader when one is missing or fails, and damaged videos (the intact
+range reads, the damage is named)."""
 
 from __future__ import annotations
 
 import importlib.util
+import random
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ import pytest
 from test_video import BACKENDS, raises_naming, remux
 
 from ditf_track import _video_readers
-from ditf_track.errors import ConfigError
+from ditf_track.errors import ConfigError, InputError
 from ditf_track.video import Backend, open_video
 
 
@@ -158,3 +160,64 @@ def test_auto_falls_back_when_decord_is_missing(
     assert open_video(bikes).backend == "opencv"
     with pytest.raises(ConfigError, match="pip install decord"):
         open_video(bikes, backend="decord")
+
+
+def _damage(src: Path, dst: Path, first_packet: int, packets: int = 40) -> int:
+    """Copy ``src`` with random bytes over video packets ``first_packet..+packets`` (decode
+    order); returns the smallest frame index (display order) among them."""
+    av = pytest.importorskip("av")
+    data = bytearray(src.read_bytes())
+    with av.open(str(src)) as container:
+        stream = container.streams.video[0]
+        rate, base = stream.average_rate, stream.time_base
+        found = [(p.pos, p.size, p.pts) for p in container.demux(stream) if p.size]
+    rng = random.Random(0)
+    damaged = found[first_packet : first_packet + packets]
+    for pos, size, _ in damaged:
+        data[pos : pos + size] = bytes(rng.randrange(256) for _ in range(size))
+    dst.write_bytes(bytes(data))
+    return min(round(pts * base * rate) for _, _, pts in damaged)
+
+
+@pytest.fixture(scope="module")
+def damaged(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> tuple[Path, int]:
+    """bikes.mp4 damaged from packet 9 on: frames 0..8 intact, frame 9 the first lost."""
+    path = tmp_path_factory.mktemp("damaged") / "bikes.mp4"
+    first_bad = _damage(shared_data / "videos" / "bikes.mp4", path, first_packet=9)
+    assert first_bad == 9
+    return path, first_bad
+
+
+@pytest.mark.faults
+def test_intact_range_of_damaged_video_reads_and_damage_is_named(
+    damaged: tuple[Path, int], shared_data: Path
+) -> None:
+    path, first_bad = damaged
+    with open_video(shared_data / "videos" / "bikes.mp4", end=first_bad, backend="pyav") as ref:
+        expected = ref.read_batch(range(first_bad))
+    with open_video(path, end=first_bad) as source:  # decord fails here: falls back
+        np.testing.assert_array_equal(source.read_batch(range(first_bad)), expected)
+        assert source.backend == "pyav"
+    with (
+        open_video(path, end=first_bad + 3) as source,
+        pytest.raises(InputError, match=f"could not be decoded at frame {first_bad} of 250"),
+    ):
+        source.read_batch(range(first_bad + 3))
+
+
+@pytest.mark.faults
+def test_decord_failure_on_intact_frames_falls_back(
+    monkeypatch: pytest.MonkeyPatch, shared_data: Path
+) -> None:
+    """decord's read-ahead thread can fail on damage far beyond the frames asked for."""
+    decord = pytest.importorskip("decord")
+
+    def failing(self: object, indices: list[int]) -> None:
+        raise decord.DECORDError("Check failed: avcodec_send_packet Error sending packet")
+
+    monkeypatch.setattr(decord.VideoReader, "get_batch", failing)
+    with open_video(shared_data / "videos" / "bikes.mp4", end=8) as source:
+        frames = source.read_batch(range(8))
+        assert source.backend == "pyav"
+    with open_video(shared_data / "videos" / "bikes.mp4", end=8, backend="pyav") as ref:
+        np.testing.assert_array_equal(frames, ref.read_batch(range(8)))
