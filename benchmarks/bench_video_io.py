@@ -26,7 +26,8 @@ from _results import append_results, device_name
 
 from ditf_track.images import model_input_size
 from ditf_track.masks import labels_to_grid, read_mask
-from ditf_track.video import open_video, resize_frames, write_overlay_video
+from ditf_track.video import open_video, resize_frames
+from ditf_track.viz.overlay import write_overlay_video
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("DITF_SHARED_DATA", ROOT.parent / "shared" / "data"))

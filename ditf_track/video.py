@@ -40,21 +40,16 @@ from ._video_readers import (
 from .errors import ConfigError, InputError
 from .images import Interpolation, image_size, resize_image
 
-# Overlay videos are drawn in viz/overlay.py; their names stay importable from here.
-from .viz.overlay import FramePoints, write_overlay_video
-
 __all__ = [
     "FRAME_EXTENSIONS",
     "VIDEO_EXTENSIONS",
     "Backend",
     "FrameBatch",
-    "FramePoints",
     "VideoSource",
     "natural_sort_key",
     "open_video",
     "resize_frames",
     "video_from_array",
-    "write_overlay_video",
 ]
 
 log = logging.getLogger(__name__)

@@ -11,11 +11,8 @@ import pytest
 
 from ditf_track.errors import InputError
 from ditf_track.masks import DAVIS_PALETTE, read_mask
-from ditf_track.video import (
-    FramePoints,
-    open_video,
-    write_overlay_video,
-)
+from ditf_track.video import open_video
+from ditf_track.viz.overlay import FramePoints, write_overlay_video
 
 
 def test_overlay_is_h264_for_odd_sizes_with_the_core_install(
