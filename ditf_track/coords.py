@@ -83,6 +83,7 @@ __all__ = [
     "tapvid_tracks_to_points",
     "txy_to_points",
     "write_points_csv",
+    "write_tracks_npz",
 ]
 
 #: TAP-Vid is scored on 256×256 frames (co-tracker#4: "TAP-Vid benchmarks require evaluation
@@ -493,6 +494,15 @@ def write_points_csv(
     )
     with atomic_path(out, "points file") as tmp, tmp.open("x", encoding="utf-8") as f:
         f.write(buf.getvalue())
+    return out
+
+
+def write_tracks_npz(path: str | os.PathLike[str], **arrays: np.ndarray) -> Path:
+    """Track arrays as one ``.npz`` (TAP-Vid's names: ``tracks (N, T, 2)`` as (x, y),
+    ``occluded (N, T)``, plus what the caller adds), atomically (temp file, rename)."""
+    out = Path(path)
+    with atomic_path(out, "tracks file") as tmp, tmp.open("wb") as fh:
+        np.savez(fh, **arrays)  # type: ignore[arg-type]
     return out
 
 

@@ -9,7 +9,6 @@ everything (tracks files, ``config.json``) is written.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import re
 import warnings
 from dataclasses import dataclass
@@ -19,9 +18,15 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from .._atomic import atomic_path
 from ..config import TrackerConfig
-from ..coords import QueryPoints, flatten_tracks, read_points_csv, swap_xy, write_points_csv
+from ..coords import (
+    QueryPoints,
+    flatten_tracks,
+    read_points_csv,
+    swap_xy,
+    write_points_csv,
+    write_tracks_npz,
+)
 from ..errors import ConfigError, InputError, OutputError
 from ..masks import DAVIS_PALETTE, LabelMask, read_mask, require_objects, write_mask
 from ..outputs import (
@@ -33,7 +38,7 @@ from ..outputs import (
     to_json_safe,
 )
 from ..progress import ProgressEvent
-from ..tracker import Tracker, TrackerState
+from ..tracker import Tracker, TrackerState, run_facts
 from ..video import VideoSource, open_video
 from ..viz.overlay import FramePoints, write_overlay_video
 from ._options import add_tracker_options, build_tracker, tracker_config
@@ -339,24 +344,7 @@ def run_record(job: TrackJob, tracker: Tracker, state: TrackerState) -> dict[str
         "config": job.config.to_dict(),
         "masks": {str(f): str(p) for f, p in job.masks},
         "versions": environment_versions(),
-        "video": str(state.video.path),
-        "frames": state.num_frames,
-        "frame_size": list(state.frame_size),
-        "input_size": list(state.input_size),
-        "grid": list(state.grid),
-        "short_side": tracker.short_side,
-        "massive_channels": list(state.massive_channels or ()),
-        # The resolved device (e.g. "cpu" for lab whatever --device said, "cuda:0").
-        "device": str(getattr(tracker.extractor, "device", "cpu")),
-        "extractor": tracker.extractor.identity(),
-        "propagation": dataclasses.asdict(tracker.params),
-        "annotated_frames": sorted(state.annotations),
-        "object_ids": list(state.object_ids),
-        "points": {
-            "mode": job.config.points_mode,
-            "count": len(state.point_queries),
-            "query_frames": sorted({q[0] for q in state.point_queries.values()}),
-        },
+        **run_facts(tracker, state),
     }
     if job.points_file is not None:
         record["points_file"] = str(job.points_file)
@@ -401,15 +389,14 @@ def write_tracks(
     rows, flags = flatten_tracks(np.round(points, 3), visible, ids)
     write_points_csv(folder / "tracks.csv", rows.frame_idx, rows.points, rows.ids, flags)
     query_frames, query_yx = state.point_queries_array
-    with atomic_path(folder / "tracks.npz", "tracks file") as tmp, tmp.open("wb") as fh:
-        np.savez(
-            fh,
-            tracks=swap_xy(points.transpose(1, 0, 2)).astype(np.float32),
-            occluded=~visible.T,
-            ids=ids,
-            frame_names=np.asarray(state.frame_names),
-            query_points=np.column_stack([query_frames, query_yx]).astype(np.float32),
-        )
+    write_tracks_npz(
+        folder / "tracks.npz",
+        tracks=swap_xy(points.transpose(1, 0, 2)).astype(np.float32),
+        occluded=~visible.T,
+        ids=ids,
+        frame_names=np.asarray(state.frame_names),
+        query_points=np.column_stack([query_frames, query_yx]).astype(np.float32),
+    )
 
 
 def report(

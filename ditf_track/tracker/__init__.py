@@ -828,43 +828,28 @@ class _PointRun:
         return points, visible
 
 
-def tracker_config(tracker: Tracker, state: TrackerState) -> dict[str, Any]:
-    """The resolved options of a run, for ``config.json``."""
-    import diffusers
-    import transformers
-
-    from .._version import __version__
-
+def run_facts(tracker: Tracker, state: TrackerState) -> dict[str, Any]:
+    """What a run read and resolved, for its record (``config.json``, a DAVIS sequence's
+    ``run.json``): the clip, the model's identity and device, frame 0's massive channels, the
+    propagation settings, the annotations."""
     return {
-        "ditf_track": __version__,
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "transformers": transformers.__version__,
         "video": str(state.video.path),
         "frames": state.num_frames,
         "frame_size": list(state.frame_size),
         "input_size": list(state.input_size),
         "grid": list(state.grid),
+        "short_side": tracker.short_side,
         "massive_channels": list(state.massive_channels or ()),
         # The resolved device (e.g. "cpu" for lab whatever --device said, "cuda:0").
         "device": str(tracker.extractor.device),
         "extractor": tracker.extractor.identity(),
-        "propagation": {
-            "n_context": tracker.params.n_context,
-            "radius": tracker.params.radius,
-            "topk": tracker.params.topk,
-            "temperature": tracker.params.temperature,
-        },
-        "label_mode": tracker.label_mode,
-        "short_side": tracker.short_side,
-        "interpolation": tracker.interpolation,
+        "propagation": dataclasses.asdict(tracker.params),
         "annotated_frames": sorted(state.annotations),
         "object_ids": list(state.object_ids),
         "points": {
             "mode": tracker.points_mode,
             "count": len(state.point_queries),
             "query_frames": sorted({q[0] for q in state.point_queries.values()}),
-            "params": dataclasses.asdict(tracker.point_params),
         },
     }
 
@@ -878,5 +863,5 @@ __all__ = [
     "SmallObjectWarning",
     "Tracker",
     "TrackerState",
-    "tracker_config",
+    "run_facts",
 ]

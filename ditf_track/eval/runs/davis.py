@@ -24,9 +24,17 @@ from typing import Any
 
 from ...errors import InputError, OutputError
 from ...masks import DAVIS_PALETTE, write_mask
-from ...outputs import TEMP_PATTERN, TOOL, RunDir, is_run_record, listing_digest, write_json
+from ...outputs import (
+    TEMP_PATTERN,
+    TOOL,
+    RunDir,
+    environment_versions,
+    is_run_record,
+    listing_digest,
+    write_json,
+)
 from ...progress import Progress
-from ...tracker import Tracker, tracker_config
+from ...tracker import Tracker, run_facts
 from .._run import CONFIG_FILE, METRICS_FILE, ResumableRun
 from ..davis import DavisResult
 from ..davis_folders import evaluate_davis, write_davis_csvs, write_davis_json
@@ -222,7 +230,7 @@ class DavisRun(ResumableRun[str, SequenceOutcome]):
                 written += 1
         if written != state.num_frames:
             raise OutputError(f"sequence {name!r}: {written} of {state.num_frames} masks written")
-        record = {"tool": TOOL, **tracker_config(tracker, state)}
+        record = {"tool": TOOL, "versions": environment_versions(), **run_facts(tracker, state)}
         write_json(work / SEQUENCE_FILE, record, "sequence configuration")
         work.rename(self.out / name)
         return written

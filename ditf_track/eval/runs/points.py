@@ -37,8 +37,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..._atomic import atomic_path
-from ...coords import points_to_tapvid_queries, points_to_tapvid_tracks, swap_xy
+from ...coords import (
+    points_to_tapvid_queries,
+    points_to_tapvid_tracks,
+    swap_xy,
+    write_tracks_npz,
+)
 from ...errors import ConfigError, InputError
 from ...outputs import RunDir, listing_digest
 from ...tracker import Tracker
@@ -105,9 +109,7 @@ def track_queries(
 
 def _save_tracks(folder: Path, name: str, **arrays: np.ndarray) -> None:
     folder.mkdir(exist_ok=True)
-    safe = name.replace("/", "__")
-    with atomic_path(folder / f"{safe}.npz", "tracks file") as tmp, tmp.open("wb") as fh:
-        np.savez(fh, **arrays)  # type: ignore[arg-type]
+    write_tracks_npz(folder / f"{name.replace('/', '__')}.npz", **arrays)
 
 
 def _finite_mean(values: Iterable[float]) -> float | None:
