@@ -257,6 +257,10 @@ def add_point_options(
 
 def point_params(args: argparse.Namespace) -> PointParams:
     cycle = args.cycle_threshold
+    if args.redetect is not None and not 0 <= args.redetect <= 1:
+        raise ConfigError(
+            f"--redetect {args.redetect:g} must be a ratio in (0, 1], or 0 for no re-detection"
+        )
     radius = None if args.global_points else args.point_window
     redetect = None if args.global_points or not args.redetect else args.redetect
     if redetect is not None and radius is None:
