@@ -491,6 +491,31 @@ def test_bad_points_are_one_line(
     assert "does not exist" in err
 
 
+def test_points_follow_the_motion_by_default_and_global_on_request(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """track's query search is the window with re-detection (PointParams.motion), recorded in
+    config.json; --global-points is the evaluations' whole-frame search."""
+    frames = shared_data / "davis/JPEGImages/480p/dog"
+    points = write_points(tmp_path / "p.csv", ["frame,x,y", "0,400,250", "0,450,240"])
+    base = ["track", str(frames), "--points", str(points), "--end", "5", *LAB]
+    for extra, radius, redetect in (([], 3, 0.5), (["--global-points"], None, None)):
+        out = tmp_path / f"out{len(extra)}"
+        assert run([*base, *extra, "--out", str(out)], capsys)[0] == 0
+        config = json.loads((out / "config.json").read_text())
+        recorded = config["config"]["point_params"]
+        assert (recorded["radius"], recorded["redetect"]) == (radius, redetect)
+        assert config["points"]["mode"] == "query"
+    args = cli.build_parser().parse_args([*base, "--point-window", "5", "--redetect", "0"])
+    params = cli_options.tracker_config(args).point_params
+    assert (params.radius, params.redetect) == (5, None)  # 0: no re-detection
+    code, _, err = run([*base, "--redetect", "1.5", "--out", str(tmp_path / "bad")], capsys)
+    assert "--redetect 1.5 must be a ratio in (0, 1], or 0 for no re-detection" in (
+        one_line_error(code, err)
+    )
+    assert not (tmp_path / "bad").exists()
+
+
 # -- the run folder: refusals, locks, resume, overwrite (faults) -----------------------------
 clip = cli_helpers.clip
 no_model = cli_helpers.no_model

@@ -12,10 +12,12 @@ import scipy.io
 from PIL import Image
 
 from ditf_track import cli
+from ditf_track.cli import _options as cli_options
 from ditf_track.eval.keypoints import jhmdb_pck
 from ditf_track.eval.runs.points import TAPVID_KEYS, TapVidEvaluation
 from ditf_track.eval.tapvid import compute_tapvid_metrics
 from ditf_track.lab import LabExtractor
+from ditf_track.propagate import PointParams
 from ditf_track.tracker import Tracker
 
 CELL = 16
@@ -153,6 +155,9 @@ def test_keypoints_runner_on_badja_dog(
     # the same tracks as tests/test_tracker.py's lab run: 17 of 174 joints
     assert metrics["PCK@0.2"] == pytest.approx(12 / 174)  # as test_tracker measures with lab
     assert metrics["num_videos"] == 1
+    # the TAP-Vid protocol's whole-frame search, not track's window (PointParams.motion)
+    recorded = json.loads((tmp_path / "b/config.json").read_text())["tracker"]["point_params"]
+    assert (recorded["radius"], recorded["redetect"]) == (None, None)
     with np.load(tmp_path / "b/tracks/dog.npz") as npz:
         assert npz["tracks"].shape == (53, 17, 2)  # frames 00003 … 00055
         assert npz["annotated_frames"].tolist() == [3, 8, 13, 18, 19, 24, 29, 34, 40, 45, 50, 55]
@@ -162,6 +167,29 @@ def test_keypoints_runner_on_badja_dog(
     code, _, err = run([*args[:4], "--preset", "lab", "--out", str(tmp_path / "c")], capsys)
     assert code == 1
     assert "BADJA needs --frames and --masks" in err
+
+
+def test_point_runners_keep_the_whole_frame_search(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """eval tapvid and eval keypoints search every frame whole (the benchmark protocols), unlike
+    track; a re-detection needs the window it falls back from."""
+    parser = cli.build_parser()
+    badja = ["--data", str(shared_data / "points/badja/dog.json")]
+    badja += ["--frames", str(shared_data / "davis/JPEGImages/480p/dog")]
+    badja += ["--masks", str(shared_data / "davis/Annotations/480p/dog")]
+    for command in (["eval", "tapvid", "--data", "x.pkl"], ["eval", "keypoints", *badja]):
+        args = parser.parse_args([*command, "--out", str(tmp_path / "o")])
+        assert cli_options.tracker_config(args, "query").point_params == PointParams()
+        args = parser.parse_args([*command, "--out", str(tmp_path / "o"), "--point-window", "3"])
+        assert cli_options.tracker_config(args, "query").point_params == PointParams(radius=3)
+    lab = ["--preset", "lab", "--no-disk-cache", "--out", str(tmp_path / "r")]
+    code, _, err = run(["eval", "keypoints", *badja, *lab, "--redetect", "0.5"], capsys)
+    assert code == 1
+    assert err.strip().splitlines() == [
+        "ditf-track: error: --redetect 0.5 needs --point-window CELLS: without a window every "
+        "frame is searched whole"
+    ]
 
 
 def test_keypoints_runner_on_a_jhmdb_layout(

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..config import SETTING_OVERRIDES, FeatureConfig, PointsMode, Runtime, TrackerConfig
 from ..dinov2 import DINOV2_IMAGE_SIZE, DINOV2_LAYER, DINOV2_MODEL, PCA_DIM, DINOv2Extractor
+from ..errors import ConfigError
 from ..extractor import extractor_from_config
 from ..features import CONDITION_MODES, DISCARD_STAGES, FEATURE_MODES, FeatureExtractor
 from ..match import Matcher, SoftArgmax
@@ -188,8 +189,11 @@ def add_point_options(
     parser: argparse.ArgumentParser,
     mode_default: str | None = "query",
     mode_default_help: str = "default query",
+    defaults: PointParams | None = None,
 ) -> None:
-    d = PointParams()
+    """The point options; ``defaults`` are the command's (the evaluations': ``PointParams()``, the
+    TAP-Vid protocol; ``track``: :meth:`PointParams.motion`, the windowed search)."""
+    d = defaults or PointParams()
     g = parser.add_argument_group("points (see ditf_track.propagate.points)")
     g.add_argument(
         "--points-mode",
@@ -199,12 +203,32 @@ def add_point_options(
         "(TAP-Vid protocol); heatmap: propagate a Gaussian map per point with the mask "
         f"propagation settings (JHMDB protocol); {mode_default_help}",
     )
-    g.add_argument(
+    search = g.add_mutually_exclusive_group()
+    search.add_argument(
         "--point-window",
         type=int,
+        default=d.radius,
         metavar="CELLS",
         help="query mode: search only within CELLS feature cells of the previous frame's "
-        "position (default: the whole frame)",
+        "position (default: "
+        + ("the whole frame" if d.radius is None else f"{d.radius}, see --redetect")
+        + ")",
+    )
+    search.add_argument(
+        "--global-points",
+        action="store_true",
+        help="query mode: search every frame whole, with no window nor re-detection (the "
+        "TAP-Vid protocol the evaluations use)"
+        + ("" if d.radius is None else "; a point may then jump to a look-alike anywhere"),
+    )
+    g.add_argument(
+        "--redetect",
+        type=float,
+        default=d.redetect,
+        metavar="RATIO",
+        help="query mode with --point-window: search the whole frame where the window's best "
+        "match stands less than RATIO times as high above the frame's mean cosine as the whole "
+        f"frame's best (default {d.redetect if d.redetect is not None else 'off'}; 0: off)",
     )
     g.add_argument(
         "--min-similarity",
@@ -233,8 +257,20 @@ def add_point_options(
 
 def point_params(args: argparse.Namespace) -> PointParams:
     cycle = args.cycle_threshold
+    if args.redetect is not None and not 0 <= args.redetect <= 1:
+        raise ConfigError(
+            f"--redetect {args.redetect:g} must be a ratio in (0, 1], or 0 for no re-detection"
+        )
+    radius = None if args.global_points else args.point_window
+    redetect = None if args.global_points or not args.redetect else args.redetect
+    if redetect is not None and radius is None:
+        raise ConfigError(
+            f"--redetect {args.redetect:g} needs --point-window CELLS: without a window every "
+            "frame is searched whole"
+        )
     return PointParams(
-        radius=args.point_window,
+        radius=radius,
+        redetect=redetect,
         min_similarity=args.min_similarity,
         cycle_threshold=None if cycle is not None and cycle < 0 else cycle,
         sigma=args.heatmap_sigma,
@@ -248,10 +284,12 @@ def add_tracker_options(
     mode_default_help: str = "default query",
     *,
     quiet: bool = False,
+    point_defaults: PointParams | None = None,
 ) -> None:
     """Everything that builds the :class:`~ditf_track.tracker.Tracker` of ``track`` and of the
-    point-tracking evaluations: input size, feature cache, propagation, points, model (and
-    ``--quiet`` for ``track``, which draws its own progress bars)."""
+    point-tracking evaluations: input size, feature cache, propagation, points (``point_defaults``:
+    the command's point settings, default ``PointParams()``), model (and ``--quiet`` for
+    ``track``, which draws its own progress bars)."""
     parser.add_argument("--short-side", type=positive_int, help=short_side_help)
     parser.add_argument(
         "--no-disk-cache", action="store_true", help="keep features in memory only (no files)"
@@ -259,7 +297,7 @@ def add_tracker_options(
     if quiet:
         parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_propagation_options(parser)
-    add_point_options(parser, mode_default, mode_default_help)
+    add_point_options(parser, mode_default, mode_default_help, point_defaults)
     add_model_options(parser)
 
 

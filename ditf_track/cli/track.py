@@ -38,6 +38,7 @@ from ..outputs import (
     to_json_safe,
 )
 from ..progress import ProgressEvent
+from ..propagate import PointParams
 from ..tracker import Tracker, TrackerState, run_facts
 from ..video import VideoSource, open_video
 from ..viz.overlay import FramePoints, write_overlay_video
@@ -107,7 +108,10 @@ def add_track(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--end", type=int, help="stop before this frame (default: the last)")
     p.add_argument("--stride", type=int, default=1, help="take every N-th frame (default 1)")
     add_tracker_options(
-        p, "model input short side in pixels (default: the preset's, 960)", quiet=True
+        p,
+        "model input short side in pixels (default: the preset's, 960)",
+        quiet=True,
+        point_defaults=PointParams.motion(),
     )
     p.set_defaults(handler=run_track)
 

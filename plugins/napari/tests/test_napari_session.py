@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ditf_track import FrameResult, ProgressEvent, cli
+from ditf_track import FrameResult, PointParams, ProgressEvent, cli
 from ditf_track.video import video_from_array
 from napari_ditf_track import make_shapes_clip
 from napari_ditf_track._session import (
@@ -164,6 +164,8 @@ def test_settings_build_the_config_the_cli_builds() -> None:
     """The widget's defaults and the CLI's are one TrackerConfig (one builder for both)."""
     args = cli.build_parser().parse_args(["track", "clip.mp4", "--mask", "m.png"])
     assert TrackerSettings().config() == cli._tracker_config(args)
+    # both follow the motion: the window with re-detection, not the evaluations' global search
+    assert TrackerSettings().config().point_params == PointParams.motion()
     args = cli.build_parser().parse_args(
         ["track", "clip.mp4", "--mask", "m.png", "--preset", "lab", "--short-side", "64"]
     )

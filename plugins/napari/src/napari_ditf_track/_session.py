@@ -36,6 +36,7 @@ from ditf_track import (
     DitfError,
     FeatureConfig,
     FrameResult,
+    PointParams,
     ProgressEvent,
     PropagationParams,
     QueryPoints,
@@ -75,6 +76,9 @@ class TrackerSettings:
     temperature: float = 0.1
     label_mode: Literal["area", "nearest"] = "area"
     points_mode: str = "query"
+    # The track command's point search: a window around the previous position, the whole frame
+    # where the window has lost the point (evaluations search every frame whole).
+    point_params: PointParams = field(default_factory=PointParams.motion)
     cache_dir: str | None = None
 
     def params(self) -> PropagationParams:
@@ -99,6 +103,7 @@ class TrackerSettings:
             ),
             params=self.params(),
             label_mode=self.label_mode,
+            point_params=self.point_params,
             runtime=Runtime(device=self.device, cache_dir=self.cache_dir),
         )
 
