@@ -141,3 +141,34 @@ def test_masks_stop_at_the_cut_until_annotated_and_across_cuts_is_the_cli_s(
     for t in range(FRAMES):
         np.testing.assert_array_equal(result[t], read_mask(out / f"{t:05d}.png").labels)
     assert set(np.unique(result[CUT])) == {0, 1}  # carried over the cut from frame 0
+
+
+def test_keypoints_end_at_the_cut(
+    qtbot: Any,
+    viewer: Any,
+    bikes: Path,
+    tmp_path: Path,
+    notes: Notes,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A keypoint queried on frame 5 has track rows on frames 0..29 only (NaN beyond the cut:
+    no row), and on every frame with "across cuts"."""
+    monkeypatch.setenv("DITF_TRACK_CACHE", str(tmp_path / "features"))
+    [video] = viewer.open(str(bikes), plugin="napari-ditf-track")
+    keypoints = viewer.add_points(np.array([[5.0, 150.0, 320.0]]), name="keypoints")
+    widget = PropagationWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="ditf-track")
+    widget.video.value = video
+    widget.annotations.value = None
+    widget.keypoints.value = keypoints
+    widget.preset.value = "lab"
+    widget.device.value = "cpu"
+    widget.short_side.value = SHORT_SIDE
+    outcome = run_to_end(qtbot, widget)
+    assert outcome.status == "done", notes.errors
+    assert sorted(outcome.computed) == list(range(FRAMES))
+    tracks = viewer.layers["bikes tracks"]
+    assert sorted(tracks.data[:, 1].astype(int).tolist()) == list(range(CUT))
+    widget.across_cuts.value = True
+    assert run_to_end(qtbot, widget).status == "done", notes.errors
+    assert sorted(tracks.data[:, 1].astype(int).tolist()) == list(range(FRAMES))
