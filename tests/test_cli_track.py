@@ -1128,7 +1128,10 @@ def test_masks_stop_at_scene_cuts_until_an_annotation_on_their_side(
     --across-cuts writes byte for byte what a run without cut handling writes."""
     first, forty = _bikes_masks(tmp_path)
     base = ["track", str(shared_data / BIKES), "--end", "80", *LAB, "--short-side", "48"]
-    assert run([*base, "--mask", str(first), "--out", str(tmp_path / "one")], capsys)[0] == 0
+    code, stdout, _ = run([*base, "--mask", str(first), "--out", str(tmp_path / "one")], capsys)
+    assert code == 0
+    assert "80 masks (objects 1; 50 empty: no annotation in their shot)" in stdout
+    assert "(features: 30 extracted, 0 from the cache)" in stdout
     assert _ids_per_frame(tmp_path / "one", 80) == [(1,)] * 30 + [()] * 50
     config = json.loads((tmp_path / "one" / "config.json").read_text())
     assert (config["cuts"], config["across_cuts"]) == ([30, 76], False)

@@ -36,6 +36,7 @@ from ..outputs import (
 )
 from ..progress import ProgressEvent
 from ..tracker import Tracker, TrackerState
+from ..tracker.schedule import blank_frames
 from ..video import VideoSource, open_video
 from ..viz.overlay import FramePoints, write_overlay_video
 from ._options import add_tracker_options, build_tracker, tracker_config
@@ -473,11 +474,15 @@ def report(
             tracks,
             state.point_ids,
         )
-    cached = max(state.num_frames - tracker.extracted_frames, 0)
+    # frames of a shot without annotation are written empty, from no features
+    blank = len(blank_frames(sorted(state.annotations), state.num_frames, state.shot_starts))
+    read = state.num_frames - (blank if tracks is None else 0)
+    cached = max(read - tracker.extracted_frames, 0)
     written = []
     if job.masks:
+        empty = f"; {blank} empty: no annotation in their shot" if blank else ""
         written.append(
-            f"{state.num_frames} masks (objects {', '.join(map(str, state.object_ids))})"
+            f"{state.num_frames} masks (objects {', '.join(map(str, state.object_ids))}{empty})"
         )
     if tracks is not None:
         visible = float(tracks[1].mean()) if tracks[1].size else 0.0
