@@ -607,7 +607,9 @@ class Tracker:
         the tracker's) changed since the last complete run, every frame is yielded with every
         point's position; otherwise frames carry the stored positions. Frames that only points
         needed come after the mask segments, backward from the first query frame, then forward;
-        their ``labels`` are the latest masks (None without masks).
+        their ``labels`` are the latest masks (None without masks). With scene cuts
+        (:meth:`init_state`), segments end at a cut, and the frames of a shot without an
+        annotation are yielded once, after the segments, with an empty label map.
 
         Features are extracted in batches when missing from the cache; ``progress`` receives
         ``"extract"`` and ``"propagate"`` :class:`ProgressEvent`s. Stopping the iteration (or
