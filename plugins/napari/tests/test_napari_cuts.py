@@ -8,6 +8,7 @@ cuts" checkbox gives the CLI's ``--across-cuts`` masks.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ditf_track import cli, open_video, read_mask
+from ditf_track import ProgressEvent, cli, open_video, read_mask
 from napari_ditf_track import _session
 from napari_ditf_track._widget import PropagationWidget
 
@@ -172,3 +173,30 @@ def test_keypoints_end_at_the_cut(
     widget.across_cuts.value = True
     assert run_to_end(qtbot, widget).status == "done", notes.errors
     assert sorted(tracks.data[:, 1].astype(int).tolist()) == list(range(FRAMES))
+
+
+def test_cancel_while_scanning_for_cuts_leaves_nothing_and_the_next_run_scans(
+    bikes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The session alone (no viewer): a cancelled scan ends the run before the model loads;
+    the next run scans the video, once, and finds the cut."""
+    monkeypatch.setenv("DITF_TRACK_CACHE", str(tmp_path / "features"))
+    session = _session.TrackingSession()
+    settings = _session.TrackerSettings(preset="lab", device="cpu", short_side=int(SHORT_SIDE))
+    with open_video(bikes) as video:
+        request = _session.RunRequest(
+            video, settings, {0: rectangle(1, slice(100, 200), slice(250, 400))}
+        )
+        cancel = threading.Event()
+        cancel.set()
+        run = session.run(request, cancel)
+        with pytest.raises(StopIteration) as stop:
+            next(run)
+        assert stop.value.value.status == "cancelled"
+        assert (session.tracker, session.state) == (None, None)
+        messages = list(session.run(request, threading.Event()))
+        scans = [m for m in messages if isinstance(m, ProgressEvent) and m.phase == "cuts"]
+        assert len(scans) == FRAMES
+        assert session.cuts == [CUT]
+        assert session.state is not None
+        assert session.state.shot_starts == (CUT,)
