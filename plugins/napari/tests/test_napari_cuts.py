@@ -200,3 +200,40 @@ def test_cancel_while_scanning_for_cuts_leaves_nothing_and_the_next_run_scans(
         assert session.cuts == [CUT]
         assert session.state is not None
         assert session.state.shot_starts == (CUT,)
+
+
+def test_cancel_during_the_scan_says_nothing_was_tracked(
+    qtbot: Any,
+    viewer: Any,
+    bikes: Path,
+    tmp_path: Path,
+    notes: Notes,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DITF_TRACK_CACHE", str(tmp_path / "features"))
+    scanning = threading.Event()
+
+    def slow_scan(video: Any, *, progress: Callable[[ProgressEvent], None]) -> list[int]:
+        progress(ProgressEvent("cuts", 1, FRAMES))
+        scanning.set()
+        while True:  # until Cancel: the next report raises
+            progress(ProgressEvent("cuts", 1, FRAMES))
+            threading.Event().wait(0.01)
+
+    monkeypatch.setattr(_session, "detect_cuts", slow_scan)
+    [video] = viewer.open(str(bikes), plugin="napari-ditf-track")
+    annotations = viewer.add_labels(np.zeros((FRAMES, 272, 640), np.uint8), name="annotations")
+    annotations.data[0] = rectangle(1, slice(100, 200), slice(250, 400))
+    widget = PropagationWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="ditf-track")
+    widget.video.value = video
+    widget.annotations.value = annotations
+    widget.preset.value = "lab"
+    widget.run()
+    qtbot.waitUntil(scanning.is_set, timeout=30_000)
+    widget.cancel()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=30_000)
+    assert widget.last_outcome.status == "cancelled"
+    assert notes.infos[-1] == "stopped while scanning the video for scene cuts; nothing was tracked"
+    assert widget.session.tracker is None  # the model never loaded
+    assert "bikes masks" not in [layer.name for layer in viewer.layers]

@@ -834,6 +834,9 @@ class PropagationWidget(Container):
         if outcome.status == "error":
             show_error(outcome.message)
             self.status.value = "error (see the notification)"
+        elif outcome.status == "cancelled" and self._plan is None:
+            show_info("stopped while scanning the video for scene cuts; nothing was tracked")
+            self.status.value = "stopped"
         elif outcome.status == "cancelled":
             missing = format_frames(outcome.missing)
             show_info(
