@@ -675,6 +675,17 @@ def test_cuts_bound_segments_blank_unannotated_shots_and_stop_points(shared_data
     assert np.isfinite(points[:10]).all()
     assert np.isnan(points[10:]).all()
 
+    # a new point re-tracks every frame: a blank frame keeps its empty map, the others theirs
+    tracker.add_points(state, 2, [[100.0, 100.0]])
+    rerun = {r.frame_idx: r for r in tracker.propagate(state)}
+    assert sorted(rerun) == list(range(20))
+    for f in range(10):
+        np.testing.assert_array_equal(rerun[f].labels, results[f].labels)
+    for f in range(10, 20):
+        assert rerun[f].labels is not None
+        assert not rerun[f].labels.any()
+        assert rerun[f].object_ids == ()
+
     second = mask.copy()
     second[second == 1] = 2
     tracker.add_mask(state, 15, second)

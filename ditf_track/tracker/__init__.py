@@ -710,6 +710,7 @@ class Tracker:
             else:
                 state.dirty.discard(anchor)
         blank = np.zeros(state.frame_size, np.uint8)  # a shot without annotation: no object
+        blank.flags.writeable = False  # one array shared by every blank frame
         for frame_idx in schedule.blank_frames:
             result = with_points(FrameResult(frame_idx, names[frame_idx], blank))
             propagate_done += 1
@@ -718,15 +719,16 @@ class Tracker:
         if schedule.blank_frames:
             state.blanks_stale = False
         for frame_idx in schedule.point_frames:
+            object_ids = self._object_ids_at(state, frame_idx)
             known = state.masks.get(frame_idx)
-            if known is None and state.annotations:
-                known = blank  # only frames of shots without annotation have no mask
+            if known is None and state.annotations and not object_ids:
+                known = blank  # in a shot without annotation
             result = with_points(
                 FrameResult(
                     frame_idx,
                     names[frame_idx],
                     known,
-                    self._object_ids_at(state, frame_idx),
+                    object_ids,
                     annotated=frame_idx in state.annotations,
                 )
             )
