@@ -1118,3 +1118,151 @@ def test_small_object_warning_does_not_advise_the_default(
         (line,) = [line for line in err.splitlines() if line.strip()]
         assert line.startswith("ditf-track: WARNING: object(s) 2 in ")
         assert ("use area labels" in line) is advice
+
+
+# -- scene cuts: nothing carried across a shot change (bikes.mp4: cuts at 30, 76, ...) --------
+
+
+BIKES = "videos/bikes.mp4"
+
+
+def _bikes_masks(tmp_path: Path) -> tuple[Path, Path]:
+    """A rectangle on frame 0 (object 1) and another on frame 40 (object 2), 640x272."""
+    first = np.zeros((272, 640), np.uint8)
+    first[100:200, 250:400] = 1
+    forty = np.zeros((272, 640), np.uint8)
+    forty[150:250, 100:300] = 2
+    return write_mask(tmp_path / "first.png", first), write_mask(tmp_path / "forty.png", forty)
+
+
+def _ids_per_frame(out: Path, count: int) -> list[tuple[int, ...]]:
+    """The object ids of each PNG of ``out``, in frame order (there must be ``count``)."""
+    pngs = sorted(out.glob("*.png"))
+    assert len(pngs) == count
+    return [tuple(int(i) for i in np.unique(read_mask(p).labels) if i) for p in pngs]
+
+
+def test_masks_stop_at_scene_cuts_until_an_annotation_on_their_side(
+    shared_data: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """bikes.mp4 frames 0..79 (cuts at 30 and 76): a mask on frame 0 fills 0-29 only; one more
+    on frame 40 fills 30-75 (backward to 30, forward to 75); 76+ stay empty, one PNG each.
+    --across-cuts writes byte for byte what a run without cut handling writes."""
+    first, forty = _bikes_masks(tmp_path)
+    base = ["track", str(shared_data / BIKES), "--end", "80", *LAB, "--short-side", "48"]
+    code, stdout, _ = run([*base, "--mask", str(first), "--out", str(tmp_path / "one")], capsys)
+    assert code == 0
+    assert "80 masks (objects 1; 50 empty: no annotation in their shot)" in stdout
+    assert "(features: 30 extracted, 0 from the cache)" in stdout
+    assert _ids_per_frame(tmp_path / "one", 80) == [(1,)] * 30 + [()] * 50
+    config = json.loads((tmp_path / "one" / "config.json").read_text())
+    assert (config["cuts"], config["across_cuts"]) == ([30, 76], False)
+
+    both = [*base, "--mask", str(first), "--mask", f"40:{forty}"]
+    assert run([*both, "--out", str(tmp_path / "two")], capsys)[0] == 0
+    assert _ids_per_frame(tmp_path / "two", 80) == [(1,)] * 30 + [(2,)] * 46 + [()] * 4
+
+    assert run([*both, "--across-cuts", "--out", str(tmp_path / "across")], capsys)[0] == 0
+    across = json.loads((tmp_path / "across" / "config.json").read_text())
+    assert (across["cuts"], across["across_cuts"]) == ([30, 76], True)
+    assert _ids_per_frame(tmp_path / "across", 80) == [(1,)] * 40 + [(2,)] * 40
+    monkeypatch.setattr(cli_track, "detect_cuts", lambda *_a, **_k: [])  # no cut handling
+    assert run([*both, "--out", str(tmp_path / "none")], capsys)[0] == 0
+    for t in range(80):
+        name = f"{t:05d}.png"
+        assert (tmp_path / "across" / name).read_bytes() == (tmp_path / "none" / name).read_bytes()
+
+
+def test_cuts_are_detected_before_the_model_loads_with_a_bar_and_a_log_line(
+    shared_data: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A strided range from frame 20: the cut at 30 separates 28 and 32, the one at 76 lies
+    after the last selected frame (44) but is within the range read (20..45)."""
+    first, _ = _bikes_masks(tmp_path)
+    order: list[str] = []
+    real_detect, real_build = cli_track.detect_cuts, cli_track.build_tracker
+    monkeypatch.setattr(
+        cli_track, "detect_cuts", lambda *a, **k: order.append("cuts") or real_detect(*a, **k)
+    )
+    monkeypatch.setattr(
+        cli_track, "build_tracker", lambda *a, **k: order.append("model") or real_build(*a, **k)
+    )
+    bars: list[Any] = []
+
+    class Bar:  # tqdm hides its bars off a terminal
+        def __init__(self, **kwargs: Any) -> None:
+            self.desc, self.total, self.n = kwargs["desc"], kwargs["total"], 0
+            bars.append(self)
+
+        def update(self, n: int) -> None:
+            self.n += n
+
+        def close(self) -> None:
+            order.append(f"{self.desc} closed")
+
+    monkeypatch.setattr(cli_track, "tqdm", Bar)
+    out = tmp_path / "strided"
+    args = ["--verbose", "track", str(shared_data / BIKES), "--start", "20", "--end", "46"]
+    args += ["--stride", "4", "--mask", f"0:{first}", "--out", str(out)]
+    args += [a for a in LAB if a != "--quiet"]
+    code, _, err = run(args, capsys)
+    assert code == 0, err
+    assert order[:3] == ["cuts", "cuts closed", "model"]
+    # every frame of 20..45, not the 7 selected
+    assert (bars[0].desc, bars[0].total, bars[0].n) == ("cuts", 26, 26)
+    assert (
+        "ditf-track: INFO: scene cuts at frames 30 (file indices); nothing is carried across "
+        "them (--across-cuts to carry it)" in err
+    )
+    assert json.loads((out / "config.json").read_text())["cuts"] == [30]
+    # selected 20 24 28 | 32 36 40 44
+    assert _ids_per_frame(out, 7) == [(1,)] * 3 + [()] * 4
+
+
+def test_a_clip_without_cuts_is_byte_identical_with_and_without_cut_handling(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = davis_args(shared_data, tmp_path / "on", end=8)
+    assert run([*base, *LAB], capsys)[0] == 0
+    off = davis_args(shared_data, tmp_path / "off", end=8)
+    assert run([*off, *LAB, "--across-cuts"], capsys)[0] == 0
+    assert json.loads((tmp_path / "on" / "config.json").read_text())["cuts"] == []
+    names = sorted(p.name for p in (tmp_path / "on").glob("*.png"))
+    assert len(names) == 8
+    for name in names:
+        assert (tmp_path / "on" / name).read_bytes() == (tmp_path / "off" / name).read_bytes()
+
+
+def test_points_are_not_carried_across_scene_cuts(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A point queried on frame 10 (shot 0-29) and one on frame 40 (shot 30-75): each is
+    invisible, at NaN, outside its shot; --across-cuts tracks both through every frame."""
+    points = write_points(tmp_path / "points.csv", ["frame,x,y,id", "10,320,150,1", "40,200,200,2"])
+    base = ["track", str(shared_data / BIKES), "--end", "80", "--points", str(points)]
+    base += [*LAB, "--short-side", "48"]
+    assert run([*base, "--out", str(tmp_path / "cut")], capsys)[0] == 0
+    with np.load(tmp_path / "cut" / "tracks.npz") as npz:
+        tracks, occluded = npz["tracks"], npz["occluded"]
+    shot = np.zeros((2, 80), bool)
+    shot[0, :30] = shot[1, 30:76] = True
+    assert np.isfinite(tracks[shot]).all()
+    assert np.isnan(tracks[~shot]).all()
+    assert occluded[~shot].all()
+    assert not occluded[0, 10]
+    assert not occluded[1, 40]
+    with (tmp_path / "cut" / "tracks.csv").open() as fh:
+        rows = {(int(r["frame"]), int(r["id"])): r for r in csv.DictReader(fh)}
+    assert (rows[50, 1]["visible"], rows[50, 1]["x"]) == ("0", "nan")
+    assert rows[20, 1]["x"] != "nan"
+
+    assert run([*base, "--across-cuts", "--out", str(tmp_path / "across")], capsys)[0] == 0
+    with np.load(tmp_path / "across" / "tracks.npz") as npz:
+        assert np.isfinite(npz["tracks"]).all()
+        np.testing.assert_array_equal(npz["tracks"][shot], tracks[shot])

@@ -635,3 +635,61 @@ def test_pending_frames_with_points(shared_data: Path) -> None:
     assert tracker.pending_frames(state) == []
     # another mode makes the tracks stale again
     assert tracker.pending_frames(state, points_mode="heatmap") == [2, 1, 0, 3, 4, 5]
+
+
+# ---- scene cuts: segments and point sequences end at a cut -----------------------------
+
+
+def test_cuts_bound_segments_blank_unannotated_shots_and_stop_points(shared_data: Path) -> None:
+    """bikes.mp4 frames 20..39 with its cut at 30 (position 10). The API default has no cuts
+    and carries the mask over; with the cut, frames 10-19 are blank until annotated, a point
+    is not visible beyond the cut, and an annotation on 15 recomputes only its shot."""
+    video = shared_data / "videos/bikes.mp4"
+    tracker = Tracker(LabExtractor(), short_side=48)
+    mask = np.zeros((272, 640), np.uint8)
+    mask[100:200, 250:400] = 1
+
+    default = tracker.init_state(video, start=20, end=40)
+    assert (default.cuts, default.shot_starts) == ((), ())
+    tracker.add_mask(default, 0, mask)
+    carried = {r.frame_idx: r for r in tracker.propagate(default)}
+    assert all(carried[f].labels is not None and carried[f].labels.any() for f in range(20))
+
+    with pytest.raises(ConfigError, match="cuts must be frame indices"):
+        tracker.init_state(video, cuts=["30"])  # type: ignore[list-item]
+    state = tracker.init_state(video, start=20, end=40, cuts=[30, 76])
+    assert (state.cuts, state.shot_starts) == ((30, 76), (10,))
+    tracker.add_mask(state, 0, mask)
+    tracker.add_points(state, 5, [[150.0, 320.0]])
+    results = {r.frame_idx: r for r in tracker.propagate(state)}
+    assert sorted(results) == list(range(20))
+    for f in range(10):  # the shot of the annotation: as without cuts
+        np.testing.assert_array_equal(results[f].labels, carried[f].labels)
+    for f in range(10, 20):
+        assert results[f].labels is not None
+        assert not results[f].labels.any()
+        assert results[f].object_ids == ()
+    points, visible = state.point_tracks()
+    assert visible[:10, 0].all()
+    assert not visible[10:, 0].any()
+    assert np.isfinite(points[:10]).all()
+    assert np.isnan(points[10:]).all()
+
+    # a new point re-tracks every frame: a blank frame keeps its empty map, the others theirs
+    tracker.add_points(state, 2, [[100.0, 100.0]])
+    rerun = {r.frame_idx: r for r in tracker.propagate(state)}
+    assert sorted(rerun) == list(range(20))
+    for f in range(10):
+        np.testing.assert_array_equal(rerun[f].labels, results[f].labels)
+    for f in range(10, 20):
+        assert rerun[f].labels is not None
+        assert not rerun[f].labels.any()
+        assert rerun[f].object_ids == ()
+
+    second = mask.copy()
+    second[second == 1] = 2
+    tracker.add_mask(state, 15, second)
+    assert tracker.pending_frames(state) == [14, 13, 12, 11, 10, 15, 16, 17, 18, 19]
+    again = {r.frame_idx: r for r in tracker.propagate(state)}
+    assert all(again[f].labels.any() and again[f].object_ids == (2,) for f in again)
+    assert tracker.pending_frames(state) == []

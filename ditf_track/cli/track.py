@@ -9,6 +9,7 @@ everything (tracks files, ``config.json``) is written.
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 import warnings
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from ..coords import (
     write_points_csv,
     write_tracks_npz,
 )
+from ..cuts import detect_cuts
 from ..errors import ConfigError, InputError, OutputError
 from ..masks import DAVIS_PALETTE, LabelMask, read_mask, require_objects, write_mask
 from ..outputs import (
@@ -40,6 +42,7 @@ from ..outputs import (
 from ..progress import ProgressEvent
 from ..propagate import PointParams
 from ..tracker import Tracker, TrackerState, run_facts
+from ..tracker.schedule import blank_frames
 from ..video import VideoSource, open_video
 from ..viz.overlay import FramePoints, write_overlay_video
 from ._options import add_tracker_options, build_tracker, tracker_config
@@ -51,6 +54,7 @@ _UNFINGERPRINTED = frozenset(
     {"out", "overwrite", "resume", "quiet", "overlay", "verbose", "handler", "command"}
     | {"cache_dir", "no_disk_cache", "mask", "points", "video", "local_files_only"}
 )
+log = logging.getLogger("ditf_track")
 
 
 def add_track(sub: argparse._SubParsersAction) -> None:
@@ -107,6 +111,12 @@ def add_track(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--start", type=int, default=0, help="first frame (default 0)")
     p.add_argument("--end", type=int, help="stop before this frame (default: the last)")
     p.add_argument("--stride", type=int, default=1, help="take every N-th frame (default 1)")
+    p.add_argument(
+        "--across-cuts",
+        action="store_true",
+        help="carry labels and points across scene cuts (by default nothing crosses a detected "
+        "shot change: frames beyond it stay empty until an annotation on their side of it)",
+    )
     add_tracker_options(
         p,
         "model input short side in pixels (default: the preset's, 960)",
@@ -295,8 +305,9 @@ def run(
 ) -> tuple[Tracker, TrackerState, dict[str, Any]]:
     """Load the model, annotate, record the run (refusing a resume with other facts), then
     propagate, each mask written to the work folder as it comes."""
+    cuts = find_cuts(job.video, args.across_cuts, quiet=args.quiet)
     tracker = build_tracker(job.config)
-    state = tracker.init_state(job.video)
+    state = tracker.init_state(job.video, cuts=() if args.across_cuts else cuts)
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         for (frame_idx, _), mask in zip(job.masks, job.label_masks):
@@ -306,6 +317,7 @@ def run(
             tracker.add_points(state, frame_idx, points, ids)
     tracker.massive_channels(state)  # frame 0's, before config.json records them
     record = run_record(job, tracker, state)
+    record.update(cuts=cuts, across_cuts=bool(args.across_cuts))
     previous = (run_dir.previous or {}).get("run")
     if previous is not None and _resumable(previous) != _resumable(to_json_safe(record)):
         raise OutputError(
@@ -337,6 +349,38 @@ def run(
             bar.close()
         tracker.cache.close()
     return tracker, state, record
+
+
+def find_cuts(video: VideoSource, across: bool, *, quiet: bool) -> list[int]:
+    """The scene cuts of the selected range (file indices of the frames that start a shot),
+    read on every frame of ``start:end`` before the model loads, with a "cuts" bar."""
+    bar: Any = None
+
+    def on_progress(event: ProgressEvent) -> None:
+        nonlocal bar
+        if quiet:
+            return
+        if bar is None:
+            bar = tqdm(total=event.total, desc="cuts", unit="frame", disable=None)
+        bar.update(event.done - bar.n)
+
+    try:
+        cuts = detect_cuts(video, progress=on_progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    first, last = int(video.frame_indices[0]), int(video.frame_indices[-1])
+    if not cuts:
+        log.info("no scene cut in frames %d..%d", first, last)
+    else:
+        log.info(
+            "scene cuts at frames %s (file indices); %s",
+            ", ".join(map(str, cuts)),
+            "labels and points carried across them (--across-cuts)"
+            if across
+            else "nothing is carried across them (--across-cuts to carry it)",
+        )
+    return cuts
 
 
 def run_record(job: TrackJob, tracker: Tracker, state: TrackerState) -> dict[str, Any]:
@@ -421,11 +465,15 @@ def report(
             tracks,
             state.point_ids,
         )
-    cached = max(state.num_frames - tracker.extracted_frames, 0)
+    # frames of a shot without annotation are written empty, from no features
+    blank = len(blank_frames(sorted(state.annotations), state.num_frames, state.shot_starts))
+    read = state.num_frames - (blank if tracks is None else 0)
+    cached = max(read - tracker.extracted_frames, 0)
     written = []
     if job.masks:
+        empty = f"; {blank} empty: no annotation in their shot" if blank else ""
         written.append(
-            f"{state.num_frames} masks (objects {', '.join(map(str, state.object_ids))})"
+            f"{state.num_frames} masks (objects {', '.join(map(str, state.object_ids))}{empty})"
         )
     if tracks is not None:
         visible = float(tracks[1].mean()) if tracks[1].size else 0.0

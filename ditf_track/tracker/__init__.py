@@ -24,6 +24,12 @@ protocol); see :mod:`ditf_track.propagate.points`. Masks and points can share a 
 yielded :class:`FrameResult` carries both. Point tracks are recomputed whenever the points or
 the mode change (features come from the cache), and only then.
 
+Scene cuts (:func:`~ditf_track.cuts.detect_cuts`, given to :meth:`Tracker.init_state`) split
+the video into shots, and nothing is carried across one, forward or backward: a shot without an
+annotation gets empty label maps, and a point is not visible (NaN) outside its query's shot. By
+default there are no cuts (the evaluators' protocol); ``ditf-track track`` and the napari widget
+detect them.
+
 Coordinates in the API are (y, x) pixels of the original frames; ``frame_idx`` is the position
 in the selected frame range (0 … T−1).
 """
@@ -72,7 +78,7 @@ from ..propagate import (
 from ..propagate.search import Neighbours, NeighbourSearch, PreparedContext
 from ..video import VideoSource, open_video
 from .clip_features import ClipFeatures
-from .schedule import Schedule, governing_anchor, plan_run
+from .schedule import Schedule, governing_anchor, plan_run, shot_bounds, shot_starts
 
 
 class SmallObjectWarning(UserWarning):
@@ -108,7 +114,9 @@ class TrackerState:
 
     ``input_size`` is the model input (H', W'), ``grid`` the feature grid (h, w) and
     ``frame_size`` the original (H, W). ``masks`` holds each frame's latest labels;
-    ``features`` the clip's features (cache keys, massive channels).
+    ``features`` the clip's features (cache keys, massive channels). ``cuts``: the file indices
+    of the frames that start a shot, as given to :meth:`Tracker.init_state`; ``shot_starts``
+    the positions in the selection they separate (nothing is propagated across them).
     """
 
     video: VideoSource
@@ -121,11 +129,15 @@ class TrackerState:
     annotations: dict[int, _Annotation] = field(default_factory=dict)
     masks: dict[int, np.ndarray] = field(default_factory=dict)
     dirty: set[int] = field(default_factory=set)  # annotated frames whose segment is stale
-    backward_dirty: bool = False
+    # first annotated frames of shots whose backward segment is stale
+    backward_dirty: set[int] = field(default_factory=set)
     # point id -> (query frame, y, x), in the order added; tracks: frame -> (points, visible)
     point_queries: dict[int, tuple[int, float, float]] = field(default_factory=dict)
     tracks: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     tracks_key: tuple[Any, ...] | None = None  # what the complete ``tracks`` were computed for
+    cuts: tuple[int, ...] = ()
+    shot_starts: tuple[int, ...] = ()
+    blanks_stale: bool = False  # the frames of shots without an annotation are to be yielded
 
     @property
     def num_frames(self) -> int:
@@ -337,8 +349,16 @@ class Tracker:
         start: int = 0,
         end: int | None = None,
         stride: int = 1,
+        cuts: Sequence[int] = (),
     ) -> TrackerState:
-        """Open ``video`` (a file or frame folder, or an opened source) for tracking."""
+        """Open ``video`` (a file or frame folder, or an opened source) for tracking.
+
+        ``cuts``: file indices of the frames that start a new shot
+        (:func:`~ditf_track.cuts.detect_cuts`); labels and points are not propagated across a
+        cut that lies between two selected frames. Default: none (today's protocol).
+        """
+        if any(isinstance(c, bool) or not isinstance(c, (int, np.integer)) for c in cuts):
+            raise ConfigError(f"cuts must be frame indices (whole numbers), got {list(cuts)!r}")
         source = video if isinstance(video, VideoSource) else open_video(video, start, end, stride)
         size = model_input_size(
             source.height,
@@ -357,6 +377,8 @@ class Tracker:
             grid=(size[0] // stride_px, size[1] // stride_px),
             video_hash=features.video_hash,
             features=features,
+            cuts=tuple(sorted({int(c) for c in cuts})),
+            shot_starts=tuple(shot_starts(source.frame_indices, cuts)),
         )
 
     def add_mask(
@@ -411,12 +433,17 @@ class Tracker:
                 SmallObjectWarning,
                 stacklevel=2,
             )
-        first = min(state.annotations, default=None)
+        shot = shot_bounds(state.shot_starts, frame_idx, state.num_frames)
+        first = min((a for a in state.annotations if shot[0] <= a < shot[1]), default=None)
+        if not state.annotations:
+            state.blanks_stale = True
         state.annotations[frame_idx] = _Annotation(labels, ids)
         # The segment this frame falls in now ends before it; its earlier frames do not change.
         state.dirty.add(frame_idx)
         if first is None or frame_idx <= first:
-            state.backward_dirty = True
+            if first is not None:
+                state.backward_dirty.discard(first)
+            state.backward_dirty.add(frame_idx)
         return ids
 
     def add_points(
@@ -490,7 +517,8 @@ class Tracker:
         state.annotations.clear()
         state.masks.clear()
         state.dirty.clear()
-        state.backward_dirty = False
+        state.backward_dirty.clear()
+        state.blanks_stale = False
         state.point_queries.clear()
         state.tracks.clear()
         state.tracks_key = None
@@ -559,6 +587,8 @@ class Tracker:
             state.num_frames,
             first_query=min((q[0] for q in state.point_queries.values()), default=None),
             points_stale=points_stale,
+            starts=state.shot_starts,
+            blanks_stale=state.blanks_stale,
         )
 
     @torch.inference_mode()
@@ -577,7 +607,9 @@ class Tracker:
         the tracker's) changed since the last complete run, every frame is yielded with every
         point's position; otherwise frames carry the stored positions. Frames that only points
         needed come after the mask segments, backward from the first query frame, then forward;
-        their ``labels`` are the latest masks (None without masks).
+        their ``labels`` are the latest masks (None without masks). With scene cuts
+        (:meth:`init_state`), segments end at a cut, and the frames of a shot without an
+        annotation are yielded once, after the segments, with an empty label map.
 
         Features are extracted in batches when missing from the cache; ``progress`` receives
         ``"extract"`` and ``"propagate"`` :class:`ProgressEvent`s. Stopping the iteration (or
@@ -674,16 +706,29 @@ class Tracker:
                 emit(ProgressEvent("propagate", propagate_done, propagate_total))
                 yield result
             if backward:
-                state.backward_dirty = False
+                state.backward_dirty.discard(anchor)
             else:
                 state.dirty.discard(anchor)
+        blank = np.zeros(state.frame_size, np.uint8)  # a shot without annotation: no object
+        blank.flags.writeable = False  # one array shared by every blank frame
+        for frame_idx in schedule.blank_frames:
+            result = with_points(FrameResult(frame_idx, names[frame_idx], blank))
+            propagate_done += 1
+            emit(ProgressEvent("propagate", propagate_done, propagate_total))
+            yield result
+        if schedule.blank_frames:
+            state.blanks_stale = False
         for frame_idx in schedule.point_frames:
+            object_ids = self._object_ids_at(state, frame_idx)
+            known = state.masks.get(frame_idx)
+            if known is None and state.annotations and not object_ids:
+                known = blank  # in a shot without annotation
             result = with_points(
                 FrameResult(
                     frame_idx,
                     names[frame_idx],
-                    state.masks.get(frame_idx),
-                    self._object_ids_at(state, frame_idx),
+                    known,
+                    object_ids,
                     annotated=frame_idx in state.annotations,
                 )
             )
@@ -701,7 +746,9 @@ class Tracker:
 
     def _object_ids_at(self, state: TrackerState, frame_idx: int) -> tuple[int, ...]:
         """Object ids of the annotation whose segment holds ``frame_idx`` (() without masks)."""
-        anchor = governing_anchor(sorted(state.annotations), frame_idx)
+        anchor = governing_anchor(
+            sorted(state.annotations), frame_idx, state.shot_starts, state.num_frames
+        )
         return () if anchor is None else state.annotations[anchor].object_ids
 
     def _check_frame(self, state: TrackerState, frame_idx: int) -> None:
@@ -750,7 +797,8 @@ class _PointRun:
     from its query frame (:func:`~ditf_track.propagate.track_query_points` or
     :func:`~ditf_track.propagate.track_heatmaps`), advanced lazily when :meth:`at` asks for a
     frame it has not reached, so frames may be asked for in any order; estimates computed on the
-    way are kept until asked for.
+    way are kept until asked for. A sequence stops at the ends of its query frame's shot;
+    outside it the points are not visible, at NaN.
     """
 
     def __init__(
@@ -780,7 +828,8 @@ class _PointRun:
         self.search = _SharedPrepare(make_search(tracker.params, capacity=capacity), capacity)
 
     def _stream(self, t: int, direction: int) -> Iterator[tuple[int, PointEstimate]]:
-        last = self.state.num_frames if direction > 0 else -1
+        first, stop = shot_bounds(self.state.shot_starts, t, self.state.num_frames)
+        last = stop if direction > 0 else first - 1
         frames = range(t + direction, last, direction)
         frame_feats = (self.feats(f) for f in frames)
         grid = self.groups[t][2]
@@ -810,6 +859,10 @@ class _PointRun:
             if frame_idx == t:
                 points[index], visible[index] = query, True
                 continue
+            first, stop = shot_bounds(state.shot_starts, t, state.num_frames)
+            if not first <= frame_idx < stop:  # across a cut: nothing carried
+                points[index], visible[index] = np.nan, False
+                continue
             key = (t, 1 if frame_idx > t else -1)
             ahead = self._ahead.setdefault(key, {})
             while frame_idx not in ahead:
@@ -818,7 +871,7 @@ class _PointRun:
                     stream = self._streams[key] = self._stream(*key)
                 reached, estimate = next(stream)
                 ahead[reached] = estimate
-                if reached in (0, state.num_frames - 1):
+                if reached in (first, stop - 1):
                     del self._streams[key]  # done: free its context frames
             estimate = ahead.pop(frame_idx)
             points[index] = grid_to_frame(

@@ -43,6 +43,10 @@ def test_a_run_yields_plan_progress_and_frames_in_order(video: Any) -> None:
     session = TrackingSession()
     request = RunRequest(video, LAB, {0: CLIP.labels[0]})
     messages, outcome = drain(session.run(request, threading.Event()))
+    # the scan for scene cuts comes first (before the model loads), once per video
+    scan = [m for m in messages if isinstance(m, ProgressEvent) and m.phase == "cuts"]
+    assert messages[: len(scan)] == scan == [ProgressEvent("cuts", t, 6) for t in range(1, 7)]
+    messages = messages[len(scan) :]
     assert isinstance(messages[0], Notice)  # loading the preset
     plan = next(m for m in messages if isinstance(m, Plan))
     assert plan.frames == (0, 1, 2, 3, 4, 5)

@@ -9,8 +9,12 @@ and nothing is extracted again. What forces a rebuild:
 
 * the model settings (preset, model, device, dtype, t, k) → a new tracker (model reloaded);
 * the input size or propagation settings → a new tracker on the same extractor and cache;
-* another video, or an annotated frame erased → a new state (features still come from the
-  cache; every frame is propagated again).
+* another video, an annotated frame erased, or "across cuts" switched → a new state (features
+  still come from the cache; every frame is propagated again).
+
+Scene cuts are detected once per video (:func:`~ditf_track.cuts.detect_cuts`, before the model
+loads, reported as ``"cuts"`` progress and one notice) and kept on the session; as in
+``ditf-track track``, nothing is carried across them unless the request says ``across_cuts``.
 
 :meth:`TrackingSession.run` is the worker's body: it yields :class:`Notice`, :class:`Plan`,
 :class:`~ditf_track.ProgressEvent` and :class:`~ditf_track.FrameResult` messages and returns an
@@ -22,9 +26,10 @@ after the current frame or feature batch, leaving the tracker's state consistent
 from __future__ import annotations
 
 import dataclasses
+import queue
 import threading
 import warnings
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -46,6 +51,7 @@ from ditf_track import (
     TrackerState,
     VideoSource,
 )
+from ditf_track.cuts import detect_cuts
 
 __all__ = [
     "Message",
@@ -127,13 +133,16 @@ class RunRequest:
     """A snapshot taken on the GUI thread when Run is pressed.
 
     ``annotations``: frame → ``(H, W) uint8`` labels, only frames with an object;
-    ``points``: keypoint queries (``(y, x)`` pixels, with ids) or None.
+    ``points``: keypoint queries (``(y, x)`` pixels, with ids) or None; ``across_cuts``:
+    carry labels and points across scene cuts (off: frames beyond a cut stay empty until an
+    annotation on their side of it).
     """
 
     video: VideoSource
     settings: TrackerSettings
     annotations: dict[int, np.ndarray]
     points: QueryPoints | None = None
+    across_cuts: bool = False
 
 
 @dataclass(frozen=True)
@@ -184,6 +193,9 @@ class TrackingSession:
         self._tracker_key: tuple[Any, ...] | None = None
         self._sent: dict[int, np.ndarray] = {}
         self._sent_points: dict[int, tuple[int, float, float]] = {}
+        # the video whose cuts were detected, and its cuts (file indices)
+        self._cuts_of: VideoSource | None = None
+        self.cuts: list[int] = []
 
     def reset(self) -> None:
         """Forget the state (the tracker and its feature cache stay)."""
@@ -200,8 +212,53 @@ class TrackingSession:
             )
         return Tracker.from_config(config, warn=lambda m: notices.append(Notice("warning", m)))
 
-    def prepare(self, request: RunRequest, notices: list[Notice]) -> tuple[Tracker, bool]:
-        """Bring tracker and state up to date with ``request``; True if the state is new."""
+    def scan_cuts(
+        self, video: VideoSource, cancel: threading.Event
+    ) -> Generator[ProgressEvent | Notice, None, list[int]]:
+        """The scene cuts of ``video`` (file indices), detected on the first run of a video
+        and kept; yields ``"cuts"`` progress while reading, then a notice listing them.
+
+        Detection reads the frames in a helper thread so that its progress reaches the GUI
+        while it runs; a set ``cancel`` stops it after the current frame.
+        """
+        if self._cuts_of is video:
+            return self.cuts
+        events: queue.Queue[ProgressEvent | None] = queue.Queue()
+        found: dict[str, Any] = {}
+
+        def on_progress(event: ProgressEvent) -> None:
+            if cancel.is_set():
+                raise _Cancelled
+            events.put(event)
+
+        def scan() -> None:
+            try:
+                found["cuts"] = detect_cuts(video, progress=on_progress)
+            except BaseException as exc:  # handed to the worker, raised there
+                found["error"] = exc
+            finally:
+                events.put(None)
+
+        threading.Thread(target=scan, name="ditf-track cuts", daemon=True).start()
+        while (event := events.get()) is not None:
+            yield event
+        if "error" in found:
+            raise found["error"]
+        self._cuts_of, self.cuts = video, found["cuts"]
+        if self.cuts:
+            yield Notice(
+                "info",
+                f"scene cuts at frames {', '.join(map(str, self.cuts))}: labels and points are "
+                "not carried across them (tick 'across cuts' to carry them)",
+            )
+        return self.cuts
+
+    def prepare(
+        self, request: RunRequest, notices: list[Notice], cuts: Sequence[int] = ()
+    ) -> tuple[Tracker, bool]:
+        """Bring tracker and state up to date with ``request``; True if the state is new.
+
+        ``cuts``: the video's scene cuts (file indices), applied unless ``across_cuts``."""
         settings = request.settings
         if self.tracker is None or settings.tracker_key() != self._tracker_key:
             if settings.extractor_key() != self._extractor_key:
@@ -217,10 +274,16 @@ class TrackingSession:
                 "or add keypoints"
             )
         erased = set(self._sent) - set(request.annotations)
-        fresh = self.state is None or self.state.video is not request.video or bool(erased)
+        applied = () if request.across_cuts else tuple(sorted(cuts))
+        fresh = (
+            self.state is None
+            or self.state.video is not request.video
+            or bool(erased)
+            or self.state.cuts != applied
+        )
         if fresh:
             self.reset()
-            self.state = tracker.init_state(request.video)
+            self.state = tracker.init_state(request.video, cuts=applied)
         state = self.state
         assert state is not None
         for frame, labels in sorted(request.annotations.items()):
@@ -262,7 +325,8 @@ class TrackingSession:
         planned: list[int] = []
         try:
             notices: list[Notice] = []
-            tracker, fresh = self.prepare(request, notices)
+            cuts = yield from self.scan_cuts(request.video, cancel)
+            tracker, fresh = self.prepare(request, notices, cuts)
             yield from notices
             state = self.state
             assert state is not None
@@ -305,6 +369,8 @@ class TrackingSession:
             outcome.extracted = tracker.extracted_frames - extracted_before
         except DitfError as exc:
             outcome.status, outcome.message = "error", str(exc)
+        except _Cancelled:  # while scanning for cuts: nothing planned yet
+            outcome.status = "cancelled"
         done = set(outcome.computed)
         outcome.missing = [f for f in planned if f not in done]
         if outcome.status == "done" and outcome.missing:

@@ -304,6 +304,12 @@ class PropagationWidget(Container):
         )
         self.label_mode = ComboBox(label="label mode", choices=["area", "nearest"])
         self.points_mode = ComboBox(label="points mode", choices=["query", "heatmap"])
+        self.across_cuts = CheckBox(
+            text="across cuts",
+            value=False,
+            tooltip="carry labels and points across scene cuts (detected shot changes); off: "
+            "frames beyond a cut stay empty until you annotate a frame on their side of it",
+        )
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.correct_button = PushButton(
@@ -335,6 +341,7 @@ class PropagationWidget(Container):
                 self.temperature,
                 self.label_mode,
                 self.points_mode,
+                self.across_cuts,
                 buttons,
                 self.correct_button,
                 self.status,
@@ -633,7 +640,9 @@ class PropagationWidget(Container):
                 "nothing to track: paint the objects in an annotations Labels layer (any frame) "
                 "or add keypoints, and choose those layers"
             )
-        return RunRequest(source, self.settings(), annotations, points)
+        return RunRequest(
+            source, self.settings(), annotations, points, across_cuts=bool(self.across_cuts.value)
+        )
 
     # -- running -------------------------------------------------------------------------------
     def run(self) -> None:
@@ -767,7 +776,11 @@ class PropagationWidget(Container):
 
     def _on_progress(self, event: ProgressEvent) -> None:
         self.progress_events.append(event)
-        label = {"extract": "extract features", "propagate": "propagate"}[event.phase]
+        label = {
+            "cuts": "scan for scene cuts",
+            "extract": "extract features",
+            "propagate": "propagate",
+        }[event.phase]
         bar = self._bars.get(event.phase)
         if bar is None:
             if event.total == 0:
@@ -793,8 +806,11 @@ class PropagationWidget(Container):
         rows = np.column_stack(
             [result.point_ids, np.full(n, result.frame_idx), result.points, visible]
         ).astype(np.float64)
-        self._track_rows[result.frame_idx] = rows
+        # a point has no position beyond a scene cut from its query frame (NaN): no row
+        self._track_rows[result.frame_idx] = rows[np.isfinite(rows[:, 2:4]).all(axis=1)]
         stacked = np.concatenate([self._track_rows[t] for t in sorted(self._track_rows)])
+        if len(stacked) == 0:
+            return
         stacked = stacked[np.lexsort((stacked[:, 1], stacked[:, 0]))]
         data, features = stacked[:, :4], {"visible": stacked[:, 4].astype(bool)}
         if self._tracks is None or self._tracks not in self._viewer.layers:
@@ -818,6 +834,9 @@ class PropagationWidget(Container):
         if outcome.status == "error":
             show_error(outcome.message)
             self.status.value = "error (see the notification)"
+        elif outcome.status == "cancelled" and self._plan is None:
+            show_info("stopped while scanning the video for scene cuts; nothing was tracked")
+            self.status.value = "stopped"
         elif outcome.status == "cancelled":
             missing = format_frames(outcome.missing)
             show_info(
