@@ -43,6 +43,7 @@ SETTING_OVERRIDES: tuple[str, ...] = (
     "discard_ratio",
     "seed",
     "ensemble",
+    "vae_sample",
 )
 #: Frames per extraction batch of a tracker when :attr:`Runtime.batch_size` names none.
 DEFAULT_TRACKER_BATCH = 4
@@ -54,9 +55,11 @@ class FeatureConfig:
 
     ``preset`` names the model and its per-task settings (None: ``model`` with its ``family``);
     ``model`` replaces the preset's weights. The DiTF settings (``t`` … ``ensemble``) are the
-    preset's where None. Frames are resized so the short side is ``short_side`` (None: the
-    preset's, else :data:`~ditf_track.presets.DEFAULT_SIDE`), both sides multiples of the token
-    stride (``rounding``/``long_multiple`` as in :func:`~ditf_track.images.model_input_size`).
+    preset's where None (``vae_sample``: the VAE posterior sample per item, on unless a profile
+    says otherwise; False: the posterior mean). Frames are resized so the short side is
+    ``short_side`` (None: the preset's, else :data:`~ditf_track.presets.DEFAULT_SIDE`), both
+    sides multiples of the token stride (``rounding``/``long_multiple`` as in
+    :func:`~ditf_track.images.model_input_size`).
     """
 
     preset: str | None = DEFAULT_PRESET
@@ -74,6 +77,7 @@ class FeatureConfig:
     discard_ratio: float | None = None
     seed: int | None = None
     ensemble: int | None = None
+    vae_sample: bool | None = None
     short_side: int | None = None
     long_multiple: int | None = None
     rounding: Literal["nearest", "floor"] = "nearest"

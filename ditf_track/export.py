@@ -25,6 +25,7 @@ from ._version import __version__
 from .errors import InputError, OutputError
 from .features import FeatureExtractor
 from .images import model_input_size, read_image, resize_image
+from .noise import frame_noise_id, image_noise_id
 from .progress import Progress, ProgressEvent
 from .video import VideoSource, open_video, resize_frames
 
@@ -132,25 +133,32 @@ def extract_to_safetensors(
     if given — a video's come from :class:`~ditf_track.tracker.ClipFeatures`, frame 0 —
     else those found on the first batch; held for every frame) and the extractor's identity.
     ``progress`` gets an ``extract`` :class:`~ditf_track.progress.ProgressEvent` after each batch.
+    Noise is seeded per frame by its index in the file (per image by its content), as in
+    ``track``, so both compute the same features for a frame.
     """
-    frames_iter: Iterator[tuple[Sequence[str], np.ndarray]]
+    frames_iter: Iterator[tuple[Sequence[str], np.ndarray, list[str]]]
     if isinstance(source, np.ndarray):
         names: list[str] = ["image"]
         original = source.shape[:2]
-        frames_iter = iter([(names, resize_image(source, size)[None])])
+        image = resize_image(source, size)
+        frames_iter = iter([(names, image[None], [image_noise_id(image)])])
     else:
         names = list(source.frame_names)
         original = (source.height, source.width)
         frames_iter = (
-            ([names[i] for i in batch.positions], resize_frames(batch.frames, size))
+            (
+                [names[i] for i in batch.positions],
+                resize_frames(batch.frames, size),
+                [frame_noise_id(int(source.frame_indices[i])) for i in batch.positions],
+            )
             for batch in source.iter_frames(batch_size=batch_size)
         )
     writer = StreamingSafetensorsWriter(out, "features", len(names))
     channels = tuple(int(c) for c in massive_channels) if massive_channels is not None else None
     done = 0
     try:
-        for batch_names, frames in frames_iter:
-            maps = extractor.extract(frames, massive_channels=channels)
+        for batch_names, frames, noise_ids in frames_iter:
+            maps = extractor.extract(frames, massive_channels=channels, noise_ids=noise_ids)
             if channels is None:
                 channels = tuple(maps.meta.get("massive_channels", maps.discarded_channels))
             if "ditf_track" not in writer.metadata:

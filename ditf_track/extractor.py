@@ -32,22 +32,21 @@ from .features import (
     tokens_to_maps,
 )
 from .hub import folder_fingerprint
+from .noise import NOISE_RULE, check_noise_ids, default_noise_ids, item_noise
 from .presets import Preset, Task, load_preset
 
 if TYPE_CHECKING:
     from .config import FeatureConfig, Runtime
-
-#: Offset between the seeds of successive ensemble draws.
-_ENSEMBLE_SEED_STRIDE = 1_000_003
 
 
 class DiTFExtractor:
     """DiTF features of a DiT (PixArt-α, SD3/SD3.5, Flux); implements ``FeatureExtractor``.
 
     ``extract(images)`` takes ``(N, H, W, 3) uint8`` RGB with H, W multiples of 16 and returns
-    :class:`FeatureMaps` ``(N, C, H/16, W/16)`` (× ``upsample``). The noise map depends only on
-    the seed, the ensemble draw and the latent size — never on the other images in the batch —
-    so a frame's features are the same whichever frames it is extracted with.
+    :class:`FeatureMaps` ``(N, C, H/16, W/16)`` (× ``upsample``). Each image and ensemble
+    member gets its own noise (and VAE posterior sample), drawn from the seed and the image's
+    stable id (:mod:`ditf_track.noise`) — never from its place in the batch — so a frame's
+    features are the same whichever frames it is extracted with.
     """
 
     def __init__(
@@ -184,18 +183,31 @@ class DiTFExtractor:
             "dtype": dtype_name(b.dtype),
             "max_sequence_length": self.max_sequence_length,
             "stride": self.stride,
+            "noise": NOISE_RULE,
             **self.settings.to_dict(),
         }
 
     @torch.inference_mode()
     def extract(
-        self, images: np.ndarray | torch.Tensor, *, massive_channels: Sequence[int] | None = None
+        self,
+        images: np.ndarray | torch.Tensor,
+        *,
+        massive_channels: Sequence[int] | None = None,
+        noise_ids: Sequence[str] | None = None,
     ) -> FeatureMaps:
-        """DiTF maps of ``images`` ``(N, H, W, 3) uint8``; see the class docstring."""
+        """DiTF maps of ``images`` ``(N, H, W, 3) uint8``; see the class docstring.
+
+        ``noise_ids`` are the images' stable ids, one each (a video frame's
+        :func:`~ditf_track.noise.frame_noise_id`); None: each image's content hash.
+        """
         pixels = _to_pixels(images)
+        ids = self._noise_ids(images, noise_ids, len(pixels))
         size = (int(pixels.shape[2]), int(pixels.shape[3]))
         step = self.batch_size or len(pixels)
-        parts = [self._capture(pixels[i : i + step]) for i in range(0, len(pixels), step)]
+        parts = [
+            self._capture(pixels[i : i + step], ids[i : i + step])
+            for i in range(0, len(pixels), step)
+        ]
         return self.features_from_block(_concat(parts), size, massive_channels)
 
     def features_from_block(
@@ -241,24 +253,41 @@ class DiTFExtractor:
         )
 
     @torch.inference_mode()
-    def capture(self, images: np.ndarray | torch.Tensor) -> BlockCapture:
+    def capture(
+        self, images: np.ndarray | torch.Tensor, *, noise_ids: Sequence[str] | None = None
+    ) -> BlockCapture:
         """Raw block-k tensors of ``images`` (z averaged over the ensemble); for ``inspect``."""
-        return self._capture(_to_pixels(images))
+        pixels = _to_pixels(images)
+        return self._capture(pixels, self._noise_ids(images, noise_ids, len(pixels)))
 
-    def _capture(self, pixels: torch.Tensor) -> BlockCapture:
-        """Block k of ``pixels`` ``(N, 3, H, W)``, z (float32) averaged over the ensemble."""
+    @staticmethod
+    def _noise_ids(
+        images: np.ndarray | torch.Tensor, noise_ids: Sequence[str] | None, count: int
+    ) -> list[str]:
+        if noise_ids is None:
+            return default_noise_ids(images)
+        return check_noise_ids(noise_ids, count)
+
+    def _capture(self, pixels: torch.Tensor, noise_ids: Sequence[str]) -> BlockCapture:
+        """Block k of ``pixels`` ``(N, 3, H, W)``, z (float32) averaged over the ensemble.
+
+        Member m of image i draws its VAE posterior sample (``vae_sample``) and its latent
+        noise from generators seeded by (seed, ``noise_ids[i]``, m): on the CPU, then moved.
+        """
         s = self.settings
         b = self.backbone
         cond = b.condition(s.prompt)
         with out_of_memory_as_error("extracting features"):
-            latents = b.encode_images(pixels).to(b.dtype)
+            mean, std = b.encode_posterior(pixels)
+            shape = tuple(mean.shape[1:])
             z_sum: torch.Tensor | None = None
-            for draw in range(s.ensemble):
-                generator = torch.Generator("cpu").manual_seed(
-                    s.seed + draw * _ENSEMBLE_SEED_STRIDE
-                )
-                noise = torch.randn((1, *latents.shape[1:]), generator=generator)
-                noisy = b.noise_latents(latents, s.t, noise.expand_as(latents).to(latents.device))
+            for member in range(s.ensemble):
+                latents = mean
+                if s.vae_sample:
+                    eps = item_noise(shape, s.seed, noise_ids, member, "vae").to(mean.device)
+                    latents = mean + std * eps
+                noise = item_noise(shape, s.seed, noise_ids, member, "latent")
+                noisy = b.noise_latents(latents.to(b.dtype), s.t, noise.to(mean.device))
                 cap = b.capture(noisy, s.t, cond, s.k, s.condition, s.guidance)
                 z32 = cap.z.float()
                 z_sum = z32 if z_sum is None else z_sum + z32

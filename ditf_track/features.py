@@ -62,7 +62,10 @@ class DiTFSettings:
     ``t`` is the timestep in [0, 1000); ``k`` the global block index; ``condition`` picks what
     conditions the AdaLN modulation used on z (``"t+c"`` timestep and pooled text, ``"t"`` or
     ``"c"`` alone, an ablation); ``upsample`` > 1 bilinearly upsamples the maps before the L2
-    normalisation (as the official SPair script does).
+    normalisation (as the official SPair script does). ``seed`` and ``ensemble`` draw each
+    item's own noise (:mod:`ditf_track.noise`); ``vae_sample`` encodes with a posterior sample
+    ``mean + std·ε`` of the VAE, drawn per item and member as the official code does (False:
+    the posterior mean, no noise).
     """
 
     t: int
@@ -76,9 +79,12 @@ class DiTFSettings:
     seed: int = 0
     ensemble: int = 1
     upsample: int = 1
+    vae_sample: bool = True
 
     def __post_init__(self) -> None:
         check_t_k(self.t, self.k, self.ensemble)
+        if not isinstance(self.vae_sample, bool):
+            raise ConfigError(f"vae_sample must be True or False, got {self.vae_sample!r}")
         if self.condition not in CONDITION_MODES:
             raise ConfigError(
                 f"unknown condition mode {self.condition!r}; use one of {CONDITION_MODES}"
@@ -219,6 +225,9 @@ class FeatureExtractor(Protocol):
     ``extract`` takes ``(N, H, W, 3) uint8`` RGB images whose sides are multiples of ``stride``
     and returns maps of ``(H/stride, W/stride)`` cells. ``massive_channels`` fixes the discarded
     channels (found on the first frames of a clip, then held); ``None`` finds them on this batch.
+    ``noise_ids`` are the images' stable ids, one each, that seed their noise
+    (:mod:`ditf_track.noise`: a video frame's index in its file; None: each image's content
+    hash); an extractor without noise ignores them.
     ``identity()`` lists everything that changes the features, for cache keys and config.json.
     ``device`` is where the maps come back (the feature cache keeps them there; config.json
     records it): every extractor has one, so no caller asks which kind of extractor it holds.
@@ -232,7 +241,11 @@ class FeatureExtractor(Protocol):
     def identity(self) -> dict[str, Any]: ...
 
     def extract(
-        self, images: np.ndarray | torch.Tensor, *, massive_channels: Sequence[int] | None = None
+        self,
+        images: np.ndarray | torch.Tensor,
+        *,
+        massive_channels: Sequence[int] | None = None,
+        noise_ids: Sequence[str] | None = None,
     ) -> FeatureMaps: ...
 
 

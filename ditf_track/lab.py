@@ -91,11 +91,16 @@ class LabExtractor:
 
     @torch.inference_mode()
     def extract(
-        self, images: np.ndarray | torch.Tensor, *, massive_channels: Sequence[int] | None = None
+        self,
+        images: np.ndarray | torch.Tensor,
+        *,
+        massive_channels: Sequence[int] | None = None,
+        noise_ids: Sequence[str] | None = None,
     ) -> FeatureMaps:
         """``(N, H, W, 3) uint8`` RGB → maps ``(N, 3, H/stride, W/stride)`` float32, unit norm.
 
-        ``massive_channels`` (none exist in Lab) are zeroed if given, as the protocol asks.
+        ``massive_channels`` (none exist in Lab) are zeroed if given, as the protocol asks;
+        ``noise_ids`` are accepted and unused (colours draw no noise).
         """
         array = images.cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
         if array.ndim != 4 or array.shape[-1] != 3 or array.dtype != np.uint8:

@@ -71,6 +71,7 @@ from .nn import (
     sample_descriptors,
     soft_argmax_window,
 )
+from .noise import image_noise_id
 from .viz.matches import MAX_DRAWN_LINES as MAX_DRAWN_LINES
 from .viz.matches import draw_matches as draw_matches
 
@@ -430,12 +431,19 @@ class Matcher:
     def image_features(
         self, image: np.ndarray, *, massive_channels: Sequence[int] | None = None
     ) -> ImageFeatures:
-        """Extractor features of one image (no DINOv2) on its grid; channels found or held."""
+        """Extractor features of one image (no DINOv2) on its grid; channels found or held.
+
+        The image's noise is seeded by its content (:func:`~ditf_track.noise.image_noise_id`):
+        a pair's source and target draw different noise, the same image twice the same.
+        """
         arr = check_image(image)
         hw = (int(arr.shape[0]), int(arr.shape[1]))
         size = self.input_size(hw)
+        model_input = resize_image(arr, size)
         maps: FeatureMaps = self.extractor.extract(
-            resize_image(arr, size)[None], massive_channels=massive_channels
+            model_input[None],
+            massive_channels=massive_channels,
+            noise_ids=[image_noise_id(model_input)],
         )
         found = maps.meta.get("massive_channels", maps.discarded_channels)
         return ImageFeatures(

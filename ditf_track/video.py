@@ -300,6 +300,28 @@ class VideoSource:
         h.update(f"range {self.start}:{self.stop}:{self.stride} n={len(self)}".encode())
         return h.hexdigest()
 
+    def file_hash(self) -> str:
+        """SHA-256 hex digest of the whole file or folder, whatever the selection: the feature
+        cache keys frames by this and their file index, so ``--end 8`` and a whole-file run
+        share their frames' features.
+
+        Hashed as :meth:`content_hash` does, but over every frame file of a folder (every
+        frame of in-memory frames) and without the selection range.
+        """
+        h = hashlib.sha256(b"ditf-track file v1\0")
+        if self.kind == "video":
+            _hash_file_sampled(h, self.path, chunk=64 * 1024, samples=16)
+        elif self.kind == "array":
+            assert isinstance(self._reader, ArrayReader)
+            h.update(f"array {self._reader.frames.shape}\0".encode())
+            h.update(np.ascontiguousarray(self._reader.frames).tobytes())
+        else:
+            for f in self._files:
+                h.update(f.name.encode() + b"\0")
+                _hash_file_ends(h, f, 4 * 1024)
+        h.update(f"frames {self.total_frames}".encode())
+        return h.hexdigest()
+
     # ---- lifetime ----------------------------------------------------------------------------
     def close(self) -> None:
         """Release the decoder (file handles); the source cannot read afterwards."""

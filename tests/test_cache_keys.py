@@ -31,6 +31,7 @@ SETTING_CHANGES: dict[str, Any] = {
     "seed": 1,
     "ensemble": 2,
     "upsample": 2,
+    "vae_sample": False,
 }
 LOAD_CHANGES: dict[str, Any] = {
     "dtype": "bfloat16",
@@ -70,6 +71,22 @@ def test_extractor_identity_changes_with_every_setting_and_load_argument(
         assert changed != ident, name
         assert feature_key(changed, VIDEO, 3, SIZE) != feature_key(ident, VIDEO, 3, SIZE), name
         assert clip_key(changed, VIDEO, SIZE) != clip_key(ident, VIDEO, SIZE), name
+
+
+def test_extractor_identity_names_the_noise_rule(
+    tiny_model: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every cached feature of the shared-noise rule misses once the per-item rule is in."""
+    import ditf_track.extractor as extractor_module
+    from ditf_track.noise import NOISE_RULE
+
+    extractor = DiTFExtractor.from_pretrained(tiny_model("pixart"), family="pixart", t=141, k=1)
+    ident = extractor.identity()
+    assert ident["noise"] == NOISE_RULE
+    monkeypatch.setattr(extractor_module, "NOISE_RULE", "one map per latent size")
+    changed = extractor.identity()
+    assert feature_key(changed, VIDEO, 3, SIZE) != feature_key(ident, VIDEO, 3, SIZE)
+    assert clip_key(changed, VIDEO, SIZE) != clip_key(ident, VIDEO, SIZE)
 
 
 def test_key_changes_with_min_token_fraction() -> None:

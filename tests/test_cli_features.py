@@ -81,6 +81,22 @@ def test_extract_frame_folder_and_video(
     assert meta["input_size"] == [64, 112]
     norms = features.float().norm(dim=1)
     torch.testing.assert_close(norms, torch.ones_like(norms))
+    assert meta["massive_channels"] == []  # none on a clean tiny model: selections compare
+    assert meta["extractor"]["vae_sample"] is True
+    # a frame's noise comes from its index in the file: frames 1, 2 of --start 1 (one batch
+    # of 2) are frames 1, 2 of --end 3 (batches of 2 then 1); tolerance 1e-5
+    later = tmp_path / "later.safetensors"
+    args_later = [*args[:2], "--start", "1", *args[2:]]
+    code, _, _ = run([*args_later, "--out", str(later), *common], capsys)
+    assert code == 0
+    torch.testing.assert_close(
+        load_file(str(later))["features"], features[1:], rtol=1e-5, atol=1e-5
+    )
+    mean = tmp_path / "mean.safetensors"
+    code, _, _ = run([*args, "--vae-sample", "off", "--out", str(mean), *common], capsys)
+    assert code == 0
+    assert metadata(mean)["extractor"]["vae_sample"] is False
+    assert (load_file(str(mean))["features"].float() - features.float()).abs().max() > 1e-3
     video = tmp_path / "bikes.safetensors"
     args = ["extract", str(shared_data / "videos/bikes.mp4"), "--end", "4", "--stride", "2"]
     code, _, _ = run([*args, "--short-side", "48", "--out", str(video), *common], capsys)

@@ -255,9 +255,11 @@ class BatchChannels:
     def identity(self) -> dict[str, Any]:
         return {**self.inner.identity(), "batch_channels": True}
 
-    def extract(self, images: Any, *, massive_channels: Any = None) -> FeatureMaps:
+    def extract(
+        self, images: Any, *, massive_channels: Any = None, noise_ids: Any = None
+    ) -> FeatureMaps:
         found = (min(len(images), 3) - 1,) if massive_channels is None else massive_channels
-        maps = self.inner.extract(images, massive_channels=found)
+        maps = self.inner.extract(images, massive_channels=found, noise_ids=noise_ids)
         return dataclasses.replace(maps, meta={**maps.meta, "massive_channels": list(found)})
 
 

@@ -201,7 +201,9 @@ class _CodeExtractor:
     def identity(self) -> dict[str, Any]:
         return {"extractor": "codes"}
 
-    def extract(self, images: Any, *, massive_channels: Sequence[int] | None = None) -> FeatureMaps:
+    def extract(
+        self, images: Any, *, massive_channels: Sequence[int] | None = None, noise_ids: Any = None
+    ) -> FeatureMaps:
         code = self.codes[self.calls % len(self.codes)]
         self.calls += 1
         assert tuple(images.shape[1:3]) == (code.shape[1] * 16, code.shape[2] * 16)

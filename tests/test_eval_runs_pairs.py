@@ -41,18 +41,24 @@ LONG_SIDE = 64
 
 
 class Spy:
-    """Wraps an extractor's ``extract`` and counts the calls."""
+    """Wraps an extractor's ``extract``, counts the calls and keeps the noise ids given."""
 
     def __init__(self, extractor: DiTFExtractor) -> None:
         self.calls = 0
+        self.noise_ids: list[Any] = []
         self._extract = extractor.extract
         extractor.extract = self  # type: ignore[method-assign]
 
     def __call__(
-        self, images: Any, *, massive_channels: Sequence[int] | None = None
+        self,
+        images: Any,
+        *,
+        massive_channels: Sequence[int] | None = None,
+        noise_ids: Sequence[str] | None = None,
     ) -> FeatureMaps:
         self.calls += 1
-        return self._extract(images, massive_channels=massive_channels)
+        self.noise_ids.append(noise_ids)
+        return self._extract(images, massive_channels=massive_channels, noise_ids=noise_ids)
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +126,10 @@ def test_spair_runner_and_resume(
             if i == 1:
                 break
         assert spy.calls == 4
+        # each image draws its own noise: a pair's source and target differ (issue 18 item 3)
+        assert all(len(ids) == 1 for ids in spy.noise_ids)
+        assert spy.noise_ids[0] != spy.noise_ids[1]
+        assert spy.noise_ids[2] != spy.noise_ids[3]
         # An interruption mid-write leaves a torn last line: it is ignored and recomputed.
         with (out / "pairs.jsonl").open("a") as fh:
             fh.write('{"key": "torn", "pred_')

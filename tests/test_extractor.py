@@ -15,6 +15,7 @@ from ditf_track.errors import ConfigError, DeviceError, InputError
 from ditf_track.extractor import DiTFExtractor, build_extractor, extractor_from_config
 from ditf_track.features import DiTFSettings, FeatureExtractor
 from ditf_track.lab import LabExtractor
+from ditf_track.noise import default_noise_ids, item_noise
 from ditf_track.testing import build_tiny_pipeline, plant_massive_channels
 from ditf_track.tracker import Tracker
 
@@ -89,7 +90,9 @@ def test_post_adaln_discard_on_heavy_tailed_planted_model(
         channels=(3, 11),
         value=150.0,
         content_channels=(0, 1, 2, 4, 5, 6, 7, 8),
-        content_gain=300.0,
+        # 300 (before per-item noise) left content channel 6 at the rule's edge; at 150 the
+        # rule finds (3, 11) alone and the cosine drops by > 0.2 for seeds 0-3 alike
+        content_gain=150.0,
     )
     image = dog_frame(shared_data)
     original = DiTFExtractor.from_pretrained(
@@ -110,12 +113,99 @@ def test_seed_and_ensemble(tiny_model: Callable[..., Path]) -> None:
     # a frame's features do not depend on the other frames of the batch
     single = make(seed=0).extract(IMAGES[1:])
     torch.testing.assert_close(single.features[0], a.features[1], rtol=1e-5, atol=1e-5)
-    # ensemble=2 averages the raw z of draws seed and seed + stride before the LayerNorm
+    # ensemble=2 averages the raw z of members 0 and 1 before the LayerNorm; each member has
+    # its own VAE posterior sample and latent noise (computed by hand here, tolerance 1e-5)
     ens = make(seed=0, ensemble=2, feature_mode="original")
     z_ens = ens.capture(IMAGES).z
-    z0 = make(seed=0, feature_mode="original").capture(IMAGES).z
-    z1 = make(seed=1_000_003, feature_mode="original").capture(IMAGES).z
-    torch.testing.assert_close(z_ens, (z0 + z1) / 2, rtol=1e-5, atol=1e-5)
+    b = ens.backbone
+    ids = default_noise_ids(IMAGES)
+    mean, std = b.encode_posterior(ens_pixels(IMAGES))
+    zs = []
+    for member in (0, 1):
+        eps = item_noise(tuple(mean.shape[1:]), 0, ids, member, "vae")
+        noise = item_noise(tuple(mean.shape[1:]), 0, ids, member, "latent")
+        noisy = b.noise_latents(mean + std * eps, 400, noise)
+        zs.append(b.capture(noisy, 400, b.condition(""), 2).z.float())
+    torch.testing.assert_close(z_ens, (zs[0] + zs[1]) / 2, rtol=1e-5, atol=1e-5)
+    assert (zs[0] - zs[1]).abs().max() > 1e-2  # the members drew different noise
+
+
+def ens_pixels(images: np.ndarray) -> torch.Tensor:
+    """``(N, H, W, 3) uint8`` → ``(N, 3, H, W)`` in [-1, 1], as the extractor feeds the VAE."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def test_noise_is_drawn_per_image_from_its_stable_id(tiny_model: Callable[..., Path]) -> None:
+    """Issue 18 item 3: no noise map shared by the images of a batch, a pair or a clip."""
+    folder = tiny_model("sd3")
+    frame = IMAGES[:1]
+    twice = np.concatenate([frame, frame])
+    one = DiTFExtractor.from_pretrained(folder, family="sd3", t=400, k=2)
+    # the content rule (default): the same image twice draws the same noise …
+    same = one.extract(twice).features
+    torch.testing.assert_close(same[0], same[1], rtol=1e-5, atol=1e-5)
+    # … two identical frames of a video (their file indices) draw different noise
+    frames = one.extract(twice, noise_ids=["frame:0", "frame:1"]).features
+    assert (frames[0].float() - frames[1].float()).abs().max() > 1e-2
+    # a frame's features depend on its id, not on its batch or its place in the batch
+    four = np.random.RandomState(1).randint(0, 256, (4, 64, 96, 3), dtype=np.uint8)
+    ids = [f"frame:{i}" for i in (10, 11, 12, 13)]
+    batch4 = DiTFExtractor.from_pretrained(folder, family="sd3", t=400, k=2, batch_size=4)
+    batch1 = DiTFExtractor.from_pretrained(folder, family="sd3", t=400, k=2, batch_size=1)
+    f4 = batch4.extract(four, noise_ids=ids).features
+    f1 = batch1.extract(four, noise_ids=ids).features
+    torch.testing.assert_close(f1, f4, rtol=1e-5, atol=1e-5)
+    alone = batch4.extract(four[2:3], noise_ids=ids[2:3]).features[0]
+    torch.testing.assert_close(alone, f4[2], rtol=1e-5, atol=1e-5)
+    reversed_ = batch4.extract(four[::-1].copy(), noise_ids=ids[::-1]).features
+    torch.testing.assert_close(reversed_.flip(0), f4, rtol=1e-5, atol=1e-5)
+    # a re-run is identical, bit for bit
+    torch.testing.assert_close(batch4.extract(four, noise_ids=ids).features, f4, rtol=0, atol=0)
+    with pytest.raises(InputError, match="3 noise ids for 4 images; give one id per image"):
+        batch4.extract(four, noise_ids=ids[:3])
+
+
+def test_vae_sample_off_encodes_the_posterior_mean(
+    tiny_model: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ditf_track.extractor as extractor_module
+
+    folder = tiny_model("flux")
+    streams: list[str] = []
+    draw = extractor_module.item_noise
+
+    def recorded(*args: Any) -> torch.Tensor:
+        streams.append(args[-1])
+        return draw(*args)
+
+    monkeypatch.setattr(extractor_module, "item_noise", recorded)
+    mean_ex = DiTFExtractor.from_pretrained(
+        folder, family="flux", t=90, k=2, feature_mode="original", vae_sample=False
+    )
+    z_mean = mean_ex.capture(IMAGES).z
+    assert streams == ["latent"]  # no posterior sample was drawn
+    b = mean_ex.backbone
+    noise = draw(
+        tuple(b.encode_images(ens_pixels(IMAGES)).shape[1:]),
+        0,
+        default_noise_ids(IMAGES),
+        0,
+        "latent",
+    )
+    noisy = b.noise_latents(b.encode_images(ens_pixels(IMAGES)), 90, noise)
+    torch.testing.assert_close(
+        z_mean, b.capture(noisy, 90, b.condition(""), 2).z.float(), rtol=1e-5, atol=1e-5
+    )
+    streams.clear()
+    sampled = DiTFExtractor.from_pretrained(
+        folder, family="flux", t=90, k=2, feature_mode="original"
+    )
+    assert sampled.settings.vae_sample is True  # the authors' default
+    z_sample = sampled.capture(IMAGES).z
+    assert streams == ["vae", "latent"]
+    assert (z_sample - z_mean).abs().max() > 1e-3
+    assert mean_ex.identity()["vae_sample"] is False
+    assert sampled.identity()["vae_sample"] is True
 
 
 def test_text_cache_hit_loads_no_text_encoder(

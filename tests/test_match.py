@@ -34,6 +34,7 @@ from ditf_track.match import (
     nearest_in_target,
     read_match_points,
 )
+from ditf_track.noise import image_noise_id
 from ditf_track.testing import build_tiny_pipeline, plant_massive_channels
 
 STRIDE = 16
@@ -58,7 +59,11 @@ class OracleExtractor:
         return {"extractor": "oracle"}
 
     def extract(
-        self, images: np.ndarray | torch.Tensor, *, massive_channels: Sequence[int] | None = None
+        self,
+        images: np.ndarray | torch.Tensor,
+        *,
+        massive_channels: Sequence[int] | None = None,
+        noise_ids: Sequence[str] | None = None,
     ) -> FeatureMaps:
         code = self.codes[self.calls % len(self.codes)]
         self.calls += 1
@@ -295,11 +300,18 @@ def planted_flux(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_tiny_flux_pair_end_to_end(planted_flux: Path, frame: np.ndarray) -> None:
     extractor = DiTFExtractor.from_pretrained(planted_flux, family="flux", t=260, k=3)
     calls: list[Any] = []
+    noise_ids_seen: list[Any] = []
     original = extractor.extract
 
-    def spy(images: Any, *, massive_channels: Sequence[int] | None = None) -> FeatureMaps:
+    def spy(
+        images: Any,
+        *,
+        massive_channels: Sequence[int] | None = None,
+        noise_ids: Sequence[str] | None = None,
+    ) -> FeatureMaps:
         calls.append(massive_channels)
-        return original(images, massive_channels=massive_channels)
+        noise_ids_seen.append(noise_ids)
+        return original(images, massive_channels=massive_channels, noise_ids=noise_ids)
 
     extractor.extract = spy  # type: ignore[method-assign]
     matcher = Matcher(extractor, long_side=128)
@@ -309,6 +321,11 @@ def test_tiny_flux_pair_end_to_end(planted_flux: Path, frame: np.ndarray) -> Non
     assert pair.a.grid_hw == (5, 8)
     assert pair.discarded_channels == (3, 11)
     assert calls == [None, (3, 11)]  # found on A, held for B
+    # issue 18 item 3: source and target draw their own noise, seeded by their content
+    assert noise_ids_seen == [
+        [image_noise_id(resize_image(im, (80, 128)))] for im in (frame, flipped)
+    ]
+    assert noise_ids_seen[0] != noise_ids_seen[1]
     assert pair.meta["discarded_channels"] == [3, 11]
     for f in (pair.a, pair.b):
         assert f.features[[3, 11]].abs().max() == 0
@@ -323,6 +340,10 @@ def test_tiny_flux_pair_end_to_end(planted_flux: Path, frame: np.ndarray) -> Non
     assert matches.shape[1] == 4
     assert 0 < len(matches) <= 20
     assert matcher.identity()["extractor"]["k"] == 3
+    # the same image as source and target: the same noise, the same map (exactly)
+    same = matcher.features_for_pair(frame, frame.copy())
+    assert noise_ids_seen[-1] == noise_ids_seen[-2]
+    torch.testing.assert_close(same.a.features, same.b.features, rtol=0, atol=0)
 
 
 def test_long_side_defaults_to_the_preset() -> None:

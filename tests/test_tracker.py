@@ -80,8 +80,10 @@ class ShuffledCells:
     def identity(self) -> dict[str, Any]:
         return {**self.inner.identity(), "shuffled": True}
 
-    def extract(self, images: Any, *, massive_channels: Any = None) -> FeatureMaps:
-        maps = self.inner.extract(images, massive_channels=massive_channels)
+    def extract(
+        self, images: Any, *, massive_channels: Any = None, noise_ids: Any = None
+    ) -> FeatureMaps:
+        maps = self.inner.extract(images, massive_channels=massive_channels, noise_ids=noise_ids)
         n, c, h, w = maps.features.shape
         gen = torch.Generator().manual_seed(self.calls)
         self.calls += 1
@@ -264,7 +266,9 @@ class OracleExtractor:
     def identity(self) -> dict[str, Any]:
         return {"extractor": "oracle", "token": self._token}
 
-    def extract(self, images: Any, *, massive_channels: Sequence[int] | None = None) -> FeatureMaps:
+    def extract(
+        self, images: Any, *, massive_channels: Sequence[int] | None = None, noise_ids: Any = None
+    ) -> FeatureMaps:
         arr = np.asarray(images)
         picked = [
             self._index[hashlib.sha1(np.ascontiguousarray(f).tobytes()).hexdigest()] for f in arr

@@ -159,6 +159,31 @@ def test_content_hash(tmp_path: Path, bikes: Path, shared_data: Path) -> None:
     assert open_video(tmp_path).content_hash() != open_video(dog, end=3).content_hash()
 
 
+def test_file_hash_ignores_the_selection(tmp_path: Path, bikes: Path, shared_data: Path) -> None:
+    """The feature cache's video key: the whole file or folder, whatever frames are selected."""
+    h = open_video(bikes).file_hash()
+    assert len(h) == 64
+    assert h == open_video(bikes, end=8).file_hash() == open_video(bikes, start=3).file_hash()
+    assert h == open_video(bikes, stride=2).file_hash()
+    assert h != open_video(bikes).content_hash()
+    assert open_video(shutil.copy(bikes, tmp_path / "renamed.mp4")).file_hash() == h
+    assert open_video(remux(bikes, tmp_path / "remuxed.mp4")).file_hash() != h
+
+    dog = shared_data / "davis" / "JPEGImages" / "480p" / "dog"
+    assert open_video(dog, end=3).file_hash() == open_video(dog, start=5).file_hash()
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for name in ["00000.jpg", "00001.jpg", "00002.jpg"]:
+        shutil.copy(dog / name, folder / name)
+    first = open_video(folder, end=2).file_hash()
+    (folder / "00002.jpg").write_bytes((dog / "00003.jpg").read_bytes())  # an unselected frame
+    assert open_video(folder, end=2).file_hash() != first
+    frames = np.random.default_rng(0).integers(0, 255, (3, 8, 10, 3), dtype=np.uint8)
+    changed = frames.copy()
+    changed[2, 0, 0, 0] ^= 1
+    assert video_from_array(frames).file_hash() != video_from_array(changed).file_hash()
+
+
 # ---- errors -----------------------------------------------------------------------------------
 
 

@@ -370,11 +370,17 @@ class DiTBackbone(ABC):
     @torch.inference_mode()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """Latent means of ``pixels`` ``(N, 3, H, W)`` in [-1, 1], with scaling and shift."""
+        return self.encode_posterior(pixels)[0]
+
+    @torch.inference_mode()
+    def encode_posterior(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The VAE posterior of ``pixels`` ``(N, 3, H, W)`` in [-1, 1] in the transformer's
+        latent space: (mean, std), each ``(N, c, H/8, W/8)`` float32 with scaling and shift
+        applied, so a posterior sample is ``mean + std · ε`` (as ``latent_dist.sample()``)."""
         config = self.vae.config
         dist = self.vae.encode(pixels.to(self.device, torch.float32)).latent_dist
-        latents = dist.mean
         shift = getattr(config, "shift_factor", None) or 0.0
-        return (latents - shift) * config.scaling_factor
+        return (dist.mean - shift) * config.scaling_factor, dist.std * config.scaling_factor
 
     def condition(self, prompt: str) -> TextCondition:
         """The text condition for ``prompt`` on this backbone's device and dtype.

@@ -1,8 +1,8 @@
 """Per-frame feature cache: keys, the memory and disk tiers, and the folder they live in.
 
 * :mod:`.keys` — :func:`feature_key` / :func:`clip_key`: the sha256 of everything that changes
-  a feature map (the extractor's ``identity()``, the video's content hash, the model input
-  size, the frame index).
+  a feature map (the extractor's ``identity()``, its noise rule included, the video file's
+  hash, the model input size, the frame's index in the file).
 * :mod:`.store` — :class:`FeatureCache`: an LRU on the device over checksummed safetensors
   files, written through by a background thread.
 * :mod:`.folder` — :func:`cache_root` (``--cache-dir``, ``$DITF_TRACK_CACHE`` or
@@ -12,9 +12,9 @@
 Use (what :class:`~ditf_track.tracker.ClipFeatures` does, in short)::
 
     cache = FeatureCache(cache_root(cache_dir), device=device, disk_budget="50GB")
-    ident, video = extractor.identity(), source.content_hash()
+    ident, video = extractor.identity(), source.file_hash()          # the file, not the selection
     meta = cache.get_clip_meta(clip_key(ident, video, (H, W)))       # massive channels, if any
-    keys = [feature_key(ident, video, t, (H, W)) for t in range(T)]
+    keys = [feature_key(ident, video, int(i), (H, W)) for i in source.frame_indices]
     maps = [cache.get(k) for k in keys]                              # (C, h, w) each, or None
     todo = [t for t, m in enumerate(maps) if m is None]              # extract these in batches
     for t, m in zip(todo, extracted.features):                       # (N, C, h, w) → N entries

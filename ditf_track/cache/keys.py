@@ -2,8 +2,10 @@
 
 A key (:func:`feature_key`, :func:`clip_key`) digests the extractor's ``identity()`` (preset,
 model id and revision, dtype, stride, t, k, prompt, guidance, condition mode, feature mode,
-discard rule and stage, seed, ensemble, upsample, text sequence length), the video's content
-hash, the model input size ``(H, W)`` and, for a frame, its index. Keys become file names, so
+discard rule and stage, seed, the noise rule, VAE sampling, ensemble, upsample, text sequence
+length), the video file's hash, the model input size ``(H, W)`` and, for a frame, its index in
+the file or folder — never its position in a selection, so every selection of a file shares the
+features of the frames it has in common. Keys become file names, so
 only lowercase hex digests are accepted (:func:`check_key`).
 """
 
@@ -76,8 +78,9 @@ def feature_key(
     """Key of one frame's feature map: :func:`clip_key`'s parts plus the frame index.
 
     ``identity`` is the extractor's ``identity()`` (everything that changes the features);
-    ``video_hash`` the clip's ``VideoSource.content_hash()``;
-    ``frame_index`` the 0-based index in the clip; ``input_size`` the model input ``(H, W)``.
+    ``video_hash`` the video's ``VideoSource.file_hash()``;
+    ``frame_index`` the 0-based index in the file or folder (``VideoSource.frame_indices[t]``);
+    ``input_size`` the model input ``(H, W)``.
     A changed setting gives a different key (a miss); identical settings the same key.
     """
     if isinstance(frame_index, bool) or int(frame_index) != frame_index or frame_index < 0:

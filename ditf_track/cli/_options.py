@@ -110,6 +110,12 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     d.add_argument("--seed", type=int, help="noise seed (default 0)")
     d.add_argument("--ensemble", type=int, help="noise draws averaged before the LayerNorm")
+    d.add_argument(
+        "--vae-sample",
+        choices=["on", "off"],
+        help="on: encode with a VAE posterior sample drawn per image, frame and ensemble member "
+        "(the official code, default); off: the posterior mean",
+    )
     d.add_argument("--batch-size", type=int, help="images per forward pass (default: all)")
 
 
@@ -120,6 +126,8 @@ def feature_config(args: argparse.Namespace, **resize: Any) -> FeatureConfig:
     if preset is None and args.model is None:
         preset = DEFAULT_PRESET
     overrides: dict[str, Any] = {name: getattr(args, name, None) for name in SETTING_OVERRIDES}
+    if isinstance(overrides.get("vae_sample"), str):
+        overrides["vae_sample"] = overrides["vae_sample"] == "on"
     return FeatureConfig(
         preset=preset,
         model=args.model,

@@ -6,6 +6,12 @@ command (``track``, ``extract``) and every front end: the massive channels are f
 of the selection, held for every frame of the clip (they enter every frame's key) and stored as
 the clip's metadata, so a later run on the same clip discards the same channels without
 extracting frame 0 again.
+
+Frames are known by their index in the file or folder, never by their position in the
+selection: it keys them in the cache (with the file's hash, not the selection's) and seeds their
+noise (:func:`~ditf_track.noise.frame_noise_id`), so ``--start 0`` and ``--start 10`` give frame
+12 the same features and ``track --end 8`` reuses a whole-file run's frames. The clip's metadata
+is keyed by the file index of the frame its channels were found on.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import torch
 from ..cache import FeatureCache, clip_key, feature_key
 from ..features import FeatureExtractor
 from ..images import Interpolation
+from ..noise import frame_noise_id
 from ..video import VideoSource, resize_frames
 
 
@@ -47,7 +54,7 @@ class ClipFeatures:
         self.input_size = input_size
         self.cache = cache if cache is not None else FeatureCache(None)
         self.interpolation = interpolation
-        self.video_hash = video_hash if video_hash is not None else video.content_hash()
+        self.video_hash = video_hash if video_hash is not None else video.file_hash()
         self.on_extract = on_extract
         # What the features depend on besides the frame: the extractor and the resize.
         self.identity: dict[str, Any] = {**extractor.identity(), "resize": interpolation}
@@ -55,8 +62,11 @@ class ClipFeatures:
 
     @property
     def clip_key(self) -> str:
-        """The key of the clip's metadata (its massive channels)."""
-        return clip_key(self.identity, self.video_hash, self.input_size)
+        """The key of the clip's metadata (its massive channels, found on the selection's first
+        frame: that frame's file index enters the key)."""
+        first = int(self.video.frame_indices[0])
+        identity = {**self.identity, "channels_frame": first}
+        return clip_key(identity, self.video_hash, self.input_size)
 
     def known_channels(self) -> tuple[int, ...] | None:
         """The massive channels if already found (here or by an earlier run), else None."""
@@ -71,7 +81,7 @@ class ClipFeatures:
         """The clip's massive channels, found on frame 0 of the selection (extracting it)."""
         channels = self.known_channels()
         if channels is None:
-            maps = self.extractor.extract(self._frames([0]))
+            maps = self.extractor.extract(self._frames([0]), noise_ids=self.noise_ids([0]))
             self._count(1)
             channels = self._channels = tuple(maps.meta.get("massive_channels", ()))
             self.cache.put_clip_meta(self.clip_key, {"massive_channels": list(channels)})
@@ -105,10 +115,16 @@ class ClipFeatures:
     def extract(self, frames: Sequence[int]) -> None:
         """Extract ``frames`` in one batch into the cache."""
         channels = self.massive_channels
-        maps = self.extractor.extract(self._frames(frames), massive_channels=channels)
+        maps = self.extractor.extract(
+            self._frames(frames), massive_channels=channels, noise_ids=self.noise_ids(frames)
+        )
         self._count(len(frames))
         for frame_idx, feats in zip(frames, maps.features):
             self.cache.put(self.key(frame_idx), feats)
+
+    def noise_ids(self, frames: Sequence[int]) -> list[str]:
+        """The stable noise ids of positions in the selection: their file indices."""
+        return [frame_noise_id(int(self.video.frame_indices[f])) for f in frames]
 
     def _frames(self, frames: Sequence[int]) -> np.ndarray:
         """``(N, H', W', 3) uint8`` model-input frames of positions in the selection."""
