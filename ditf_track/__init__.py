@@ -3,7 +3,8 @@
 The data path, in the order one call follows it — ``Tracker.propagate(state)``:
 
     video → frames             video.py: open_video → VideoSource (decord, PyAV, OpenCV; streamed)
-    frames → latents           backbones/<family>.py: DiTBackbone.encode_images, noise_latents
+    frames → latents           backbones/base.py: DiTBackbone.encode_posterior; <family>.py noise_latents
+                               (each frame's own noise: noise.py, from its index in the file)
     latents → block-k feature  backbones/base.py: DiTBackbone.capture, <family>.py tap (hooks.py)
     → AdaLN → discard          features.py: adaln_modulate, find_massive_channels,
                                discard_channels (driven by extractor.py DiTFExtractor.extract)

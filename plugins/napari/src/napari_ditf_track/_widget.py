@@ -545,7 +545,7 @@ class PropagationWidget(Container):
         """The video file or frame folder napari read ``layer`` from, opened as the CLI opens
         it, when it holds the layer's frames.
 
-        The feature cache is keyed by the video's identity (:meth:`VideoSource.content_hash`):
+        The feature cache is keyed by the video's identity (:meth:`VideoSource.file_hash`):
         the file's bytes for a file, but every pixel for an array. Reading the file makes a
         layer from napari's builtin reader hit the CLI's cached features for the same file (and
         the tracker decodes frames on demand).
