@@ -3,7 +3,7 @@
 The data path, in the order one call follows it — ``Tracker.propagate(state)``:
 
     video → frames             video.py: open_video → VideoSource (decord, PyAV, OpenCV; streamed)
-    frames → latents           backbones/base.py: DiTBackbone.encode_posterior; <family>.py noise_latents
+    frames → latents           backbones/: DiTBackbone.encode_posterior, noise_latents
                                (each frame's own noise: noise.py, from its index in the file)
     latents → block-k feature  backbones/base.py: DiTBackbone.capture, <family>.py tap (hooks.py)
     → AdaLN → discard          features.py: adaln_modulate, find_massive_channels,
