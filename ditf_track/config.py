@@ -67,9 +67,9 @@ class FeatureConfig:
     authors' code where it exists, Flux; ``paper``: the paper's text; see
     :func:`~ditf_track.presets.resolve_profile`), and the settings given override it.
     ``discard_channels`` is ``"auto"`` (the rule) or fixed channels. Frames are resized so the
-    short side is ``short_side`` (None: the
-    preset's, else :data:`~ditf_track.presets.DEFAULT_SIDE`), both sides multiples of the token
-    stride (``rounding``/``long_multiple`` as in :func:`~ditf_track.images.model_input_size`).
+    short side is ``short_side`` (None: the preset's, else
+    :data:`~ditf_track.presets.DEFAULT_SIDE`), both sides multiples of the token stride
+    (``rounding``/``long_multiple`` as in :func:`~ditf_track.images.model_input_size`).
     """
 
     preset: str | None = DEFAULT_PRESET
