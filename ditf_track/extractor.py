@@ -273,7 +273,9 @@ class DiTFExtractor:
     ) -> FeatureMaps:
         """Apply the feature mode (original / AdaLN / AdaLN + discard) to block-k tensors.
 
-        ``cap.z`` ``(N, h·w, C)``, ``cap.gamma``/``cap.beta`` ``(N, C)`` (ensemble means).
+        ``cap.z`` ``(N, h·w, C)``, ``cap.gamma``/``cap.beta`` ``(N, C)``: ensemble means, the
+        authors' order (the modulation depends on t and the text, not on the noise, so each
+        draw's equals the mean exactly).
         Massive channels are those given (held for a clip), else the settings' fixed ones, else
         the rule's on z. AdaLN runs in float32; maps come back in the model dtype.
         """
