@@ -24,7 +24,15 @@ from typing import Any, Literal
 
 from .errors import ConfigError
 from .images import Interpolation
-from .presets import DEFAULT_PRESET, Task, load_preset, preset_size
+from .presets import (
+    DEFAULT_PRESET,
+    DEFAULT_PROFILE,
+    Task,
+    check_profile,
+    load_preset,
+    parse_discard_channels,
+    preset_size,
+)
 from .propagate import PointParams, PropagationParams
 
 LabelMode = Literal["area", "nearest"]
@@ -40,6 +48,7 @@ SETTING_OVERRIDES: tuple[str, ...] = (
     "feature_mode",
     "condition",
     "discard_stage",
+    "discard_channels",
     "discard_ratio",
     "seed",
     "ensemble",
@@ -55,14 +64,19 @@ class FeatureConfig:
 
     ``preset`` names the model and its per-task settings (None: ``model`` with its ``family``);
     ``model`` replaces the preset's weights. The DiTF settings (``t`` … ``ensemble``) are the
-    preset's where None (``vae_sample``: the VAE posterior sample per item, on unless a profile
-    says otherwise; False: the posterior mean). Frames are resized so the short side is
-    ``short_side`` (None: the preset's, else :data:`~ditf_track.presets.DEFAULT_SIDE`), both
-    sides multiples of the token stride (``rounding``/``long_multiple`` as in
-    :func:`~ditf_track.images.model_input_size`).
+    preset's where None; ``profile`` picks how the preset computes features (``official``: the
+    authors' code where it exists, Flux; ``paper``: the paper's text; see
+    :func:`~ditf_track.presets.resolve_profile`), and the settings given override it
+    (``vae_sample``: the VAE posterior sample per item, on unless a profile says otherwise;
+    False: the posterior mean).
+    ``discard_channels`` is ``"auto"`` (the rule) or fixed channels. Frames are resized so the
+    short side is ``short_side`` (None: the preset's, else
+    :data:`~ditf_track.presets.DEFAULT_SIDE`), both sides multiples of the token stride
+    (``rounding``/``long_multiple`` as in :func:`~ditf_track.images.model_input_size`).
     """
 
     preset: str | None = DEFAULT_PRESET
+    profile: str = DEFAULT_PROFILE
     model: str | None = None
     family: str | None = None
     revision: str | None = None
@@ -74,6 +88,7 @@ class FeatureConfig:
     feature_mode: str | None = None
     condition: str | None = None
     discard_stage: str | None = None
+    discard_channels: tuple[int, ...] | Literal["auto"] | None = None
     discard_ratio: float | None = None
     seed: int | None = None
     ensemble: int | None = None
@@ -88,6 +103,10 @@ class FeatureConfig:
             raise ConfigError(
                 "give a preset (--preset) or a model and its family (--model --family)"
             )
+        check_profile(self.profile)
+        if self.discard_channels is not None and self.discard_channels != "auto":
+            channels = parse_discard_channels(self.discard_channels)
+            object.__setattr__(self, "discard_channels", channels)
         if self.short_side is not None and self.short_side < 1:
             raise ConfigError(f"short side {self.short_side} must be a positive number of pixels")
 

@@ -9,6 +9,7 @@ k=)``); :func:`build_extractor` also returns the weight-free ``lab`` baseline.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -20,23 +21,24 @@ from .backbones import TOKEN_STRIDE, BlockCapture, DiTBackbone, backbone_class
 from .devices import dtype_name, out_of_memory_as_error, resolve_device, resolve_dtype
 from .errors import ConfigError, InputError
 from .features import (
-    DiscardRule,
     DiTFSettings,
     FeatureExtractor,
     FeatureMaps,
-    adaln_modulate,
-    discard_channels,
     find_massive_channels,
     massive_activation_stats,
+    modulate_and_discard,
     normalize_maps,
+    resolve_settings,
     tokens_to_maps,
 )
 from .hub import folder_fingerprint
 from .noise import NOISE_RULE, check_noise_ids, default_noise_ids, item_noise
-from .presets import Preset, Task, load_preset
+from .presets import DEFAULT_PROFILE, Preset, ResolvedProfile, Task, load_preset, resolve_profile
 
 if TYPE_CHECKING:
     from .config import FeatureConfig, Runtime
+
+log = logging.getLogger(__name__)
 
 
 class DiTFExtractor:
@@ -47,6 +49,11 @@ class DiTFExtractor:
     member gets its own noise (and VAE posterior sample), drawn from the seed and the image's
     stable id (:mod:`ditf_track.noise`) — never from its place in the batch — so a frame's
     features are the same whichever frames it is extracted with.
+
+    ``profile`` is the resolved profile the settings came from (``identity()`` records it).
+    Fixed ``discard_channels`` are compared once, on the first image or frame, with the
+    channels the rule finds there: a disagreement is one logged warning naming both sets, as is
+    a rule that finds none.
     """
 
     def __init__(
@@ -57,6 +64,7 @@ class DiTFExtractor:
         batch_size: int | None = None,
         preset: str | None = None,
         max_sequence_length: int | None = None,
+        profile: ResolvedProfile | None = None,
     ) -> None:
         if settings.k > backbone.k_max:
             raise ConfigError(
@@ -67,8 +75,17 @@ class DiTFExtractor:
                 "condition mode 'c' is not available for PixArt-α: its AdaLN takes the "
                 "timestep (and image size) only; use 't+c' or 't'"
             )
+        width = backbone.hidden_size
+        fixed = settings.discard_channels or ()
+        if any(c >= width for c in fixed):
+            raise ConfigError(
+                f"discard channels {list(fixed)} are not all channels of this model (it has "
+                f"{width}: 0..{width - 1}); give channels below {width} or --discard-channels auto"
+            )
         self.backbone = backbone
         self.settings = settings
+        self.profile = profile or resolve_profile(None, "video", DEFAULT_PROFILE)
+        self._channels_checked = False
         self.batch_size = batch_size
         self.preset = preset
         self.max_sequence_length = max_sequence_length  # the text condition's token count
@@ -88,26 +105,22 @@ class DiTFExtractor:
         local_files_only: bool | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         batch_size: int | None = None,
+        profile: str = DEFAULT_PROFILE,
         **overrides: Any,
     ) -> DiTFExtractor:
-        """A preset's model with its ``task`` settings; ``overrides`` replace any setting.
+        """A preset's model with its ``task`` settings under ``profile``; ``overrides`` replace
+        any setting.
 
         ``model`` replaces the preset's hub id with another id or a local folder (same family).
+        A profile whose fixed channels index another width than the loaded model's (a tiny test
+        model under the ``flux`` preset) does not apply to those weights: the paper's profile is
+        used, with one logged warning, and ``identity()`` records it.
         """
         preset = load_preset(name) if isinstance(name, str) else name
         if preset.weight_free:
             raise ConfigError("the lab preset is not a DiT; use build_extractor('lab')")
-        task_settings = preset.task(task)
-        fields = {
-            "t": task_settings.t,
-            "k": task_settings.k,
-            "prompt": task_settings.prompt,
-            "ensemble": task_settings.ensemble,
-            "guidance": preset.guidance,
-        }
-        fields.update({key: v for key, v in overrides.items() if v is not None})
-        settings = _settings_from(fields)
-        return cls.from_pretrained(
+        settings, resolved = resolve_settings(preset, task, profile, **overrides)
+        backbone = cls._load_backbone(
             model or preset.model_id or "",
             family=preset.family,
             settings=settings,
@@ -117,8 +130,26 @@ class DiTFExtractor:
             local_files_only=local_files_only,
             cache_dir=cache_dir,
             max_sequence_length=preset.max_sequence_length,
+        )
+        width = backbone.hidden_size
+        if resolved.model_channels is not None and width != resolved.model_channels:
+            note = (
+                f"the {resolved.requested} profile's discard channels "
+                f"{list(resolved.settings.discard_channels or ())} are those of "
+                f"{preset.model_id}'s {resolved.model_channels} channels; this model has "
+                f"{width}, so the paper's profile is used"
+            )
+            log.warning("%s", note)
+            paper = resolve_profile(preset, task, "paper")
+            resolved = dataclasses.replace(paper, requested=resolved.requested, note=note)
+            settings, resolved = resolve_settings(preset, task, resolved, **overrides)
+        return cls(
+            backbone,
+            settings,
             batch_size=batch_size,
             preset=preset.name,
+            max_sequence_length=preset.max_sequence_length,
+            profile=resolved,
         )
 
     @classmethod
@@ -136,13 +167,54 @@ class DiTFExtractor:
         max_sequence_length: int | None = None,
         batch_size: int | None = None,
         preset: str | None = None,
+        profile: str | ResolvedProfile = DEFAULT_PROFILE,
         **fields: Any,
     ) -> DiTFExtractor:
-        """Load blocks 0..k of ``model`` (hub id or folder in the hub's layout) of ``family``."""
+        """Load blocks 0..k of ``model`` (hub id or folder in the hub's layout) of ``family``.
+
+        No preset describes the model, so both profiles are the paper's computation; ``fields``
+        (t, k and any other DiTF setting) are used where ``settings`` is None.
+        """
         if settings is None:
-            if "t" not in fields or "k" not in fields:
-                raise ConfigError("give t and k (or a preset) to build a DiTF extractor")
-            settings = _settings_from(fields)
+            settings, resolved = resolve_settings(None, "video", profile, **fields)
+        elif isinstance(profile, ResolvedProfile):
+            resolved = profile
+        else:
+            resolved = resolve_profile(None, "video", profile)
+        backbone = cls._load_backbone(
+            model,
+            family=family,
+            settings=settings,
+            device=device,
+            dtype=dtype,
+            revision=revision,
+            local_files_only=local_files_only,
+            cache_dir=cache_dir,
+            max_sequence_length=max_sequence_length,
+        )
+        return cls(
+            backbone,
+            settings,
+            batch_size=batch_size,
+            preset=preset,
+            max_sequence_length=max_sequence_length,
+            profile=resolved,
+        )
+
+    @staticmethod
+    def _load_backbone(
+        model: str | os.PathLike[str],
+        *,
+        family: str,
+        settings: DiTFSettings,
+        device: str | torch.device,
+        dtype: str | torch.dtype | None,
+        revision: str | None,
+        local_files_only: bool | None,
+        cache_dir: str | os.PathLike[str] | None,
+        max_sequence_length: int | None,
+    ) -> DiTBackbone:
+        """Blocks 0..k of ``model`` and what encodes ``settings.prompt``."""
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
         with out_of_memory_as_error("loading the model"):
@@ -157,13 +229,7 @@ class DiTFExtractor:
                 max_sequence_length=max_sequence_length,
                 prompts=(settings.prompt,),
             )
-        return cls(
-            backbone,
-            settings,
-            batch_size=batch_size,
-            preset=preset,
-            max_sequence_length=max_sequence_length,
-        )
+        return backbone
 
     @property
     def device(self) -> torch.device:
@@ -184,6 +250,7 @@ class DiTFExtractor:
             "max_sequence_length": self.max_sequence_length,
             "stride": self.stride,
             "noise": NOISE_RULE,
+            "profile": self.profile.key(),
             **self.settings.to_dict(),
         }
 
@@ -218,30 +285,33 @@ class DiTFExtractor:
     ) -> FeatureMaps:
         """Apply the feature mode (original / AdaLN / AdaLN + discard) to block-k tensors.
 
-        ``cap.z`` ``(N, h·w, C)``, ``cap.gamma``/``cap.beta`` ``(N, C)``. Massive channels are
-        found on z unless given (fixed for a clip). AdaLN runs in float32; maps come back in
-        the model dtype.
+        ``cap.z`` ``(N, h·w, C)``, ``cap.gamma``/``cap.beta`` ``(N, C)``: ensemble means, the
+        authors' order (the modulation depends on t and the text, not on the noise, so each
+        draw's equals the mean exactly).
+        Massive channels are those given (held for a clip), else the settings' fixed ones, else
+        the rule's on z. AdaLN runs in float32; maps come back in the model dtype.
         """
         s = self.settings
         z, gamma, beta, grid, eps = cap.z, cap.gamma, cap.beta, cap.grid, cap.eps
         stats = massive_activation_stats(z, s.discard_rule.ratio)
-        channels = (
-            tuple(int(c) for c in massive_channels)
-            if massive_channels is not None
-            else find_massive_channels(stats, s.discard_rule)
-        )
-        discard = s.feature_mode == "adaln+discard"
-        if s.feature_mode == "original":
-            tokens = z.float()
+        found = find_massive_channels(stats, s.discard_rule)
+        if massive_channels is not None:
+            channels = tuple(int(c) for c in massive_channels)
         else:
-            z_in = (
-                discard_channels(z.float(), channels)
-                if discard and s.discard_stage == "pre_norm"
-                else z.float()
-            )
-            tokens = adaln_modulate(z_in, gamma.float(), beta.float(), eps)
-            if discard and s.discard_stage == "post_adaln":
-                tokens = discard_channels(tokens, channels)
+            channels = s.discard_channels if s.discard_channels is not None else found
+        discard = s.feature_mode == "adaln+discard"
+        if discard and massive_channels is None and not self._channels_checked:
+            self._channels_checked = True
+            self._warn_about_channels(found)
+        tokens = modulate_and_discard(
+            z.float(),
+            gamma.float(),
+            beta.float(),
+            channels,
+            feature_mode=s.feature_mode,
+            discard_stage=s.discard_stage,
+            eps=eps,
+        )
         maps = normalize_maps(tokens_to_maps(tokens, grid), s.upsample).to(self.backbone.dtype)
         return FeatureMaps(
             features=maps,
@@ -249,8 +319,32 @@ class DiTFExtractor:
             input_size=input_size,
             discarded_channels=channels if discard else (),
             stats=stats,
-            meta={"massive_channels": list(channels), **self.identity()},
+            meta={
+                "massive_channels": list(channels),
+                "rule_channels": list(found),
+                **self.identity(),
+            },
         )
+
+    def _warn_about_channels(self, found: tuple[int, ...]) -> None:
+        """The one check of the channels on the first image or frame (see the class docstring)."""
+        fixed = self.settings.discard_channels
+        ratio = self.settings.discard_rule.ratio
+        if fixed is not None and tuple(fixed) != found:
+            log.warning(
+                "the fixed discard channels %s differ from those the massive-activation rule "
+                "finds on the first image or frame (%s); the fixed ones are discarded "
+                "(--discard-channels auto uses the rule)",
+                list(fixed),
+                list(found) or "none",
+            )
+        elif fixed is None and not found:
+            log.warning(
+                "the massive-activation rule found no channel to discard on the first image or "
+                "frame (none at |v| >= %g x median |z|); nothing is discarded (fix them with "
+                "--discard-channels or change --discard-ratio)",
+                ratio,
+            )
 
     @torch.inference_mode()
     def capture(
@@ -304,18 +398,6 @@ def _concat(parts: Sequence[BlockCapture]) -> BlockCapture:
         beta=torch.cat([p.beta for p in parts]),
         gate=torch.cat([p.gate for p in parts]),
     )
-
-
-def _settings_from(fields: dict[str, Any]) -> DiTFSettings:
-    fields = dict(fields)
-    ratio = fields.pop("discard_ratio", None)
-    if ratio is not None:
-        fields["discard_rule"] = DiscardRule(ratio=float(ratio))
-    known = set(DiTFSettings.__dataclass_fields__)
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise ConfigError(f"unknown DiTF setting(s) {unknown}; known: {sorted(known)}")
-    return DiTFSettings(**fields)
 
 
 def _to_pixels(images: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -403,5 +485,6 @@ def extractor_from_config(
         local_files_only=run.local_files_only or None,
         cache_dir=run.cache_dir,
         batch_size=run.batch_size,
+        profile=features.profile,
         **features.overrides(),
     )

@@ -6,8 +6,14 @@ the median magnitude on every patch token (paper §1; SD3.5 channel 676, Flux ch
 block-k feature z *before* the block's AdaLN, applies that AdaLN's own channel-wise modulation
 ``ẑ = (1 + γ) · LayerNorm(z) + β`` (which suppresses most of the massive channels' weight),
 then zeroes the channels that are still massive ("channel discard"). The channel set is found
-from statistics of z (never a hard-coded list) and held fixed for every frame of a clip so that
-cosine similarities stay comparable across frames.
+from statistics of z and held fixed for every frame of a clip so that cosine similarities stay
+comparable across frames.
+
+Two orders of operations exist (``discard_stage``, chosen by a preset's profile, see
+:mod:`ditf_track.presets`): the paper's text zeroes the channels in the AdaLN output
+(``post_adaln``); the authors' code zeroes a fixed list (Flux: 154, 1446) in the raw z *before*
+the LayerNorm (``pre_norm``), so the LayerNorm's mean and variance leave them out. Either way an
+ensemble averages the raw z and the modulation over its noise draws first.
 
 Token tensors are ``(N, L, C)`` (batch, image tokens in row-major grid order, channels);
 feature maps are ``(N, C, h, w)`` on the token grid, one cell per ``stride`` model-input pixels.
@@ -25,13 +31,21 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ConfigError
-from .presets import check_t_k
+from .presets import (
+    DEFAULT_PROFILE,
+    DISCARD_STAGES,
+    Preset,
+    ResolvedProfile,
+    Task,
+    check_t_k,
+    parse_discard_channels,
+    resolve_profile,
+)
 
 FeatureMode = Literal["original", "adaln", "adaln+discard"]
 DiscardStage = Literal["post_adaln", "pre_norm"]
 ConditionMode = Literal["t+c", "t", "c"]
 FEATURE_MODES: tuple[str, ...] = ("original", "adaln", "adaln+discard")
-DISCARD_STAGES: tuple[str, ...] = ("post_adaln", "pre_norm")
 CONDITION_MODES: tuple[str, ...] = ("t+c", "t", "c")
 
 
@@ -65,7 +79,9 @@ class DiTFSettings:
     normalisation (as the official SPair script does). ``seed`` and ``ensemble`` draw each
     item's own noise (:mod:`ditf_track.noise`); ``vae_sample`` encodes with a posterior sample
     ``mean + std·ε`` of the VAE, drawn per item and member as the official code does (False:
-    the posterior mean, no noise).
+    the posterior mean, no noise). ``discard_stage`` is where the massive channels are zeroed
+    (see the module docstring); ``discard_channels`` fixes them (the authors' list for Flux),
+    None finds them with ``discard_rule`` on the first image or frame.
     """
 
     t: int
@@ -75,6 +91,7 @@ class DiTFSettings:
     condition: ConditionMode = "t+c"
     feature_mode: FeatureMode = "adaln+discard"
     discard_stage: DiscardStage = "post_adaln"
+    discard_channels: tuple[int, ...] | None = None
     discard_rule: DiscardRule = field(default_factory=DiscardRule)
     seed: int = 0
     ensemble: int = 1
@@ -99,6 +116,7 @@ class DiTFSettings:
             )
         if self.upsample < 1:
             raise ConfigError(f"upsample={self.upsample} must be at least 1")
+        object.__setattr__(self, "discard_channels", parse_discard_channels(self.discard_channels))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -181,6 +199,34 @@ def adaln_modulate(
     return normed * (1 + gamma) + beta
 
 
+def modulate_and_discard(
+    z: torch.Tensor,
+    gamma: torch.Tensor,
+    beta: torch.Tensor,
+    channels: Sequence[int],
+    *,
+    feature_mode: str = "adaln+discard",
+    discard_stage: str = "post_adaln",
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """The DiTF tokens ``(N, L, C)`` of the block feature ``z`` ``(N, L, C)`` and its modulation
+    ``gamma``/``beta`` ``(N, C)`` — each already the mean over an ensemble's draws.
+
+    ``original``: z itself; ``adaln``: ``(1 + γ) · LN(z) + β``; ``adaln+discard`` zeroes
+    ``channels`` in that output (``post_adaln``, the paper) or in z before the LayerNorm
+    (``pre_norm``, the authors' code). Computed in ``z``'s dtype.
+    """
+    if feature_mode == "original":
+        return z
+    discard = feature_mode == "adaln+discard"
+    if discard and discard_stage == "pre_norm":
+        z = discard_channels(z, channels)
+    tokens = adaln_modulate(z, gamma, beta, eps)
+    if discard and discard_stage == "post_adaln":
+        tokens = discard_channels(tokens, channels)
+    return tokens
+
+
 def discard_channels(x: torch.Tensor, channels: Sequence[int], dim: int = -1) -> torch.Tensor:
     """A copy of ``x`` with ``channels`` along ``dim`` set to zero."""
     if not channels:
@@ -189,6 +235,48 @@ def discard_channels(x: torch.Tensor, channels: Sequence[int], dim: int = -1) ->
     index = torch.as_tensor(list(channels), device=x.device, dtype=torch.long)
     out.index_fill_(dim, index, 0)
     return out
+
+
+def resolve_settings(
+    preset: Preset | None,
+    task: Task,
+    profile: str | ResolvedProfile = DEFAULT_PROFILE,
+    **overrides: Any,
+) -> tuple[DiTFSettings, ResolvedProfile]:
+    """The one place a preset, a task, a profile and the given settings become DiTF settings.
+
+    The preset's ``task`` settings (t, k, prompt, ensemble, guidance), then the profile's
+    (discard stage and channels), then ``overrides`` (None: not given). ``discard_ratio`` sets
+    the rule's ratio; ``discard_channels`` takes ``"auto"`` (the rule), ``"154,1446"`` or a list.
+    Without a preset, ``t`` and ``k`` must be given and both profiles are the paper's.
+    """
+    resolved = (
+        profile if isinstance(profile, ResolvedProfile) else resolve_profile(preset, task, profile)
+    )
+    fields: dict[str, Any] = {
+        "discard_stage": resolved.settings.discard_stage,
+        "discard_channels": resolved.settings.discard_channels,
+    }
+    if preset is not None and not preset.weight_free:
+        task_settings = preset.task(task)
+        fields.update(
+            t=task_settings.t,
+            k=task_settings.k,
+            prompt=task_settings.prompt,
+            ensemble=task_settings.ensemble,
+            guidance=preset.guidance,
+        )
+    fields.update({name: v for name, v in overrides.items() if v is not None})
+    ratio = fields.pop("discard_ratio", None)
+    if ratio is not None:
+        fields["discard_rule"] = DiscardRule(ratio=float(ratio))
+    if "t" not in fields or "k" not in fields:
+        raise ConfigError("give t and k (or a preset) to build a DiTF extractor")
+    known = set(DiTFSettings.__dataclass_fields__)
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ConfigError(f"unknown DiTF setting(s) {unknown}; known: {sorted(known)}")
+    return DiTFSettings(**fields), resolved
 
 
 @dataclass

@@ -7,12 +7,19 @@ editable install alike.
 A preset names a model (hub id, family, gating) and carries one :class:`TaskSettings` per task,
 because the best timestep t and block k differ between image-pair correspondence (paper
 Table 7) and video label propagation (the official DiTF DAVIS script).
+
+It also carries *profiles*: how features are computed, per task. ``official`` is what the
+authors' code does (github.com/ganchaofan0000/DiTF, FLUX.1-dev only: the massive channels
+154 and 1446 zeroed in the raw block feature before the LayerNorm); ``paper`` is the paper's
+text (channels found by the massive-activation rule, zeroed after the AdaLN). Where no authors'
+code exists, ``official`` is the same as ``paper`` and the preset says so (``same_as``).
+:func:`resolve_profile` is the one place that picks a profile's settings.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -33,6 +40,13 @@ DEFAULT_PRESET = "pixart-alpha"
 #: Model input side in pixels where neither the user nor the preset names one (the paper's).
 DEFAULT_SIDE = 960
 SizeField = Literal["image_size", "pair_long_side", "short_side"]
+ProfileName = Literal["official", "paper"]
+PROFILES: tuple[str, ...] = ("official", "paper")
+#: The authors' computation where their code exists (Flux), else the paper's (the same there).
+DEFAULT_PROFILE = "official"
+#: Where the massive channels are zeroed: in the AdaLN output (the paper's text) or in the raw
+#: block feature before the LayerNorm (the authors' code).
+DISCARD_STAGES: tuple[str, ...] = ("post_adaln", "pre_norm")
 
 
 def check_t_k(t: int, k: int, ensemble: int = 1) -> None:
@@ -71,6 +85,137 @@ class TaskSettings:
         check_t_k(self.t, self.k, self.ensemble)
 
 
+def parse_discard_channels(value: object) -> tuple[int, ...] | None:
+    """``"auto"`` / None → None (the massive-activation rule finds them); ``"154,1446"`` or a
+    list of ints → the sorted channel tuple. Shared by the CLI option and the preset field."""
+    if value is None or value == "auto":
+        return None
+    items: list[object]
+    if isinstance(value, str):
+        items = [part.strip() for part in value.split(",")]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        items = [value]
+    channels: list[int] = []
+    for item in items:
+        try:
+            channel = int(item)  # type: ignore[call-overload]
+        except (TypeError, ValueError):
+            channel = -1
+        if channel < 0 or isinstance(item, (bool, float)):
+            raise ConfigError(
+                f"discard channels {value!r}: {item!r} is not a channel index; give "
+                "comma-separated whole numbers >= 0 (e.g. 154,1446) or 'auto'"
+            )
+        channels.append(channel)
+    if not channels:
+        raise ConfigError(
+            "discard channels: the list is empty; give channels (e.g. 154,1446), 'auto' for "
+            "the rule, or --feature-mode adaln for no discard"
+        )
+    return tuple(sorted(set(channels)))
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    """How one task's features are computed under a profile.
+
+    ``discard_stage`` is where the massive channels are zeroed (:data:`DISCARD_STAGES`);
+    ``discard_channels`` a fixed list, or None for the channels the rule finds on the first
+    image or frame.
+    """
+
+    discard_stage: str = "post_adaln"
+    discard_channels: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.discard_stage not in DISCARD_STAGES:
+            raise ConfigError(
+                f"unknown discard stage {self.discard_stage!r}; use one of {DISCARD_STAGES}"
+            )
+        object.__setattr__(self, "discard_channels", parse_discard_channels(self.discard_channels))
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One profile of a preset: its per-task settings and where they come from.
+
+    ``same_as`` names the profile whose settings this one is (``official`` where no authors'
+    code exists); ``model_channels`` is the width of the residual stream that
+    ``discard_channels`` index (FLUX.1-dev's 3072): weights of another width are not the model
+    the list was read from, so the profile does not apply to them.
+    """
+
+    source: str
+    correspondence: ProfileSettings | None = None
+    video: ProfileSettings | None = None
+    same_as: str | None = None
+    model_channels: int | None = None
+
+
+@dataclass(frozen=True)
+class ResolvedProfile:
+    """The profile a run asked for (``requested``) and the one whose settings it got
+    (``used``; they differ where ``official`` is the same as ``paper``), with those settings
+    for its task. ``note`` says why, where they differ."""
+
+    requested: str
+    used: str
+    source: str
+    settings: ProfileSettings
+    model_channels: int | None = None
+    note: str | None = None
+
+    def key(self) -> dict[str, str]:
+        """What enters an extractor's identity (the settings enter it on their own)."""
+        return {"requested": self.requested, "used": self.used}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+#: The paper's computation for a model no preset describes (a bare ``--model``).
+_PAPER_SOURCE = (
+    "the paper's text (sec. 4.3): channels found by the massive-activation rule "
+    "(|v| >= 100 x median), zeroed after the AdaLN"
+)
+
+
+def check_profile(profile: str) -> None:
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
+
+
+def resolve_profile(
+    preset: Preset | None, task: Task, profile: str = DEFAULT_PROFILE
+) -> ResolvedProfile:
+    """``profile``'s settings for ``preset``'s ``task`` (None: a model no preset describes, where
+    both profiles are the paper's)."""
+    check_profile(profile)
+    if task not in TASKS:
+        raise ConfigError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
+    if preset is None or not preset.profiles:
+        note = None
+        if profile != "paper":
+            what = "no preset names this model" if preset is None else f"{preset.name} is no DiT"
+            note = f"{what}: {profile} is the paper's computation"
+        return ResolvedProfile(profile, "paper", _PAPER_SOURCE, ProfileSettings(), note=note)
+    chosen = preset.profiles[profile]
+    used = chosen.same_as or profile
+    target = preset.profiles[used]
+    settings = target.correspondence if task == "correspondence" else target.video
+    assert settings is not None  # preset_from_dict checks it
+    note = (
+        f"{profile} is the same as {used} for {preset.name}: {chosen.source}"
+        if chosen.same_as
+        else None
+    )
+    return ResolvedProfile(
+        profile, used, target.source, settings, model_channels=target.model_channels, note=note
+    )
+
+
 @dataclass(frozen=True)
 class Resources:
     """Sizes for the README table: parameters in billions (exact), GB (estimates)."""
@@ -98,6 +243,7 @@ class Preset:
     resources: Resources
     correspondence: TaskSettings
     video: TaskSettings
+    profiles: dict[str, Profile] = field(default_factory=dict)
 
     @property
     def weight_free(self) -> bool:
@@ -116,12 +262,18 @@ class Preset:
 
 
 def _preset_folder() -> Traversable:
-    """The installed ``ditf_track.configs`` package, or the checkout's ``configs/`` folder.
+    """The checkout's ``configs/`` folder when this code runs from a checkout, else the installed
+    ``ditf_track.configs`` package.
 
-    An editable install made before the presets moved out of ``ditf_track/`` maps only
-    ``ditf_track``: there ``ditf_track.configs`` is missing, or is a leftover
-    ``ditf_track/configs/__pycache__`` that imports as an empty namespace package.
+    An editable install maps ``ditf_track.configs`` to the checkout it was made from, which
+    need not be the one running (a git worktree on ``PYTHONPATH``); one made before the presets
+    moved out of ``ditf_track/`` maps only ``ditf_track``: there ``ditf_track.configs`` is
+    missing, or is a leftover ``ditf_track/configs/__pycache__`` that imports as an empty
+    namespace package.
     """
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "configs" / "__init__.py").is_file():
+        return checkout / "configs"
     try:
         folder = resources.files("ditf_track.configs")
         if any(f.name.endswith(".yaml") for f in folder.iterdir()):
@@ -166,6 +318,42 @@ def preset_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Preset:
         data["resources"] = Resources(**data["resources"])
         data["correspondence"] = TaskSettings(**data["correspondence"])
         data["video"] = TaskSettings(**data["video"])
+        data["profiles"] = _profiles_from(data.get("profiles") or {}, family, source)
         return Preset(**data)
     except (KeyError, TypeError) as exc:
         raise ConfigError(f"{source}: invalid preset ({exc}); see configs/*.yaml") from exc
+
+
+def _profiles_from(raw: dict[str, Any], family: str, source: str) -> dict[str, Profile]:
+    """The ``profiles`` section: both profiles for a DiT (``official`` may be ``same_as``
+    ``paper``), none for the weight-free baseline."""
+    if family == "lab":
+        if raw:
+            raise ConfigError(f"{source}: the lab baseline has no profiles; remove the section")
+        return {}
+    if set(raw) != set(PROFILES):
+        raise ConfigError(
+            f"{source}: profiles {sorted(raw)} must be exactly {list(PROFILES)}; see "
+            "configs/flux.yaml"
+        )
+    profiles: dict[str, Profile] = {}
+    for name, entry in raw.items():
+        data = dict(entry)
+        same_as = data.get("same_as")
+        if same_as is not None:
+            if same_as not in PROFILES or same_as == name or raw[same_as].get("same_as"):
+                raise ConfigError(
+                    f"{source}: profile {name} is the same as {same_as!r}, which is not a "
+                    "profile with settings"
+                )
+            if any(v is not None for k, v in data.items() if k not in ("same_as", "source")):
+                raise ConfigError(
+                    f"{source}: profile {name} is the same as {same_as}; give it no settings"
+                )
+        else:
+            for task in TASKS:
+                if task not in data:
+                    raise ConfigError(f"{source}: profile {name} has no {task} settings")
+                data[task] = ProfileSettings(**data[task])
+        profiles[name] = Profile(**data)
+    return profiles

@@ -372,7 +372,12 @@ def test_text_embedding_store_failure_warns_and_continues(
     with caplog.at_level(logging.WARNING):
         ex = load_flux(tiny_model("flux"), tmp_path)
     assert np.isfinite(ex.extract(np.zeros((1, 64, 64, 3), np.uint8)).features.numpy()).all()
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    # (the extractor's own note that a blank image has no massive channel is not this warning)
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and r.name != "ditf_track.extractor"
+    ]
     assert len(warnings) == 1
     assert "could not store the text embedding in the cache folder" in warnings[0]
     assert "No space left on device" in warnings[0]

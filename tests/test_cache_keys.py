@@ -27,6 +27,7 @@ SETTING_CHANGES: dict[str, Any] = {
     "condition": "t",
     "feature_mode": "adaln",
     "discard_stage": "pre_norm",
+    "discard_channels": (3,),
     "discard_rule": DiscardRule(ratio=50.0),
     "seed": 1,
     "ensemble": 2,
@@ -38,6 +39,7 @@ LOAD_CHANGES: dict[str, Any] = {
     "revision": "def456",
     "max_sequence_length": 7,
     "preset": "pixart-alpha",
+    "profile": "paper",  # asked for; the default asks for official (the paper's here)
 }
 
 

@@ -210,3 +210,69 @@ def test_inspect_refuses_lab_before_any_model_or_folder(
         "ditf-track: error: inspect needs a DiT (the lab preset has no block features)"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_extract_records_the_profile_and_the_channels_used(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--profile and --discard-channels reach the extractor; the file's metadata records the
+    profile asked for and used, every resolved setting, and the channels discarded. A video's
+    channels are fixed on frame 0 of the selection and compared with the rule once there."""
+    folder = plant_massive_channels(build_tiny_pipeline("flux", tmp_path / "m"), (3, 11), 400.0)
+    args = ["extract", str(shared_data / DAVIS_DOG), "--start", "2", "--end", "5"]
+    args += ["--short-side", "64", "--preset", "flux", "--model", str(folder), "--k", "3"]
+    fixed = tmp_path / "fixed.safetensors"
+    code, _, err = run(
+        [*args, "--out", str(fixed), "--discard-channels", "5,3", "--discard-stage", "pre_norm"],
+        capsys,
+    )
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if "WARNING" in line]
+    assert len(warnings) == 2, err
+    assert "this model has 32, so the paper's profile is used" in warnings[0]
+    assert "the fixed discard channels [3, 5] differ" in warnings[1]
+    assert "first image or frame ([3, 11])" in warnings[1]
+    meta = metadata(fixed)
+    assert (meta["massive_channels"], meta["discarded_channels"]) == ([3, 5], [3, 5])
+    extractor = meta["extractor"]
+    assert extractor["profile"] == {"requested": "official", "used": "paper"}
+    assert (extractor["discard_stage"], extractor["discard_channels"]) == ("pre_norm", [3, 5])
+    rule = tmp_path / "rule.safetensors"
+    code, _, err = run([*args, "--out", str(rule), "--profile", "paper"], capsys)
+    assert code == 0, err
+    assert "WARNING" not in err  # the rule finds the planted channels: nothing to say
+    meta = metadata(rule)
+    assert (meta["massive_channels"], meta["discarded_channels"]) == ([3, 11], [3, 11])
+    assert meta["extractor"]["profile"] == {"requested": "paper", "used": "paper"}
+    assert (meta["extractor"]["discard_stage"], meta["extractor"]["discard_channels"]) == (
+        "post_adaln",
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (
+            ["--discard-channels", "3,x"],
+            "argument --discard-channels: discard channels '3,x': 'x' is not a channel index; "
+            "give comma-separated whole numbers >= 0 (e.g. 154,1446) or 'auto'",
+        ),
+        (
+            ["--profile", "authors"],
+            "argument --profile: invalid choice: 'authors' (choose from ",
+        ),
+    ],
+)
+def test_profile_options_are_checked_at_parse_time(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: list[str], message: str
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli_helpers.cli.main(
+            ["extract", str(tmp_path / "x.jpg"), "--out", str(tmp_path / "o"), *option]
+        )
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert message in err
+    assert not (tmp_path / "o").exists()

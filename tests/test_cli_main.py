@@ -43,6 +43,23 @@ def test_every_option_has_help() -> None:
     assert missing == []
 
 
+def test_every_command_with_a_model_takes_a_profile() -> None:
+    """extract, inspect, track, match and every eval runner: --profile (default official) and
+    --discard-channels sit in the model options wherever --preset does."""
+    by_command: dict[str, dict[str, argparse.Action]] = {}
+    for path, action in _walk(cli.build_parser()):
+        for option in action.option_strings:
+            by_command.setdefault(path, {})[option] = action
+    with_model = sorted(path for path, options in by_command.items() if "--preset" in options)
+    assert {"ditf-track track", "ditf-track match", "ditf-track extract"} <= set(with_model)
+    assert sum(path.startswith("ditf-track eval ") for path in with_model) >= 5
+    for path in with_model:
+        options = by_command[path]
+        assert options["--profile"].default == "official", path
+        assert options["--profile"].choices == ("official", "paper"), path
+        assert "--discard-channels" in options, path
+
+
 @pytest.mark.parametrize("command", [[], ["extract"], ["inspect"]])
 def test_help_texts(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:

@@ -706,6 +706,30 @@ def test_config_json_holds_the_tracker_config_and_the_run_facts(
     assert "label_mode" not in recorded  # a setting: only in ``config``
 
 
+def test_config_json_records_the_profile_and_the_channels_used(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What was asked (``config.features``: the profile, the fixed channels) and what the run
+    resolved (``extractor``: the profile used, every discard setting; the clip's channels)."""
+    from ditf_track.testing import build_tiny_pipeline, plant_massive_channels
+
+    folder = plant_massive_channels(build_tiny_pipeline("flux", tmp_path / "m"), (3, 11), 400.0)
+    out = tmp_path / "masks"
+    args = [*davis_args(shared_data, out, end=3), "--short-side", "64", "--quiet"]
+    args += ["--preset", "flux", "--model", str(folder), "--k", "3", "--no-disk-cache"]
+    args += ["--discard-channels", "11,3", "--discard-stage", "pre_norm"]
+    code, _, err = run(args, capsys)
+    assert code == 0, err
+    recorded = json.loads((out / "config.json").read_text())
+    assert recorded["config"]["features"]["profile"] == "official"
+    assert recorded["config"]["features"]["discard_channels"] == [3, 11]
+    extractor = recorded["extractor"]
+    # a 32-channel model is not FLUX.1-dev: the official profile does not apply to it
+    assert extractor["profile"] == {"requested": "official", "used": "paper"}
+    assert (extractor["discard_stage"], extractor["discard_channels"]) == ("pre_norm", [3, 11])
+    assert recorded["massive_channels"] == [3, 11]
+
+
 @pytest.mark.faults
 def test_resume_may_change_where_features_are_cached(
     clip: tuple[Path, Path],

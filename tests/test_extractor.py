@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from ditf_track.extractor import DiTFExtractor, build_extractor, extractor_from_
 from ditf_track.features import DiTFSettings, FeatureExtractor
 from ditf_track.lab import LabExtractor
 from ditf_track.noise import default_noise_ids, item_noise
+from ditf_track.presets import Preset, load_preset, preset_from_dict
 from ditf_track.testing import build_tiny_pipeline, plant_massive_channels
 from ditf_track.tracker import Tracker
 
@@ -280,8 +282,12 @@ def test_extractor_errors(tiny_model: Callable[..., Path]) -> None:
         ex.extract(np.zeros((1, 64, 96, 3), np.float32))
 
 
-def test_preset_on_a_local_folder(tiny_model: Callable[..., Path]) -> None:
-    ex = DiTFExtractor.from_preset("flux", "video", model=tiny_model("flux"), k=3)
+def test_preset_on_a_local_folder(
+    tiny_model: Callable[..., Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="ditf_track.extractor"):
+        ex = DiTFExtractor.from_preset("flux", "video", model=tiny_model("flux"), k=3)
+    said = [r.getMessage() for r in caplog.records]
     ident = ex.identity()
     assert (ident["t"], ident["k"], ident["prompt"], ident["guidance"]) == (
         90,
@@ -291,6 +297,134 @@ def test_preset_on_a_local_folder(tiny_model: Callable[..., Path]) -> None:
     )
     assert ident["preset"] == "flux"
     assert ex.extract(IMAGES).features.shape == (2, 32, 4, 6)
+    # The official profile's channels index FLUX.1-dev's 3,072; a 32-channel model is not the
+    # model they were read from: the paper's profile, said once and recorded.
+    assert ident["profile"] == {"requested": "official", "used": "paper"}
+    assert (ident["discard_stage"], ident["discard_channels"]) == ("post_adaln", None)
+    assert said == [
+        "the official profile's discard channels [154, 1446] are those of "
+        "black-forest-labs/FLUX.1-dev's 3072 channels; this model has 32, so the paper's "
+        "profile is used"
+    ]
+    with pytest.raises(
+        ConfigError,
+        match=r"discard channels \[154, 1446\] are not all channels "
+        r"of this model \(it has 32: 0..31\); give channels below 32 or "
+        r"--discard-channels auto",
+    ):
+        DiTFExtractor.from_pretrained(
+            tiny_model("flux"), family="flux", t=90, k=3, discard_channels=(154, 1446)
+        )
+
+
+def tiny_flux_preset(channels: tuple[int, ...] = (3, 11)) -> Preset:
+    """The flux preset with a test profile: the official settings on a tiny Flux's 32-channel
+    stream, with the channels planted in it."""
+    raw = load_preset("flux").to_dict()
+    official = raw["profiles"]["official"]
+    official["model_channels"] = 32
+    for task in ("correspondence", "video"):
+        official[task]["discard_channels"] = list(channels)
+    return preset_from_dict(raw, source="tiny flux test preset")
+
+
+@pytest.fixture(scope="module")
+def planted_flux(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = build_tiny_pipeline("flux", tmp_path_factory.mktemp("planted") / "flux")
+    return plant_massive_channels(folder, (3, 11), 400.0)
+
+
+def _layer_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
+    mean = x.mean(-1, keepdim=True)
+    return (x - mean) / torch.sqrt(((x - mean) ** 2).mean(-1, keepdim=True) + eps)
+
+
+def test_profiles_through_the_real_hooks_of_a_tiny_flux(
+    planted_flux: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each profile's order of operations on what the hooks read, ensemble of 2.
+
+    The hand computation (float64) averages each draw's raw block feature and modulation as
+    the hooks returned them, then: official = zero 3 and 11 → LayerNorm → modulate; paper =
+    LayerNorm → modulate → zero the rule's channels. Tolerance: atol 1e-5 on the unit-norm maps
+    (the extractor computes in float32), rtol 0.
+    """
+    image = dog_frame(shared_data)
+    maps: dict[str, torch.Tensor] = {}
+    for profile in ("official", "paper"):
+        ex = DiTFExtractor.from_preset(
+            tiny_flux_preset(), "video", model=planted_flux, k=3, ensemble=2, profile=profile
+        )
+        draws: list[Any] = []
+        capture = ex.backbone.capture
+
+        def recording(*args: Any, capture: Any = capture, draws: Any = draws, **kw: Any) -> Any:
+            draws.append(capture(*args, **kw))
+            return draws[-1]
+
+        monkeypatch.setattr(ex.backbone, "capture", recording)
+        out = ex.extract(image)
+        assert len(draws) == 2
+        z = torch.stack([d.z.double() for d in draws]).mean(0)
+        gamma = torch.stack([d.gamma.double() for d in draws]).mean(0)[:, None]
+        beta = torch.stack([d.beta.double() for d in draws]).mean(0)[:, None]
+        eps = draws[0].eps
+        assert eps == 1e-6
+        if profile == "official":
+            assert (ex.settings.discard_stage, ex.settings.discard_channels) == (
+                "pre_norm",
+                (3, 11),
+            )
+            zeroed = z.clone()
+            zeroed[..., [3, 11]] = 0.0
+            tokens = _layer_norm(zeroed, eps) * (1 + gamma) + beta
+        else:
+            assert (ex.settings.discard_stage, ex.settings.discard_channels) == ("post_adaln", None)
+            tokens = _layer_norm(z, eps) * (1 + gamma) + beta
+            tokens[..., [3, 11]] = 0.0
+        assert out.discarded_channels == (3, 11)
+        assert ex.identity()["profile"] == {"requested": profile, "used": profile}
+        h, w = draws[0].grid
+        expected = torch.nn.functional.normalize(tokens.transpose(1, 2).reshape(1, -1, h, w), dim=1)
+        torch.testing.assert_close(out.features.double(), expected, rtol=0, atol=1e-5)
+        maps[profile] = out.features
+    assert (maps["official"] - maps["paper"]).abs().max() > 0.05
+
+
+def test_fixed_channels_are_compared_once_with_the_rule(
+    planted_flux: Path,
+    tiny_model: Callable[..., Path],
+    shared_data: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    image = dog_frame(shared_data)
+    ex = DiTFExtractor.from_preset(tiny_flux_preset((3, 5)), "video", model=planted_flux, k=3)
+    with caplog.at_level(logging.WARNING, logger="ditf_track.extractor"):
+        first = ex.extract(image)
+        ex.extract(image)
+        ex.extract(image, massive_channels=(3, 5))
+    assert first.discarded_channels == (3, 5)  # the fixed ones, whatever the rule finds
+    assert first.meta["rule_channels"] == [3, 11]
+    assert [r.getMessage() for r in caplog.records] == [
+        "the fixed discard channels [3, 5] differ from those the massive-activation rule finds "
+        "on the first image or frame ([3, 11]); the fixed ones are discarded "
+        "(--discard-channels auto uses the rule)"
+    ]
+    caplog.clear()
+    agreeing = DiTFExtractor.from_preset(tiny_flux_preset(), "video", model=planted_flux, k=3)
+    with caplog.at_level(logging.WARNING, logger="ditf_track.extractor"):
+        agreeing.extract(image)
+    assert caplog.records == []
+    # a model without massive activations: the rule finds none, said once
+    clean = DiTFExtractor.from_pretrained(tiny_model("flux"), family="flux", t=90, k=3)
+    with caplog.at_level(logging.WARNING, logger="ditf_track.extractor"):
+        assert clean.extract(image).discarded_channels == ()
+        clean.extract(image)
+    assert [r.getMessage() for r in caplog.records] == [
+        "the massive-activation rule found no channel to discard on the first image or frame "
+        "(none at |v| >= 100 x median |z|); nothing is discarded (fix them with "
+        "--discard-channels or change --discard-ratio)"
+    ]
 
 
 def test_the_builders_decide_lab_once_and_every_extractor_has_a_device(

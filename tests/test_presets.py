@@ -42,3 +42,84 @@ def test_preset_errors() -> None:
     raw["video"]["t"] = 1000
     with pytest.raises(ConfigError, match="t=1000"):
         preset_from_dict(raw)
+
+
+def test_resolved_settings_per_profile_and_task() -> None:
+    """Flux: official = the authors' code (pre-norm, 154 and 1446 at both operating points),
+    paper = the paper's text; everywhere else official is paper and says so."""
+    from ditf_track.features import resolve_settings
+    from ditf_track.presets import PROFILES, TASKS, resolve_profile
+
+    flux = load_preset("flux")
+    for task in TASKS:
+        official, r = resolve_settings(flux, task, "official")
+        assert (official.discard_stage, official.discard_channels) == ("pre_norm", (154, 1446))
+        assert (r.requested, r.used, r.model_channels, r.note) == (
+            "official",
+            "official",
+            3072,
+            None,
+        )
+        paper, r = resolve_settings(flux, task, "paper")
+        assert (paper.discard_stage, paper.discard_channels) == ("post_adaln", None)
+        assert (r.requested, r.used) == ("paper", "paper")
+        # the profile changes only how features are computed, never t, k or the prompt
+        assert (official.t, official.k, official.prompt) == (paper.t, paper.k, paper.prompt)
+    video, _ = resolve_settings(flux, "video", "official")
+    assert (video.t, video.k, video.prompt) == (90, 24, "a photo of a image")
+    assert resolve_settings(flux, "video")[0] == video  # official is the default
+    for name in ("pixart-alpha", "sd3", "sd3.5", "flux-schnell"):
+        preset = load_preset(name)
+        for task in TASKS:
+            official, r = resolve_settings(preset, task, "official")
+            assert official == resolve_settings(preset, task, "paper")[0], (name, task)
+            assert (official.discard_stage, official.discard_channels) == ("post_adaln", None)
+            assert (r.requested, r.used) == ("official", "paper")
+            assert "official is the same as paper" in str(r.note)
+    # without a preset (a bare --model) both are the paper's; lab has no profiles
+    for profile in PROFILES:
+        bare = resolve_profile(None, "video", profile)
+        assert (bare.used, bare.settings.discard_stage, bare.settings.discard_channels) == (
+            "paper",
+            "post_adaln",
+            None,
+        )
+    assert load_preset("lab").profiles == {}
+    # given settings override the profile's
+    s, _ = resolve_settings(flux, "video", "official", discard_channels="auto", t=100)
+    assert (s.discard_stage, s.discard_channels, s.t) == ("pre_norm", None, 100)
+    s, _ = resolve_settings(flux, "video", "paper", discard_channels=(7,), discard_ratio=50)
+    assert (s.discard_stage, s.discard_channels, s.discard_rule.ratio) == ("post_adaln", (7,), 50)
+
+
+def test_profile_errors() -> None:
+    from ditf_track.config import FeatureConfig
+    from ditf_track.presets import resolve_profile
+
+    with pytest.raises(ConfigError, match="unknown profile 'authors'; use one of official, paper"):
+        resolve_profile(load_preset("flux"), "video", "authors")
+    with pytest.raises(ConfigError, match="unknown profile 'x'"):
+        FeatureConfig(profile="x")
+    assert FeatureConfig().profile == "official"
+    assert FeatureConfig(discard_channels="1446,154").discard_channels == (154, 1446)  # type: ignore[arg-type]
+    assert FeatureConfig(discard_channels="auto").discard_channels == "auto"
+    raw = load_preset("flux").to_dict()
+    del raw["profiles"]["paper"]
+    with pytest.raises(ConfigError, match=r"profiles \['official'\] must be exactly"):
+        preset_from_dict(raw)
+    raw = load_preset("flux").to_dict()
+    raw["profiles"]["official"]["video"]["discard_stage"] = "before"
+    with pytest.raises(ConfigError, match="unknown discard stage 'before'"):
+        preset_from_dict(raw)
+    raw = load_preset("flux").to_dict()
+    raw["profiles"]["official"]["video"]["discard_channels"] = [154, "x"]
+    with pytest.raises(ConfigError, match="'x' is not a channel index"):
+        preset_from_dict(raw)
+    raw = load_preset("pixart-alpha").to_dict()
+    raw["profiles"]["official"]["video"] = {"discard_stage": "pre_norm"}
+    with pytest.raises(ConfigError, match="official is the same as paper; give it no settings"):
+        preset_from_dict(raw)
+    raw = load_preset("lab").to_dict()
+    raw["profiles"] = load_preset("flux").to_dict()["profiles"]
+    with pytest.raises(ConfigError, match="the lab baseline has no profiles"):
+        preset_from_dict(raw)

@@ -42,6 +42,7 @@ FEATURE_CHANGES: dict[str, Any] = {
     "feature_mode": "adaln",
     "condition": "t",
     "discard_stage": "pre_norm",
+    "discard_channels": (3,),
     "discard_ratio": 50.0,
     "seed": 1,
     "ensemble": 2,
@@ -50,6 +51,7 @@ FEATURE_CHANGES: dict[str, Any] = {
     "long_multiple": 64,
     "rounding": "floor",  # through the input size: 96 x 170.8 → 96 x 160, not 96 x 176
     "interpolation": "bilinear",
+    "profile": "paper",  # asked for (the default asks for official, the paper's here)
 }
 
 

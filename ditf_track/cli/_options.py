@@ -18,7 +18,14 @@ from ..errors import ConfigError
 from ..extractor import extractor_from_config
 from ..features import CONDITION_MODES, DISCARD_STAGES, FEATURE_MODES, FeatureExtractor
 from ..match import Matcher, SoftArgmax
-from ..presets import DEFAULT_PRESET, Task, available_presets
+from ..presets import (
+    DEFAULT_PRESET,
+    DEFAULT_PROFILE,
+    PROFILES,
+    Task,
+    available_presets,
+    parse_discard_channels,
+)
 from ..propagate import PointParams, PropagationParams
 from ..tracker import Tracker
 
@@ -36,6 +43,18 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be at least 1")
     return value
+
+
+def discard_channels_option(text: str) -> tuple[int, ...] | str:
+    """``--discard-channels``: ``auto`` or comma-separated channel indices."""
+    if text.strip() == "auto":
+        return "auto"
+    try:
+        channels = parse_discard_channels(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    assert channels is not None
+    return channels
 
 
 # -- the model: every command that builds a feature extractor ---------------------------------
@@ -83,6 +102,15 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         "~/.cache/ditf-track)",
     )
     d = parser.add_argument_group("DiTF settings (default: the preset's)")
+    d.add_argument(
+        "--profile",
+        choices=PROFILES,
+        default=DEFAULT_PROFILE,
+        help="how features are computed: official = the authors' code (FLUX.1-dev: channels "
+        "154, 1446 zeroed before the LayerNorm), paper = the paper's text (channels found by "
+        "the rule, zeroed after the AdaLN); for models without authors' code (PixArt-α, SD3, "
+        "SD3.5, FLUX.1-schnell, a bare --model) official is paper (default %(default)s)",
+    )
     d.add_argument("--t", type=int, help="diffusion timestep in 0..999")
     d.add_argument("--k", type=int, help="block index (Flux: 0-18 double, 19-56 single)")
     d.add_argument("--prompt", help="text condition (default: the preset's; '' = empty prompt)")
@@ -100,8 +128,16 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     d.add_argument(
         "--discard-stage",
         choices=DISCARD_STAGES,
-        help="zero the massive channels after the AdaLN (the paper, default) or before the "
-        "LayerNorm (the official code)",
+        help="zero the massive channels after the AdaLN (the paper) or before the LayerNorm "
+        "(the authors' code) (default: the profile's)",
+    )
+    d.add_argument(
+        "--discard-channels",
+        type=discard_channels_option,
+        metavar="LIST|auto",
+        help="channels to zero, e.g. 154,1446, or auto: those the massive-activation rule finds "
+        "on the first image or frame (default: the profile's; a warning names both sets when "
+        "they disagree there)",
     )
     d.add_argument(
         "--discard-ratio",
@@ -130,6 +166,7 @@ def feature_config(args: argparse.Namespace, **resize: Any) -> FeatureConfig:
         overrides["vae_sample"] = overrides["vae_sample"] == "on"
     return FeatureConfig(
         preset=preset,
+        profile=getattr(args, "profile", DEFAULT_PROFILE),
         model=args.model,
         family=args.family,
         revision=args.revision,
