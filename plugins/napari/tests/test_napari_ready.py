@@ -18,6 +18,7 @@ import pytest
 
 from ditf_track import (
     FeatureConfig,
+    PointParams,
     Tracker,
     TrackerConfig,
     VideoSource,
@@ -126,9 +127,11 @@ def test_sample_clip_runs_with_no_manual_selection(
     clip = make_shapes_clip()
     for t in range(1, 16):
         assert set(np.unique(masks[t])) == {0, 1, 2}, f"frame {t} lost an object"
-    # the library's API on the same frames, annotations and settings gives the same result
+    # the library's API on the same frames, annotations and settings (the widget's point search:
+    # the window with re-detection, as track's) gives the same result
     features = FeatureConfig(preset="lab", short_side=192)
-    tracker = Tracker.from_config(TrackerConfig(features=features))
+    config = TrackerConfig(features=features, point_params=PointParams.motion())
+    tracker = Tracker.from_config(config)
     state = tracker.init_state(video_from_array(clip.frames, clip.frame_names))
     tracker.add_mask(state, 0, clip.labels[0])
     tracker.add_points(state, 0, clip.tracks[0], clip.point_ids)
