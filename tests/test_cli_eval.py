@@ -137,6 +137,34 @@ def test_eval_davis_overwrite_keeps_a_sequence_folder_it_did_not_write(
 
 
 @pytest.mark.faults
+def test_eval_runs_check_their_settings_before_opening_out(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A benchmark never picks a model silently, and a bad setting leaves no --out behind."""
+    root = tmp_path / "DAVIS"
+    for kind in ("JPEGImages", "Annotations"):
+        (root / kind / "480p").mkdir(parents=True)
+        (root / kind / "480p" / "dog").symlink_to(shared_data / "davis" / kind / "480p" / "dog")
+    (root / "ImageSets" / "2017").mkdir(parents=True)
+    (root / "ImageSets" / "2017" / "val.txt").write_text("dog\n")
+    out = tmp_path / "run"
+    davis = ["eval", "davis", "--data", str(root), "--out", str(out)]
+    code, _, err = run(davis, capsys)
+    assert "eval davis --data needs --preset NAME" in one_line_error(code, err)
+    assert not out.exists()
+    code, _, err = run([*davis, "--preset", "lab", "--radius", "-1"], capsys)
+    assert "radius" in one_line_error(code, err)
+    assert not out.exists()
+    badja = shared_data / "points" / "badja" / "dog.json"
+    keypoints = ["eval", "keypoints", "--data", str(badja), "--out", str(out)]
+    keypoints += ["--frames", str(shared_data / "davis" / "JPEGImages" / "480p" / "dog")]
+    keypoints += ["--masks", str(shared_data / "davis" / "Annotations" / "480p" / "dog")]
+    code, _, err = run([*keypoints, "--preset", "lab", "--radius", "0"], capsys)
+    assert "radius=0 is not a window" in one_line_error(code, err)
+    assert not out.exists()
+
+
+@pytest.mark.faults
 def test_eval_davis_scoring_outputs_are_checked_before_scoring(
     shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from tqdm import tqdm
 
-from ..config import PointsMode
+from ..config import PointsMode, TrackerConfig
 from ..errors import ConfigError, InputError
 from ..eval import correspondence as corr
 from ..eval.correspondence import AP10K_SUBSETS, SPAIR_SPLITS, CorrespondencePair
@@ -32,9 +32,10 @@ from ._options import (
     add_model_options,
     add_propagation_options,
     add_tracker_options,
+    build_tracker,
     matcher_from_args,
     positive_int,
-    tracker_from_args,
+    tracker_config,
 )
 
 if TYPE_CHECKING:
@@ -481,18 +482,24 @@ def _run_davis_propagation(args: argparse.Namespace) -> int:
     """``eval davis --data``: propagate a split with the official protocol, then score it."""
     if args.out is None:
         raise ConfigError("--data needs --out DIR for the masks and metrics")
+    if args.preset is None and args.model is None:
+        raise ConfigError(
+            "eval davis --data needs --preset NAME (e.g. flux, the paper's DAVIS model, or lab, "
+            "the colour baseline): a benchmark run never picks a model silently"
+        )
     davis_sequences(args.data, args.split)
+    # The official DiTF DAVIS script: long side floored to a multiple of 32, OpenCV bilinear.
+    config = tracker_config(args, long_multiple=32, rounding="floor", interpolation="bilinear")
     run_dir = open_davis_dir(args.out, args.split, args.data, args.resume, args.overwrite)
     try:
-        return _propagate_davis(args, run_dir)
+        return _propagate_davis(args, config, run_dir)
     finally:
         run_dir.close()
 
 
-def _propagate_davis(args: argparse.Namespace, run_dir: RunDir) -> int:
+def _propagate_davis(args: argparse.Namespace, config: TrackerConfig, run_dir: RunDir) -> int:
     """The model-dependent part of ``eval davis --data``, once ``--out`` is open and locked."""
-    # The official DiTF DAVIS script: long side floored to a multiple of 32, OpenCV bilinear.
-    tracker = tracker_from_args(args, long_multiple=32, rounding="floor", interpolation="bilinear")
+    tracker = build_tracker(config)
     run = DavisRun(
         args.data,
         tracker,
@@ -609,9 +616,10 @@ def _run_tapvid(args: argparse.Namespace) -> int:
     if not args.data.exists():
         raise InputError(f"TAP-Vid path {args.data} does not exist; pass tapvid_davis.pkl")
     _limited([], args.limit)
+    config = tracker_config(args, args.points_mode)  # checked before --out is opened
     run_dir = _open_eval_dir(args, "tapvid", TapVidEvaluation.owned, [("data", args.data)])
     try:
-        tracker = tracker_from_args(args, args.points_mode)
+        tracker = build_tracker(config)
         run = TapVidEvaluation(
             args.data,
             tracker,
@@ -676,9 +684,10 @@ def _run_keypoints(args: argparse.Namespace) -> int:
     mode: PointsMode = args.points_mode or ("query" if dataset == "badja" else "heatmap")
     inputs = [("data", data), ("frames", args.frames), ("masks", args.masks)]
     inputs.append(("video list", args.videos))
+    config = tracker_config(args, mode)  # checked before --out is opened
     run_dir = _open_eval_dir(args, "keypoints", KeypointEvaluation.owned, inputs)
     try:
-        tracker = tracker_from_args(args, mode)
+        tracker = build_tracker(config)
         options = {
             "data": str(data.resolve()),
             "frames": str(args.frames.resolve()) if args.frames else None,
