@@ -34,6 +34,7 @@ from ._options import (
     add_tracker_options,
     matcher_from_args,
     positive_int,
+    profile_numerics,
     tracker_from_args,
 )
 
@@ -492,6 +493,7 @@ def _run_davis_propagation(args: argparse.Namespace) -> int:
 def _propagate_davis(args: argparse.Namespace, run_dir: RunDir) -> int:
     """The model-dependent part of ``eval davis --data``, once ``--out`` is open and locked."""
     # The official DiTF DAVIS script: long side floored to a multiple of 32, OpenCV bilinear.
+    args.numerics = profile_numerics(args)
     tracker = tracker_from_args(args, long_multiple=32, rounding="floor", interpolation="bilinear")
     run = DavisRun(
         args.data,
