@@ -80,7 +80,8 @@ def _dino_bf16(
     if radius is not None:
         ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
         ys, xs = ys.flatten(), xs.flatten()
-        near = ((ys[:, None] - ys[None]).abs() <= radius) & ((xs[:, None] - xs[None]).abs() <= radius)
+        near = (ys[:, None] - ys[None]).abs() <= radius
+        near &= (xs[:, None] - xs[None]).abs() <= radius
         aff = aff * near.to(torch.bfloat16)
     aff = aff.transpose(2, 1).reshape(m * h * w, h * w)  # (M·source, query)
     kth = aff.topk(k, dim=0).values.min(0).values
@@ -102,7 +103,8 @@ def test_official_numerics_equal_bf16_tie_keeping_brute_force(radius: int | None
     # summation order (rounding, ~1e-7).
     assert torch.allclose(soft, expected, atol=1e-6, rtol=0)
     assert torch.equal(soft.argmax(0), expected.argmax(0))
-    neighbours = make_search(params).search(query, [make_search(params).prepare(f) for f in contexts])
+    search = make_search(params)
+    neighbours = search.search(query, [search.prepare(f) for f in contexts])
     assert neighbours.affinity is not None
     assert torch.equal((neighbours.affinity > 0).sum(-1).flatten(), kept)
 

@@ -143,12 +143,17 @@ def make_search(
     ``capacity``: how many prepared contexts are alive at once (a windowed search keeps them
     in one buffer); one propagation sequence has ``n_context + 1``, the default.
     """
-    numerics = {"numerics": params.numerics, "temperature": params.temperature}
+    numerics, tau = params.numerics, params.temperature
     if params.radius is None:
-        return GlobalSearch(params.topk, backend=knn_backend, **numerics)
+        return GlobalSearch(params.topk, backend=knn_backend, numerics=numerics, temperature=tau)
     slots = params.n_context + 1 if capacity is None else capacity
     return WindowSearch(
-        params.radius, params.topk, strip_width=strip_width, capacity=slots, **numerics
+        params.radius,
+        params.topk,
+        strip_width=strip_width,
+        capacity=slots,
+        numerics=numerics,
+        temperature=tau,
     )
 
 
@@ -414,7 +419,8 @@ class WindowSearch:
             torch.add(window_view, bias + slot_bias[:, None, None], out=windowed)
             candidates = windowed.reshape(n_strips, h, strip, -1)
             if self.numerics == "official":
-                affinity, pos = keep_ties(official_affinity(candidates, self.temperature), self.topk)
+                affinity = official_affinity(candidates, self.temperature)
+                affinity, pos = keep_ties(affinity, self.topk)
                 cosines = candidates.gather(-1, pos).to(torch.bfloat16).float()
                 values = torch.where(affinity > 0, cosines, float("-inf"))
                 all_affinity.append(affinity)
@@ -517,7 +523,7 @@ class GlobalSearch:
         width = max(int(p[0].shape[-1]) for p in parts)
 
         def padded(i: int, fill: float) -> torch.Tensor:
-            return torch.cat([F.pad(p[i], (0, width - int(p[i].shape[-1])), value=fill) for p in parts])
+            return torch.cat([F.pad(p[i], (0, width - p[i].shape[-1]), value=fill) for p in parts])
 
         return padded(0, float("-inf")), padded(1, 0).long(), padded(2, 0.0)
 
