@@ -18,6 +18,7 @@ from PIL import Image
 from test_eval_davis_folders import EXACT, OFFICIAL_BINARY, STATS, official_global, tiny_case
 
 from ditf_track import cli, outputs
+from ditf_track.cli._options import profile_numerics
 from ditf_track.errors import InputError
 from ditf_track.eval.davis import (
     METRIC_KEYS,
@@ -134,6 +135,52 @@ def test_eval_davis_overwrite_keeps_a_sequence_folder_it_did_not_write(
     code, _, err = run([*args, "--overwrite"], capsys)
     assert f"{out / 'dog'} holds files ditf-track did not write" in one_line_error(code, err)
     assert snapshot(out / "dog") == {"00000.png": b"my drawing", "notes.txt": b"mine"}
+
+
+def test_eval_davis_numerics_official_runs_and_is_recorded(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two 4-frame sequences (links to the shared clips' first frames) with the authors' bf16,
+    tie-keeping propagation; the lab preset has no authors' code, so its default is exact."""
+    root = tmp_path / "DAVIS"
+    for seq in ("blackswan", "dog"):
+        for kind, ext in (("JPEGImages", "jpg"), ("Annotations", "png")):
+            folder = root / kind / "480p" / seq
+            folder.mkdir(parents=True)
+            for i in range(4):
+                name = f"{i:05d}.{ext}"
+                (folder / name).symlink_to(shared_data / "davis" / kind / "480p" / seq / name)
+    (root / "ImageSets" / "2017").mkdir(parents=True)
+    (root / "ImageSets" / "2017" / "val.txt").write_text("blackswan\ndog\n")
+    args = ["eval", "davis", "--data", str(root), "--preset", "lab", "--short-side", "64"]
+    args += ["--no-disk-cache", "--workers", "1"]
+    numerics = {}
+    for choice in ("official", None):
+        out = tmp_path / f"run-{choice}"
+        extra = [] if choice is None else ["--numerics", choice]
+        assert cli.main([*args, "--out", str(out), *extra]) == 0
+        assert len(list((out / "dog").glob("*.png"))) == 4
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert set(metrics["sequences"]) == {"blackswan", "dog"}
+        config = json.loads((out / "config.json").read_text())
+        numerics[choice] = config["fingerprint"]["numerics"]
+    capsys.readouterr()
+    assert numerics == {"official": "official", None: "exact"}
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (["--preset", "flux"], "official"),  # the authors' code exists: FLUX.1-dev on DAVIS
+        (["--preset", "flux", "--profile", "paper"], "exact"),
+        (["--preset", "flux-schnell"], "exact"),  # official is the paper's there
+        (["--preset", "flux", "--numerics", "exact"], "exact"),
+        (["--preset", "lab", "--numerics", "official"], "official"),
+    ],
+)
+def test_eval_davis_numerics_follow_the_profile(options: list[str], expected: str) -> None:
+    args = cli.build_parser().parse_args(["eval", "davis", "--data", "d", "--out", "o", *options])
+    assert profile_numerics(args) == expected
 
 
 @pytest.mark.faults

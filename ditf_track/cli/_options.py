@@ -24,7 +24,9 @@ from ..presets import (
     PROFILES,
     Task,
     available_presets,
+    load_preset,
     parse_discard_channels,
+    resolve_profile,
 )
 from ..propagate import PointParams, PropagationParams
 from ..tracker import Tracker
@@ -210,6 +212,13 @@ def add_propagation_options(parser: argparse.ArgumentParser, label_default: str 
     g.add_argument("--topk", type=int, help="neighbours kept over all context frames")
     g.add_argument("--temperature", type=float, help="softmax temperature of the affinities")
     g.add_argument(
+        "--numerics",
+        choices=["official", "exact"],
+        help="official: the authors' DAVIS code (bfloat16 affinities, every cell tied with the "
+        "k-th kept); exact: float32, exactly k cells (default: exact; eval davis: the "
+        "profile's, official where the official profile is the authors' code)",
+    )
+    g.add_argument(
         "--label-mode",
         choices=["area", "nearest"],
         default=label_default,
@@ -227,7 +236,20 @@ def propagation_params(args: argparse.Namespace) -> PropagationParams:
         else (base.radius if args.radius is None else args.radius),
         topk=base.topk if args.topk is None else args.topk,
         temperature=base.temperature if args.temperature is None else args.temperature,
+        numerics=getattr(args, "numerics", None) or "exact",
     )
+
+
+def profile_numerics(args: argparse.Namespace) -> str:
+    """``--numerics``, else the profile's DAVIS numerics: ``official`` where the requested
+    profile resolves to the authors' code for the preset's video task (FLUX.1-dev), else
+    ``exact`` (no authors' code, so nothing official to reproduce)."""
+    if args.numerics is not None:
+        return str(args.numerics)
+    features = feature_config(args)
+    preset = load_preset(features.preset) if features.preset is not None else None
+    used = resolve_profile(preset, "video", features.profile).used
+    return "official" if used == "official" else "exact"
 
 
 def add_point_options(

@@ -35,6 +35,7 @@ from ._options import (
     build_tracker,
     matcher_from_args,
     positive_int,
+    profile_numerics,
     tracker_config,
 )
 
@@ -488,6 +489,7 @@ def _run_davis_propagation(args: argparse.Namespace) -> int:
             "the colour baseline): a benchmark run never picks a model silently"
         )
     davis_sequences(args.data, args.split)
+    args.numerics = profile_numerics(args)
     # The official DiTF DAVIS script: long side floored to a multiple of 32, OpenCV bilinear.
     config = tracker_config(args, long_multiple=32, rounding="floor", interpolation="bilinear")
     run_dir = open_davis_dir(args.out, args.split, args.data, args.resume, args.overwrite)

@@ -32,7 +32,10 @@ def aggregate_labels(
     ``neighbours.index`` points into. Returns ``(K, h, w)`` float32.
 
     ``softmax(s/τ)`` over the kept cells is DINO's ``exp(s/τ)`` divided by its column sum
-    (the maximum is subtracted first, which cancels in the ratio).
+    (the maximum is subtracted first, which cancels in the ratio). With the official numerics
+    (``neighbours.affinity`` set) the weights are the kept bfloat16 affinities over their sum,
+    in float32 (the reference does not say in which dtype the authors do this; ``τ`` is
+    already in the affinities).
     """
     if context_labels.ndim != 4:
         raise InputError(f"context labels must be (M, K, h, w), got {tuple(context_labels.shape)}")
@@ -47,7 +50,11 @@ def aggregate_labels(
             f"the neighbours point into more context frames than the {m} label maps given; "
             "pass one label map per context frame, in the order searched"
         )
-    weights = torch.softmax(neighbours.scores.float() / temperature, dim=-1)  # (h, w, k)
+    if neighbours.affinity is not None:
+        affinity = neighbours.affinity.float()
+        weights = affinity / affinity.sum(-1, keepdim=True)  # (h, w, k')
+    else:
+        weights = torch.softmax(neighbours.scores.float() / temperature, dim=-1)  # (h, w, k)
     table = context_labels.float().permute(0, 2, 3, 1).reshape(m * h * w, k_labels)
     picked = table[neighbours.index.to(table.device)]  # (h, w, k, K)
     out = torch.einsum("hwk,hwkc->chw", weights.to(table.device), picked)

@@ -11,8 +11,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 from ..errors import ConfigError
+
+Numerics = Literal["exact", "official"]
+NUMERICS: tuple[str, ...] = ("exact", "official")
+
+# exp(cos/τ) exceeds bfloat16's largest value (3.39e38, e^88.7) at cos = 1.0078 (the bf16 value
+# after 1) for τ below 1.0078/88.7: the affinities would be inf and the weights NaN.
+OFFICIAL_MIN_TEMPERATURE = 0.0114
 
 
 @dataclass(frozen=True)
@@ -29,12 +37,21 @@ class PropagationParams:
     reading. The window is square: context cell (y', x') is a candidate for query (y, x) when
     ``|y' - y| <= radius`` and ``|x' - x| <= radius`` (DINO's ``restrict_neighborhood``); at the
     grid border it is clipped, never shifted.
+
+    ``numerics`` is how the affinities are computed and kept. ``"exact"`` (default): cosines
+    accumulated in float32, exactly ``topk`` cells kept (``torch.topk``; which of several cells
+    tied at the k-th place is kept is arbitrary), weights ``softmax(cos/τ)`` in float32.
+    ``"official"``: the authors' DiTF DAVIS script: features and cosines rounded to bfloat16,
+    ``cos/τ`` and ``exp`` in bfloat16, and every cell whose affinity equals or exceeds the
+    k-th largest kept (often more than ``topk``: bfloat16 has 8 mantissa bits), the kept
+    affinities normalised to sum to 1; see :mod:`~ditf_track.propagate.search`.
     """
 
     n_context: int = 7
     radius: int | None = 12
     topk: int = 5
     temperature: float = 0.1
+    numerics: Numerics = "exact"
 
     def __post_init__(self) -> None:
         if isinstance(self.n_context, bool) or not isinstance(self.n_context, int):
@@ -60,6 +77,14 @@ class PropagationParams:
         ):
             raise ConfigError(
                 f"temperature={self.temperature!r} must be a finite number > 0 (DINO: 0.1)"
+            )
+        if self.numerics not in NUMERICS:
+            raise ConfigError(f"unknown numerics {self.numerics!r}; use one of {NUMERICS}")
+        if self.numerics == "official" and self.temperature < OFFICIAL_MIN_TEMPERATURE:
+            raise ConfigError(
+                f"temperature={self.temperature} overflows bfloat16 in exp(cos/temperature) "
+                f"with the official numerics; use temperature >= {OFFICIAL_MIN_TEMPERATURE} "
+                "or numerics 'exact'"
             )
 
     @classmethod

@@ -8,6 +8,18 @@ is rearranged once, not n times, and both return :class:`Neighbours`.
 
 Shapes: features ``(C, h, w)`` (L2-normalised over C), context stacks ``(M, C, h, w)``. A
 neighbour index is the flat cell ``m·h·w + y·w + x`` of the stacked contexts ``(M, h, w)``.
+
+Numerics (:class:`~.params.PropagationParams`). ``exact``: cosines accumulated and kept in
+float32, exactly k cells (``topk``). ``official``, the authors' DiTF DAVIS script as issue 18
+describes it (the affinity ``exp(bmm / τ)`` in bfloat16, every cell at or above the k-th largest
+affinity kept, the others set to 0): features rounded to bfloat16, their products accumulated in
+float32 and each cosine rounded to bfloat16 (cuBLAS' bf16 GEMM, up to summation order; torch may
+also reduce split-K partial sums in bf16 there, which is not reproduced), then ``/ τ`` and
+``exp`` as torch's bfloat16 ops, each rounding its result to bfloat16. Cells outside the window
+have affinity 0, as DINO's neighbourhood mask makes them. Ties are decided on the bf16
+affinities, so cells with different cosines that round to the same affinity tie too. The
+reference text does not say in which dtype the authors normalise the kept affinities and
+aggregate the labels; here both are float32 (:func:`~.labels.aggregate_labels`).
 """
 
 from __future__ import annotations
@@ -19,10 +31,11 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 
 from ..errors import ConfigError, InputError
-from .knn import KnnBackend, knn_search, resolve_knn_backend
-from .params import PropagationParams
+from .knn import KnnBackend, knn_search, matmul_f32, resolve_knn_backend
+from .params import Numerics, PropagationParams
 
 # Query-strip width (cells) of the windowed search. Each GEMM multiplies the (2r + 1) x strip
 # query cells that can see one context row by that row's strip + 2r cells (of every context at
@@ -44,10 +57,16 @@ class Neighbours:
     an empty slot when a clipped window holds fewer than k cells); ``index`` ``(h, w, k)``
     int64 flat cells ``m·h·w + y·w + x`` of the stacked contexts (in range even for empty
     slots). The softmax weights are ``softmax(scores / τ)`` over the last dimension.
+
+    ``affinity`` ``(h, w, k')`` float32, only with the official numerics: the bfloat16
+    affinities ``exp(cos/τ)`` of the kept cells and 0 in the other slots; ``k' >= k`` is the
+    most cells any query kept (ties at the k-th place), and the weights are ``affinity`` over
+    its sum. ``scores`` then holds the bfloat16 cosines of the kept cells, ``-inf`` elsewhere.
     """
 
     scores: torch.Tensor
     index: torch.Tensor
+    affinity: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -124,10 +143,18 @@ def make_search(
     ``capacity``: how many prepared contexts are alive at once (a windowed search keeps them
     in one buffer); one propagation sequence has ``n_context + 1``, the default.
     """
+    numerics, tau = params.numerics, params.temperature
     if params.radius is None:
-        return GlobalSearch(params.topk, backend=knn_backend)
+        return GlobalSearch(params.topk, backend=knn_backend, numerics=numerics, temperature=tau)
     slots = params.n_context + 1 if capacity is None else capacity
-    return WindowSearch(params.radius, params.topk, strip_width=strip_width, capacity=slots)
+    return WindowSearch(
+        params.radius,
+        params.topk,
+        strip_width=strip_width,
+        capacity=slots,
+        numerics=numerics,
+        temperature=tau,
+    )
 
 
 def _check_features(features: torch.Tensor, name: str) -> None:
@@ -159,6 +186,33 @@ def _check_contexts(query: torch.Tensor, contexts: Sequence[PreparedContext]) ->
     return grid
 
 
+def official_affinity(cosines: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The authors' ``exp(cos / τ)``: the float32 cosines rounded to bfloat16, then the
+    division and the exponential as bfloat16 ops (each result rounded to bfloat16). Returns
+    bfloat16, 0 where a cosine is ``-inf`` (a cell outside the window)."""
+    return torch.exp(cosines.to(torch.bfloat16) / temperature)
+
+
+def keep_ties(affinity: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every candidate whose ``affinity (..., n)`` reaches the k-th largest of its row.
+
+    Returns ``values (..., k')`` float32 in descending order, 0 in the slots of a row that
+    keeps fewer than ``k'`` (the most any row keeps), and their positions ``(..., k')`` in the
+    last dimension. Candidates of affinity 0 (outside the window) are never kept.
+    """
+    k = min(k, int(affinity.shape[-1]))
+    if k == 0:
+        return affinity.new_zeros(affinity.shape, dtype=torch.float32), torch.zeros(
+            affinity.shape, dtype=torch.long, device=affinity.device
+        )
+    kth = affinity.topk(k, dim=-1).values[..., -1:]
+    kept = (affinity >= kth) & (affinity > 0)
+    width = max(k, int(kept.sum(-1).max()) if kept.numel() else k)
+    values, pos = affinity.topk(width, dim=-1)
+    values = torch.where((values >= kth) & (values > 0), values, 0).float()
+    return values, pos
+
+
 def merge_topk(
     scores: torch.Tensor, index: torch.Tensor, k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,15 +239,23 @@ class WindowSearch:
     Nothing of size ``h·w x h·w`` is ever formed; memory is ~40 MB of scores plus up to
     192 MB of windows at the DAVIS default.
 
-    Ties: exactly k cells are kept (``torch.topk``). DINO keeps every cell whose weight
-    reaches the k-th largest, which differs only when several cells have bit-identical
-    similarity at the k-th place.
+    Ties (``numerics="exact"``): exactly k cells are kept (``torch.topk``). DINO keeps every
+    cell whose weight reaches the k-th largest, which differs only when several cells have
+    bit-identical float32 similarity at the k-th place. ``numerics="official"`` keeps them all,
+    on bfloat16 affinities (module docstring), the window's cells being the only candidates.
     """
 
     def __init__(
-        self, radius: int, topk: int, *, strip_width: int | None = None, capacity: int = 8
+        self,
+        radius: int,
+        topk: int,
+        *,
+        strip_width: int | None = None,
+        capacity: int = 8,
+        numerics: Numerics = "exact",
+        temperature: float = 0.1,
     ) -> None:
-        PropagationParams(radius=radius, topk=topk)  # validates both
+        PropagationParams(radius=radius, topk=topk, temperature=temperature, numerics=numerics)
         strip = DEFAULT_STRIP_WIDTH if strip_width is None else strip_width
         if isinstance(strip, bool) or not isinstance(strip, int) or strip < 1:
             raise ConfigError(
@@ -202,6 +264,8 @@ class WindowSearch:
             )
         self.radius = radius
         self.topk = topk
+        self.numerics = numerics
+        self.temperature = temperature
         self.strip_width = strip
         self.capacity = max(1, capacity)
         self._buffers: dict[tuple[object, ...], _SlotBuffer] = {}
@@ -221,6 +285,12 @@ class WindowSearch:
         self._scratches.pop(name, None)
         made = self._scratches[name] = torch.empty(shape, device=device, dtype=torch.float32)
         return made, True
+
+    def _rounded(self, features: torch.Tensor) -> torch.Tensor:
+        """The official numerics compute on bfloat16 features (stored as float32 on CPU)."""
+        if self.numerics == "official":
+            return features.to(torch.bfloat16).to(_compute_dtype(features))
+        return features
 
     def _geometry(self, grid: tuple[int, int]) -> tuple[int, int, int, int, int]:
         h, w = grid
@@ -242,7 +312,7 @@ class WindowSearch:
             buffer = self._buffers[key] = _SlotBuffer(shape, dtype, features.device, self.capacity)
         slot = buffer.acquire()
         # Slots are zero outside the grid columns and only the interior is ever written.
-        buffer.data[:, rx : rx + w, slot] = features.permute(1, 2, 0)
+        buffer.data[:, rx : rx + w, slot] = self._rounded(features).permute(1, 2, 0)
         prepared = PreparedContext(buffer.data[:, :, slot], (h, w), c, slot, buffer)
         weakref.finalize(prepared, buffer.release, slot)
         return prepared
@@ -293,7 +363,7 @@ class WindowSearch:
 
         # Queries as strips (S, h + 2ry, strip, C), zero rows/columns outside the grid.
         strips = torch.zeros((n_strips, h + 2 * ry, strip, c), device=device, dtype=dtype)
-        rows = query.permute(1, 2, 0)
+        rows = self._rounded(query).permute(1, 2, 0)
         inner = strips.transpose(0, 1)[ry : ry + h]  # a view: (h, S, strip, C)
         full = w // strip
         inner[:, :full].copy_(rows[:, : full * strip].unflatten(1, (full, strip)))
@@ -314,7 +384,7 @@ class WindowSearch:
 
         n_cand = span * wx
         per_context = n_strips * (h + 2 * ry) * block * halo * 4 + n_strips * h * strip * n_cand * 4
-        all_scores, all_index = [], []
+        all_scores, all_index, all_affinity = [], [], []
         for stacked, position in self._groups(contexts, per_context):
             g = int(stacked.shape[2])
             # scores[s, ry + y', Δ, j, σ, m]: context m's cell (y', s·strip - rx + σ) against
@@ -348,18 +418,35 @@ class WindowSearch:
             windowed, _ = self._scratch("windowed", tuple(window_view.shape), device)
             torch.add(window_view, bias + slot_bias[:, None, None], out=windowed)
             candidates = windowed.reshape(n_strips, h, strip, -1)
-            values, pos = candidates.topk(min(self.topk, g * n_cand), dim=-1)
+            if self.numerics == "official":
+                affinity = official_affinity(candidates, self.temperature)
+                affinity, pos = keep_ties(affinity, self.topk)
+                cosines = candidates.gather(-1, pos).to(torch.bfloat16).float()
+                values = torch.where(affinity > 0, cosines, float("-inf"))
+                all_affinity.append(affinity)
+            else:
+                values, pos = candidates.topk(min(self.topk, g * n_cand), dim=-1)
             m = position.to(device)[torch.div(pos, n_cand, rounding_mode="floor")].clamp_(min=0)
             i, d_pos = torch.div(pos % n_cand, wx, rounding_mode="floor"), pos % wx
             y_ctx = (row0 + i).clamp_(0, h - 1)
             x_ctx = (col0 + d_pos).clamp_(0, w - 1)
             all_scores.append(values)
             all_index.append(y_ctx * w + x_ctx + m * (h * w))
-        values, index = merge_topk(torch.cat(all_scores, -1), torch.cat(all_index, -1), self.topk)
-        # (S, h, strip, k) → (h, S·strip, k) → crop the padded columns.
-        values = values.permute(1, 0, 2, 3).reshape(h, width, -1)[:, :w]
-        index = index.permute(1, 0, 2, 3).reshape(h, width, -1)[:, :w]
-        return Neighbours(values.contiguous(), index.contiguous())
+        scores, index = torch.cat(all_scores, -1), torch.cat(all_index, -1)
+        if self.numerics == "official":
+            affinity, pos = keep_ties(torch.cat(all_affinity, -1), self.topk)
+            values = torch.where(affinity > 0, scores.gather(-1, pos), float("-inf"))
+            index = index.gather(-1, pos)
+        else:
+            values, index = merge_topk(scores, index, self.topk)
+
+        def crop(t: torch.Tensor) -> torch.Tensor:
+            # (S, h, strip, k) → (h, S·strip, k) → crop the padded columns.
+            return t.permute(1, 0, 2, 3).reshape(h, width, -1)[:, :w].contiguous()
+
+        if self.numerics == "official":
+            return Neighbours(crop(values), crop(index), crop(affinity))
+        return Neighbours(crop(values), crop(index))
 
 
 # Scratch for a group of contexts (float32): the GEMM scores (18 strips x 84 rows x 150 x
@@ -368,6 +455,9 @@ class WindowSearch:
 _WINDOW_BUFFER_BYTES = 512 * 2**20
 
 _BMM_OUT_DTYPE_OK: bool | None = None
+
+# float32 scores of one chunk of queries against every context cell (official global search).
+_GLOBAL_CHUNK_BYTES = 256 * 2**20
 
 
 def _bmm_f32(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
@@ -387,27 +477,69 @@ def _bmm_f32(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
 
 
 class GlobalSearch:
-    """Exact top-k over every cell of every context frame (no window), via k-NN search."""
+    """Exact top-k over every cell of every context frame (no window), via k-NN search.
 
-    def __init__(self, topk: int, *, backend: KnnBackend = "auto") -> None:
-        PropagationParams(radius=None, topk=topk)
+    ``numerics="official"`` keeps ties on bfloat16 affinities (module docstring); it scores
+    chunks of queries against every context cell with torch (no FAISS: ties need every score).
+    """
+
+    def __init__(
+        self,
+        topk: int,
+        *,
+        backend: KnnBackend = "auto",
+        numerics: Numerics = "exact",
+        temperature: float = 0.1,
+    ) -> None:
+        PropagationParams(radius=None, topk=topk, temperature=temperature, numerics=numerics)
         resolve_knn_backend(backend, torch.device("cpu"))  # validates the name
         self.topk = topk
         self.backend: KnnBackend = backend
+        self.numerics = numerics
+        self.temperature = temperature
 
     def prepare(self, features: torch.Tensor) -> PreparedContext:
         """``(C, h, w)`` → ``(h·w, C)`` row-major cells."""
         _check_features(features, "context features")
         c, h, w = (int(s) for s in features.shape)
+        if self.numerics == "official":
+            features = features.to(torch.bfloat16)
         cells = features.to(_compute_dtype(features)).reshape(c, h * w).t().contiguous()
         return PreparedContext(cells, (h, w), c)
+
+    def _search_official(
+        self, cells: torch.Tensor, contexts: Sequence[PreparedContext]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Tie-keeping search of ``cells (Q, C)`` over all context cells, chunked over queries."""
+        database = torch.cat([ctx.data for ctx in contexts]).t()
+        n_db = int(database.shape[1])
+        chunk = max(1, _GLOBAL_CHUNK_BYTES // (4 * n_db))
+        parts = []
+        for start in range(0, int(cells.shape[0]), chunk):
+            cosines = matmul_f32(cells[start : start + chunk], database)
+            affinity, pos = keep_ties(official_affinity(cosines, self.temperature), self.topk)
+            kept = torch.where(affinity > 0, cosines.gather(-1, pos), float("-inf"))
+            parts.append((kept.to(torch.bfloat16).float(), pos, affinity))
+        width = max(int(p[0].shape[-1]) for p in parts)
+
+        def padded(i: int, fill: float) -> torch.Tensor:
+            return torch.cat([F.pad(p[i], (0, width - p[i].shape[-1]), value=fill) for p in parts])
+
+        return padded(0, float("-inf")), padded(1, 0).long(), padded(2, 0.0)
 
     @torch.inference_mode()
     def search(self, query: torch.Tensor, contexts: Sequence[PreparedContext]) -> Neighbours:
         """Top-k neighbours of every cell of ``query`` ``(C, h, w)`` among all context cells."""
         h, w = _check_contexts(query, contexts)
         c = int(query.shape[0])
+        if self.numerics == "official":
+            query = query.to(torch.bfloat16)
         cells = query.to(contexts[0].data.dtype).reshape(c, h * w).t()
+        if self.numerics == "official":
+            values, index, affinity = self._search_official(cells, contexts)
+            return Neighbours(
+                values.reshape(h, w, -1), index.reshape(h, w, -1), affinity.reshape(h, w, -1)
+            )
         all_scores, all_index = [], []
         for m, ctx in enumerate(contexts):
             values, index = knn_search(cells, ctx.data, self.topk, backend=self.backend)

@@ -147,6 +147,7 @@ class DavisRun(ResumableRun[str, SequenceOutcome]):
             "split": self.sequences,
             "extractor": identity,
             "propagation": [params.n_context, params.radius, params.topk, params.temperature],
+            "numerics": params.numerics,
             "sizing": [tracker.short_side, tracker.long_multiple, tracker.rounding],
             "label_mode": tracker.label_mode,
             "interpolation": tracker.interpolation,
