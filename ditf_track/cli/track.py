@@ -318,12 +318,22 @@ def run(
             )
         bar.update(event.done - bar.n)
 
+    names = state.frame_names
+
+    def write_labels(frame_idx: int, labels: np.ndarray) -> Path:
+        target = run_dir.work / f"{names[frame_idx]}.png"
+        if not (args.resume and target.exists()):
+            write_mask(target, labels, palette)
+        return target
+
+    # Each mask is written as the state stores it and read back from there, so the state holds
+    # no more than its last few label maps in memory.
+    state.masks.write_with(write_labels)
     try:
-        for result in tracker.propagate(state, progress=on_progress):
-            target = run_dir.work / f"{result.frame_name}.png"
-            if result.labels is not None and not (args.resume and target.exists()):
-                write_mask(target, result.labels, palette)
+        for _result in tracker.propagate(state, progress=on_progress):
+            pass
     finally:
+        state.masks.write_with(None)
         for bar in bars.values():
             bar.close()
         tracker.cache.close()

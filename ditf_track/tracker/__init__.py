@@ -72,6 +72,7 @@ from ..propagate import (
 from ..propagate.search import Neighbours, NeighbourSearch, PreparedContext
 from ..video import VideoSource, open_video
 from .clip_features import ClipFeatures
+from .label_store import LabelStore
 from .schedule import Schedule, governing_anchor, plan_run
 
 
@@ -107,8 +108,10 @@ class TrackerState:
     """Everything about one video: frames, sizes, annotations and the latest results.
 
     ``input_size`` is the model input (H', W'), ``grid`` the feature grid (h, w) and
-    ``frame_size`` the original (H, W). ``masks`` holds each frame's latest labels;
-    ``features`` the clip's features (cache keys, massive channels).
+    ``frame_size`` the original (H, W). ``masks`` holds each frame's latest labels, the last
+    few in memory and the others in PNG files (a :class:`~ditf_track.tracker.label_store.
+    LabelStore`: memory stays bounded however long the video); ``features`` the clip's
+    features (cache keys, massive channels).
     """
 
     video: VideoSource
@@ -119,7 +122,7 @@ class TrackerState:
     features: ClipFeatures = field(repr=False)
     palette: bytes | None = None
     annotations: dict[int, _Annotation] = field(default_factory=dict)
-    masks: dict[int, np.ndarray] = field(default_factory=dict)
+    masks: LabelStore = field(default_factory=LabelStore)
     dirty: set[int] = field(default_factory=set)  # annotated frames whose segment is stale
     backward_dirty: bool = False
     # point id -> (query frame, y, x), in the order added; tracks: frame -> (points, visible)
@@ -357,6 +360,8 @@ class Tracker:
             grid=(size[0] // stride_px, size[1] // stride_px),
             video_hash=features.video_hash,
             features=features,
+            # the frames propagation works on (the reference and its context), for re-reads
+            masks=LabelStore(capacity=self.params.n_context + 1),
         )
 
     def add_mask(
