@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -54,8 +55,13 @@ def peak_rss(args: list[str], code: Path) -> tuple[float, float, int]:
         stderr=subprocess.PIPE,
     )
     assert child.stderr is not None
-    err = child.stderr.read()
-    _, status, usage = os.wait4(child.pid, 0)
+    try:
+        err = child.stderr.read()
+        _, status, usage = os.wait4(child.pid, 0)
+    except BaseException:
+        child.kill()
+        child.wait()
+        raise
     child.returncode = os.waitstatus_to_exitcode(status)
     if child.returncode:
         sys.stderr.write(err.decode(errors="replace")[-2000:])
@@ -72,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--code", type=Path, default=ROOT, help="the checkout to measure")
     parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
     args = parser.parse_args(argv)
+    # a kill still removes the temporary folder (and the child)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     cases = [tuple(int(v) for v in case.split(":")) for case in args.cases.split(",")]
     rows = []
     with tempfile.TemporaryDirectory(prefix="ditf-long-video-") as tmp:
@@ -119,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
             "Long videos: peak RSS of `track --preset lab` (`benchmarks/long_video.py`)",
             f"`python benchmarks/long_video.py --cases {args.cases}` on {device_name()}; "
             f"clip {args.clip.name} (854x480) looped to N frames, its first mask; one "
-            f"subprocess per row, peak RSS from wait4.\n\n{body}",
+            f"subprocess per row, peak RSS from wait4; OMP_NUM_THREADS="
+            f"{os.environ.get('OMP_NUM_THREADS', 'unset')}.\n\n{body}",
             commit_id=code_commit,
         )
     return 0
