@@ -102,6 +102,9 @@ class LabelStore(MutableMapping[int, np.ndarray]):
         with self._lock:
             return len(self._memory.keys() | self._files.keys())
 
+    def __repr__(self) -> str:
+        return f"LabelStore({len(self)} frames, {len(self._memory)} in memory)"
+
     def clear(self) -> None:
         """Forget every frame; the store's own files are deleted, a writer's are left."""
         with self._lock:
