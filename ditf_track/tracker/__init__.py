@@ -108,10 +108,10 @@ class TrackerState:
     """Everything about one video: frames, sizes, annotations and the latest results.
 
     ``input_size`` is the model input (H', W'), ``grid`` the feature grid (h, w) and
-    ``frame_size`` the original (H, W). ``masks`` holds each frame's latest labels, the last
-    few in memory and the others in PNG files (a :class:`~ditf_track.tracker.label_store.
-    LabelStore`: memory stays bounded however long the video); ``features`` the clip's
-    features (cache keys, massive channels).
+    ``frame_size`` the original (H, W). ``masks`` holds each frame's latest labels (a
+    :class:`LabelStore`: the last few in memory, the others in PNG files, so that memory stays
+    bounded however long the video); ``features`` the clip's features (cache keys, massive
+    channels).
     """
 
     video: VideoSource
