@@ -878,6 +878,7 @@ __all__ = [
     "POINTS_MODES",
     "ClipFeatures",
     "FrameResult",
+    "LabelStore",
     "PointsMode",
     "ProgressEvent",
     "SmallObjectWarning",
