@@ -20,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .._atomic import atomic_path
+from .._malloc import fix_mmap_threshold
 from ..config import TrackerConfig
 from ..coords import QueryPoints, flatten_tracks, read_points_csv, swap_xy, write_points_csv
 from ..errors import ConfigError, InputError, OutputError
@@ -260,6 +261,7 @@ def run_fingerprint(
 # -- run: the model, the annotations, the propagation into OUT.incomplete/ -------------------
 def run_track(args: argparse.Namespace) -> int:
     job = validate(args)
+    fix_mmap_threshold()  # per-frame buffers back to the system: flat memory on long videos
     run_dir = RunDir(
         job.out,
         "track",
