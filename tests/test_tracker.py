@@ -3,6 +3,7 @@ points (known motion, BADJA dog) and the point API."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import uuid
 from collections.abc import Sequence
@@ -18,17 +19,18 @@ from PIL import Image
 from ditf_track import LabExtractor, Tracker, open_video
 from ditf_track.config import FeatureConfig, TrackerConfig
 from ditf_track.coords import frame_to_grid, frame_to_model, grid_to_frame
-from ditf_track.errors import ConfigError, InputError
+from ditf_track.errors import ConfigError, InputError, OutputError
 from ditf_track.eval.davis import evaluate_sequence
 from ditf_track.eval.keypoints import BadjaFrame, badja_pck, load_badja
 from ditf_track.features import FeatureMaps
 from ditf_track.images import model_input_size, read_image
-from ditf_track.masks import read_mask
+from ditf_track.masks import read_mask, write_mask
 from ditf_track.propagate import (
     PointParams,
     PropagationParams,
 )
 from ditf_track.tracker import ProgressEvent, SmallObjectWarning, TrackerState
+from ditf_track.tracker.label_store import LabelStore
 from ditf_track.video import resize_frames, video_from_array
 
 CLIPS = ["blackswan", "car-shadow", "dog", "motocross-jump", "bmx-trees"]
@@ -187,6 +189,104 @@ def test_cancel_leaves_a_consistent_state(shared_data: Path) -> None:
     assert sorted(state.masks) == done
     assert 0 in state.dirty  # the unfinished segment is recomputed next time
     assert [r.frame_idx for r in tracker.propagate(state)] == list(range(12))
+
+
+def test_state_holds_the_context_label_maps_and_reads_back_the_others(
+    shared_data: Path,
+) -> None:
+    davis = shared_data / "davis"
+    gt = gt_labels(davis, "dog")
+    tracker = Tracker(LabExtractor(), short_side=96, params=PropagationParams(n_context=2))
+    state = tracker.init_state(davis / "JPEGImages/480p/dog", end=16)
+    tracker.add_mask(state, 0, gt[0])
+    yielded: dict[int, bytes] = {}
+    for result in tracker.propagate(state):
+        assert result.labels is not None
+        yielded[result.frame_idx] = result.labels.tobytes()
+        # the reference plus n_context maps, however many frames came before
+        assert len(state.masks.in_memory) <= 3
+    assert state.masks.in_memory == (13, 14, 15)
+    assert sorted(state.masks) == list(range(16))
+    folder = state.masks.spill_folder
+    assert folder is not None
+    assert sorted(p.name for p in folder.iterdir()) == [f"{t:06d}.png" for t in range(13)]
+    for t in range(16):  # every frame's mask, from memory or read back, as it was yielded
+        labels = state.masks[t]
+        assert labels.dtype == np.uint8
+        assert labels.shape == (480, 854)
+        assert labels.tobytes() == yielded[t]
+    # a correction replaces frames 8..15: their spilled files are deleted, the others kept
+    tracker.add_mask(state, 8, gt[8])
+    again = {
+        r.frame_idx: r.labels.tobytes() for r in tracker.propagate(state) if r.labels is not None
+    }
+    assert sorted(again) == list(range(8, 16))
+    assert sorted(p.name for p in folder.iterdir()) == [f"{t:06d}.png" for t in range(13)]
+    assert state.masks[5].tobytes() == yielded[5]
+    assert state.masks[10].tobytes() == again[10]
+    # the state deletes the files it wrote, and its folder, but nothing else
+    tracker.clear_annotations(state)
+    assert not folder.exists()
+    assert len(state.masks) == 0
+
+
+def test_label_store_deletes_only_what_it_wrote(tmp_path: Path) -> None:
+    store = LabelStore(capacity=1)
+    store[0], store[1] = np.full((4, 5), 1, np.uint8), np.full((4, 5), 2, np.uint8)
+    folder = store.spill_folder
+    assert folder is not None
+    assert [p.name for p in folder.iterdir()] == ["000000.png"]
+    (folder / "theirs.txt").write_text("not the store's")
+    # maps a writer stored are read back from the writer's files, never deleted
+    written: list[Path] = []
+
+    def writer(frame_idx: int, labels: np.ndarray) -> Path:
+        written.append(tmp_path / f"{frame_idx}.png")
+        return write_mask(written[-1], labels)
+
+    store.write_with(writer)
+    store[2], store[3] = np.full((4, 5), 3, np.uint8), np.full((4, 5), 4, np.uint8)
+    assert store.in_memory == (3,)
+    assert [int(store[t][0, 0]) for t in range(4)] == [1, 2, 3, 4]
+    assert written == [tmp_path / "2.png", tmp_path / "3.png"]
+    store.close()
+    assert len(store) == 0
+    assert all(p.exists() for p in written)
+    assert [p.name for p in folder.iterdir()] == ["theirs.txt"]
+    (folder / "theirs.txt").unlink()
+    folder.rmdir()
+    other = LabelStore(capacity=1)
+    other[0], other[1] = np.zeros((2, 2), np.uint8), np.ones((2, 2), np.uint8)
+    spilled = other.spill_folder
+    assert spilled is not None
+    assert spilled.exists()
+    del other  # collected: its folder goes with it
+    gc.collect()
+    assert not spilled.exists()
+
+
+@pytest.mark.faults
+def test_label_spill_on_a_full_disk_keeps_the_map(monkeypatch: pytest.MonkeyPatch) -> None:
+    store = LabelStore(capacity=1)
+    first = np.full((4, 5), 7, np.uint8)
+    store[0] = first
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full)
+    with pytest.raises(
+        OutputError,
+        match=r"^cannot move frame 0's labels out of memory to .*"
+        r"No space left on device.*; free space there or set TMPDIR to a larger "
+        r"disk$",
+    ):
+        store[1] = np.zeros((4, 5), np.uint8)
+    monkeypatch.undo()
+    assert store[0] is first  # nothing lost
+    assert store.spill_folder is not None
+    assert not any(store.spill_folder.iterdir())
+    store.close()
 
 
 def test_add_mask_errors(shared_data: Path) -> None:

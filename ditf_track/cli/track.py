@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from .._malloc import fix_mmap_threshold
 from ..config import TrackerConfig
 from ..coords import (
     QueryPoints,
@@ -279,6 +280,7 @@ def run_fingerprint(
 # -- run: the model, the annotations, the propagation into OUT.incomplete/ -------------------
 def run_track(args: argparse.Namespace) -> int:
     job = validate(args)
+    fix_mmap_threshold()  # per-frame buffers back to the system: flat memory on long videos
     run_dir = RunDir(
         job.out,
         "track",
@@ -339,12 +341,22 @@ def run(
             )
         bar.update(event.done - bar.n)
 
+    names = state.frame_names
+
+    def write_labels(frame_idx: int, labels: np.ndarray) -> Path:
+        target = run_dir.work / f"{names[frame_idx]}.png"
+        if not (args.resume and target.exists()):
+            write_mask(target, labels, palette)
+        return target
+
+    # Each mask is written as the state stores it and read back from there, so the state holds
+    # no more than its last few label maps in memory.
+    state.masks.write_with(write_labels)
     try:
-        for result in tracker.propagate(state, progress=on_progress):
-            target = run_dir.work / f"{result.frame_name}.png"
-            if result.labels is not None and not (args.resume and target.exists()):
-                write_mask(target, result.labels, palette)
+        for _result in tracker.propagate(state, progress=on_progress):
+            pass
     finally:
+        state.masks.write_with(None)
         for bar in bars.values():
             bar.close()
         tracker.cache.close()

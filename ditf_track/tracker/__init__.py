@@ -78,6 +78,7 @@ from ..propagate import (
 from ..propagate.search import Neighbours, NeighbourSearch, PreparedContext
 from ..video import VideoSource, open_video
 from .clip_features import ClipFeatures
+from .label_store import LabelStore
 from .schedule import Schedule, governing_anchor, plan_run, shot_bounds, shot_starts
 
 
@@ -113,10 +114,12 @@ class TrackerState:
     """Everything about one video: frames, sizes, annotations and the latest results.
 
     ``input_size`` is the model input (H', W'), ``grid`` the feature grid (h, w) and
-    ``frame_size`` the original (H, W). ``masks`` holds each frame's latest labels;
-    ``features`` the clip's features (cache keys, massive channels). ``cuts``: the file indices
-    of the frames that start a shot, as given to :meth:`Tracker.init_state`; ``shot_starts``
-    the positions in the selection they separate (nothing is propagated across them).
+    ``frame_size`` the original (H, W). ``masks`` holds each frame's latest labels (a
+    :class:`LabelStore`: the last few in memory, the others in PNG files, so that memory stays
+    bounded however long the video); ``features`` the clip's features (cache keys, massive
+    channels). ``cuts``: the file indices of the frames that start a shot, as given to
+    :meth:`Tracker.init_state`; ``shot_starts`` the positions in the selection they separate
+    (nothing is propagated across them).
     """
 
     video: VideoSource
@@ -127,7 +130,7 @@ class TrackerState:
     features: ClipFeatures = field(repr=False)
     palette: bytes | None = None
     annotations: dict[int, _Annotation] = field(default_factory=dict)
-    masks: dict[int, np.ndarray] = field(default_factory=dict)
+    masks: LabelStore = field(default_factory=LabelStore)
     dirty: set[int] = field(default_factory=set)  # annotated frames whose segment is stale
     # first annotated frames of shots whose backward segment is stale
     backward_dirty: set[int] = field(default_factory=set)
@@ -379,6 +382,8 @@ class Tracker:
             features=features,
             cuts=tuple(sorted({int(c) for c in cuts})),
             shot_starts=tuple(shot_starts(source.frame_indices, cuts)),
+            # the frames propagation works on (the reference and its context), for re-reads
+            masks=LabelStore(capacity=self.params.n_context + 1),
         )
 
     def add_mask(
@@ -911,6 +916,7 @@ __all__ = [
     "POINTS_MODES",
     "ClipFeatures",
     "FrameResult",
+    "LabelStore",
     "PointsMode",
     "ProgressEvent",
     "SmallObjectWarning",
