@@ -70,7 +70,13 @@ def test_track_davis_folder_with_tiny_dit(
     assert config["frames"] == 6
     assert config["input_size"] == [64, 112]
     assert config["extractor"]["t"] == 90
-    assert config["propagation"] == {"n_context": 7, "radius": 12, "topk": 5, "temperature": 0.1}
+    assert config["propagation"] == {
+        "n_context": 7,
+        "radius": 12,
+        "topk": 5,
+        "temperature": 0.1,
+        "numerics": "exact",
+    }
     assert config["features"] == {"extracted": 6}
     assert not (tmp_path / "dog_masks.incomplete").exists()
     # a second run hits the cache: nothing is extracted

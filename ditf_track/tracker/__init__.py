@@ -717,6 +717,7 @@ class Tracker:
         blank = np.zeros(state.frame_size, np.uint8)  # a shot without annotation: no object
         blank.flags.writeable = False  # one array shared by every blank frame
         for frame_idx in schedule.blank_frames:
+            state.masks[frame_idx] = blank  # stored (and written) like any frame's labels
             result = with_points(FrameResult(frame_idx, names[frame_idx], blank))
             propagate_done += 1
             emit(ProgressEvent("propagate", propagate_done, propagate_total))
