@@ -10,6 +10,7 @@ in a temporary folder it creates, and deletes when closed or garbage-collected.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import threading
 import weakref
@@ -33,12 +34,9 @@ def _remove_owned(files: set[Path], folder: list[Path]) -> None:
         path.unlink(missing_ok=True)
     files.clear()
     for spill in folder:
-        try:
+        # gone already, or someone else put a file there: leave it, and the folder
+        with contextlib.suppress(OSError):
             spill.rmdir()
-        except FileNotFoundError:
-            pass
-        except OSError:  # someone else put a file there: leave it, and the folder
-            pass
     folder.clear()
 
 
