@@ -37,7 +37,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 
 from .devices import resolve_device
@@ -57,6 +56,9 @@ METADATA_KEY = "ditf_track"
 DEFAULT_STRIDE = 16
 #: safetensors dtypes read as features (converted to float32 after reading).
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
+#: Vectors whose norm is this close to 1 are taken as normalised already (float32 rounding of
+#: a C-dimensional unit vector's norm stays within a few ulps, 1.2e-7 each).
+UNIT_TOLERANCE = 1e-6
 #: Bytes hashed at each end of the file for its fingerprint (with the header and the size).
 _SAMPLE_BYTES = 1 << 20
 _FRAME_ID = re.compile(r"frame:(\d+)")
@@ -250,7 +252,7 @@ class PrecomputedFeatures:
                 "ditf_track.noise.frame_noise_id); pass noise_ids, one per image"
             )
         maps = torch.stack([self.read(frame_index(i)) for i in noise_ids])
-        maps = F.normalize(maps.to(self.device, torch.float32), dim=1, eps=1e-12)
+        maps = unit_vectors(maps.to(self.device, torch.float32))
         channels = tuple(int(c) for c in self.meta.get("massive_channels", ()))
         return FeatureMaps(
             maps,
@@ -259,6 +261,16 @@ class PrecomputedFeatures:
             discarded_channels=tuple(int(c) for c in self.meta.get("discarded_channels", ())),
             meta={"massive_channels": list(channels), "features_file": str(self.path)},
         )
+
+
+def unit_vectors(maps: torch.Tensor) -> torch.Tensor:
+    """``(N, C, h, w)`` float32 maps L2-normalised over C; a vector already of unit length to
+    float32 rounding (``|‖v‖ − 1| ≤`` :data:`UNIT_TOLERANCE`) is kept bit for bit, so the maps
+    of an extractor that normalised them (``extract``'s) give exactly that extractor's results
+    (normalising twice moves values by an ulp, and a point track by 0.001 px)."""
+    norm = maps.norm(dim=1, keepdim=True)
+    unit = (norm - 1).abs() <= UNIT_TOLERANCE
+    return torch.where(unit, maps, maps / norm.clamp_min(1e-12))
 
 
 def _read_header(path: Path) -> dict[str, Any]:
