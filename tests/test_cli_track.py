@@ -1323,11 +1323,14 @@ def test_track_features_gives_the_pngs_and_tracks_of_the_same_features(
 ) -> None:
     """``extract --preset lab`` then ``track --features`` writes byte for byte the masks and
     tracks of ``track --preset lab``, for the whole file and for ``--start 2 --end 6`` (which
-    reads rows 2..5 of an 8-frame file: row 0 would differ); config.json records the file."""
+    reads rows 2..5 of an 8-frame file: row 0 would differ, or rows 0..3 of a file extracted
+    with ``--start 2 --end 6``); config.json records the file."""
     frames = shared_data / DOG
     feats = extract_lab(frames, tmp_path / "dog.safetensors", capsys, "--end", "8")
+    part = extract_lab(frames, tmp_path / "part.safetensors", capsys, "--start", "2", "--end", "6")
     points = write_points(tmp_path / "p.csv", ["frame,x,y,id", "1,400,250,3", "2,450,240,4"])
-    for selection in (["--end", "8"], ["--start", "2", "--end", "6"]):
+    whole, selected = ["--end", "8"], ["--start", "2", "--end", "6"]
+    for selection, file in ((selected, feats), (selected, part), (whole, feats)):
         base = [
             "track",
             str(frames),
@@ -1346,15 +1349,16 @@ def test_track_features_gives_the_pngs_and_tracks_of_the_same_features(
                 "--out",
                 str(feats_out),
                 "--features",
-                str(feats),
+                str(file),
                 *FEATURES_RUN,
                 "--overwrite",
             ],
             capsys,
         )
         assert code == 0, err
-        count = 8 if selection == ["--end", "8"] else 4
+        count = 8 if selection == whole else 4
         assert f"wrote {count} masks (objects 1) and 2 point tracks" in stdout
+        assert f"(features: {count} frames read from {file})" in stdout
         lab_files, feats_files = snapshot(lab_out), snapshot(feats_out)
         assert sorted(lab_files) == sorted(feats_files)
         assert len([n for n in lab_files if n.endswith(".png")]) == count

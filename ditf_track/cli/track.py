@@ -178,7 +178,9 @@ def validate(args: argparse.Namespace) -> TrackJob:
             config,
             features=dataclasses.replace(config.features, features_file=str(args.features)),
         )
-        fingerprint["inputs"]["features file"] = check_features_file(args.features, video)
+        fingerprint["inputs"]["features file"] = check_features_file(
+            args.features, video, args.device
+        )
         inputs.append(("features file", args.features))
     if args.overlay:
         refuse_input_overlap(args.overlay, inputs, "--overlay")
@@ -196,11 +198,11 @@ def validate(args: argparse.Namespace) -> TrackJob:
     )
 
 
-def check_features_file(path: Path, video: VideoSource) -> str:
-    """``--features``: the file's header, then its frames and grid against the selected frames
-    (one line each, before the run folder); returns its fingerprint (header, size and ends:
-    never the whole file) for the resume check."""
-    features = PrecomputedFeatures(path)
+def check_features_file(path: Path, video: VideoSource, device: str) -> str:
+    """``--features``: the file's header and the device, then its frames and grid against the
+    selected frames (one line each, before the run folder); returns its fingerprint (header,
+    size and ends: never the whole file) for the resume check."""
+    features = PrecomputedFeatures(path, device=device)
     features.check_video(video)
     return features.fingerprint
 
@@ -521,10 +523,10 @@ def report(
             f"{len(state.point_ids)} point tracks over {state.num_frames} frames "
             f"({args.points_mode} mode, {100 * visible:.0f}% visible)"
         )
-    print(
-        f"wrote {' and '.join(written)} to {out} (features: {tracker.extracted_frames} "
-        f"extracted, {cached} from the cache)"
-    )
+    source = f"{tracker.extracted_frames} extracted, {cached} from the cache"
+    if args.features is not None:
+        source = f"{tracker.extracted_frames} frames read from {args.features}"
+    print(f"wrote {' and '.join(written)} to {out} (features: {source})")
 
 
 def write_overlay(
