@@ -18,6 +18,7 @@ from ditf_track import precomputed as precomputed_module
 from ditf_track.config import FeatureConfig, Runtime, TrackerConfig
 from ditf_track.errors import ConfigError, InputError
 from ditf_track.export import extract_to_safetensors
+from ditf_track.features import FeatureExtractor
 from ditf_track.noise import frame_noise_id, image_noise_id
 from ditf_track.precomputed import PrecomputedFeatures, expected_grid, frame_index
 from ditf_track.video import open_video
@@ -182,6 +183,7 @@ def test_the_one_builder_makes_it_and_bypasses_the_disk_cache(
     assert config.features.resolved_short_side() == SIDE
     tracker = Tracker.from_config(config)
     assert isinstance(tracker.extractor, PrecomputedFeatures)
+    assert isinstance(tracker.extractor, FeatureExtractor)  # the protocol, checked at runtime
     direct = masks(Tracker(LabExtractor(), short_side=SIDE), frames, mask, end=8)
     for a, b in zip(direct, masks(tracker, frames, mask, end=8), strict=True):
         np.testing.assert_array_equal(a, b)
