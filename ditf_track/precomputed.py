@@ -121,13 +121,16 @@ class PrecomputedFeatures:
         indices = self.meta.get("frame_indices")
         self.rows: dict[int, int] | None = None
         if indices is not None:
-            if not isinstance(indices, list) or len(indices) != self.shape[0]:
+            valid = isinstance(indices, list) and all(
+                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in indices
+            )
+            if not valid or len(set(indices)) != len(indices) or len(indices) != self.shape[0]:
                 raise InputError(
-                    f"features file {self.path}: its metadata lists "
-                    f"{len(indices) if isinstance(indices, list) else 'no list of'} frame indices "
-                    f"for {self.shape[0]} frames; re-extract it (ditf-track extract)"
+                    f"features file {self.path}: the frame_indices of its metadata are not "
+                    f"{self.shape[0]} distinct frame indices, one per row; re-extract it "
+                    "(ditf-track extract)"
                 )
-            self.rows = {int(f): row for row, f in enumerate(indices)}
+            self.rows = {f: row for row, f in enumerate(indices)}
 
     @property
     def device(self) -> torch.device:
@@ -203,7 +206,7 @@ class PrecomputedFeatures:
         a frame it lacks, another frame size, or a grid that does not tile the frames."""
         frame_size = (video.height, video.width)
         original = self.meta.get("original_size")
-        if original is not None and tuple(original) != frame_size:
+        if isinstance(original, list) and len(original) == 2 and tuple(original) != frame_size:
             raise InputError(
                 f"features file {self.path} was extracted from {original[1]}x{original[0]} frames "
                 f"but {video.path} has {video.width}x{video.height} frames; give the features "

@@ -229,6 +229,9 @@ def write_file(path: Path, fault: str) -> Path:
         save_file({"features": good[0]}, str(path))
     elif fault == "bad metadata":
         save_file({"features": good}, str(path), metadata={"ditf_track": "{oops"})
+    elif fault == "bad indices":
+        meta = {"ditf_track": json.dumps({"frame_indices": [0, 1, 2, 3, 4, 5, 6, 6]})}
+        save_file({"features": good}, str(path), metadata=meta)
     elif fault != "missing":
         raise AssertionError(fault)
     return path
@@ -245,6 +248,7 @@ def write_file(path: Path, fault: str) -> Path:
         ("int", "'features' is I32, not a float tensor; save the features as float32"),
         ("3-d", r"has shape \[3, 4, 7\], not \(T, C, h, w\)"),
         ("bad metadata", "its 'ditf_track' metadata is not JSON"),
+        ("bad indices", "are not 8 distinct frame indices, one per row; re-extract it"),
     ],
 )
 def test_header_faults_are_one_input_error(tmp_path: Path, fault: str, message: str) -> None:
