@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from .errors import ConfigError
 from .images import Interpolation
+from .precomputed import PrecomputedFeatures
 from .presets import (
     DEFAULT_PRESET,
     DEFAULT_PROFILE,
@@ -73,6 +74,11 @@ class FeatureConfig:
     short side is ``short_side`` (None: the preset's, else
     :data:`~ditf_track.presets.DEFAULT_SIDE`), both sides multiples of the token stride
     (``rounding``/``long_multiple`` as in :func:`~ditf_track.images.model_input_size`).
+
+    ``features_file`` replaces the model: the maps of a safetensors file (``ditf-track
+    extract``'s, or any ``features`` tensor ``(T, C, h, w)``; see :mod:`ditf_track.precomputed`),
+    read frame by frame. It takes no model, DiTF setting nor input size (the file fixes them);
+    the default preset is then dropped (``preset`` None).
     """
 
     preset: str | None = DEFAULT_PRESET
@@ -97,9 +103,12 @@ class FeatureConfig:
     long_multiple: int | None = None
     rounding: Literal["nearest", "floor"] = "nearest"
     interpolation: Interpolation = "auto"
+    features_file: str | None = None
 
     def __post_init__(self) -> None:
-        if self.preset is None and self.model is None:
+        if self.features_file is not None:
+            self._check_features_file()
+        elif self.preset is None and self.model is None:
             raise ConfigError(
                 "give a preset (--preset) or a model and its family (--model --family)"
             )
@@ -109,6 +118,34 @@ class FeatureConfig:
             object.__setattr__(self, "discard_channels", channels)
         if self.short_side is not None and self.short_side < 1:
             raise ConfigError(f"short side {self.short_side} must be a positive number of pixels")
+
+    def _check_features_file(self) -> None:
+        """A features file fixes the model, its settings and the grid: nothing else may."""
+        object.__setattr__(self, "features_file", str(self.features_file))
+        if self.preset == DEFAULT_PRESET:
+            object.__setattr__(self, "preset", None)
+        given = [
+            name
+            for name, value, default in (
+                ("preset", self.preset, None),
+                ("model", self.model, None),
+                ("family", self.family, None),
+                ("revision", self.revision, None),
+                ("profile", self.profile, DEFAULT_PROFILE),
+                ("dtype", self.dtype, "auto"),
+                ("short_side", self.short_side, None),
+                ("long_multiple", self.long_multiple, None),
+                ("rounding", self.rounding, "nearest"),
+                *((name, getattr(self, name), None) for name in SETTING_OVERRIDES),
+            )
+            if value is not None and value != default
+        ]
+        if given:
+            options = ", ".join(f"--{n.replace('_', '-')}" for n in given)
+            raise ConfigError(
+                f"--features {self.features_file} replaces the model and its settings; drop "
+                f"{options} (the features file fixes them)"
+            )
 
     def overrides(self) -> dict[str, Any]:
         """The DiTF settings given, by name (the rest are the preset's)."""
@@ -124,7 +161,10 @@ class FeatureConfig:
         return None
 
     def resolved_short_side(self, task: Task = "video") -> int:
-        """``short_side``, else the preset's ``task`` short side, else the default side."""
+        """``short_side``, else the preset's ``task`` short side, else the default side; with a
+        features file, the side that gives its grid (its header is read)."""
+        if self.features_file is not None:
+            return PrecomputedFeatures(self.features_file).short_side
         return self.short_side or preset_size(self.preset, task, "short_side")
 
 

@@ -129,14 +129,17 @@ def extract_to_safetensors(
     """Extract features for every frame of ``source`` at model input ``size`` into ``out``.
 
     The tensor ``features`` is ``(T, C, h, w)`` in the extractor's dtype; the metadata entry
-    ``ditf_track`` (JSON) holds the frame names, sizes, the massive channels (``massive_channels``
-    if given — a video's come from :class:`~ditf_track.tracker.ClipFeatures`, frame 0 —
-    else those found on the first batch; held for every frame) and the extractor's identity.
+    ``ditf_track`` (JSON) holds the frame names (a video's also their ``frame_indices`` in the
+    file, so ``track --features`` finds a selection's frames), sizes, the massive channels
+    (``massive_channels`` if given — a video's come from
+    :class:`~ditf_track.tracker.ClipFeatures`, frame 0 — else those found on the first batch;
+    held for every frame) and the extractor's identity.
     ``progress`` gets an ``extract`` :class:`~ditf_track.progress.ProgressEvent` after each batch.
     Noise is seeded per frame by its index in the file (per image by its content), as in
     ``track``, so both compute the same features for a frame.
     """
     frames_iter: Iterator[tuple[Sequence[str], np.ndarray, list[str]]]
+    indices: dict[str, list[int]] = {}  # a video's frame indices in its file: track --features
     if isinstance(source, np.ndarray):
         names: list[str] = ["image"]
         original = source.shape[:2]
@@ -144,6 +147,7 @@ def extract_to_safetensors(
         frames_iter = iter([(names, image[None], [image_noise_id(image)])])
     else:
         names = list(source.frame_names)
+        indices["frame_indices"] = [int(i) for i in source.frame_indices]
         original = (source.height, source.width)
         frames_iter = (
             (
@@ -166,6 +170,7 @@ def extract_to_safetensors(
                     {
                         "version": __version__,
                         "frame_names": names,
+                        **indices,
                         "original_size": list(original),
                         "input_size": list(size),
                         "stride": maps.stride,

@@ -33,6 +33,7 @@ from .features import (
 )
 from .hub import folder_fingerprint
 from .noise import NOISE_RULE, check_noise_ids, default_noise_ids, item_noise
+from .precomputed import PrecomputedFeatures
 from .presets import DEFAULT_PROFILE, Preset, ResolvedProfile, Task, load_preset, resolve_profile
 
 if TYPE_CHECKING:
@@ -467,10 +468,13 @@ def extractor_from_config(
 
     A weight-free preset (``lab``) takes no model nor DiTF settings: they are dropped, and
     ``warn`` (a front end's ``log.warning``, say) is told so in one line (``features.unused()``).
+    A ``features_file`` gives a :class:`~ditf_track.precomputed.PrecomputedFeatures` (no model).
     """
     from .config import Runtime
 
     run = runtime or Runtime()
+    if features.features_file is not None:
+        return PrecomputedFeatures(features.features_file, device=run.device)
     unused = features.unused()
     if unused is not None and warn is not None:
         warn(unused)

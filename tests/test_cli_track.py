@@ -25,6 +25,7 @@ import torch
 from cli_helpers import DOG, DOG_MASK, LAB, davis_args, one_line_error, run, snapshot
 from PIL import Image
 from safetensors import safe_open
+from safetensors.torch import save_file
 from test_hub import copy_model, truncate
 
 from ditf_track import cli, outputs
@@ -1298,3 +1299,175 @@ def test_points_are_not_carried_across_scene_cuts(
     with np.load(tmp_path / "across" / "tracks.npz") as npz:
         assert np.isfinite(npz["tracks"]).all()
         np.testing.assert_array_equal(npz["tracks"][shot], tracks[shot])
+
+
+# -- precomputed features: track --features --------------------------------------------------
+#: ``extract`` with the lab preset at short side 64 (a 4 x 7 grid on 854 x 480 frames).
+LAB_EXTRACT = ["--preset", "lab", "--short-side", "64"]
+#: ``track --features``: the model options are the file's, so only these remain.
+FEATURES_RUN = ["--no-disk-cache", "--quiet"]
+
+
+def extract_lab(
+    frames: Path, out: Path, capsys: pytest.CaptureFixture[str], *selection: str
+) -> Path:
+    code, _, err = run(
+        ["extract", str(frames), *selection, "--out", str(out), *LAB_EXTRACT], capsys
+    )
+    assert code == 0, err
+    return out
+
+
+def test_track_features_gives_the_pngs_and_tracks_of_the_same_features(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``extract --preset lab`` then ``track --features`` writes byte for byte the masks and
+    tracks of ``track --preset lab``, for the whole file and for ``--start 2 --end 6`` (which
+    reads rows 2..5 of an 8-frame file: row 0 would differ, or rows 0..3 of a file extracted
+    with ``--start 2 --end 6``); config.json records the file."""
+    frames = shared_data / DOG
+    feats = extract_lab(frames, tmp_path / "dog.safetensors", capsys, "--end", "8")
+    part = extract_lab(frames, tmp_path / "part.safetensors", capsys, "--start", "2", "--end", "6")
+    points = write_points(tmp_path / "p.csv", ["frame,x,y,id", "1,400,250,3", "2,450,240,4"])
+    whole, selected = ["--end", "8"], ["--start", "2", "--end", "6"]
+    for selection, file in ((selected, feats), (selected, part), (whole, feats)):
+        base = [
+            "track",
+            str(frames),
+            "--mask",
+            f"0:{shared_data / DOG_MASK}",
+            "--points",
+            str(points),
+            *selection,
+        ]
+        lab_out, feats_out = tmp_path / "lab", tmp_path / "feats"
+        code, _, err = run([*base, "--out", str(lab_out), *LAB, "--overwrite"], capsys)
+        assert code == 0, err
+        code, stdout, err = run(
+            [
+                *base,
+                "--out",
+                str(feats_out),
+                "--features",
+                str(file),
+                *FEATURES_RUN,
+                "--overwrite",
+            ],
+            capsys,
+        )
+        assert code == 0, err
+        count = 8 if selection == whole else 4
+        assert f"wrote {count} masks (objects 1) and 2 point tracks" in stdout
+        assert f"(features: {count} frames read from {file})" in stdout
+        lab_files, feats_files = snapshot(lab_out), snapshot(feats_out)
+        assert sorted(lab_files) == sorted(feats_files)
+        assert len([n for n in lab_files if n.endswith(".png")]) == count
+        for name in lab_files:
+            if name != "config.json":
+                assert feats_files[name] == lab_files[name], name
+    config = json.loads((feats_out / "config.json").read_text())
+    assert config["config"]["features"]["features_file"] == str(feats)
+    assert config["config"]["features"]["preset"] is None
+    stat = feats.stat()
+    recorded = config["extractor"]
+    assert recorded["extractor"] == "precomputed"
+    assert recorded["path"] == str(feats.resolve())
+    assert (recorded["size"], recorded["mtime_ns"]) == (stat.st_size, stat.st_mtime_ns)
+    assert recorded["shape"] == [8, 3, 4, 7]
+    assert config["fingerprint"]["inputs"]["features file"] == recorded["fingerprint"]
+    assert config["input_size"] == [64, 112]
+
+
+def test_track_features_from_a_bf16_file_without_metadata(
+    clip: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Any safetensors file with a float ``features`` (T, C, h, w), T the video's frames: a
+    bf16 file of 5 channels gives the masks of the float32 file of the same (rounded) values."""
+    frames, mask = clip
+    raw = torch.randn(8, 5, 4, 7, generator=torch.Generator().manual_seed(1)).bfloat16()
+    bf16, fp32 = tmp_path / "bf16.safetensors", tmp_path / "fp32.safetensors"
+    save_file({"features": raw}, str(bf16))
+    save_file({"features": raw.float()}, str(fp32))
+    outs = []
+    for feats in (bf16, fp32):
+        out = tmp_path / feats.stem
+        args = ["track", str(frames), "--mask", str(mask), "--out", str(out), "--features"]
+        code, stdout, err = run([*args, str(feats), *FEATURES_RUN], capsys)
+        assert code == 0, err
+        assert "wrote 8 masks" in stdout
+        outs.append(snapshot(out))
+    assert json.loads(outs[0]["config.json"])["extractor"]["dtype"] == "BF16"
+    assert {n: b for n, b in outs[0].items() if n.endswith(".png")} == {
+        n: b for n, b in outs[1].items() if n.endswith(".png")
+    }
+
+
+@pytest.mark.faults
+def test_track_features_faults_are_one_line_before_the_run_folder(
+    clip: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    no_model: None,
+) -> None:
+    """Each fault of --features is one line naming the problem and the fix, and leaves no run
+    folder: model options, a missing, damaged or wrong file, a frame it lacks, another grid."""
+    frames, mask = clip
+    good = torch.rand(8, 3, 4, 7)
+    files = tmp_path / "files"
+    files.mkdir()
+
+    def made(name: str, tensors: dict[str, torch.Tensor]) -> str:
+        save_file(tensors, str(files / name))
+        return str(files / name)
+
+    corrupt = files / "corrupt.safetensors"
+    corrupt.write_bytes(b"\xff" * 64)
+    part = files / "part.safetensors"  # as extract --start 2 --end 6 writes it
+    meta = {"ditf_track": json.dumps({"frame_indices": [2, 3, 4, 5], "stride": 16})}
+    save_file({"features": good[2:6]}, str(part), metadata=meta)
+    cases = [
+        (["--preset", "lab"], made("ok.safetensors", {"features": good}), "drop --preset "),
+        (["--t", "90", "--k", "3"], str(files / "ok.safetensors"), "drop --t, --k "),
+        (["--short-side", "64"], str(files / "ok.safetensors"), "drop --short-side "),
+        ([], str(files / "missing.safetensors"), "cannot read features file"),
+        ([], str(corrupt), "is not a readable safetensors file"),
+        ([], made("named.safetensors", {"maps": good}), "holds no tensor named 'features'"),
+        ([], made("int.safetensors", {"features": good.int()}), "is I32, not a float tensor"),
+        ([], made("3d.safetensors", {"features": good[0]}), "not (T, C, h, w)"),
+        ([], made("7.safetensors", {"features": good[:7]}), "holds 7 frames but"),
+        (
+            [],
+            made("grid.safetensors", {"features": good[..., :4].contiguous()}),
+            "4x4 grid (h x w) does not",
+        ),
+        ([], str(part), "has no features for frame 0 (it holds frames 2-5)"),
+    ]
+    for extra, feats, message in cases:
+        out = tmp_path / "out"
+        args = ["track", str(frames), "--mask", str(mask), "--out", str(out), "--features", feats]
+        code, _, err = run([*args, *extra, "--quiet"], capsys)
+        line = one_line_error(code, err)
+        assert message in line, line
+        assert not out.exists(), feats
+        assert not out.with_name("out.incomplete").exists(), feats
+
+
+@pytest.mark.faults
+def test_track_features_resume_refuses_another_features_file(
+    clip: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The file's fingerprint (header, size, ends) is part of the run's: a resume with the file
+    rewritten (same shape) is refused, the same file is 'already complete'."""
+    frames, mask = clip
+    feats = tmp_path / "f.safetensors"
+    save_file({"features": torch.rand(8, 3, 4, 7)}, str(feats))
+    out = tmp_path / "out"
+    base = ["track", str(frames), "--mask", str(mask), "--out", str(out), "--features", str(feats)]
+    code, _, err = run([*base, *FEATURES_RUN], capsys)
+    assert code == 0, err
+    code, stdout, _ = run([*base, *FEATURES_RUN, "--resume"], capsys)
+    assert code == 0
+    assert "already complete" in stdout
+    save_file({"features": torch.rand(8, 3, 4, 7)}, str(feats))
+    code, _, err = run([*base, *FEATURES_RUN, "--resume"], capsys)
+    assert "(the features file changed)" in one_line_error(code, err)

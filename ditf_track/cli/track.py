@@ -9,6 +9,7 @@ everything (tracks files, ``config.json``) is written.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import re
 import warnings
@@ -40,6 +41,7 @@ from ..outputs import (
     refuse_input_overlap,
     to_json_safe,
 )
+from ..precomputed import PrecomputedFeatures
 from ..progress import ProgressEvent
 from ..propagate import PointParams
 from ..tracker import Tracker, TrackerState, run_facts
@@ -118,6 +120,14 @@ def add_track(sub: argparse._SubParsersAction) -> None:
         help="carry labels and points across scene cuts (by default nothing crosses a detected "
         "shot change: frames beyond it stay empty until an annotation on their side of it)",
     )
+    p.add_argument(
+        "--features",
+        type=Path,
+        metavar="FEATS.safetensors",
+        help="propagate with precomputed features instead of a model: the file `ditf-track "
+        "extract` writes, or any safetensors file with a float tensor 'features' (T, C, h, w), "
+        "one map per frame of VIDEO, on a grid with the frames' aspect (no model options)",
+    )
     add_tracker_options(
         p,
         "model input short side in pixels (default: the preset's, 960)",
@@ -161,6 +171,17 @@ def validate(args: argparse.Namespace) -> TrackJob:
         *((f"mask {f}", p) for f, p in masks),
         ("points file", args.points),
     ]
+    config = tracker_config(args)
+    fingerprint = run_fingerprint(args, inputs)
+    if args.features is not None:
+        config = dataclasses.replace(
+            config,
+            features=dataclasses.replace(config.features, features_file=str(args.features)),
+        )
+        fingerprint["inputs"]["features file"] = check_features_file(
+            args.features, video, args.device
+        )
+        inputs.append(("features file", args.features))
     if args.overlay:
         refuse_input_overlap(args.overlay, inputs, "--overlay")
         check_writable_file(args.overlay, "--overlay")
@@ -172,9 +193,18 @@ def validate(args: argparse.Namespace) -> TrackJob:
         queries=queries,
         points_file=args.points,
         inputs=inputs,
-        fingerprint=run_fingerprint(args, inputs),
-        config=tracker_config(args),
+        fingerprint=fingerprint,
+        config=config,
     )
+
+
+def check_features_file(path: Path, video: VideoSource, device: str) -> str:
+    """``--features``: the file's header and the device, then its frames and grid against the
+    selected frames (one line each, before the run folder); returns its fingerprint (header,
+    size and ends: never the whole file) for the resume check."""
+    features = PrecomputedFeatures(path, device=device)
+    features.check_video(video)
+    return features.fingerprint
 
 
 def parse_mask_args(values: list[str], video: VideoSource) -> list[tuple[int, Path]]:
@@ -493,10 +523,10 @@ def report(
             f"{len(state.point_ids)} point tracks over {state.num_frames} frames "
             f"({args.points_mode} mode, {100 * visible:.0f}% visible)"
         )
-    print(
-        f"wrote {' and '.join(written)} to {out} (features: {tracker.extracted_frames} "
-        f"extracted, {cached} from the cache)"
-    )
+    source = f"{tracker.extracted_frames} extracted, {cached} from the cache"
+    if args.features is not None:
+        source = f"{tracker.extracted_frames} frames read from {args.features}"
+    print(f"wrote {' and '.join(written)} to {out} (features: {source})")
 
 
 def write_overlay(

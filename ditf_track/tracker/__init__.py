@@ -257,8 +257,9 @@ class Tracker:
         if extractor is None:
             extractor = extractor_from_config(features, "video", runtime, warn=warn)
         if cache is None:
+            on_disk = runtime.disk_cache and features.features_file is None  # a file is a cache
             cache = FeatureCache(
-                cache_root(runtime.cache_dir) if runtime.disk_cache else None,
+                cache_root(runtime.cache_dir) if on_disk else None,
                 device=extractor.device,
             )
         return cls(
