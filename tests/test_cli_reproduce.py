@@ -3,10 +3,12 @@ and DAVIS layouts made in the test), and its refusals."""
 
 from __future__ import annotations
 
+import errno
 import json
 import shlex
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cli_helpers
 import pytest
@@ -14,6 +16,7 @@ import test_eval_correspondence
 from cli_helpers import one_line_error, run, snapshot
 
 from ditf_track import cli
+from ditf_track.cli import reproduce as reproduce_cli
 from ditf_track.eval.reproduce import command_text, load_rows
 
 spair_root = test_eval_correspondence.spair_root
@@ -157,15 +160,92 @@ def test_reproduce_unknown_row_is_one_line(capsys: pytest.CaptureFixture[str]) -
 
 
 @pytest.mark.faults
-def test_reproduce_missing_data_is_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            ["--out", "OUT"],
+            "reproduce table9-davis-flux needs --data PATH, the DAVIS-2017 val root",
+        ),
+        (["--data", "DATA"], "reproduce table9-davis-flux needs --out DIR for the run's folder"),
+        (
+            ["--data", "DATA", "--out", "OUT", "--captions", "nowhere.json"],
+            "row table9-davis-flux takes no captions file (only the SPair-71k rows do); drop "
+            "--captions",
+        ),
+    ],
+)
+def test_reproduce_missing_or_wrong_options_are_one_line(
+    options: list[str],
+    message: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    out = tmp_path / "run"
-    code, _, err = run(["reproduce", "table9-davis-flux", "--out", str(out)], capsys)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(["reproduce", "table9-davis-flux", *options], capsys)
+    assert one_line_error(code, err) == f"ditf-track: error: {message}"
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.faults
+def test_reproduce_missing_captions_file_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_model: None
+) -> None:
+    missing = tmp_path / "captions.json"
+    args = ["reproduce", "table2-spair-flux", "--data", str(tmp_path), "--out", str(tmp_path / "o")]
+    code, _, err = run([*args, "--captions", str(missing)], capsys)
     assert one_line_error(code, err) == (
-        "ditf-track: error: reproduce table9-davis-flux needs --data PATH, the DAVIS-2017 val root"
+        f"ditf-track: error: --captions {missing} is not a file; pass the authors' "
+        "spair_detailed_captions.json, or leave --captions out for the runner's prompt"
     )
-    assert not out.exists()
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.faults
+def test_reproduce_full_disk_keeps_the_evaluations_metrics(
+    shared_data: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A write that fails while the paper's numbers are added leaves metrics.json as the
+    evaluation wrote it, no temporary file, and the folder unlocked (the weight-free lab
+    baseline replaces the row's model after --, an 8-frame clip)."""
+    root = davis_layout(shared_data, tmp_path / "DAVIS", frames=8)
+    out = tmp_path / "run"
+    args = ["reproduce", "table9-davis-flux", "--data", str(root), "--out", str(out), "--"]
+    args += ["--preset", "lab", "--short-side", "64", "--no-disk-cache", "--workers", "1"]
+    armed = []
+    real_comparison = reproduce_cli.comparison
+    real_write_text = Path.write_text
+
+    def comparison(*a: Any, **k: Any) -> dict[str, Any]:
+        armed.append(True)  # the evaluation is finished: fail the writes from here on
+        return real_comparison(*a, **k)
+
+    def write_text(self: Path, *a: Any, **k: Any) -> int:
+        if armed and self.name.startswith(".metrics."):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write_text(self, *a, **k)
+
+    monkeypatch.setattr(reproduce_cli, "comparison", comparison)
+    monkeypatch.setattr(Path, "write_text", write_text)
+    code, _, err = run(args, capsys)
+    assert one_line_error(code, err) == (
+        f"ditf-track: error: cannot write metrics {out / 'metrics.json'} ([Errno 28] No space "
+        "left on device); pick a writable folder"
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "reproduce" not in metrics
+    assert metrics["numerics"] == "exact"  # lab: no authors' code, so the exact numerics
+    assert metrics["profile"] is None  # lab is no DiT: no profile
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    monkeypatch.undo()
+    # the run is intact: resumed, the block is written
+    assert cli.main([*args, "--resume"]) == 0
+    capsys.readouterr()
+    assert json.loads((out / "metrics.json").read_text())["reproduce"]["as_registered"] is False
 
 
 @pytest.mark.faults

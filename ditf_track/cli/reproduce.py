@@ -101,6 +101,11 @@ def _run_reproduce(args: argparse.Namespace) -> int:
     if args.out is None:
         raise ConfigError(f"reproduce {row.id} needs --out DIR for the run's folder")
     argv = [*row.argv(args.data, args.out, args.captions), *args.eval_args]
+    if args.captions is not None and not args.captions.is_file():
+        raise InputError(
+            f"--captions {args.captions} is not a file; pass the authors' "
+            "spair_detailed_captions.json, or leave --captions out for the runner's prompt"
+        )
     # The package's own parser: the row runs as its typed command would (imported here, as the
     # package imports this module).
     from . import build_parser
