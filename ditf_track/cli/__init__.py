@@ -25,6 +25,7 @@ from .cache import add_cache
 from .eval import add_eval
 from .features import add_extract, add_inspect
 from .match import add_match
+from .reproduce import add_reproduce
 from .track import add_track
 
 _SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
@@ -34,6 +35,7 @@ _SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_cache,
     add_match,
     add_eval,
+    add_reproduce,
 ]
 
 

@@ -9,7 +9,8 @@ are then scored with :func:`~ditf_track.eval.davis_folders.evaluate_davis` (the 
 conventions).
 
 An output folder holds ``<sequence>/<frame>.png`` for every sequence, ``config.json``,
-``metrics.json`` and the official ``global_results-<split>.csv`` and
+``metrics.json`` (the official metrics, with the profile and numerics they were computed
+with) and the official ``global_results-<split>.csv`` and
 ``per-sequence_results-<split>.csv``. Each sequence is written to ``<sequence>.incomplete/``
 and renamed when all its frames are written, so ``resume`` skips exactly the sequences that are
 complete.
@@ -17,11 +18,13 @@ complete.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..._atomic import atomic_path
 from ...errors import InputError, OutputError
 from ...masks import DAVIS_PALETTE, write_mask
 from ...outputs import (
@@ -37,7 +40,7 @@ from ...progress import Progress
 from ...tracker import Tracker, run_facts
 from .._run import CONFIG_FILE, METRICS_FILE, ResumableRun
 from ..davis import DavisResult
-from ..davis_folders import evaluate_davis, write_davis_csvs, write_davis_json
+from ..davis_folders import evaluate_davis, write_davis_csvs
 
 SEQUENCE_FILE = "run.json"
 
@@ -245,9 +248,17 @@ class DavisRun(ResumableRun[str, SequenceOutcome]):
                 "again with --resume"
             )
         result = evaluate_davis(self.out, self.gt_root, sequences=self.sequences, workers=workers)
+        # Which computation the numbers are of: the profile the extractor resolved (None for a
+        # model with no profiles, the lab baseline) and the propagation numerics.
+        metrics = {
+            **result.to_json_dict(),
+            "profile": self.tracker.extractor.identity().get("profile"),
+            "numerics": self.tracker.params.numerics,
+        }
 
         def write() -> None:
-            write_davis_json(result, self.out / METRICS_FILE)
+            with atomic_path(self.out / METRICS_FILE, "DAVIS metrics") as tmp:
+                tmp.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
             write_davis_csvs(result, self.out, self.split_name)
 
         self._write_locked(write)
