@@ -44,7 +44,8 @@ Task = Literal["correspondence", "video"]
 FAMILIES: tuple[str, ...] = ("pixart", "sd3", "flux", "lab")
 TASKS: tuple[str, ...] = ("correspondence", "video")
 DEFAULT_PRESET = "pixart-alpha"
-#: Model input side in pixels where neither the user nor the preset names one (the paper's).
+#: Model input side in pixels where neither the user nor the preset names one (960: the side of
+#: the paper's square input, and the authors' DAVIS short side).
 DEFAULT_SIDE = 960
 SizeField = Literal["image_size", "pair_long_side", "short_side"]
 ProfileName = Literal["official", "paper"]

@@ -28,6 +28,7 @@ from ditf_track.images import read_image, resize_image
 from ditf_track.match import (
     ImageFeatures,
     Matcher,
+    PairFeatures,
     SoftArgmax,
     check_points,
     grid_points,
@@ -331,7 +332,8 @@ def test_tiny_flux_pair_end_to_end(planted_flux: Path, frame: np.ndarray) -> Non
         assert f.features[[3, 11]].abs().max() == 0
         torch.testing.assert_close(f.features.norm(dim=0), torch.ones(f.grid_hw))
         # the cells' norms before the normalisation travel with them (raw upsampling)
-        assert f.norms is not None and f.norms.shape == f.grid_hw
+        assert f.norms is not None
+        assert f.norms.shape == f.grid_hw
         assert float(f.norms.min()) > 0
         assert float(f.norms.max()) > float(f.norms.min())
     points = np.array([[100.0, 200.0], [300.0, 700.0], [0.0, 0.0]])
@@ -453,9 +455,8 @@ def test_unnormalised_upsampling_equals_materialising_the_map() -> None:
 
 
 def test_matcher_upsamples_the_unnormalised_map_by_default() -> None:
-    target, raw = _unnormalised_target(6)
+    target, _ = _unnormalised_target(6)
     source, _ = _unnormalised_target(7)
-    from ditf_track.match import PairFeatures
 
     pair = PairFeatures(source, target)
     points = np.array([[3.0, 4.0], [30.0, 40.0]])
