@@ -20,7 +20,10 @@ when shrinking, bilinear when enlarging; ``pil-bicubic``: PIL's). A bare ``Match
 ``match`` command) uses the preset's ``pair_long_side`` (960) with ``auto``; the evaluators use
 the profile's pair protocol (:func:`ditf_track.presets.resolve_pair_protocol`): ``official``
 for FLUX.1-dev is the authors' SPair script (long side 640, PIL bicubic, 8 draws), ``paper``
-the paper's appendix (960×960).
+the paper's appendix (960×960). Two details of that script are not reproduced: it rounds each
+side with Python's ``round`` (halves to even; here halves up, which differs only when a scaled
+side falls exactly on an odd multiple of 8) and casts the map to fp16 before upsampling (here
+float32).
 
 **Massive channels** are found on image A (the source) and held for image B, so both maps lose
 the same channels and their cosine similarities stay comparable; ``PairFeatures`` records them.
