@@ -32,9 +32,12 @@ What ditf-track does, and where it differs:
 * The PCA is exact (an eigendecomposition of the joint covariance in float64, on the device),
   not ``pca_lowrank``'s randomised approximation, so it equals scikit-learn's ``PCA`` up to
   the sign of each component; signs are fixed so the largest-magnitude loading of each
-  component is positive (scikit-learn's ``svd_flip`` rule). It reduces whenever the DiT width
-  exceeds ``pca_dim`` (1280): that is SD3.5 (2432) and Flux (3072) as in the paper, and SD3
-  medium (1536) by the same rule; PixArt-α (1152) is used as is. ``pca_dim=None`` disables it.
+  component is positive (scikit-learn's ``svd_flip`` rule). It is fitted on the pair's *raw*
+  DiTF maps ẑ (the modulated features before any L2 normalisation, paper App. C). Which
+  models it reduces is data, the preset's ``dinov2_pca_dim`` (:func:`pca_dim_for`): 1280 for
+  SD3.5 (2432) and Flux (3072) as in the paper; none for PixArt-α (1152) and SD3 medium
+  (1536), whose features are concatenated as they are. A bare ``--model`` (no preset) is
+  reduced to 1280 when wider. ``pca_dim=None`` disables it.
 * The two feature sets live on different grids (DiT: 16-px cells of the aspect-kept input;
   DINOv2: 14-px patches of the padded square). DINOv2 is resampled onto the **DiT grid**:
   each DiT cell centre is mapped to original-image pixels, then into the padded 840 square,
@@ -62,6 +65,7 @@ from .devices import dtype_name, out_of_memory_as_error, resolve_device, resolve
 from .errors import ConfigError, InputError, ModelLoadError
 from .hub import ModelSource
 from .images import resize_image
+from .presets import load_preset
 
 DINOV2_MODEL = "facebook/dinov2-base"
 DINOV2_IMAGE_SIZE = 840  # SD-DINO / GeoAware-SC: 840 = 60 patches of 14
@@ -340,6 +344,20 @@ def reduce_jointly(
         return [m.float() for m in maps], None
     pca = JointPCA.fit(maps, pca_dim)
     return [pca.transform(m) for m in maps], pca
+
+
+def pca_dim_for(preset: str | None) -> tuple[int | None, str]:
+    """The width the DiT features are PCA-reduced to before the fusion, and the rule's name.
+
+    The preset's ``dinov2_pca_dim`` (paper App. C: SD3.5 and Flux to 1280, PixArt-α and SD3
+    not at all); without a preset, :data:`PCA_DIM` (reduce when wider).
+    """
+    if preset is None:
+        return PCA_DIM, f"no preset: reduced to {PCA_DIM} when wider"
+    dim = load_preset(preset).dinov2_pca_dim
+    if dim is None:
+        return None, f"preset {preset}: no PCA (concatenated as is)"
+    return dim, f"preset {preset}: PCA to {dim}"
 
 
 def fuse_features(dit: torch.Tensor, dino: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ from .features import (
     DiTFSettings,
     FeatureExtractor,
     FeatureMaps,
+    cell_norms,
     find_massive_channels,
     massive_activation_stats,
     modulate_and_discard,
@@ -313,13 +314,15 @@ class DiTFExtractor:
             discard_stage=s.discard_stage,
             eps=eps,
         )
-        maps = normalize_maps(tokens_to_maps(tokens, grid), s.upsample).to(self.backbone.dtype)
+        raw = tokens_to_maps(tokens, grid)
+        maps = normalize_maps(raw, s.upsample).to(self.backbone.dtype)
         return FeatureMaps(
             features=maps,
             stride=self.stride,
             input_size=input_size,
             discarded_channels=channels if discard else (),
             stats=stats,
+            norms=cell_norms(raw, s.upsample),
             meta={
                 "massive_channels": list(channels),
                 "rule_channels": list(found),

@@ -287,7 +287,9 @@ class FeatureMaps:
     model-input pixels ``[i·stride, (i+1)·stride) × [j·stride, (j+1)·stride)`` (divide ``stride``
     by ``upsample`` when the maps were upsampled). ``input_size`` is the model input (H, W).
     ``discarded_channels`` are the channels zeroed (empty when none were); ``stats`` are the
-    statistics of the pre-AdaLN feature z they were found from.
+    statistics of the pre-AdaLN feature z they were found from. ``norms`` ``(N, h, w)`` float32
+    are the cells' L2 norms before the normalisation (``features · norms`` is the unnormalised
+    map that pair matching upsamples, :mod:`ditf_track.match`); None: unit cells throughout.
     """
 
     features: torch.Tensor
@@ -296,6 +298,7 @@ class FeatureMaps:
     discarded_channels: tuple[int, ...] = ()
     stats: ActivationStats | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    norms: torch.Tensor | None = None
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -351,3 +354,11 @@ def normalize_maps(maps: torch.Tensor, upsample: int = 1) -> torch.Tensor:
     if upsample > 1:
         maps = F.interpolate(maps, scale_factor=upsample, mode="bilinear", align_corners=False)
     return F.normalize(maps, dim=1, eps=1e-12)
+
+
+def cell_norms(maps: torch.Tensor, upsample: int = 1) -> torch.Tensor:
+    """L2 norms ``(N, h, w)`` float32 of the cells of ``(N, C, h, w)`` maps, upsampled as
+    :func:`normalize_maps` upsamples them: the factor that undoes its normalisation."""
+    if upsample > 1:
+        maps = F.interpolate(maps, scale_factor=upsample, mode="bilinear", align_corners=False)
+    return maps.float().norm(dim=1)

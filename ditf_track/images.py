@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 Rounding = Literal["nearest", "floor"]
-Interpolation = Literal["auto", "area", "bilinear", "bicubic", "nearest"]
+Interpolation = Literal["auto", "area", "bilinear", "bicubic", "nearest", "pil-bicubic"]
 
 _CV2_INTERPOLATION = {
     "area": cv2.INTER_AREA,
@@ -145,7 +145,8 @@ def model_input_size(
 
     * ``short_side``: scale so the short side is ``short_side`` pixels, aspect ratio kept;
     * ``long_side``: scale so the long side is ``long_side`` pixels, aspect ratio kept;
-    * ``square``: ``(square, square)``, aspect ratio ignored (the DIFT/DiTF SPair protocol);
+    * ``square``: ``(square, square)``, aspect ratio ignored (DIFT's SPair protocol at 768, the
+      DiTF paper's appendix at 960; the authors' SPair script keeps the aspect at long side 640);
     * none: keep the original size.
 
     Each side is then rounded to a multiple of the token stride ``multiple`` by ``rounding``
@@ -198,7 +199,10 @@ def resize_image(
     ``"auto"`` uses ``cv2.INTER_AREA`` when neither side grows (exact pixel-area averaging,
     i.e. antialiased, so thin structures do not alias away when shrinking 1080p to a token
     grid) and ``cv2.INTER_LINEAR`` otherwise. ``"bilinear"`` is what DINO and DiTF use for
-    DAVIS frames (``cv2.resize`` default). Returns ``image`` itself when the size is unchanged.
+    DAVIS frames (``cv2.resize`` default). ``"pil-bicubic"`` is PIL's ``Image.resize`` with its
+    bicubic filter (widened when shrinking, so antialiased, unlike OpenCV's ``INTER_CUBIC``):
+    what the authors' SPair script gets from ``Image.resize``'s default; uint8 RGB / grey only.
+    Returns ``image`` itself when the size is unchanged.
     """
     if image.ndim not in (2, 3):
         raise ValueError(f"image must be (H,W) or (H,W,C), got shape {image.shape}")
@@ -208,13 +212,16 @@ def resize_image(
     in_h, in_w = image.shape[:2]
     if (in_h, in_w) == (out_h, out_w):
         return image
+    if interpolation == "pil-bicubic":
+        return _pil_resize(image, (out_h, out_w))
     if interpolation == "auto":
         flag = cv2.INTER_AREA if out_h <= in_h and out_w <= in_w else cv2.INTER_LINEAR
     elif interpolation in _CV2_INTERPOLATION:
         flag = _CV2_INTERPOLATION[interpolation]
     else:
         raise ConfigError(
-            f"interpolation={interpolation!r} is not one of auto, area, bilinear, bicubic, nearest"
+            f"interpolation={interpolation!r} is not one of auto, area, bilinear, bicubic, "
+            "nearest, pil-bicubic"
         )
     src = np.ascontiguousarray(image)
     if src.ndim == 3 and src.shape[2] > 4:
@@ -229,3 +236,16 @@ def resize_image(
     if src.ndim == 3 and out.ndim == 2:  # OpenCV drops a single channel axis
         out = out[:, :, None]
     return out
+
+
+def _pil_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """PIL's bicubic resize of a uint8 ``(H, W)``, ``(H, W, 1)`` or ``(H, W, 3)`` array."""
+    if image.dtype != np.uint8 or (image.ndim == 3 and image.shape[2] not in (1, 3)):
+        raise ConfigError(
+            f"pil-bicubic resizes uint8 RGB or grey images, not {image.dtype} {image.shape}; "
+            "use another interpolation"
+        )
+    grey = image.ndim == 3 and image.shape[2] == 1
+    pil = Image.fromarray(np.ascontiguousarray(image[:, :, 0] if grey else image))
+    out = np.asarray(pil.resize((size[1], size[0]), Image.Resampling.BICUBIC))
+    return out[:, :, None] if grey else out

@@ -3,40 +3,57 @@
 One path serves every pair task (the ``match`` command, SPair-71k / PF-PASCAL / AP-10K PCK,
 HPatches homographies)::
 
-    image (H,W,3) uint8 ──resize: long side L, aspect kept, sides multiples of 16──▶ extractor
-      ──▶ (C, h, w) unit descriptors on the token grid ──[+ DINOv2, joint PCA]──▶ ImageFeatures
-    source points (y, x) ──bilinear sample──▶ (N, C) ──cosine──▶ argmax over the target
+    image (H,W,3) uint8 ──resize: long side L (aspect kept, sides multiples of 16) or S×S──▶
+      extractor ──▶ (C, h, w) modulated map on the token grid (unit cells + per-cell norms)
+      ──[+ DINOv2: joint PCA of the raw maps, concatenation]──▶ ImageFeatures
+    source points (y, x) ──bilinear sample, L2──▶ (N, C) ──cosine──▶ argmax over the target
       (its grid cells, or every pixel of the target upsampled to its original size)
 
 **Coordinates** in this API are ``(y, x)`` pixels of the ORIGINAL images, pixel centres at
 integers (:mod:`ditf_track.coords`); only files use x, y columns.
 
-**Image size.** Both images keep their aspect ratio; the long side becomes ``long_side``
-(default: the preset's ``pair_long_side``, 960 as the paper says; the official SPair script uses
-640) and each side is rounded to a multiple of the 16-px token stride
-(:func:`ditf_track.images.model_input_size`). The official script resizes with PIL bicubic;
-here :func:`ditf_track.images.resize_image` (area when shrinking, bilinear when enlarging).
+**Image size.** Either both images keep their aspect ratio, the long side becomes
+``long_side`` and each side is rounded to a multiple of the 16-px token stride
+(:func:`ditf_track.images.model_input_size`), or both become ``square`` × ``square`` (aspect
+ignored). ``resize`` is the method of :func:`ditf_track.images.resize_image` (``auto``: area
+when shrinking, bilinear when enlarging; ``pil-bicubic``: PIL's). A bare ``Matcher`` (and the
+``match`` command) uses the preset's ``pair_long_side`` (960) with ``auto``; the evaluators use
+the profile's pair protocol (:func:`ditf_track.presets.resolve_pair_protocol`): ``official``
+for FLUX.1-dev is the authors' SPair script (long side 640, PIL bicubic, 8 draws), ``paper``
+the paper's appendix (960×960). Two details of that script are not reproduced: it rounds each
+side with Python's ``round`` (halves to even; here halves up, which differs only when a scaled
+side falls exactly on an odd multiple of 8) and casts the map to fp16 before upsampling (here
+float32).
 
 **Massive channels** are found on image A (the source) and held for image B, so both maps lose
 the same channels and their cosine similarities stay comparable; ``PairFeatures`` records them.
 
-**Descriptors and search** (``upsample``):
+**Descriptors and search** (``upsample``, ``upsample_from``):
 
 * ``upsample=True`` (default; the official DiTF/DIFT SPair protocol): the target map is
   bilinearly upsampled (``align_corners=False``) to the target's original size, each pixel
   L2-normalised, and the argmax is taken over every pixel, so predictions are whole pixels.
-  The official script materialises that map (a 3072-channel map at 500×375 is ~1.1 GB in fp16,
-  per image). Here the same cosines come from the grid: the numerator is the upsampled
-  similarity map and the pixel's norm a quadratic form in its four cells' dot products (see
-  ``_nearest_pixel``), so memory is ``N × H × W`` floats (chunked over queries to
-  ``chunk_bytes``) and the cost does not grow with C per pixel.
+  ``upsample_from="raw"`` (default; the authors' script and the paper) upsamples the
+  *unnormalised* modulated map, ``"unit"`` its L2-normalised cells (ditf-track before 0.x; a
+  cell of large norm then weighs no more than a small one). The official script materialises
+  that map (a 3072-channel map at 500×375 is ~1.1 GB in fp16, per image). Here the same
+  cosines come from the grid: the numerator is the upsampled similarity map and the pixel's
+  norm a quadratic form in its four cells' dot products (see ``_nearest_pixel``; the
+  unnormalised cells are the unit ones times the norms the extractor returns), so memory is
+  ``N × H × W`` floats (chunked over queries to ``chunk_bytes``) and the cost does not grow
+  with C per pixel.
 * ``upsample=False``: the argmax is over the target's grid cells (16 model-input pixels), the
   prediction is the cell centre, or a sub-cell position with ``refine=SoftArgmax()``. Much
   cheaper; quantised to cells unless refined.
 
-Source descriptors are always sampled bilinearly from the source grid at the query point (pixel
-centres aligned, :func:`ditf_track.nn.sample_descriptors`) and L2-normalised, which
-for whole-pixel points is exactly the official "upsample, then index" descriptor.
+Source descriptors are always sampled bilinearly from the source grid (the unnormalised map
+with ``upsample_from="raw"``) at the query point (pixel centres aligned,
+:func:`ditf_track.nn.sample_descriptors`) and L2-normalised, which for whole-pixel points is
+exactly the official "upsample, then index" descriptor.
+
+**DINOv2 fusion**: a PCA fitted jointly on the pair's raw maps (where the preset's
+``dinov2_pca_dim`` asks for one), then ``concat(normalise(DiT), normalise(DINOv2)) / √2``:
+unit cells, so both upsampling modes coincide on fused maps.
 
 **Soft-argmax refinement** (:class:`~ditf_track.nn.SoftArgmax`, grid search only) and
 **mutual nearest neighbours** (``match_dense``, ``match_keypoints``) are the shared ones of
@@ -60,11 +77,11 @@ import torch.nn.functional as F
 
 from .backbones import TOKEN_STRIDE
 from .coords import grid_to_frame, read_points_text
-from .dinov2 import PCA_DIM, DINOv2Extractor, fuse_features, reduce_jointly
+from .dinov2 import DINOv2Extractor, fuse_features, pca_dim_for, reduce_jointly
 from .errors import ConfigError, InputError
 from .extractor import DiTFExtractor, build_extractor
 from .features import FeatureExtractor, FeatureMaps
-from .images import model_input_size, resize_image
+from .images import Interpolation, model_input_size, resize_image
 from .nn import (
     SoftArgmax,
     mutual_nearest_neighbours,
@@ -72,10 +89,11 @@ from .nn import (
     soft_argmax_window,
 )
 from .noise import image_noise_id
+from .presets import RESIZE_METHODS, UPSAMPLE_FROM
 from .viz.matches import MAX_DRAWN_LINES as MAX_DRAWN_LINES
 from .viz.matches import draw_matches as draw_matches
 
-DEFAULT_PAIR_LONG_SIDE = 960  # the paper; the official SPair script passes --img_size 640
+DEFAULT_PAIR_LONG_SIDE = 960  # the default pair_long_side of the presets (match's input)
 UPSAMPLE_CHUNK_BYTES = 256 * 2**20
 
 
@@ -85,8 +103,10 @@ class ImageFeatures:
 
     ``features`` is ``(C, h, w)`` float32, L2-normalised over C; the grid covers the model input
     ``input_hw`` (the whole original image of ``image_hw`` resized) in cells of ``stride``
-    model-input pixels. ``discarded_channels`` are the DiT channels zeroed (held for the pair),
-    ``found_channels`` the massive channels found on this image (or the held ones).
+    model-input pixels. ``norms`` ``(h, w)`` are the cells' norms before the normalisation
+    (None: unit cells, e.g. the lab baseline or fused maps). ``discarded_channels`` are the DiT
+    channels zeroed (held for the pair), ``found_channels`` the massive channels found on this
+    image (or the held ones).
     """
 
     features: torch.Tensor
@@ -95,6 +115,7 @@ class ImageFeatures:
     stride: int
     discarded_channels: tuple[int, ...] = ()
     found_channels: tuple[int, ...] = ()
+    norms: torch.Tensor | None = None
 
     @property
     def grid_hw(self) -> tuple[int, int]:
@@ -123,9 +144,16 @@ class ImageFeatures:
             np.asarray(grid_yx, dtype=np.float64), self.image_hw, self.input_hw, self.stride
         )
 
-    def descriptors_at(self, points_yx: np.ndarray) -> torch.Tensor:
-        """Bilinear descriptors at ``(N, 2)`` (y, x) original pixels: ``(N, C)`` unit vectors."""
-        desc = sample_descriptors(self.features, np.asarray(points_yx), self.image_hw)
+    def raw(self) -> torch.Tensor:
+        """The unnormalised map ``(C, h, w)`` float32: unit cells times their norms."""
+        f = self.features.float()
+        return f if self.norms is None else f * self.norms.to(f.device, torch.float32)[None]
+
+    def descriptors_at(self, points_yx: np.ndarray, *, raw: bool = False) -> torch.Tensor:
+        """Bilinear descriptors at ``(N, 2)`` (y, x) original pixels: ``(N, C)`` unit vectors,
+        sampled from the unit cells or (``raw``) the unnormalised map, then normalised."""
+        grid = self.raw() if raw else self.features
+        desc = sample_descriptors(grid, np.asarray(points_yx), self.image_hw)
         return F.normalize(desc.float(), dim=1, eps=1e-12)
 
 
@@ -153,11 +181,13 @@ def nearest_in_target(
     upsample: bool = True,
     refine: SoftArgmax | None = None,
     chunk_bytes: int = UPSAMPLE_CHUNK_BYTES,
+    raw: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Best target location for each query descriptor ``(N, C)`` (unit vectors).
 
     Returns ``points (N, 2) float64`` as (y, x) original target pixels and ``scores (N,)
-    float32`` (the cosine at the best location). See the module docstring for ``upsample``.
+    float32`` (the cosine at the best location). See the module docstring for ``upsample``;
+    ``raw`` upsamples the unnormalised target map (``upsample_from="raw"``).
     """
     if refine is not None and upsample:
         raise ConfigError(
@@ -168,7 +198,7 @@ def nearest_in_target(
     if len(q) == 0:
         return np.zeros((0, 2)), np.zeros(0, dtype=np.float32)
     if upsample:
-        return _nearest_pixel(q, target, chunk_bytes)
+        return _nearest_pixel(q, target, chunk_bytes, raw=raw)
     sims = q @ target.flat().T  # (N, h·w)
     scores, idx = sims.max(dim=1)
     h, w = target.grid_hw
@@ -180,7 +210,7 @@ def nearest_in_target(
 
 
 def _nearest_pixel(
-    q: torch.Tensor, target: ImageFeatures, chunk_bytes: int
+    q: torch.Tensor, target: ImageFeatures, chunk_bytes: int, *, raw: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Argmax of the cosine over every pixel of the target map upsampled to its image size.
 
@@ -189,11 +219,12 @@ def _nearest_pixel(
     ``Σ w_k (q·F_k) / ‖Σ w_k F_k‖``: the numerator is the bilinear upsampling of the grid's
     similarity map, and ``‖v‖² = Σ_kl w_k w_l (F_k·F_l)`` needs only the dot products of each
     cell with its right, lower and two diagonal neighbours. Same numbers as materialising the
-    ``(C, H, W)`` map, without its ``C × H × W`` memory and time.
+    ``(C, H, W)`` map, without its ``C × H × W`` memory and time. Nothing here assumes unit
+    cells: with ``raw`` the ``F_k`` are the unnormalised cells (unit cells times their norms).
     """
     height, width = target.image_hw
     h, w = target.grid_hw
-    f = target.features.float()
+    f = target.raw() if raw else target.features.float()
     # Dot products of each cell with its neighbours, the grid padded by replicating its last
     # row and column (the border clamp of the upsampling).
     pad = F.pad(f[None], (0, 1, 0, 1), mode="replicate")[0]  # (C, h + 1, w + 1)
@@ -315,9 +346,13 @@ class Matcher:
     """Features for image pairs and point / dense / keypoint matching between them.
 
     ``extractor`` is any :class:`~ditf_track.features.FeatureExtractor` (DiTF or ``lab``).
-    ``long_side`` (default: the preset's ``pair_long_side``, else 960) sets the model input;
-    ``upsample`` and ``refine`` choose the target search; ``dinov2`` adds DINOv2 features,
-    after a PCA of the DiT features to ``pca_dim`` fitted jointly on the pair.
+    The model input is ``long_side`` (default: the preset's ``pair_long_side``, else 960),
+    aspect kept, or ``square`` × ``square``, resized with ``resize`` (see the module
+    docstring; the evaluators pass the profile's pair protocol). ``upsample``,
+    ``upsample_from`` and ``refine`` choose the target search; ``dinov2`` adds DINOv2
+    features, after a PCA of the raw DiT maps to ``pca_dim`` fitted jointly on the pair
+    (``"auto"``: the preset's ``dinov2_pca_dim``, :func:`~ditf_track.dinov2.pca_dim_for`;
+    None: no PCA).
     """
 
     def __init__(
@@ -325,23 +360,45 @@ class Matcher:
         extractor: FeatureExtractor,
         *,
         long_side: int | None = None,
+        square: int | None = None,
+        resize: Interpolation = "auto",
         upsample: bool = True,
+        upsample_from: str = "raw",
         refine: SoftArgmax | None = None,
         dinov2: DINOv2Extractor | None = None,
-        pca_dim: int | None = PCA_DIM,
+        pca_dim: int | str | None = "auto",
         chunk_bytes: int = UPSAMPLE_CHUNK_BYTES,
     ) -> None:
-        side = long_side if long_side is not None else _preset_pair_long_side(extractor)
+        if long_side is not None and square is not None:
+            raise ConfigError("give one of --long-side and --square, not both")
+        if square is None:
+            side = long_side if long_side is not None else _preset_pair_long_side(extractor)
+        else:
+            side = square
         if side < 16:
-            raise ConfigError(f"long side {side} is too small; use at least 16 pixels")
-        if pca_dim is not None and pca_dim < 1:
+            raise ConfigError(f"input side {side} is too small; use at least 16 pixels")
+        if upsample_from not in UPSAMPLE_FROM:
+            raise ConfigError(f"unknown upsample_from {upsample_from!r}; use raw or unit")
+        if resize not in RESIZE_METHODS:
+            raise ConfigError(f"unknown resize {resize!r}; use one of {', '.join(RESIZE_METHODS)}")
+        preset = extractor.identity().get("preset")
+        if pca_dim == "auto":
+            pca_dim, self.pca_rule = pca_dim_for(str(preset) if preset else None)
+        elif pca_dim is None:
+            self.pca_rule = "none (given)"
+        elif isinstance(pca_dim, str) or pca_dim < 1:
             raise ConfigError(f"PCA dimension {pca_dim} must be at least 1 (or None for none)")
+        else:
+            self.pca_rule = f"PCA to {pca_dim} (given)"
         self.extractor = extractor
-        self.long_side = int(side)
+        self.long_side = int(side) if square is None else None
+        self.square = int(square) if square is not None else None
+        self.resize: Interpolation = resize
         self.upsample = upsample
+        self.upsample_from = upsample_from
         self.refine = refine
         self.dinov2 = dinov2
-        self.pca_dim = pca_dim
+        self.pca_dim: int | None = pca_dim
         self.chunk_bytes = chunk_bytes
 
     @classmethod
@@ -354,10 +411,13 @@ class Matcher:
         device: str | torch.device = "cpu",
         dtype: str | torch.dtype | None = None,
         long_side: int | None = None,
+        square: int | None = None,
+        resize: Interpolation = "auto",
         upsample: bool = True,
+        upsample_from: str = "raw",
         refine: SoftArgmax | None = None,
         dinov2: bool | str | os.PathLike[str] | DINOv2Extractor = False,
-        pca_dim: int | None = PCA_DIM,
+        pca_dim: int | str | None = "auto",
         **extractor_kwargs: Any,
     ) -> Matcher:
         """A matcher on a preset's correspondence settings (``"lab"`` = the colour baseline).
@@ -391,7 +451,10 @@ class Matcher:
         return cls(
             extractor,
             long_side=long_side,
+            square=square,
+            resize=resize,
             upsample=upsample,
+            upsample_from=upsample_from,
             refine=refine,
             dinov2=fusion,
             pca_dim=pca_dim,
@@ -410,21 +473,37 @@ class Matcher:
         return {
             "extractor": self.extractor.identity(),
             "long_side": self.long_side,
+            "square": self.square,
+            "resize": self.resize,
             "upsample": self.upsample,
+            "upsample_from": self.upsample_from,
             "refine": dataclasses.asdict(self.refine) if self.refine is not None else None,
             "dinov2": self.dinov2.identity() if self.dinov2 is not None else None,
             "pca_dim": self.pca_dim if self.dinov2 is not None else None,
+            "pca_rule": self.pca_rule if self.dinov2 is not None else None,
             "massive_channels": "found on image A (the source), held for image B",
         }
 
     def input_size(self, image_hw: tuple[int, int]) -> tuple[int, int]:
-        """Model input (H', W') of an image: long side ``long_side``, aspect kept."""
+        """Model input (H', W') of an image: long side ``long_side``, aspect kept, or
+        ``square`` × ``square``."""
         return model_input_size(
             int(image_hw[0]),
             int(image_hw[1]),
             long_side=self.long_side,
+            square=self.square,
             multiple=self.input_multiple,
         )
+
+    @property
+    def raw_upsampling(self) -> bool:
+        """Whether descriptors and the upsampled target come from the unnormalised map."""
+        return self.upsample_from == "raw"
+
+    def descriptors_at(self, features: ImageFeatures, points_yx: np.ndarray) -> torch.Tensor:
+        """``features``' unit descriptors at ``(N, 2)`` (y, x) original pixels, sampled from
+        the map this matcher upsamples (``upsample_from``)."""
+        return features.descriptors_at(points_yx, raw=self.raw_upsampling)
 
     # -- features ------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -439,7 +518,7 @@ class Matcher:
         arr = check_image(image)
         hw = (int(arr.shape[0]), int(arr.shape[1]))
         size = self.input_size(hw)
-        model_input = resize_image(arr, size)
+        model_input = resize_image(arr, size, self.resize)
         maps: FeatureMaps = self.extractor.extract(
             model_input[None],
             massive_channels=massive_channels,
@@ -448,6 +527,7 @@ class Matcher:
         found = maps.meta.get("massive_channels", maps.discarded_channels)
         return ImageFeatures(
             features=F.normalize(maps.features[0].float(), dim=0, eps=1e-12),
+            norms=maps.norms[0].float() if maps.norms is not None else None,
             image_hw=hw,
             input_hw=size,
             stride=int(maps.stride),
@@ -466,7 +546,8 @@ class Matcher:
         """Descriptors of both images; massive channels found on A and held for B.
 
         ``features_a`` reuses image A's :meth:`image_features` (e.g. HPatches image 1 against
-        images 2–6). With DINOv2, the DiT maps are PCA-reduced jointly on the pair first.
+        images 2–6). With DINOv2, the raw DiT maps are PCA-reduced jointly on the pair first
+        (where :attr:`pca_dim` asks for it), then fused into unit cells.
         """
         fa = features_a if features_a is not None else self.image_features(image_a)
         fb = self.image_features(image_b, massive_channels=fa.discarded_channels)
@@ -478,12 +559,13 @@ class Matcher:
         }
         if self.dinov2 is None:
             return PairFeatures(fa, fb, meta)
-        (ra, rb), pca = reduce_jointly([fa.features, fb.features], self.pca_dim)
+        (ra, rb), pca = reduce_jointly([fa.raw(), fb.raw()], self.pca_dim)
         fused = []
         for image, f, reduced in ((image_a, fa, ra), (image_b, fb, rb)):
             dino = self.dinov2.extract(check_image(image)).on_grid(f.grid_hw, f.input_hw, f.stride)
-            fused.append(dataclasses.replace(f, features=fuse_features(reduced, dino)))
+            fused.append(dataclasses.replace(f, features=fuse_features(reduced, dino), norms=None))
         meta["pca_dim"] = pca.dim if pca is not None else None
+        meta["pca_rule"] = self.pca_rule
         meta["descriptor_dim"] = fused[0].dim
         return PairFeatures(fused[0], fused[1], meta)
 
@@ -503,11 +585,12 @@ class Matcher:
         """:meth:`match_points` on precomputed :class:`PairFeatures`."""
         pts = check_points(points_a_yx, pair.a.image_hw)
         return nearest_in_target(
-            pair.a.descriptors_at(pts),
+            self.descriptors_at(pair.a, pts),
             pair.b,
             upsample=self.upsample,
             refine=self.refine,
             chunk_bytes=self.chunk_bytes,
+            raw=self.raw_upsampling,
         )
 
     @torch.inference_mode()
@@ -532,7 +615,7 @@ class Matcher:
             desc_a = pair.a.flat()
         else:
             pts_a = grid_points(pair.a.image_hw, n)
-            desc_a = pair.a.descriptors_at(pts_a)
+            desc_a = self.descriptors_at(pair.a, pts_a)
         desc_b = pair.b.flat()
         idx, scores = mutual_nearest_neighbours(desc_a, desc_b)
         if self.refine is not None and len(idx):
@@ -557,7 +640,9 @@ class Matcher:
         pair = self.features_for_pair(image_a, image_b)
         kp_a = check_points(keypoints_a_yx, pair.a.image_hw, "image A")
         kp_b = check_points(keypoints_b_yx, pair.b.image_hw, "image B")
-        return mutual_nearest_neighbours(pair.a.descriptors_at(kp_a), pair.b.descriptors_at(kp_b))
+        return mutual_nearest_neighbours(
+            self.descriptors_at(pair.a, kp_a), self.descriptors_at(pair.b, kp_b)
+        )
 
 
 def _preset_pair_long_side(extractor: FeatureExtractor) -> int:

@@ -13,7 +13,14 @@ authors' code does (github.com/ganchaofan0000/DiTF, FLUX.1-dev only: the massive
 154 and 1446 zeroed in the raw block feature before the LayerNorm); ``paper`` is the paper's
 text (channels found by the massive-activation rule, zeroed after the AdaLN). Where no authors'
 code exists, ``official`` is the same as ``paper`` and the preset says so (``same_as``).
-:func:`resolve_profile` is the one place that picks a profile's settings.
+:func:`resolve_profile` is the one place that picks a profile's feature settings.
+
+A profile's ``pairs`` block is the *protocol* of the pair benchmarks (SPair-71k, PF-PASCAL,
+AP-10K, HPatches): model input size and resize method, ensemble size, and how the target map is
+upsampled for matching (:class:`PairProtocol`). These cost time (an 8-draw ensemble, say), so
+they apply in the evaluators and wherever asked for explicitly, never silently in ``match``.
+:func:`resolve_pair_protocol` is the one place that picks them; where the profile's source
+states them for another benchmark only, the result carries that as a labelled assumption.
 """
 
 from __future__ import annotations
@@ -37,13 +44,23 @@ Task = Literal["correspondence", "video"]
 FAMILIES: tuple[str, ...] = ("pixart", "sd3", "flux", "lab")
 TASKS: tuple[str, ...] = ("correspondence", "video")
 DEFAULT_PRESET = "pixart-alpha"
-#: Model input side in pixels where neither the user nor the preset names one (the paper's).
+#: Model input side in pixels where neither the user nor the preset names one (960: the side of
+#: the paper's square input, and the authors' DAVIS short side).
 DEFAULT_SIDE = 960
 SizeField = Literal["image_size", "pair_long_side", "short_side"]
 ProfileName = Literal["official", "paper"]
 PROFILES: tuple[str, ...] = ("official", "paper")
 #: The authors' computation where their code exists (Flux), else the paper's (the same there).
 DEFAULT_PROFILE = "official"
+#: The pair benchmarks a profile's ``pairs`` protocol serves.
+PAIR_BENCHMARKS: tuple[str, ...] = ("spair", "pf-pascal", "ap-10k", "hpatches")
+#: Resize methods of :func:`ditf_track.images.resize_image` (``pil-bicubic``: PIL's bicubic
+#: filter, what the authors' SPair script gets from ``Image.resize``).
+RESIZE_METHODS: tuple[str, ...] = ("auto", "area", "bilinear", "bicubic", "nearest", "pil-bicubic")
+#: What the target map is bilinearly upsampled from before the per-pixel L2 normalisation:
+#: ``raw``, the unnormalised modulated map (the authors' SPair script, and the paper's
+#: "upsample, then normalise"), or ``unit``, the L2-normalised cells (ditf-track before 0.x).
+UPSAMPLE_FROM: tuple[str, ...] = ("raw", "unit")
 #: Where the massive channels are zeroed: in the AdaLN output (the paper's text) or in the raw
 #: block feature before the LayerNorm (the authors' code).
 DISCARD_STAGES: tuple[str, ...] = ("post_adaln", "pre_norm")
@@ -138,6 +155,103 @@ class ProfileSettings:
 
 
 @dataclass(frozen=True)
+class PairProtocol:
+    """How a pair benchmark's images become features and matches under a profile.
+
+    The model input is ``long_side`` (aspect kept, each side rounded to a multiple of 16) or
+    ``square`` × ``square`` (aspect ignored): exactly one is set. ``resize`` is the method
+    (:data:`RESIZE_METHODS`), ``ensemble`` the noise draws averaged, ``upsample_from`` what the
+    target map is upsampled from (:data:`UPSAMPLE_FROM`). ``stated_for`` are the benchmarks
+    whose settings the profile's source gives; ``assumption`` says what the others assume by
+    reusing them (required when ``stated_for`` leaves any out).
+    """
+
+    long_side: int | None = None
+    square: int | None = None
+    resize: str = "auto"
+    ensemble: int = 1
+    upsample_from: str = "raw"
+    stated_for: tuple[str, ...] = PAIR_BENCHMARKS
+    assumption: str | None = None
+
+    def __post_init__(self) -> None:
+        sides = [v for v in (self.long_side, self.square) if v is not None]
+        if len(sides) != 1:
+            raise ConfigError(
+                f"pairs protocol: give exactly one of long_side and square (got long_side="
+                f"{self.long_side}, square={self.square})"
+            )
+        if isinstance(sides[0], bool) or not isinstance(sides[0], int) or sides[0] < 16:
+            raise ConfigError(f"pairs protocol: input side {sides[0]!r} must be a whole >= 16")
+        if self.resize not in RESIZE_METHODS:
+            raise ConfigError(
+                f"pairs protocol: unknown resize {self.resize!r}; use one of {RESIZE_METHODS}"
+            )
+        if self.upsample_from not in UPSAMPLE_FROM:
+            raise ConfigError(
+                f"pairs protocol: unknown upsample_from {self.upsample_from!r}; use one of "
+                f"{UPSAMPLE_FROM}"
+            )
+        check_t_k(0, 0, self.ensemble)
+        stated = tuple(self.stated_for)
+        unknown = sorted(set(stated) - set(PAIR_BENCHMARKS))
+        if unknown or not stated:
+            raise ConfigError(
+                f"pairs protocol: stated_for {list(stated)} must name some of {PAIR_BENCHMARKS}"
+            )
+        object.__setattr__(self, "stated_for", stated)
+        if set(stated) != set(PAIR_BENCHMARKS) and not self.assumption:
+            raise ConfigError(
+                "pairs protocol: stated_for leaves out some benchmarks; say in `assumption` "
+                "what reusing the settings there assumes"
+            )
+
+
+@dataclass(frozen=True)
+class ResolvedPairProtocol:
+    """A pair benchmark's protocol settings as a run uses them: the profile asked for
+    (``requested``) and the one that gave them (``used``), their ``source``, the settings, and
+    ``assumption`` (None where the source states them for this ``benchmark``). ``note`` says why
+    ``used`` differs from ``requested``. ``overridden`` lists the settings given explicitly
+    (command-line flags), which replace the profile's."""
+
+    requested: str
+    used: str
+    source: str
+    benchmark: str | None
+    long_side: int | None
+    square: int | None
+    resize: str
+    ensemble: int
+    upsample_from: str
+    assumption: str | None = None
+    note: str | None = None
+    overridden: tuple[str, ...] = ()
+
+    def replace(self, **given: Any) -> ResolvedPairProtocol:
+        """These settings with the ``given`` ones (None: not given) in place of the profile's;
+        a ``long_side`` replaces ``square`` and the other way round."""
+        given = {k: v for k, v in given.items() if v is not None}
+        changed = tuple(sorted(given))
+        if "long_side" in given and "square" in given:
+            raise ConfigError("give one of --long-side and --square, not both")
+        if "long_side" in given:
+            given["square"] = None
+        elif "square" in given:
+            given["long_side"] = None
+        PairProtocol(
+            **{
+                name: given.get(name, getattr(self, name))
+                for name in ("long_side", "square", "resize", "ensemble", "upsample_from")
+            }
+        )  # validates the combination
+        return dataclasses.replace(self, **given, overridden=changed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
 class Profile:
     """One profile of a preset: its per-task settings and where they come from.
 
@@ -152,6 +266,7 @@ class Profile:
     video: ProfileSettings | None = None
     same_as: str | None = None
     model_channels: int | None = None
+    pairs: PairProtocol | None = None
 
 
 @dataclass(frozen=True)
@@ -180,6 +295,17 @@ _PAPER_SOURCE = (
     "the paper's text (sec. 4.3): channels found by the massive-activation rule "
     "(|v| >= 100 x median), zeroed after the AdaLN"
 )
+#: The paper's pair protocol for a model no preset describes: 960x960 input (its appendix), one
+#: draw, the target map upsampled before the L2 normalisation.
+_PAPER_PAIRS = PairProtocol(
+    square=DEFAULT_SIDE,
+    stated_for=("spair", "pf-pascal", "ap-10k"),
+    assumption="the paper states its input size for semantic correspondence; HPatches is "
+    "assumed to use the same",
+)
+_PAPER_PAIRS_SOURCE = "the paper's text (appendix): 960x960 input"
+#: The weight-free colour baseline: no paper, no authors' code; ditf-track's own sizes.
+_LAB_PAIRS_SOURCE = "the lab baseline (not DiTF): ditf-track's own input size"
 
 
 def check_profile(profile: str) -> None:
@@ -216,6 +342,53 @@ def resolve_profile(
     )
 
 
+def resolve_pair_protocol(
+    preset: Preset | None, benchmark: str | None, profile: str = DEFAULT_PROFILE
+) -> ResolvedPairProtocol:
+    """``profile``'s pair protocol for ``preset`` on ``benchmark`` (one of
+    :data:`PAIR_BENCHMARKS`; None: no benchmark, e.g. ``match``, so no assumption is labelled).
+
+    Without a preset (a bare ``--model``) both profiles are the paper's text; the weight-free
+    ``lab`` baseline has no profiles and keeps its preset's long side.
+    """
+    check_profile(profile)
+    if benchmark is not None and benchmark not in PAIR_BENCHMARKS:
+        raise ConfigError(f"unknown pair benchmark {benchmark!r}; use one of {PAIR_BENCHMARKS}")
+    note = None
+    if preset is None or not preset.profiles:
+        if preset is not None and preset.weight_free:
+            side = preset.correspondence.pair_long_side or DEFAULT_SIDE
+            pairs, used, source = PairProtocol(long_side=side), profile, _LAB_PAIRS_SOURCE
+        else:
+            pairs, used, source = _PAPER_PAIRS, "paper", _PAPER_PAIRS_SOURCE
+            if profile != "paper":
+                note = f"no preset names this model: {profile} is the paper's protocol"
+    else:
+        chosen = preset.profiles[profile]
+        used = chosen.same_as or profile
+        target = preset.profiles[used]
+        assert target.pairs is not None  # preset_from_dict checks it
+        pairs, source = target.pairs, target.source
+        if chosen.same_as:
+            note = f"{profile} is the same as {used} for {preset.name}: {chosen.source}"
+    assumption = None
+    if benchmark is not None and benchmark not in pairs.stated_for:
+        assumption = pairs.assumption
+    return ResolvedPairProtocol(
+        requested=profile,
+        used=used,
+        source=source,
+        benchmark=benchmark,
+        long_side=pairs.long_side,
+        square=pairs.square,
+        resize=pairs.resize,
+        ensemble=pairs.ensemble,
+        upsample_from=pairs.upsample_from,
+        assumption=assumption,
+        note=note,
+    )
+
+
 @dataclass(frozen=True)
 class Resources:
     """Sizes for the README table: parameters in billions (exact), GB (estimates)."""
@@ -244,6 +417,9 @@ class Preset:
     correspondence: TaskSettings
     video: TaskSettings
     profiles: dict[str, Profile] = field(default_factory=dict)
+    #: DiT width a PCA reduces the features to before the DINOv2 fusion (paper App. C: 1280
+    #: for SD3.5 and Flux); None: concatenated without PCA (PixArt-α, SD3; the lab baseline).
+    dinov2_pca_dim: int | None = None
 
     @property
     def weight_free(self) -> bool:
@@ -319,6 +495,14 @@ def preset_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Preset:
         data["correspondence"] = TaskSettings(**data["correspondence"])
         data["video"] = TaskSettings(**data["video"])
         data["profiles"] = _profiles_from(data.get("profiles") or {}, family, source)
+        if "dinov2_pca_dim" not in data and family != "lab":
+            raise ConfigError(
+                f"{source}: no dinov2_pca_dim (1280 where the paper reduces the DiT features "
+                "before the DINOv2 fusion, null where it does not); see configs/flux.yaml"
+            )
+        pca = data.get("dinov2_pca_dim")
+        if pca is not None and (isinstance(pca, bool) or not isinstance(pca, int) or pca < 1):
+            raise ConfigError(f"{source}: dinov2_pca_dim {pca!r} must be a whole >= 1 or null")
         return Preset(**data)
     except (KeyError, TypeError) as exc:
         raise ConfigError(f"{source}: invalid preset ({exc}); see configs/*.yaml") from exc
@@ -355,5 +539,23 @@ def _profiles_from(raw: dict[str, Any], family: str, source: str) -> dict[str, P
                 if task not in data:
                     raise ConfigError(f"{source}: profile {name} has no {task} settings")
                 data[task] = ProfileSettings(**data[task])
+            if "pairs" not in data:
+                raise ConfigError(
+                    f"{source}: profile {name} has no pairs protocol; see configs/flux.yaml"
+                )
+            data["pairs"] = _pairs_from(data["pairs"], f"{source}: profile {name}")
         profiles[name] = Profile(**data)
     return profiles
+
+
+def _pairs_from(raw: Any, where: str) -> PairProtocol:
+    """A profile's ``pairs`` mapping → :class:`PairProtocol` (errors name the file and profile)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: pairs must be a mapping; see configs/flux.yaml")
+    data = dict(raw)
+    if "stated_for" in data:
+        data["stated_for"] = tuple(data["stated_for"] or ())
+    try:
+        return PairProtocol(**data)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None

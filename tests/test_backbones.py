@@ -289,6 +289,28 @@ def test_flux_guidance_only_for_dev(tiny_model: Callable[..., Path]) -> None:
     assert inputs["timestep"].tolist() == [pytest.approx(0.09)]  # Flux receives sigma
 
 
+def test_flux_guidance_reaches_the_embedder_as_3504_in_bf16(
+    tiny_model: Callable[..., Path],
+) -> None:
+    """Issue 18 item 9: diffusers' Flux computes ``guidance.to(dtype) * 1000`` in the model
+    dtype, as the authors' code does; in bf16, 3.5 → 3.5 * 1000 rounds to 3504 (bf16 has 8
+    significant bits: neighbours 3488, 3504, 3520), the value the guidance embedder sees."""
+    extractor = DiTFExtractor.from_pretrained(
+        tiny_model("flux"), family="flux", t=260, k=3, dtype="bfloat16", vae_sample=False
+    )
+    embed = extractor.backbone.transformer.time_text_embed
+    seen: list[torch.Tensor] = []
+    handle = embed.register_forward_pre_hook(lambda _m, args: seen.append(args[1].clone()))
+    try:
+        extractor.extract(np.zeros((1, 32, 32, 3), np.uint8))
+    finally:
+        handle.remove()
+    assert len(seen) == 1
+    assert seen[0].dtype == torch.bfloat16
+    assert seen[0].float().tolist() == [3504.0]
+    assert torch.tensor(3.5, dtype=torch.bfloat16) * 1000 == 3504
+
+
 def test_loading_errors(tiny_model: Callable[..., Path], tmp_path: Path) -> None:
     folder = tiny_model("sd3")
     with pytest.raises(ModelLoadError, match="does not exist"):

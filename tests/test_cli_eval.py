@@ -408,3 +408,70 @@ def test_cli_set_names_the_csvs_and_bad_options(
     with pytest.raises(SystemExit) as exc:
         cli.main([*args, "--workers", "0"])
     assert exc.value.code == 2
+
+
+def test_pck_runner_records_the_pair_protocol(
+    spair_root: tuple[Path, list[dict[str, object]]],
+    pf_pascal_root: tuple[Path, list[list[str]]],
+    tiny_model: Callable[..., Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Issue 18: `eval spair --preset flux` (official) runs the authors' SPair protocol (PIL
+    bicubic, 8 draws, the unnormalised map upsampled; --long-side given replaces 640 here, to
+    keep the tiny run small), and config.json / metrics.json record every resolved setting;
+    PF-PASCAL reuses them as a labelled assumption."""
+    root, _ = spair_root
+    out = tmp_path / "spair"
+    model = ["--preset", "flux", "--model", str(tiny_model("flux")), "--k", "3"]
+    rest = ["--long-side", "64", "--device", "cpu", "--dtype", "float32", "--limit", "1"]
+    assert cli.main(["eval", "spair", "--data", str(root), "--out", str(out), *model, *rest]) == 0
+    config = json.loads((out / "config.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    for record in (config["pair_protocol"], metrics["pair_protocol"]):
+        assert record["long_side"] == 64
+        assert record["square"] is None
+        assert record["resize"] == "pil-bicubic"
+        assert record["ensemble"] == 8
+        assert record["upsample_from"] == "raw"
+        assert record["dinov2_pca"] is None  # no --dinov2
+        profile = record["profile"]
+        assert (profile["requested"], profile["used"], profile["benchmark"]) == (
+            "official",
+            "official",
+            "spair",
+        )
+        assert profile["assumption"] is None
+        assert profile["overridden"] == ["long_side"]
+    matcher = config["fingerprint"]["matcher"]
+    assert (matcher["long_side"], matcher["resize"], matcher["upsample_from"]) == (
+        64,
+        "pil-bicubic",
+        "raw",
+    )
+    assert matcher["extractor"]["ensemble"] == 8
+    # the paper's profile with explicit flags: each flag replaces its setting
+    paper = tmp_path / "paper"
+    flags = ["--profile", "paper", "--ensemble", "2", "--upsample-from", "unit"]
+    argv = ["eval", "spair", "--data", str(root), "--out", str(paper), *model, *rest, *flags]
+    assert cli.main(argv) == 0
+    record = json.loads((paper / "metrics.json").read_text())["pair_protocol"]
+    assert (record["long_side"], record["resize"], record["ensemble"]) == (64, "auto", 2)
+    assert record["upsample_from"] == "unit"
+    assert record["profile"]["overridden"] == ["ensemble", "long_side", "upsample_from"]
+    # PF-PASCAL: the authors' code evaluates SPair only, so its settings are an assumption
+    pf_root, _ = pf_pascal_root
+    pf = tmp_path / "pf"
+    assert (
+        cli.main(["eval", "pf-pascal", "--data", str(pf_root), "--out", str(pf), *model, *rest])
+        == 0
+    )
+    record = json.loads((pf / "metrics.json").read_text())["pair_protocol"]
+    assert "the authors' code evaluates SPair-71k only" in record["profile"]["assumption"]
+    assert (record["resize"], record["ensemble"]) == ("pil-bicubic", 8)
+    capsys.readouterr()
+    # --long-side and --square together: argparse refuses, one line
+    both = ["eval", "spair", "--data", str(root), "--out", str(tmp_path / "x"), "--square", "64"]
+    with pytest.raises(SystemExit):
+        cli.main([*both, "--long-side", "64", "--preset", "lab"])
+    assert "not allowed with argument" in capsys.readouterr().err

@@ -17,6 +17,7 @@ from ditf_track.dinov2 import (
     DINOv2Maps,
     JointPCA,
     fuse_features,
+    pca_dim_for,
     reduce_jointly,
 )
 from ditf_track.errors import ConfigError, ModelLoadError
@@ -236,3 +237,58 @@ def test_matcher_with_dinov2(tiny_dinov2: Path, dog: np.ndarray) -> None:
     identity = matcher.identity()
     assert identity["dinov2"]["layer"] == 2
     assert identity["pca_dim"] == 12
+
+
+class _RawCodeExtractor(_CodeExtractor):
+    """Unit code maps with per-cell norms (as the DiTF extractor returns), under a preset."""
+
+    def __init__(self, raw: Sequence[torch.Tensor], preset: str | None) -> None:
+        super().__init__(raw)
+        self.preset = preset
+
+    def identity(self) -> dict[str, Any]:
+        return {"extractor": "codes", "preset": self.preset}
+
+    def extract(self, images: Any, **kwargs: Any) -> FeatureMaps:
+        maps = super().extract(images, **kwargs)
+        raw = maps.features
+        maps.features = F.normalize(raw, dim=1)
+        maps.norms = raw.norm(dim=1)
+        return maps
+
+
+def test_pca_rule_per_preset_and_fit_on_raw_maps(tiny_dinov2: Path, dog: np.ndarray) -> None:
+    """Paper App. C: the PCA to 1280 is fitted jointly on the pair's raw ẑ, for SD3.5 and Flux
+    only; PixArt-α and SD3 are concatenated without one. ``pca_dim_for`` reads the rule from
+    the preset's ``dinov2_pca_dim``."""
+    assert pca_dim_for("flux") == (1280, "preset flux: PCA to 1280")
+    assert pca_dim_for("sd3.5")[0] == 1280
+    assert pca_dim_for("sd3") == (None, "preset sd3: no PCA (concatenated as is)")
+    assert pca_dim_for("pixart-alpha")[0] is None
+    assert pca_dim_for(None)[0] == 1280  # a bare --model: reduced when wider
+    dino = DINOv2Extractor.from_pretrained(tiny_dinov2, layer=2, image_size=112)
+    # raw maps whose cell norms vary 100-fold: a PCA of the unit cells would differ
+    scale = torch.logspace(-1, 1, 32).reshape(1, 4, 8)
+    raw = [_structured(40, 4, 8, s) * scale for s in (7, 8)]
+    flipped = dog[:, ::-1].copy()
+    matcher = Matcher(_RawCodeExtractor(raw, "flux"), long_side=128, dinov2=dino, pca_dim=12)
+    pair = matcher.features_for_pair(dog, flipped)
+    pca = JointPCA.fit(raw, 12)
+    torch.testing.assert_close(
+        pair.a.features[:12] * 2**0.5,
+        F.normalize(pca.transform(raw[0]), dim=0),
+        atol=1e-5,
+        rtol=1e-4,
+    )
+    unit = JointPCA.fit([F.normalize(r, dim=0) for r in raw], 12)
+    assert (unit.components - pca.components).abs().max() > 1e-2
+    assert pair.a.norms is None  # fused cells are unit vectors
+    # the preset's rule by default: sd3 concatenates the (normalised) raw map as is
+    sd3 = Matcher(_RawCodeExtractor(raw, "sd3"), long_side=128, dinov2=dino)
+    assert (sd3.pca_dim, sd3.pca_rule) == (None, "preset sd3: no PCA (concatenated as is)")
+    pair = sd3.features_for_pair(dog, flipped)
+    assert pair.a.dim == 40 + HIDDEN
+    assert pair.meta["pca_dim"] is None
+    assert sd3.identity()["pca_rule"] == "preset sd3: no PCA (concatenated as is)"
+    flux = Matcher(_RawCodeExtractor(raw, "flux"), long_side=128, dinov2=dino)
+    assert flux.pca_dim == 1280

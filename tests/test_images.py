@@ -96,3 +96,23 @@ def test_model_input_size_properties(
     floor_h, floor_w = model_input_size(h, w, multiple=multiple, rounding="floor", **sides)
     assert floor_h <= max(h * scale, multiple) + 1e-9
     assert floor_w <= max(w * scale, multiple) + 1e-9
+
+
+def test_pil_bicubic_resize_is_pils() -> None:
+    # issue 18: the authors' SPair script resizes with PIL's Image.resize (bicubic by default)
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (375, 500, 3), dtype=np.uint8)
+    for size in ((480, 640), (240, 320), (37, 50)):
+        ours = resize_image(image, size, "pil-bicubic")
+        theirs = np.asarray(Image.fromarray(image).resize((size[1], size[0])))
+        np.testing.assert_array_equal(ours, theirs)  # exact: PIL's own filter
+        assert ours.shape == (*size, 3)
+    # OpenCV's bicubic is another filter: shrinking 2x, PIL's antialiases and OpenCV's does not
+    cv = resize_image(image, (187, 250), "bicubic")
+    assert np.abs(cv.astype(int) - resize_image(image, (187, 250), "pil-bicubic")).max() > 10
+    grey = image[:, :, :1]
+    assert resize_image(grey, (30, 40), "pil-bicubic").shape == (30, 40, 1)
+    with pytest.raises(ConfigError, match="pil-bicubic resizes uint8"):
+        resize_image(image.astype(np.float32), (30, 40), "pil-bicubic")
+    assert model_input_size(375, 500, long_side=640) == (480, 640)  # the official SPair size
+    assert model_input_size(375, 500, square=960) == (960, 960)  # the paper's appendix

@@ -28,6 +28,7 @@ from ditf_track.images import read_image, resize_image
 from ditf_track.match import (
     ImageFeatures,
     Matcher,
+    PairFeatures,
     SoftArgmax,
     check_points,
     grid_points,
@@ -330,6 +331,11 @@ def test_tiny_flux_pair_end_to_end(planted_flux: Path, frame: np.ndarray) -> Non
     for f in (pair.a, pair.b):
         assert f.features[[3, 11]].abs().max() == 0
         torch.testing.assert_close(f.features.norm(dim=0), torch.ones(f.grid_hw))
+        # the cells' norms before the normalisation travel with them (raw upsampling)
+        assert f.norms is not None
+        assert f.norms.shape == f.grid_hw
+        assert float(f.norms.min()) > 0
+        assert float(f.norms.max()) > float(f.norms.min())
     points = np.array([[100.0, 200.0], [300.0, 700.0], [0.0, 0.0]])
     pred, scores = matcher.match_points_in(pair, points)
     assert pred.shape == (3, 2)
@@ -347,6 +353,8 @@ def test_tiny_flux_pair_end_to_end(planted_flux: Path, frame: np.ndarray) -> Non
 
 
 def test_long_side_defaults_to_the_preset() -> None:
+    # match's input: the preset's pair_long_side (960), aspect kept; the evaluators pass the
+    # profile's protocol instead (test_presets.test_pair_protocol_per_profile_and_benchmark)
     oracle = OracleExtractor([random_codes(2, 2)])
     assert Matcher(oracle).long_side == 960
 
@@ -355,9 +363,114 @@ def test_long_side_defaults_to_the_preset() -> None:
             return {"extractor": "oracle", "preset": "flux"}
 
     assert Matcher(WithPreset([])).long_side == 960
-    assert Matcher(WithPreset([]), long_side=640).long_side == 640
+    assert Matcher(WithPreset([])).input_size((375, 500)) == (720, 960)
+    assert Matcher(WithPreset([]), long_side=640).input_size((375, 500)) == (480, 640)
+    square = Matcher(WithPreset([]), square=960)  # the paper's appendix: 960x960
+    assert (square.long_side, square.square) == (None, 960)
+    assert square.input_size((375, 500)) == (960, 960)
+    assert square.identity()["square"] == 960
     with pytest.raises(ConfigError, match="too small"):
         Matcher(oracle, long_side=8)
+    with pytest.raises(ConfigError, match="one of --long-side and --square"):
+        Matcher(oracle, long_side=640, square=960)
+    with pytest.raises(ConfigError, match="unknown resize"):
+        Matcher(oracle, resize="lanczos")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="unknown upsample_from"):
+        Matcher(oracle, upsample_from="cells")
+
+
+def test_square_input_matches_back_to_original_pixels(frame: np.ndarray) -> None:
+    # 480x848 squashed to 480x480 (aspect ignored): a flipped copy is still matched exactly
+    codes = random_codes(30, 30)
+    flipped = codes[:, :, ::-1].copy()
+    matcher = Matcher(OracleExtractor([codes, flipped]), square=480, upsample=False)
+    pair = matcher.features_for_pair(frame, frame[:, ::-1].copy())
+    assert pair.a.input_hw == (480, 480)
+    centres = pair.a.cell_centres()
+    pred, _ = matcher.match_points_in(pair, centres)
+    np.testing.assert_allclose(pred[:, 0], centres[:, 0], atol=1e-6)
+    np.testing.assert_allclose(pred[:, 1], 847 - centres[:, 1], atol=1e-6)
+
+
+def test_resize_method_reaches_the_extractor(frame: np.ndarray) -> None:
+    seen: list[np.ndarray] = []
+
+    class Recording(OracleExtractor):
+        def extract(self, images: Any, **kwargs: Any) -> FeatureMaps:
+            seen.append(np.asarray(images[0]))
+            return super().extract(images, **kwargs)
+
+    codes = random_codes(5, 8)
+    Matcher(Recording([codes]), long_side=128, resize="pil-bicubic").image_features(frame)
+    Matcher(Recording([codes]), long_side=128).image_features(frame)
+    np.testing.assert_array_equal(seen[0], resize_image(frame, (80, 128), "pil-bicubic"))
+    np.testing.assert_array_equal(seen[1], resize_image(frame, (80, 128)))
+    assert not np.array_equal(seen[0], seen[1])
+
+
+def _unnormalised_target(seed: int) -> tuple[ImageFeatures, torch.Tensor]:
+    """A target map whose cells have norms spread over two orders of magnitude (as modulated
+    DiT features do), stored as the extractor returns it: unit cells plus their norms."""
+    rng = np.random.default_rng(seed)
+    raw = torch.as_tensor(rng.normal(size=(8, 4, 6)), dtype=torch.float32)
+    raw = raw * torch.as_tensor(10 ** rng.uniform(-1, 1, size=(1, 4, 6)), dtype=torch.float32)
+    target = ImageFeatures(
+        F.normalize(raw, dim=0),
+        image_hw=(37, 53),
+        input_hw=(64, 96),
+        stride=16,
+        norms=raw.norm(dim=0),
+    )
+    return target, raw
+
+
+def test_unnormalised_upsampling_equals_materialising_the_map() -> None:
+    """Issue 18: the authors upsample the *unnormalised* modulated map (bilinear,
+    align_corners=False) to the image, then L2-normalise each pixel. The closed form of
+    ``_nearest_pixel`` on unit cells times their norms must give the same argmax (exactly) and
+    cosine (float32, atol 1e-5) as materialising that map with F.interpolate."""
+    target, raw = _unnormalised_target(4)
+    queries = F.normalize(
+        torch.as_tensor(np.random.default_rng(5).normal(size=(7, 8)), dtype=torch.float32), dim=1
+    )
+    full = F.normalize(
+        F.interpolate(raw[None], size=(37, 53), mode="bilinear", align_corners=False)[0], dim=0
+    )
+    sims = queries @ full.flatten(1)
+    best = sims.argmax(1).numpy()
+    pred, scores = nearest_in_target(queries, target, upsample=True, raw=True, chunk_bytes=4096)
+    np.testing.assert_array_equal(pred, np.stack([best // 53, best % 53], 1))
+    np.testing.assert_allclose(scores, sims.max(1).values.numpy(), atol=1e-5)
+    # upsampling the unit cells instead is another map: the cosines differ
+    _, unit_scores = nearest_in_target(queries, target, upsample=True, raw=False)
+    assert np.abs(unit_scores - scores).max() > 1e-3
+    # source descriptors: bilinear sample of the unnormalised map, then L2 (exactly the
+    # materialised map's pixel for whole-pixel points)
+    points = np.array([[0.0, 0.0], [12.0, 30.0], [36.0, 52.0], [20.0, 7.0]])
+    desc = target.descriptors_at(points, raw=True)
+    idx = torch.as_tensor(points, dtype=torch.long)
+    torch.testing.assert_close(desc, full[:, idx[:, 0], idx[:, 1]].T, atol=1e-6, rtol=1e-5)
+    assert (desc - target.descriptors_at(points)).abs().max() > 1e-3
+    torch.testing.assert_close(target.raw(), raw, atol=1e-5, rtol=1e-5)
+
+
+def test_matcher_upsamples_the_unnormalised_map_by_default() -> None:
+    target, _ = _unnormalised_target(6)
+    source, _ = _unnormalised_target(7)
+
+    pair = PairFeatures(source, target)
+    points = np.array([[3.0, 4.0], [30.0, 40.0]])
+    oracle = OracleExtractor([random_codes(2, 2)])
+    raw_matcher = Matcher(oracle)
+    assert raw_matcher.upsample_from == "raw"
+    assert raw_matcher.identity()["upsample_from"] == "raw"
+    expected = nearest_in_target(
+        source.descriptors_at(points, raw=True), target, upsample=True, raw=True
+    )
+    got = raw_matcher.match_points_in(pair, points)
+    np.testing.assert_array_equal(got[0], expected[0])
+    unit = Matcher(oracle, upsample_from="unit").match_points_in(pair, points)
+    assert not np.allclose(unit[1], got[1])
 
 
 def test_lab_preset_end_to_end(frame: np.ndarray) -> None:

@@ -123,3 +123,101 @@ def test_profile_errors() -> None:
     raw["profiles"] = load_preset("flux").to_dict()["profiles"]
     with pytest.raises(ConfigError, match="the lab baseline has no profiles"):
         preset_from_dict(raw)
+
+
+# (preset, benchmark, profile) → (long_side, square, resize, ensemble, upsample_from, used,
+# assumed): the pair protocol each evaluator runs with.
+PAIR_PROTOCOLS = [
+    ("flux", "spair", "official", (640, None, "pil-bicubic", 8, "raw", "official", False)),
+    ("flux", "pf-pascal", "official", (640, None, "pil-bicubic", 8, "raw", "official", True)),
+    ("flux", "ap-10k", "official", (640, None, "pil-bicubic", 8, "raw", "official", True)),
+    ("flux", "hpatches", "official", (640, None, "pil-bicubic", 8, "raw", "official", True)),
+    ("flux", "spair", "paper", (None, 960, "auto", 1, "raw", "paper", False)),
+    ("flux", "ap-10k", "paper", (None, 960, "auto", 1, "raw", "paper", False)),
+    ("flux", "hpatches", "paper", (None, 960, "auto", 1, "raw", "paper", True)),
+    ("sd3", "spair", "official", (None, 960, "auto", 1, "raw", "paper", False)),
+    ("sd3.5", "pf-pascal", "official", (None, 960, "auto", 1, "raw", "paper", False)),
+    ("pixart-alpha", "spair", "official", (None, 960, "auto", 1, "raw", "paper", False)),
+    ("flux-schnell", "spair", "official", (None, 960, "auto", 1, "raw", "paper", False)),
+    ("lab", "spair", "official", (960, None, "auto", 1, "raw", "official", False)),
+    (None, "spair", "official", (None, 960, "auto", 1, "raw", "paper", False)),
+    (None, "hpatches", "paper", (None, 960, "auto", 1, "raw", "paper", True)),
+]
+
+
+@pytest.mark.parametrize(("name", "benchmark", "profile", "expected"), PAIR_PROTOCOLS)
+def test_pair_protocol_per_profile_and_benchmark(
+    name: str | None, benchmark: str, profile: str, expected: tuple[object, ...]
+) -> None:
+    """Issue 18: flux official = the authors' SPair script (long side 640, PIL bicubic, 8 draws,
+    the unnormalised map upsampled), assumed for the other benchmarks and labelled so; paper =
+    the paper's 960x960; official is paper for the presets without authors' code, with a note."""
+    from ditf_track.presets import resolve_pair_protocol
+
+    preset = load_preset(name) if name is not None else None
+    r = resolve_pair_protocol(preset, benchmark, profile)
+    *settings, used, assumed = expected
+    assert [r.long_side, r.square, r.resize, r.ensemble, r.upsample_from] == settings
+    assert (r.requested, r.used, r.benchmark) == (profile, used, benchmark)
+    assert (r.assumption is not None) == assumed
+    if assumed and used == "official":
+        assert "the authors' code evaluates SPair-71k only" in str(r.assumption)
+    if profile == "official" and used == "paper":
+        assert "is the same as paper" in str(r.note) or "no preset" in str(r.note)
+    assert r.to_dict()["resize"] == settings[2]
+    # no benchmark (the match command): nothing is assumed
+    assert resolve_pair_protocol(preset, None, profile).assumption is None
+
+
+def test_pair_protocol_overrides_and_errors() -> None:
+    from ditf_track.presets import resolve_pair_protocol
+
+    flux = load_preset("flux")
+    r = resolve_pair_protocol(flux, "spair", "official").replace(long_side=None, ensemble=2)
+    assert (r.long_side, r.ensemble, r.resize, r.overridden) == (
+        640,
+        2,
+        "pil-bicubic",
+        ("ensemble",),
+    )
+    r = resolve_pair_protocol(flux, "spair", "paper").replace(long_side=512, resize="area")
+    assert (r.long_side, r.square, r.resize) == (512, None, "area")
+    assert r.overridden == ("long_side", "resize")
+    r = resolve_pair_protocol(flux, "spair", "official").replace(square=768)
+    assert (r.long_side, r.square) == (None, 768)
+    with pytest.raises(ConfigError, match="one of --long-side and --square"):
+        r.replace(long_side=512, square=512)
+    with pytest.raises(ConfigError, match="unknown resize 'lanczos'"):
+        r.replace(resize="lanczos")
+    with pytest.raises(ConfigError, match="unknown pair benchmark 'davis'"):
+        resolve_pair_protocol(flux, "davis", "official")
+    raw = load_preset("flux").to_dict()
+    raw["profiles"]["official"]["pairs"]["square"] = 960
+    with pytest.raises(ConfigError, match="flux.*official: pairs protocol: give exactly one"):
+        preset_from_dict(raw, source="flux.yaml")
+    raw = load_preset("flux").to_dict()
+    raw["profiles"]["official"]["pairs"]["assumption"] = None
+    with pytest.raises(ConfigError, match="say in `assumption`"):
+        preset_from_dict(raw)
+    raw = load_preset("flux").to_dict()
+    del raw["profiles"]["paper"]["pairs"]
+    with pytest.raises(ConfigError, match="profile paper has no pairs protocol"):
+        preset_from_dict(raw)
+    raw = load_preset("flux").to_dict()
+    raw["profiles"]["paper"]["pairs"]["upsample_from"] = "cells"
+    with pytest.raises(ConfigError, match="unknown upsample_from 'cells'"):
+        preset_from_dict(raw)
+    raw = load_preset("sd3").to_dict()
+    del raw["dinov2_pca_dim"]
+    with pytest.raises(ConfigError, match="no dinov2_pca_dim"):
+        preset_from_dict(raw)
+    # the DINOv2 PCA rule (paper App. C): SD3.5 and Flux reduced to 1280, PixArt-α and SD3 not
+    widths = {name: load_preset(name).dinov2_pca_dim for name in available_presets()}
+    assert widths == {
+        "flux": 1280,
+        "flux-schnell": 1280,
+        "lab": None,
+        "pixart-alpha": None,
+        "sd3": None,
+        "sd3.5": 1280,
+    }

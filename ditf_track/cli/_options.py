@@ -22,6 +22,8 @@ from ..presets import (
     DEFAULT_PRESET,
     DEFAULT_PROFILE,
     PROFILES,
+    RESIZE_METHODS,
+    UPSAMPLE_FROM,
     Task,
     available_presets,
     load_preset,
@@ -404,12 +406,34 @@ def tracker_from_args(
 def add_matcher_options(parser: argparse.ArgumentParser, *, points: bool = True) -> None:
     """Image size, target search and DINOv2 fusion of a :class:`~ditf_track.match.Matcher`."""
     g = parser.add_argument_group("matching")
-    g.add_argument(
+    size = g.add_mutually_exclusive_group()
+    size.add_argument(
         "--long-side",
         type=int,
         metavar="N",
         help="model input long side in pixels, aspect kept, sides multiples of 16 (default: "
-        "the preset's pair size, 960 as in the paper; the official SPair script uses 640)",
+        "match: the preset's pair size, 960; eval: the profile's, 640 for flux official as the "
+        "authors' SPair script, 960x960 square for paper as its appendix)",
+    )
+    size.add_argument(
+        "--square",
+        type=int,
+        metavar="N",
+        help="model input NxN, aspect ignored (the paper's appendix: 960)",
+    )
+    g.add_argument(
+        "--resize",
+        choices=RESIZE_METHODS,
+        help="resize method: auto (OpenCV area when shrinking, bilinear when enlarging), "
+        "OpenCV area/bilinear/bicubic/nearest, or pil-bicubic (PIL's Image.resize, the authors' "
+        "SPair script) (default: match: auto; eval: the profile's)",
+    )
+    g.add_argument(
+        "--upsample-from",
+        choices=UPSAMPLE_FROM,
+        help="what the target map is bilinearly upsampled from before the per-pixel L2: raw = "
+        "the unnormalised modulated map (the authors' script and the paper, default), unit = "
+        "the L2-normalised cells",
     )
     if points:
         g.add_argument(
@@ -465,10 +489,10 @@ def add_matcher_options(parser: argparse.ArgumentParser, *, points: bool = True)
     g.add_argument(
         "--pca-dim",
         type=int,
-        default=PCA_DIM,
         metavar="D",
-        help=f"with --dinov2, reduce wider DiT features by a PCA fitted on the pair to D "
-        f"dimensions (default {PCA_DIM}, the paper; 0 = no PCA)",
+        help=f"with --dinov2, reduce the raw DiT features by a PCA fitted on the pair to D "
+        f"dimensions (default: the preset's, {PCA_DIM} for SD3.5 and Flux as the paper, none for "
+        "PixArt-α and SD3; 0 = no PCA)",
     )
 
 
@@ -488,11 +512,15 @@ def matcher_from_args(args: argparse.Namespace) -> Matcher:
             dtype=args.dtype,
             local_files_only=args.local_files_only or None,
         )
+    pca_dim: int | str | None = "auto" if args.pca_dim is None else (args.pca_dim or None)
     return Matcher(
         extractor,
         long_side=args.long_side,
+        square=getattr(args, "square", None),
+        resize=getattr(args, "resize", None) or "auto",
         upsample=getattr(args, "upsample", False),
+        upsample_from=getattr(args, "upsample_from", None) or "raw",
         refine=refine,
         dinov2=dinov2,
-        pca_dim=args.pca_dim or None,
+        pca_dim=pca_dim,
     )

@@ -25,6 +25,7 @@ from ..eval.hpatches import MAX_KEYPOINTS, load_hpatches
 from ..eval.runs.davis import DavisRun, davis_sequences, open_davis_dir
 from ..eval.runs.pairs import DETECTORS, HPatchesEvaluation, PCKEvaluation, open_eval_dir
 from ..outputs import RunDir, check_writable_file, listing_digest, refuse_input_overlap
+from ..presets import DEFAULT_PRESET, ResolvedPairProtocol, load_preset, resolve_pair_protocol
 from ..progress import ProgressEvent
 from ._options import (
     Handler,
@@ -156,12 +157,22 @@ _PCK_BENCHMARKS = (
 )
 
 
+_PROTOCOL_HELP = (
+    "Input size, resize, ensemble and upsampling follow --profile's pair protocol (FLUX.1-dev "
+    "official: the authors' SPair script, long side 640, PIL bicubic, 8 draws, the unnormalised "
+    "map upsampled; paper: 960x960; assumed where the source states them for another "
+    "benchmark); --long-side, --square, --resize, --ensemble and --upsample-from replace them. "
+    "config.json and metrics.json record every setting."
+)
+
+
 def _add_pck(eval_sub: argparse._SubParsersAction, benchmark: _PCKBenchmark) -> None:
     p = eval_sub.add_parser(
         benchmark.name,
         help=f"{benchmark.title}: PCK of DiTF nearest-neighbour matches",
         description=f"{benchmark.title} semantic correspondence: match each source keypoint into "
         "the target image and report PCK per point and per image, per category and overall. "
+        f"{_PROTOCOL_HELP} "
         "Writes config.json, pairs.jsonl (resume state), metrics.json and per_category.csv.",
     )
     p.add_argument("--data", type=Path, required=True, metavar="ROOT", help=benchmark.data_help)
@@ -197,9 +208,31 @@ def _pck_pairs(args: argparse.Namespace) -> tuple[list[CorrespondencePair], dict
     return _limited(pairs, args.limit), options
 
 
+def _pair_protocol(args: argparse.Namespace, benchmark: str) -> ResolvedPairProtocol:
+    """The profile's pair protocol for ``benchmark`` with the flags given in its place; written
+    back into ``args`` so that :func:`matcher_from_args` builds the matcher it describes."""
+    name = args.preset
+    if name is None and args.model is None:
+        name = DEFAULT_PRESET
+    preset = load_preset(name) if name is not None else None
+    resolved = resolve_pair_protocol(preset, benchmark, args.profile).replace(
+        long_side=args.long_side,
+        square=args.square,
+        resize=args.resize,
+        ensemble=args.ensemble,
+        upsample_from=args.upsample_from,
+    )
+    args.long_side, args.square = resolved.long_side, resolved.square
+    args.resize, args.upsample_from = resolved.resize, resolved.upsample_from
+    if preset is None or not preset.weight_free:  # the lab baseline draws no noise
+        args.ensemble = resolved.ensemble
+    return resolved
+
+
 def _run_pck(args: argparse.Namespace) -> int:
     name = args.benchmark_key
     pairs, options = _pck_pairs(args)
+    protocol = _pair_protocol(args, name)
     run_dir = _open_eval_dir(args, name, PCKEvaluation.owned, [("data", args.data)])
     try:
         run = PCKEvaluation(
@@ -208,6 +241,7 @@ def _run_pck(args: argparse.Namespace) -> int:
             matcher_from_args(args),
             run_dir,
             options=options,
+            protocol=protocol.to_dict(),
             resume=args.resume,
             overwrite=args.overwrite,
         )
@@ -241,7 +275,8 @@ def _add_hpatches(eval_sub: argparse._SubParsersAction) -> None:
         help="HPatches homography accuracy (corner error at 1/3/5 px)",
         description="HPatches: keypoints from an OpenCV detector, DiTF descriptors at them, "
         "mutual nearest neighbours, cv2.findHomography (LMEDS) and the mean corner error; "
-        "accuracy at 1, 3 and 5 px for all, illumination and viewpoint sequences. Writes "
+        "accuracy at 1, 3 and 5 px for all, illumination and viewpoint sequences. "
+        f"{_PROTOCOL_HELP} Writes "
         "config.json, pairs.jsonl, metrics.json, per_category.csv and per_pair.csv.",
     )
     p.add_argument(
@@ -279,6 +314,7 @@ def _run_hpatches(args: argparse.Namespace) -> int:
     sequences = _limited(
         load_hpatches(args.data, exclude_high_res=args.exclude_high_res), args.limit
     )
+    protocol = _pair_protocol(args, "hpatches")
     run_dir = _open_eval_dir(args, "hpatches", HPatchesEvaluation.owned, [("data", args.data)])
     try:
         run = HPatchesEvaluation(
@@ -293,6 +329,7 @@ def _run_hpatches(args: argparse.Namespace) -> int:
                 "exclude_high_res": args.exclude_high_res,
                 "data_digest": listing_digest(args.data),
             },
+            protocol=protocol.to_dict(),
             resume=args.resume,
             overwrite=args.overwrite,
         )

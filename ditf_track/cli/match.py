@@ -23,7 +23,11 @@ def add_match(sub: argparse._SubParsersAction) -> None:
         "its most similar location in B; --dense N (or neither) keeps the mutual nearest "
         "neighbours between N grid points of A (every feature cell without N) and every cell "
         "of B. Writes matches.csv (xa,ya,xb,yb,score in pixels), matches.png (the images side "
-        "by side with a line per match) and config.json.",
+        "by side with a line per match) and config.json. The input keeps its aspect with the "
+        "preset's pair long side (960) and one noise draw; --profile sets only how features are "
+        "computed (discard, noise): the evaluators' protocols (the authors' long side 640, PIL "
+        "bicubic, 8 draws; the paper's 960x960) apply here only through --long-side, --square, "
+        "--resize and --ensemble.",
     )
     p.add_argument("image_a", type=Path, metavar="IMAGE_A", help="source image")
     p.add_argument("image_b", type=Path, metavar="IMAGE_B", help="target image")

@@ -2,12 +2,15 @@
 
 A run owns an output folder with
 
-* ``config.json`` — resolved options, the matcher's identity (model, revision, t, k, feature
-  mode, sizes, DINOv2), versions, and a ``fingerprint`` that a resumed run must match;
+* ``config.json`` — resolved options, the pair protocol (profile, input size, resize,
+  ensemble, upsampling, DINOv2 PCA rule, and whether they are assumed for this benchmark:
+  :func:`~ditf_track.presets.resolve_pair_protocol`), the matcher's identity (model, revision,
+  t, k, feature mode, sizes, DINOv2), versions, and a ``fingerprint`` that a resumed run must
+  match;
 * ``pairs.jsonl`` — one line per finished pair (predictions, scores, discarded channels, or the
   corner error), appended and flushed as each pair finishes: the resume state;
-* ``metrics.json`` and ``per_category.csv`` (HPatches also ``per_pair.csv``), written at the
-  end.
+* ``metrics.json`` (with the protocol and the matcher's identity again) and
+  ``per_category.csv`` (HPatches also ``per_pair.csv``), written at the end.
 
 Iterating a run yields one outcome per pair — replayed from ``pairs.jsonl`` when already done
 (nothing is recomputed), else computed — so the CLI can show progress; :meth:`finish` writes
@@ -93,7 +96,9 @@ class PCKEvaluation(ResumableRun[tuple[int, CorrespondencePair], PairOutcome]):
 
     ``benchmark`` is ``"spair"``, ``"pf-pascal"`` or ``"ap-10k"`` (its protocol fixes the α and
     the threshold rule); ``options`` (data root, split, subset, ...) go into config.json and,
-    with the matcher identity, into the resume fingerprint.
+    with the matcher identity, into the resume fingerprint. ``protocol`` is the resolved pair
+    protocol (:meth:`~ditf_track.presets.ResolvedPairProtocol.to_dict`) the matcher was built
+    with: config.json and metrics.json record it (:func:`protocol_record`).
     """
 
     owned = (CONFIG_FILE, LOG_FILE, METRICS_FILE, CATEGORY_FILE)
@@ -107,6 +112,7 @@ class PCKEvaluation(ResumableRun[tuple[int, CorrespondencePair], PairOutcome]):
         out: str | Path | RunDir,
         *,
         options: Mapping[str, Any] | None = None,
+        protocol: Mapping[str, Any] | None = None,
         resume: bool = False,
         overwrite: bool = False,
     ) -> None:
@@ -118,7 +124,8 @@ class PCKEvaluation(ResumableRun[tuple[int, CorrespondencePair], PairOutcome]):
         self.protocol = PCK_PROTOCOLS[benchmark]
         self.pairs = list(pairs)
         self.matcher = matcher
-        opts = dict(options or {})
+        self.pair_protocol = protocol_record(matcher, protocol)
+        opts = {**dict(options or {}), "pair_protocol": self.pair_protocol}
         fingerprint = {"benchmark": benchmark, **opts, "matcher": matcher.identity()}
         self._start(
             out,
@@ -184,6 +191,7 @@ class PCKEvaluation(ResumableRun[tuple[int, CorrespondencePair], PairOutcome]):
         metrics = self._acc.result()
         metrics["num_points_clipped"] = self._extra["num_points_clipped"]
         metrics["discarded_channels_pairs"] = {str(c): n for c, n in sorted(self._channels.items())}
+        metrics["pair_protocol"] = self.pair_protocol
         metrics["matcher"] = self.matcher.identity()
         alphas = self.protocol.alphas
         columns = ["category", "num_pairs", "num_points"]
@@ -193,6 +201,22 @@ class PCKEvaluation(ResumableRun[tuple[int, CorrespondencePair], PairOutcome]):
             metrics, (CATEGORY_FILE, self._acc.category_rows(), columns, "category table")
         )
         return metrics
+
+
+def protocol_record(matcher: Matcher, protocol: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What config.json and metrics.json say about the pair protocol: the resolved profile
+    settings given (None: the matcher was built directly, without a profile), and the settings
+    the matcher actually uses, which a run's results depend on."""
+    ensemble = matcher.extractor.identity().get("ensemble")
+    return {
+        "profile": dict(protocol) if protocol is not None else None,
+        "long_side": matcher.long_side,
+        "square": matcher.square,
+        "resize": matcher.resize,
+        "ensemble": ensemble,
+        "upsample_from": matcher.upsample_from,
+        "dinov2_pca": matcher.pca_rule if matcher.dinov2 is not None else None,
+    }
 
 
 def _read_sized(path: Path, hw: tuple[int, int]) -> np.ndarray:
@@ -268,6 +292,7 @@ class HPatchesEvaluation(ResumableRun[tuple[HPatchesSequence, int], HomographyOu
         max_keypoints: int = MAX_KEYPOINTS,
         method: HomographyMethod = "LMEDS",
         options: Mapping[str, Any] | None = None,
+        protocol: Mapping[str, Any] | None = None,
         resume: bool = False,
         overwrite: bool = False,
     ) -> None:
@@ -280,8 +305,10 @@ class HPatchesEvaluation(ResumableRun[tuple[HPatchesSequence, int], HomographyOu
         self.detector = detector
         self.max_keypoints = max_keypoints
         self.method = method
+        self.pair_protocol = protocol_record(matcher, protocol)
         opts = {
             **dict(options or {}),
+            "pair_protocol": self.pair_protocol,
             "detector": detector,
             "max_keypoints": max_keypoints,
             "method": method,
@@ -320,8 +347,8 @@ class HPatchesEvaluation(ResumableRun[tuple[HPatchesSequence, int], HomographyOu
         image_k = seq.read_image(k)
         kp_k = detect_keypoints(image_k, self.detector, self.max_keypoints)
         pair = self.matcher.features_for_pair(image1, image_k, features_a=features1)
-        desc1 = pair.a.descriptors_at(kp1).cpu().numpy()
-        desc_k = pair.b.descriptors_at(kp_k).cpu().numpy()
+        desc1 = self.matcher.descriptors_at(pair.a, kp1).cpu().numpy()
+        desc_k = self.matcher.descriptors_at(pair.b, kp_k).cpu().numpy()
         result = evaluate_homography_pair(
             kp1, desc1, kp_k, desc_k, seq.homography(k), seq.image_hw(1), method=self.method
         )
@@ -364,6 +391,7 @@ class HPatchesEvaluation(ResumableRun[tuple[HPatchesSequence, int], HomographyOu
         metrics = self._acc.result()
         metrics["detector"] = self.detector
         metrics["max_keypoints"] = self.max_keypoints
+        metrics["pair_protocol"] = self.pair_protocol
         metrics["matcher"] = self.matcher.identity()
         eps = metrics["thresholds_px"]
         rows = []
