@@ -31,6 +31,7 @@ from ...errors import ConfigError, InputError
 from ...images import read_image
 from ...match import ImageFeatures, Matcher
 from ...outputs import RunDir
+from ...prompts import PromptRule
 from .._run import CONFIG_FILE, METRICS_FILE, ResumableRun, clip_queries
 from .._run import open_eval_dir as open_eval_dir  # the CLI opens the folder before the model
 from ..correspondence import (
@@ -93,7 +94,10 @@ class PCKEvaluation(ResumableRun[tuple[int, CorrespondencePair], PairOutcome]):
 
     ``benchmark`` is ``"spair"``, ``"pf-pascal"`` or ``"ap-10k"`` (its protocol fixes the α and
     the threshold rule); ``options`` (data root, split, subset, ...) go into config.json and,
-    with the matcher identity, into the resume fingerprint.
+    with the matcher identity, into the resume fingerprint. ``prompts`` gives each image its
+    own prompt (a template on the category, or a captions file; checked for every pair before
+    the first is run); its :meth:`~ditf_track.prompts.PromptRule.record` is part of config.json,
+    metrics.json and the fingerprint.
     """
 
     owned = (CONFIG_FILE, LOG_FILE, METRICS_FILE, CATEGORY_FILE)
@@ -109,6 +113,7 @@ class PCKEvaluation(ResumableRun[tuple[int, CorrespondencePair], PairOutcome]):
         options: Mapping[str, Any] | None = None,
         resume: bool = False,
         overwrite: bool = False,
+        prompts: PromptRule | None = None,
     ) -> None:
         if benchmark not in PCK_PROTOCOLS:
             raise ConfigError(f"unknown benchmark {benchmark!r}; use one of {list(PCK_PROTOCOLS)}")
@@ -118,7 +123,9 @@ class PCKEvaluation(ResumableRun[tuple[int, CorrespondencePair], PairOutcome]):
         self.protocol = PCK_PROTOCOLS[benchmark]
         self.pairs = list(pairs)
         self.matcher = matcher
-        opts = dict(options or {})
+        self.prompts = prompts or PromptRule()
+        self.prompts.check_pairs(self.pairs)
+        opts = {**dict(options or {}), "prompts": self.prompts.record()}
         fingerprint = {"benchmark": benchmark, **opts, "matcher": matcher.identity()}
         self._start(
             out,
@@ -147,7 +154,12 @@ class PCKEvaluation(ResumableRun[tuple[int, CorrespondencePair], PairOutcome]):
         image_b = _read_sized(pair.target_image, pair.target_hw)
         valid = np.asarray(pair.valid, dtype=bool)
         inside, clipped = clip_queries(pair.source_points[valid], pair.source_hw)
-        features = self.matcher.features_for_pair(image_a, image_b)
+        features = self.matcher.features_for_pair(
+            image_a,
+            image_b,
+            prompt_a=self.prompts.prompt_for(pair.category, pair.source_image),
+            prompt_b=self.prompts.prompt_for(pair.category, pair.target_image),
+        )
         pred, scores = self.matcher.match_points_in(features, inside)
         return {
             "key": pair.pair_id,
@@ -185,6 +197,7 @@ class PCKEvaluation(ResumableRun[tuple[int, CorrespondencePair], PairOutcome]):
         metrics["num_points_clipped"] = self._extra["num_points_clipped"]
         metrics["discarded_channels_pairs"] = {str(c): n for c, n in sorted(self._channels.items())}
         metrics["matcher"] = self.matcher.identity()
+        metrics["prompts"] = self.prompts.record()
         alphas = self.protocol.alphas
         columns = ["category", "num_pairs", "num_points"]
         columns += [pck_key("pck_per_point", a) for a in alphas]
