@@ -471,3 +471,19 @@ def test_eval_spair_with_captions_records_the_rule(
     assert metrics["prompts"] == config["prompts"]
     # both captions (and the preset's prompt) were encoded before the transformer, and cached
     assert len(list((tmp_path / "text").glob("*.safetensors"))) == 3
+
+
+def test_eval_pf_pascal_template_on_the_lab_baseline_is_recorded_and_unused(
+    pf_pascal_root: tuple[Path, list[list[str]]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root, _ = pf_pascal_root
+    out = tmp_path / "lab"
+    args = ["eval", "pf-pascal", "--data", str(root), "--out", str(out), "--preset", "lab"]
+    args += ["--long-side", "128", "--device", "cpu", "--prompt-template", "a {category}"]
+    code, _, err = run(args, capsys)
+    assert code == 0, err
+    assert "the prompts are unused: this extractor takes no text condition" in err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["prompts"] == {"rule": "template", "template": "a {category}"}

@@ -624,3 +624,46 @@ def test_per_image_prompt_errors(tiny_model: Callable[..., Path]) -> None:
         ex.extract(IMAGES[:1], prompts=[3])  # type: ignore[list-item]
     with pytest.raises(InputError, match="prompts must be a list of strings"):
         ex.extract(IMAGES[:1], prompts="a car")
+
+
+def test_prompts_encoded_after_loading_move_the_transformer_aside_once(
+    tiny_model: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a CUDA device the transformer steps aside once for all new prompts (the device type
+    is faked: the moves are recorded, not made), and once encoded they never move it again."""
+    ex = DiTFExtractor.from_pretrained(
+        tiny_model("flux"), family="flux", t=260, k=3, cache_dir=tmp_path
+    )
+    backbone = ex.backbone
+    moves: list[str] = []
+
+    class Transformer:
+        def __init__(self, real: Any) -> None:
+            self.real = real
+
+        def to(self, device: Any) -> None:
+            moves.append(str(device))
+
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            return self.real(*args, **kwargs)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.real, name)
+
+    class FakeCuda:
+        type = "cuda"
+
+        def __str__(self) -> str:
+            return "cuda"
+
+    monkeypatch.setattr(backbone, "transformer", Transformer(backbone.transformer))
+    monkeypatch.setattr(backbone, "device", FakeCuda())
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    assert ex.encode_prompts(CAPTIONS) == CAPTIONS
+    assert moves == ["cpu", "cuda"]
+    assert backbone.conditioner is not None
+    assert backbone.conditioner.encoder_loads == 2  # the settings' prompt at load, then these
+    assert ex.encode_prompts(CAPTIONS) == []
+    assert moves == ["cpu", "cuda"]
+    # condition() moves the transformer only for a prompt missing here: none is
+    assert backbone.conditioner.missing(CAPTIONS) == []

@@ -228,10 +228,13 @@ def _run_pck(args: argparse.Namespace) -> int:
     prompts = rule.check_pairs(pairs)
     run_dir = _open_eval_dir(args, name, PCKEvaluation.owned, [("data", args.data)])
     try:
+        matcher = matcher_from_args(args, prompts)
+        if prompts and matcher.extractor.identity().get("extractor") != "ditf":
+            log.warning("the prompts are unused: this extractor takes no text condition")
         run = PCKEvaluation(
             name,
             pairs,
-            matcher_from_args(args, prompts),
+            matcher,
             run_dir,
             options=options,
             resume=args.resume,
