@@ -437,6 +437,14 @@ def test_eval_pck_prompt_options_are_checked_before_any_model(
     assert "has no caption for '" in line
     assert "' and 3 other image(s) of the pairs to run; add them" in line
     assert not out.exists()
+    # a run folder holding the captions file could delete it: refused
+    out.mkdir()
+    inside = out / "captions.json"
+    images = sorted((root / "JPEGImages").glob("*/*.jpg"))
+    inside.write_text(json.dumps({p.parent.name + p.name: "a photo" for p in images}))
+    code, _, err = run([*base, "--captions", str(inside), "--overwrite"], capsys)
+    assert f"--out {out} is or holds the captions file {inside}" in one_line_error(code, err)
+    assert inside.exists()
 
 
 def test_eval_spair_with_captions_records_the_rule(

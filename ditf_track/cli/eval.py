@@ -226,7 +226,8 @@ def _run_pck(args: argparse.Namespace) -> int:
     rule = _prompt_rule(args)
     pairs, options = _pck_pairs(args)
     prompts = rule.check_pairs(pairs)
-    run_dir = _open_eval_dir(args, name, PCKEvaluation.owned, [("data", args.data)])
+    inputs = [("data", args.data), ("captions file", args.captions)]
+    run_dir = _open_eval_dir(args, name, PCKEvaluation.owned, inputs)
     try:
         matcher = matcher_from_args(args, prompts)
         if prompts and matcher.extractor.identity().get("extractor") != "ditf":
