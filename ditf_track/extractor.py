@@ -304,7 +304,8 @@ class DiTFExtractor:
         for text, members in groups.items():
             for j in range(0, len(members), step):
                 chunk = members[j : j + step]
-                parts.append(self._capture(pixels[chunk], [ids[i] for i in chunk], text))
+                batch = pixels[chunk[0] : chunk[-1] + 1] if len(groups) == 1 else pixels[chunk]
+                parts.append(self._capture(batch, [ids[i] for i in chunk], text))
                 order += chunk
         maps = self.features_from_block(_reorder(_concat(parts), order), size, massive_channels)
         if prompts is not None:
