@@ -108,12 +108,15 @@ class DiTFExtractor:
         cache_dir: str | os.PathLike[str] | None = None,
         batch_size: int | None = None,
         profile: str = DEFAULT_PROFILE,
+        prompts: Sequence[str] = (),
         **overrides: Any,
     ) -> DiTFExtractor:
         """A preset's model with its ``task`` settings under ``profile``; ``overrides`` replace
         any setting.
 
         ``model`` replaces the preset's hub id with another id or a local folder (same family).
+        ``prompts`` (the per-image prompts a run will pass to :meth:`extract`) are encoded with
+        the settings' prompt in one pass, before the transformer loads.
         A profile whose fixed channels index another width than the loaded model's (a tiny test
         model under the ``flux`` preset) does not apply to those weights: the paper's profile is
         used, with one logged warning, and ``identity()`` records it.
@@ -132,6 +135,7 @@ class DiTFExtractor:
             local_files_only=local_files_only,
             cache_dir=cache_dir,
             max_sequence_length=preset.max_sequence_length,
+            prompts=prompts,
         )
         width = backbone.hidden_size
         if resolved.model_channels is not None and width != resolved.model_channels:
@@ -170,12 +174,14 @@ class DiTFExtractor:
         batch_size: int | None = None,
         preset: str | None = None,
         profile: str | ResolvedProfile = DEFAULT_PROFILE,
+        prompts: Sequence[str] = (),
         **fields: Any,
     ) -> DiTFExtractor:
         """Load blocks 0..k of ``model`` (hub id or folder in the hub's layout) of ``family``.
 
         No preset describes the model, so both profiles are the paper's computation; ``fields``
-        (t, k and any other DiTF setting) are used where ``settings`` is None.
+        (t, k and any other DiTF setting) are used where ``settings`` is None; ``prompts`` as
+        in :meth:`from_preset`.
         """
         if settings is None:
             settings, resolved = resolve_settings(None, "video", profile, **fields)
@@ -193,6 +199,7 @@ class DiTFExtractor:
             local_files_only=local_files_only,
             cache_dir=cache_dir,
             max_sequence_length=max_sequence_length,
+            prompts=prompts,
         )
         return cls(
             backbone,
@@ -215,8 +222,10 @@ class DiTFExtractor:
         local_files_only: bool | None,
         cache_dir: str | os.PathLike[str] | None,
         max_sequence_length: int | None,
+        prompts: Sequence[str] = (),
     ) -> DiTBackbone:
-        """Blocks 0..k of ``model`` and what encodes ``settings.prompt``."""
+        """Blocks 0..k of ``model`` and what encodes ``settings.prompt`` and ``prompts`` (all
+        encoded first, with one text-encoder load)."""
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
         with out_of_memory_as_error("loading the model"):
@@ -229,7 +238,7 @@ class DiTFExtractor:
                 local_files_only=local_files_only,
                 cache_dir=cache_dir,
                 max_sequence_length=max_sequence_length,
-                prompts=(settings.prompt,),
+                prompts=(settings.prompt, *_check_prompts(prompts)),
             )
         return backbone
 
@@ -238,9 +247,13 @@ class DiTFExtractor:
         return self.backbone.device
 
     # -- protocol ----------------------------------------------------------------------------
-    def identity(self) -> dict[str, Any]:
-        """Everything that changes the features (cache keys, config.json)."""
+    def identity(self, prompt: str | None = None) -> dict[str, Any]:
+        """Everything that changes the features (cache keys, config.json); ``prompt``: the
+        identity of a feature extracted with that per-image prompt instead of the settings'."""
         b = self.backbone
+        settings = self.settings.to_dict()
+        if prompt is not None:
+            settings["prompt"] = prompt
         return {
             "extractor": "ditf",
             "preset": self.preset,
@@ -253,8 +266,14 @@ class DiTFExtractor:
             "stride": self.stride,
             "noise": NOISE_RULE,
             "profile": self.profile.key(),
-            **self.settings.to_dict(),
+            **settings,
         }
+
+    def encode_prompts(self, prompts: Sequence[str]) -> list[str]:
+        """Encode every uncached prompt of ``prompts`` in one pass (one text-encoder load; on a
+        CUDA device the transformer steps aside once), so later :meth:`extract` calls with
+        them never load a text encoder; return the prompts encoded."""
+        return self.backbone.prepare_conditions(_check_prompts(prompts))
 
     @torch.inference_mode()
     def extract(
@@ -263,21 +282,38 @@ class DiTFExtractor:
         *,
         massive_channels: Sequence[int] | None = None,
         noise_ids: Sequence[str] | None = None,
+        prompts: Sequence[str] | None = None,
     ) -> FeatureMaps:
         """DiTF maps of ``images`` ``(N, H, W, 3) uint8``; see the class docstring.
 
         ``noise_ids`` are the images' stable ids, one each (a video frame's
         :func:`~ditf_track.noise.frame_noise_id`); None: each image's content hash.
+        ``prompts`` are the images' own text conditions, one each (a caption per image); None:
+        the settings' prompt. Images are run in groups of equal prompt (each image's noise is
+        its own, so grouping changes nothing); ``meta["prompts"]`` lists them and
+        :meth:`identity` with an image's prompt is its feature identity.
         """
         pixels = _to_pixels(images)
         ids = self._noise_ids(images, noise_ids, len(pixels))
+        texts = self._prompts(prompts, len(pixels))
         size = (int(pixels.shape[2]), int(pixels.shape[3]))
         step = self.batch_size or len(pixels)
-        parts = [
-            self._capture(pixels[i : i + step], ids[i : i + step])
-            for i in range(0, len(pixels), step)
-        ]
-        return self.features_from_block(_concat(parts), size, massive_channels)
+        groups: dict[str, list[int]] = {}
+        for i, text in enumerate(texts):
+            groups.setdefault(text, []).append(i)
+        parts = []
+        order: list[int] = []
+        for text, members in groups.items():
+            for j in range(0, len(members), step):
+                chunk = members[j : j + step]
+                batch = pixels[chunk[0] : chunk[-1] + 1] if len(groups) == 1 else pixels[chunk]
+                parts.append(self._capture(batch, [ids[i] for i in chunk], text))
+                order += chunk
+        maps = self.features_from_block(_reorder(_concat(parts), order), size, massive_channels)
+        if prompts is not None:
+            maps.meta["prompts"] = texts
+            maps.meta["prompt"] = texts[0] if len(groups) == 1 else None
+        return maps
 
     def features_from_block(
         self,
@@ -358,6 +394,16 @@ class DiTFExtractor:
         pixels = _to_pixels(images)
         return self._capture(pixels, self._noise_ids(images, noise_ids, len(pixels)))
 
+    def _prompts(self, prompts: Sequence[str] | None, count: int) -> list[str]:
+        if prompts is None:
+            return [self.settings.prompt] * count
+        texts = _check_prompts(prompts)
+        if len(texts) != count:
+            raise InputError(
+                f"{len(texts)} prompts for {count} images; give one prompt per image (or none)"
+            )
+        return texts
+
     @staticmethod
     def _noise_ids(
         images: np.ndarray | torch.Tensor, noise_ids: Sequence[str] | None, count: int
@@ -366,15 +412,18 @@ class DiTFExtractor:
             return default_noise_ids(images)
         return check_noise_ids(noise_ids, count)
 
-    def _capture(self, pixels: torch.Tensor, noise_ids: Sequence[str]) -> BlockCapture:
-        """Block k of ``pixels`` ``(N, 3, H, W)``, z (float32) averaged over the ensemble.
+    def _capture(
+        self, pixels: torch.Tensor, noise_ids: Sequence[str], prompt: str | None = None
+    ) -> BlockCapture:
+        """Block k of ``pixels`` ``(N, 3, H, W)``, z (float32) averaged over the ensemble;
+        conditioned on ``prompt`` (None: the settings').
 
         Member m of image i draws its VAE posterior sample (``vae_sample``) and its latent
         noise from generators seeded by (seed, ``noise_ids[i]``, m): on the CPU, then moved.
         """
         s = self.settings
         b = self.backbone
-        cond = b.condition(s.prompt)
+        cond = b.condition(s.prompt if prompt is None else prompt)
         with out_of_memory_as_error("extracting features"):
             mean, std = b.encode_posterior(pixels)
             shape = tuple(mean.shape[1:])
@@ -402,6 +451,31 @@ def _concat(parts: Sequence[BlockCapture]) -> BlockCapture:
         beta=torch.cat([p.beta for p in parts]),
         gate=torch.cat([p.gate for p in parts]),
     )
+
+
+def _reorder(cap: BlockCapture, order: Sequence[int]) -> BlockCapture:
+    """A capture of images in ``order`` (image ``order[j]`` at row j) → rows by image index."""
+    if list(order) == sorted(order):
+        return cap
+    rows = torch.as_tensor(np.argsort(np.asarray(order)), device=cap.z.device)
+    return dataclasses.replace(
+        cap,
+        z=cap.z[rows],
+        gamma=cap.gamma[rows.to(cap.gamma.device)],
+        beta=cap.beta[rows.to(cap.beta.device)],
+        gate=cap.gate[rows.to(cap.gate.device)],
+    )
+
+
+def _check_prompts(prompts: Sequence[str]) -> list[str]:
+    """``prompts`` as a list, each checked to be text (a caption table may hold other JSON)."""
+    if isinstance(prompts, str):
+        raise InputError(f"prompts must be a list of strings, one per image, not {prompts!r}")
+    texts = list(prompts)
+    for text in texts:
+        if not isinstance(text, str):
+            raise InputError(f"a prompt must be a string, got {text!r}; give the caption text")
+    return texts
 
 
 def _to_pixels(images: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -432,13 +506,16 @@ def build_extractor(
     family: str | None = None,
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype | None = None,
+    prompts: Sequence[str] = (),
     **kwargs: Any,
 ) -> FeatureExtractor:
     """An extractor from a preset name, or from ``model`` + ``family`` (+ ``t``, ``k``).
 
     ``preset="lab"`` gives the weight-free colour baseline (the one place that builds it; it
     takes no model nor DiTF settings, and ignores them). With ``model`` and a preset, the
-    preset's settings are used on that model (its family must match).
+    preset's settings are used on that model (its family must match). ``prompts``: the
+    per-image prompts of the run, encoded in one pass before the transformer loads (the lab
+    baseline takes no text and ignores them).
     """
     if preset is None and model is None:
         raise ConfigError("give a preset (--preset) or a model and its family (--model --family)")
@@ -450,13 +527,15 @@ def build_extractor(
             return LabExtractor(device=device)
         if family is not None and family != p.family:
             raise ConfigError(f"preset {preset!r} is family {p.family!r}, not {family!r}")
-        return DiTFExtractor.from_preset(p, task, model=model, device=device, dtype=dtype, **kwargs)
+        return DiTFExtractor.from_preset(
+            p, task, model=model, device=device, dtype=dtype, prompts=prompts, **kwargs
+        )
     if family is None:
         raise ConfigError(
             f"--model {model} needs --family (pixart, sd3 or flux) or a --preset of that family"
         )
     return DiTFExtractor.from_pretrained(
-        model or "", family=family, device=device, dtype=dtype, **kwargs
+        model or "", family=family, device=device, dtype=dtype, prompts=prompts, **kwargs
     )
 
 
@@ -466,8 +545,10 @@ def extractor_from_config(
     runtime: Runtime | None = None,
     *,
     warn: Callable[[str], None] | None = None,
+    prompts: Sequence[str] = (),
 ) -> FeatureExtractor:
-    """The extractor a :class:`~ditf_track.config.FeatureConfig` describes, for ``task``.
+    """The extractor a :class:`~ditf_track.config.FeatureConfig` describes, for ``task``;
+    ``prompts`` as in :func:`build_extractor`.
 
     A weight-free preset (``lab``) takes no model nor DiTF settings: they are dropped, and
     ``warn`` (a front end's ``log.warning``, say) is told so in one line (``features.unused()``).
@@ -493,5 +574,6 @@ def extractor_from_config(
         cache_dir=run.cache_dir,
         batch_size=run.batch_size,
         profile=features.profile,
+        prompts=prompts,
         **features.overrides(),
     )

@@ -81,7 +81,10 @@ class DiTFSettings:
     ``mean + std·ε`` of the VAE, drawn per item and member as the official code does (False:
     the posterior mean, no noise). ``discard_stage`` is where the massive channels are zeroed
     (see the module docstring); ``discard_channels`` fixes them (the authors' list for Flux),
-    None finds them with ``discard_rule`` on the first image or frame.
+    None finds them with ``discard_rule`` on the first image or frame. ``prompt`` is the text
+    condition of every image unless a call gives each image its own (a caption per image,
+    :meth:`~ditf_track.extractor.DiTFExtractor.extract`'s ``prompts``; the feature identity
+    then holds that image's prompt).
     """
 
     t: int

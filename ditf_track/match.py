@@ -508,22 +508,35 @@ class Matcher:
     # -- features ------------------------------------------------------------------------------
     @torch.inference_mode()
     def image_features(
-        self, image: np.ndarray, *, massive_channels: Sequence[int] | None = None
+        self,
+        image: np.ndarray,
+        *,
+        massive_channels: Sequence[int] | None = None,
+        prompt: str | None = None,
     ) -> ImageFeatures:
         """Extractor features of one image (no DINOv2) on its grid; channels found or held.
 
         The image's noise is seeded by its content (:func:`~ditf_track.noise.image_noise_id`):
         a pair's source and target draw different noise, the same image twice the same.
+        ``prompt`` is this image's own text condition (a caption); None: the extractor's.
         """
         arr = check_image(image)
         hw = (int(arr.shape[0]), int(arr.shape[1]))
         size = self.input_size(hw)
         model_input = resize_image(arr, size, self.resize)
-        maps: FeatureMaps = self.extractor.extract(
-            model_input[None],
-            massive_channels=massive_channels,
-            noise_ids=[image_noise_id(model_input)],
-        )
+        ids = [image_noise_id(model_input)]
+        maps: FeatureMaps
+        if prompt is not None and isinstance(self.extractor, DiTFExtractor):
+            maps = self.extractor.extract(
+                model_input[None],
+                massive_channels=massive_channels,
+                noise_ids=ids,
+                prompts=[prompt],
+            )
+        else:  # the lab baseline takes no text
+            maps = self.extractor.extract(
+                model_input[None], massive_channels=massive_channels, noise_ids=ids
+            )
         found = maps.meta.get("massive_channels", maps.discarded_channels)
         return ImageFeatures(
             features=F.normalize(maps.features[0].float(), dim=0, eps=1e-12),
@@ -542,15 +555,18 @@ class Matcher:
         image_b: np.ndarray,
         *,
         features_a: ImageFeatures | None = None,
+        prompt_a: str | None = None,
+        prompt_b: str | None = None,
     ) -> PairFeatures:
         """Descriptors of both images; massive channels found on A and held for B.
 
         ``features_a`` reuses image A's :meth:`image_features` (e.g. HPatches image 1 against
         images 2–6). With DINOv2, the raw DiT maps are PCA-reduced jointly on the pair first
         (where :attr:`pca_dim` asks for it), then fused into unit cells.
+        ``prompt_a``/``prompt_b``: each image's own text condition (None: the extractor's).
         """
-        fa = features_a if features_a is not None else self.image_features(image_a)
-        fb = self.image_features(image_b, massive_channels=fa.discarded_channels)
+        fa = features_a if features_a is not None else self.image_features(image_a, prompt=prompt_a)
+        fb = self.image_features(image_b, massive_channels=fa.discarded_channels, prompt=prompt_b)
         meta: dict[str, Any] = {
             "discarded_channels": list(fa.discarded_channels),
             "massive_channels_found": list(fa.found_channels),

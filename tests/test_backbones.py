@@ -426,3 +426,36 @@ def test_cache_dir_that_is_a_file_fails_before_loading(
     with pytest.raises(ConfigError, match=r"cache folder .*cache is a file, not a folder"):
         load_flux(tiny_model("flux"), not_a_folder)
     assert not_a_folder.read_text() == "my notes"
+
+
+def test_text_conditioner_encodes_all_missing_prompts_with_one_load(tmp_path: Path) -> None:
+    from ditf_track.backbones.text import TextCondition, TextConditioner
+
+    batches: list[list[str]] = []
+
+    def encode_many(prompts: Any) -> list[TextCondition]:
+        batches.append(list(prompts))
+        return [TextCondition(torch.full((1, 2, 3), float(len(p)))) for p in prompts]
+
+    def conditioner() -> TextConditioner:
+        return TextConditioner({"model": "m"}, None, tmp_path, encode_many=encode_many)
+
+    first = conditioner()
+    assert first.ensure(["a car", "a dog", "a car", ""]) == ["a car", "a dog", ""]
+    assert batches == [["a car", "a dog", ""]]
+    assert (first.encoder_loads, first.encodings) == (1, 3)
+    assert first.ensure(["a dog"]) == []
+    assert float(first.get("a car").embeds[0, 0, 0]) == 5.0
+    assert len(batches) == 1
+    # a new conditioner on the same folder: every prompt from the cache, no encoder
+    second = conditioner()
+    assert second.missing(["a car", "a dog", "", "a bird"]) == ["a bird"]
+    assert float(second.get("a dog").embeds[0, 0, 0]) == 5.0
+    assert (second.encoder_loads, second.encodings) == (0, 0)
+    second.get("a bird")  # a miss through get(): one more load for that prompt alone
+    assert batches[-1] == ["a bird"]
+    assert (second.encoder_loads, second.encodings) == (1, 1)
+    # without an encoder, a missing prompt is one line
+    bare = TextConditioner({"model": "m"}, None, None)
+    with pytest.raises(ConfigError, match="the prompt 'a cat' is not cached and no text encoder"):
+        bare.ensure(["a cat"])

@@ -475,3 +475,90 @@ def test_pck_runner_records_the_pair_protocol(
     with pytest.raises(SystemExit):
         cli.main([*both, "--long-side", "64", "--preset", "lab"])
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+@pytest.mark.faults
+def test_eval_pck_prompt_options_are_checked_before_any_model(
+    spair_root: tuple[Path, list[dict[str, object]]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A bad template, captions file or missing caption is one line; no model, no --out."""
+    root, _ = spair_root
+    out = tmp_path / "run"
+    base = ["eval", "spair", "--data", str(root), "--out", str(out), "--family", "flux"]
+    base += ["--model", str(tmp_path / "no-model-here")]  # loading it would fail otherwise
+    code, _, err = run([*base, "--prompt-template", "a photo of a {cat}"], capsys)
+    assert "has the unknown placeholder {cat}" in one_line_error(code, err)
+    code, _, err = run([*base, "--prompt-template", "a photo"], capsys)
+    assert "has no placeholder" in one_line_error(code, err)
+    captions = tmp_path / "captions.json"
+    code, _, err = run([*base, "--captions", str(captions)], capsys)
+    assert f"captions file {captions} does not exist" in one_line_error(code, err)
+    captions.write_text('{"dogdog_00003.jpg": "a dog"')
+    code, _, err = run([*base, "--captions", str(captions)], capsys)
+    assert "is not valid UTF-8 JSON" in one_line_error(code, err)
+    captions.write_text(json.dumps({"dogdog_00003.jpg": "a dog", "dogdog_00008.jpg": "a dog"}))
+    code, _, err = run([*base, "--captions", str(captions)], capsys)
+    line = one_line_error(code, err)
+    assert "has no caption for '" in line
+    assert "' and 3 other image(s) of the pairs to run; add them" in line
+    assert not out.exists()
+    # a run folder holding the captions file could delete it: refused
+    out.mkdir()
+    inside = out / "captions.json"
+    images = sorted((root / "JPEGImages").glob("*/*.jpg"))
+    inside.write_text(json.dumps({p.parent.name + p.name: "a photo" for p in images}))
+    code, _, err = run([*base, "--captions", str(inside), "--overwrite"], capsys)
+    assert f"--out {out} is or holds the captions file {inside}" in one_line_error(code, err)
+    assert inside.exists()
+
+
+def test_eval_spair_with_captions_records_the_rule(
+    spair_root: tuple[Path, list[dict[str, object]]],
+    tiny_model: Callable[..., Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from ditf_track.eval.correspondence import load_spair_pairs
+    from ditf_track.prompts import caption_key
+
+    root, _ = spair_root
+    first = load_spair_pairs(root)[0]
+    captions = tmp_path / "captions.json"
+    table = {
+        caption_key(first.category, first.source_image): "a dog on the grass",
+        caption_key(first.category, first.target_image): "the dog jumps",
+    }
+    captions.write_text(json.dumps(table))
+    out = tmp_path / "run"
+    args = ["eval", "spair", "--data", str(root), "--out", str(out), "--long-side", "64"]
+    args += ["--model", str(tiny_model("flux")), "--family", "flux", "--t", "260", "--k", "3"]
+    args += ["--device", "cpu", "--dtype", "float32", "--limit", "1", "--cache-dir", str(tmp_path)]
+    args += ["--captions", str(captions), "--prompt-template", "a photo of a {category}"]
+    code, _, err = run(args, capsys)
+    assert code == 0, err
+    assert "--prompt-template is not used: --captions gives every image its prompt" in err
+    config = json.loads((out / "config.json").read_text())
+    assert config["fingerprint"]["prompts"]["rule"] == "captions"
+    assert config["fingerprint"]["prompts"]["captions_file"] == str(captions.resolve())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["prompts"] == config["prompts"]
+    # both captions (and the preset's prompt) were encoded before the transformer, and cached
+    assert len(list((tmp_path / "text").glob("*.safetensors"))) == 3
+
+
+def test_eval_pf_pascal_template_on_the_lab_baseline_is_recorded_and_unused(
+    pf_pascal_root: tuple[Path, list[list[str]]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root, _ = pf_pascal_root
+    out = tmp_path / "lab"
+    args = ["eval", "pf-pascal", "--data", str(root), "--out", str(out), "--preset", "lab"]
+    args += ["--long-side", "128", "--device", "cpu", "--prompt-template", "a {category}"]
+    code, _, err = run(args, capsys)
+    assert code == 0, err
+    assert "the prompts are unused: this extractor takes no text condition" in err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["prompts"] == {"rule": "template", "template": "a {category}"}

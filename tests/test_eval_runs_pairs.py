@@ -254,3 +254,77 @@ def test_detect_keypoints(hpatches_root: tuple[Path, dict[str, list[np.ndarray]]
         assert np.all((kp >= -0.5) & (kp <= np.array(rgb.shape[:2]) - 0.5))
     with pytest.raises(ConfigError, match="unknown detector"):
         detect_keypoints(rgb, "superpoint")  # type: ignore[arg-type]
+
+
+def test_spair_run_with_captions_gives_each_image_its_caption_and_records_the_rule(
+    spair_root: tuple[Path, list[dict[str, object]]],
+    flux_extractor: DiTFExtractor,
+    tmp_path: Path,
+) -> None:
+    from ditf_track.errors import InputError
+    from ditf_track.prompts import PromptRule, caption_key
+
+    root, _ = spair_root
+    pairs = load_spair_pairs(root)[1:3]  # a dog pair and a car pair
+    images = [(p.category, i) for p in pairs for i in (p.source_image, p.target_image)]
+    captions = {caption_key(c, i): f"a photo of a {c} {n}" for n, (c, i) in enumerate(images)}
+    path = tmp_path / "spair_detailed_captions.json"
+    path.write_text(json.dumps(captions))
+    rule = PromptRule.from_options(captions=path)
+    given: list[Any] = []
+    extract = flux_extractor.extract
+
+    def spy(images: Any, **kwargs: Any) -> FeatureMaps:
+        given.append(kwargs.get("prompts"))
+        return extract(images, **kwargs)
+
+    flux_extractor.extract = spy  # type: ignore[method-assign]
+    out = tmp_path / "run"
+    try:
+        matcher = Matcher(flux_extractor, long_side=LONG_SIDE)
+        run = PCKEvaluation("spair", pairs, matcher, out, options={"split": "test"}, prompts=rule)
+        assert [o.resumed for o in run] == [False, False]
+        metrics = run.finish()
+        # source and target of each pair, each with its own caption
+        assert given == [[captions[caption_key(c, i)]] for c, i in images]
+        assert len({g[0] for g in given}) == 4
+        config = json.loads((out / "config.json").read_text())
+        assert config["fingerprint"]["prompts"] == rule.record()
+        assert config["prompts"]["captions_sha256"] == rule.captions_sha256
+        assert metrics["prompts"] == json.loads((out / "metrics.json").read_text())["prompts"]
+        assert metrics["prompts"] == {
+            "rule": "captions",
+            "captions_file": str(path.resolve()),
+            "captions_sha256": rule.captions_sha256,
+            "num_captions": 4,
+            "key": "category + image file name",
+        }
+        # the prompt rule is part of the resume identity
+        path.write_text(json.dumps({**captions, caption_key(*images[0]): "a dog"}))
+        changed = PromptRule.from_options(captions=path)
+        with pytest.raises(ConfigError, match="prompts"):
+            PCKEvaluation(
+                "spair",
+                pairs,
+                matcher,
+                out,
+                options={"split": "test"},
+                prompts=changed,
+                resume=True,
+            )
+        with pytest.raises(ConfigError, match="prompts"):
+            PCKEvaluation("spair", pairs, matcher, out, options={"split": "test"}, resume=True)
+        again = PCKEvaluation(
+            "spair", pairs, matcher, out, options={"split": "test"}, prompts=rule, resume=True
+        )
+        assert all(o.resumed for o in again)
+        # an image without a caption: one line before anything is computed or written
+        path.write_text(json.dumps({k: v for k, v in captions.items() if "car" not in k}))
+        partial = PromptRule.from_options(captions=path)
+        given.clear()
+        with pytest.raises(InputError, match=r"no caption for 'car\S+\.jpg' and 1 other image"):
+            PCKEvaluation("spair", pairs, matcher, tmp_path / "other", prompts=partial)
+        assert given == []
+        assert not (tmp_path / "other").exists()
+    finally:
+        flux_extractor.extract = extract  # type: ignore[method-assign]

@@ -491,3 +491,179 @@ def test_bf16_load_keeps_bf16_and_extracts(
     ref = fp32.extract(images).features
     cosine = torch.nn.functional.cosine_similarity(maps.float(), ref, dim=1)
     assert cosine.mean() > 0.95, f"bf16 features differ from float32 ({cosine.mean():.3f})"
+
+
+CAPTIONS = ["a photo of a car", "a photo of a dog", "the quick brown fox"]
+
+
+def watch_text_and_transformer(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Hooks on what loads the text encoders, what encodes a prompt and what loads the
+    transformer's weights: the events in order, e.g. ``["text encoders", ("encode", p), ...]``."""
+    import diffusers
+
+    from ditf_track.backbones import base
+    from ditf_track.backbones.flux import FluxBackbone
+
+    events: list[Any] = []
+    load_pipeline = diffusers.FluxPipeline.from_pretrained.__func__  # type: ignore[attr-defined]
+    encode = FluxBackbone.run_pipeline_encode
+    load_weights = base.load_truncated_weights
+
+    def loading_pipeline(cls: Any, *args: Any, **kwargs: Any) -> Any:
+        events.append("text encoders")
+        return load_pipeline(cls, *args, **kwargs)
+
+    def encoding(pipe: Any, prompt: str, *args: Any) -> Any:
+        events.append(("encode", prompt))
+        return encode(pipe, prompt, *args)
+
+    def loading_weights(*args: Any, **kwargs: Any) -> Any:
+        events.append("transformer")
+        return load_weights(*args, **kwargs)
+
+    monkeypatch.setattr(diffusers.FluxPipeline, "from_pretrained", classmethod(loading_pipeline))
+    monkeypatch.setattr(FluxBackbone, "run_pipeline_encode", staticmethod(encoding))
+    monkeypatch.setattr(base, "load_truncated_weights", loading_weights)
+    return events
+
+
+def test_all_prompts_of_a_run_are_encoded_in_one_pass_before_the_transformer(
+    tiny_model: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events = watch_text_and_transformer(monkeypatch)
+    folder = tiny_model("flux")
+    kwargs: dict[str, Any] = {"family": "flux", "t": 90, "k": 2, "cache_dir": tmp_path}
+    kwargs["prompt"] = "a photo of a image"
+    run = [*CAPTIONS, CAPTIONS[0]]  # a caption shared by two images is encoded once
+    first = DiTFExtractor.from_pretrained(folder, prompts=run, **kwargs)
+    assert events == [
+        "text encoders",
+        ("encode", "a photo of a image"),
+        *(("encode", c) for c in CAPTIONS),
+        "transformer",
+    ]
+    conditioner = first.backbone.conditioner
+    assert conditioner is not None
+    assert (conditioner.encoder_loads, conditioner.encodings) == (1, 4)
+    assert len(list((tmp_path / "text").glob("*.safetensors"))) == 4
+    events.clear()
+    first.extract(IMAGES, prompts=CAPTIONS[:2])
+    assert events == []  # every prompt was encoded up front
+    # a re-run finds every prompt in the text cache: no text encoder, the transformer once
+    second = DiTFExtractor.from_pretrained(folder, prompts=run, **kwargs)
+    assert events == ["transformer"]
+    assert second.backbone.conditioner is not None
+    assert (second.backbone.conditioner.encoder_loads, second.backbone.conditioner.encodings) == (
+        0,
+        0,
+    )
+    # prompts added after loading: the new ones with one more load, the cached ones skipped
+    events.clear()
+    assert second.encode_prompts([CAPTIONS[0], "a lazy cat", "over the dog", "a lazy cat"]) == [
+        "a lazy cat",
+        "over the dog",
+    ]
+    assert events == ["text encoders", ("encode", "a lazy cat"), ("encode", "over the dog")]
+    events.clear()
+    assert second.encode_prompts(["a lazy cat"]) == []
+    assert events == []
+
+
+def test_per_image_prompts_condition_each_image(
+    tiny_model: Callable[..., Path], tmp_path: Path
+) -> None:
+    from ditf_track.cache import feature_key
+
+    p1, p2 = CAPTIONS[:2]
+    ex = DiTFExtractor.from_pretrained(
+        tiny_model("flux"), family="flux", t=260, k=3, prompts=[p1, p2], cache_dir=tmp_path
+    )
+    asked: list[str] = []
+    condition = ex.backbone.condition
+
+    def spy(prompt: str) -> Any:
+        asked.append(prompt)
+        return condition(prompt)
+
+    ex.backbone.condition = spy  # type: ignore[method-assign]
+    images = np.random.RandomState(1).randint(0, 256, (3, 64, 96, 3), dtype=np.uint8)
+    ids = ["a", "b", "c"]
+    mixed = ex.extract(images, noise_ids=ids, prompts=[p1, p2, p1])
+    assert asked == [p1, p2]  # one forward per distinct prompt
+    assert mixed.meta["prompts"] == [p1, p2, p1]
+    assert mixed.meta["prompt"] is None
+    # each image equals itself extracted alone with its prompt (float32 on the CPU; batching
+    # changes the summation order only)
+    for i, prompt in enumerate([p1, p2, p1]):
+        alone = ex.extract(images[i : i + 1], noise_ids=ids[i : i + 1], prompts=[prompt])
+        assert alone.meta["prompt"] == prompt
+        torch.testing.assert_close(mixed.features[i], alone.features[0], atol=1e-5, rtol=1e-4)
+    # another prompt gives other features; no prompt is the settings' prompt
+    first = ex.extract(images[:1], noise_ids=["a"], prompts=[p2]).features[0]
+    assert (first - mixed.features[0]).abs().max() > 1e-3
+    default = ex.extract(images[:1], noise_ids=["a"])
+    assert "prompts" not in default.meta
+    torch.testing.assert_close(
+        default.features,
+        ex.extract(images[:1], noise_ids=["a"], prompts=[ex.settings.prompt]).features,
+    )
+    # the feature identity and the cache key name the image's own prompt
+    assert ex.identity(p1)["prompt"] == p1
+    assert ex.identity()["prompt"] == ex.settings.prompt == ""
+    assert ex.identity(p1) | {"prompt": p2} == ex.identity(p2)
+    keys = {feature_key(ex.identity(p), "video", 0, (64, 96)) for p in (None, p1, p2)}
+    assert len(keys) == 3
+
+
+@pytest.mark.faults
+def test_per_image_prompt_errors(tiny_model: Callable[..., Path]) -> None:
+    ex = DiTFExtractor.from_pretrained(tiny_model("flux"), family="flux", t=260, k=3)
+    with pytest.raises(InputError, match=r"^1 prompts for 2 images; give one prompt per image"):
+        ex.extract(IMAGES, prompts=["a car"])
+    with pytest.raises(InputError, match="a prompt must be a string, got 3"):
+        ex.extract(IMAGES[:1], prompts=[3])  # type: ignore[list-item]
+    with pytest.raises(InputError, match="prompts must be a list of strings"):
+        ex.extract(IMAGES[:1], prompts="a car")
+
+
+def test_prompts_encoded_after_loading_move_the_transformer_aside_once(
+    tiny_model: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a CUDA device the transformer steps aside once for all new prompts (the device type
+    is faked: the moves are recorded, not made), and once encoded they never move it again."""
+    ex = DiTFExtractor.from_pretrained(
+        tiny_model("flux"), family="flux", t=260, k=3, cache_dir=tmp_path
+    )
+    backbone = ex.backbone
+    moves: list[str] = []
+
+    class Transformer:
+        def __init__(self, real: Any) -> None:
+            self.real = real
+
+        def to(self, device: Any) -> None:
+            moves.append(str(device))
+
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            return self.real(*args, **kwargs)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.real, name)
+
+    class FakeCuda:
+        type = "cuda"
+
+        def __str__(self) -> str:
+            return "cuda"
+
+    monkeypatch.setattr(backbone, "transformer", Transformer(backbone.transformer))
+    monkeypatch.setattr(backbone, "device", FakeCuda())
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    assert ex.encode_prompts(CAPTIONS) == CAPTIONS
+    assert moves == ["cpu", "cuda"]
+    assert backbone.conditioner is not None
+    assert backbone.conditioner.encoder_loads == 2  # the settings' prompt at load, then these
+    assert ex.encode_prompts(CAPTIONS) == []
+    assert moves == ["cpu", "cuda"]
+    # condition() moves the transformer only for a prompt missing here: none is
+    assert backbone.conditioner.missing(CAPTIONS) == []

@@ -19,6 +19,7 @@ import gc
 import json
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -128,8 +129,9 @@ class DiTBackbone(ABC):
     ) -> DiTBackbone:
         """Load blocks 0..k of the transformer and the VAE encoder from a hub id or folder.
 
-        ``prompts`` are encoded first (text cache, else the text encoders, then released), so
-        the text encoders and the transformer are never on the device together.
+        ``prompts`` are encoded first (text cache, else the text encoders, loaded once for all
+        of them, then released), so the text encoders and the transformer are never on the
+        device together.
         """
         # A file given as the cache folder fails here, before any download.
         text_folder = text_cache_dir(cache_dir)
@@ -151,9 +153,9 @@ class DiTBackbone(ABC):
                 f"{num_blocks} blocks; pick k in 0..{num_blocks - 1}"
             )
 
-        def encode_text(prompt: str) -> TextCondition:
-            return cls.encode_prompt_with_pipeline(
-                source, prompt, device=device, dtype=dtype, max_sequence_length=max_sequence_length
+        def encode_text(prompts: Sequence[str]) -> list[TextCondition]:
+            return cls.encode_prompts_with_pipeline(
+                source, prompts, device=device, dtype=dtype, max_sequence_length=max_sequence_length
             )
 
         conditioner = TextConditioner(
@@ -164,11 +166,11 @@ class DiTBackbone(ABC):
                 "revision": revision,
                 "max_sequence_length": max_sequence_length,
             },
-            encode_text,
+            None,
             text_folder,
+            encode_many=encode_text,
         )
-        for prompt in prompts:
-            conditioner.get(prompt)
+        conditioner.ensure(prompts)
         # diffusers takes seconds to import: only after the config came (or failed to come).
         import diffusers
         from accelerate import init_empty_weights
@@ -223,6 +225,22 @@ class DiTBackbone(ABC):
         max_sequence_length: int | None,
     ) -> TextCondition:
         """Load the pipeline's text encoders and tokenizers only, encode, and release them."""
+        return cls.encode_prompts_with_pipeline(
+            source, [prompt], device=device, dtype=dtype, max_sequence_length=max_sequence_length
+        )[0]
+
+    @classmethod
+    def encode_prompts_with_pipeline(
+        cls,
+        source: ModelSource,
+        prompts: Sequence[str],
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+        max_sequence_length: int | None,
+    ) -> list[TextCondition]:
+        """Load the text encoders once, encode each of ``prompts`` (batch 1 each, so every
+        condition equals a lone encoding), and release them."""
         import diffusers
 
         pipeline_cls = getattr(diffusers, cls.pipeline_class_name)
@@ -244,7 +262,10 @@ class DiTBackbone(ABC):
                 if name.startswith("text_encoder"):
                     getattr(pipe, name).to(device)
             with torch.inference_mode():
-                return cls.run_pipeline_encode(pipe, prompt, device, max_sequence_length)
+                return [
+                    cls.run_pipeline_encode(pipe, prompt, device, max_sequence_length)
+                    for prompt in prompts
+                ]
         finally:
             del pipe
             gc.collect()
@@ -381,6 +402,26 @@ class DiTBackbone(ABC):
         dist = self.vae.encode(pixels.to(self.device, torch.float32)).latent_dist
         shift = getattr(config, "shift_factor", None) or 0.0
         return (dist.mean - shift) * config.scaling_factor, dist.std * config.scaling_factor
+
+    def prepare_conditions(self, prompts: Iterable[str]) -> list[str]:
+        """Encode every uncached prompt of ``prompts`` in one pass (one text-encoder load; on a
+        CUDA device the transformer steps aside once); return those encoded."""
+        wanted = list(dict.fromkeys(prompts))
+        if self.conditioner is None:
+            for prompt in wanted[:1]:
+                self.condition(prompt)  # the one-line error: no text encoder
+            return []
+        todo = self.conditioner.missing(wanted)
+        if not todo:
+            return []
+        if self.device.type != "cuda":
+            return self.conditioner.ensure(todo)
+        self.transformer.to("cpu")
+        torch.cuda.empty_cache()
+        try:
+            return self.conditioner.ensure(todo)
+        finally:
+            self.transformer.to(self.device)
 
     def condition(self, prompt: str) -> TextCondition:
         """The text condition for ``prompt`` on this backbone's device and dtype.

@@ -1,9 +1,10 @@
 """Text conditions: prompt → embeddings, cached in memory and on disk.
 
 Text encoders (T5-XXL is ~9.5 GB) load only when a prompt's embedding is not in the on-disk
-text cache (``<root>/text``, :func:`ditf_track.cache.text_cache_dir`), and are released right
-after; the files are written atomically (:func:`ditf_track._atomic.atomic_path`) and
-checksummed like the feature cache.
+text cache (``<root>/text``, :func:`ditf_track.cache.text_cache_dir`), once for all the
+prompts a run needs (:meth:`TextConditioner.ensure`), and are released right after; the files
+are written atomically (:func:`ditf_track._atomic.atomic_path`) and checksummed like the
+feature cache.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,8 +60,10 @@ class TextConditioner:
     """Prompt → :class:`TextCondition`, cached in memory and on disk (safetensors).
 
     The disk key is the family, model id (for a folder: its path and text-encoder files),
-    revision, prompt and sequence length. ``encode`` (which loads the text encoders) runs only
-    on a miss; ``encoder_loads`` counts those runs. Each file records its key and a checksum
+    revision, prompt and sequence length. The text encoders load only on a miss:
+    :meth:`ensure` encodes every missing prompt of a run with one load (``encode_many``, else
+    ``encode`` per prompt); ``encoder_loads`` counts the loads, ``encodings`` the prompts
+    encoded. Each file records its key and a checksum
     of every tensor (the feature cache's scheme, :func:`ditf_track.cache.tensor_checksum`): a
     damaged embedding would silently condition every frame wrongly, so it is re-encoded
     instead, with a warning. A cache folder that cannot be written costs a warning, not the run.
@@ -71,12 +74,16 @@ class TextConditioner:
         key: dict[str, Any],
         encode: Callable[[str], TextCondition] | None,
         cache_dir: Path | None,
+        *,
+        encode_many: Callable[[Sequence[str]], list[TextCondition]] | None = None,
     ) -> None:
         self.key = key
         self.encode = encode
+        self.encode_many = encode_many
         self.cache_dir = cache_dir
         self.memory: dict[str, TextCondition] = {}
         self.encoder_loads = 0
+        self.encodings = 0
 
     def path(self, prompt: str) -> Path | None:
         if self.cache_dir is None:
@@ -96,20 +103,38 @@ class TextConditioner:
         return prompt in self.memory
 
     def get(self, prompt: str) -> TextCondition:
-        if prompt in self.memory:
-            return self.memory[prompt]
-        cond = self._read(prompt)
-        if cond is None:
-            if self.encode is None:
-                raise ConfigError(
-                    f"the prompt {prompt!r} is not cached and no text encoder is available; "
-                    "load the model from a hub id or folder that has its text encoders"
-                )
-            self.encoder_loads += 1
-            cond = self.encode(prompt)
+        if not self.is_cached(prompt):
+            self.ensure([prompt])
+        return self.memory[prompt]
+
+    def missing(self, prompts: Iterable[str]) -> list[str]:
+        """The distinct ``prompts`` in neither memory nor an intact cache file, in order."""
+        return [p for p in dict.fromkeys(prompts) if not self.is_cached(p)]
+
+    def ensure(self, prompts: Iterable[str]) -> list[str]:
+        """Encode every prompt of ``prompts`` not cached yet, all with ONE text-encoder load;
+        return those encoded. Each is kept in memory and written to the cache folder."""
+        todo = self.missing(prompts)
+        if not todo:
+            return []
+        if self.encode is None and self.encode_many is None:
+            raise ConfigError(
+                f"the prompt {todo[0]!r} is not cached and no text encoder is available; "
+                "load the model from a hub id or folder that has its text encoders"
+            )
+        self.encoder_loads += 1
+        if self.encode_many is not None:
+            conds = self.encode_many(todo)
+        else:
+            assert self.encode is not None
+            conds = [self.encode(p) for p in todo]
+        if len(conds) != len(todo):
+            raise RuntimeError(f"{len(todo)} prompts gave {len(conds)} text conditions")
+        self.encodings += len(todo)
+        for prompt, cond in zip(todo, conds):
             self._write(prompt, cond)
-        self.memory[prompt] = cond
-        return cond
+            self.memory[prompt] = cond
+        return todo
 
     def _read(self, prompt: str) -> TextCondition | None:
         path = self.path(prompt)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..config import SETTING_OVERRIDES, FeatureConfig, PointsMode, Runtime, TrackerConfig
@@ -191,9 +191,14 @@ def runtime(args: argparse.Namespace) -> Runtime:
     )
 
 
-def extractor_from_args(args: argparse.Namespace, task: Task) -> FeatureExtractor:
-    """The extractor the model options describe (a DiTFExtractor or the lab baseline)."""
-    return extractor_from_config(feature_config(args), task, runtime(args), warn=log.warning)
+def extractor_from_args(
+    args: argparse.Namespace, task: Task, prompts: Sequence[str] = ()
+) -> FeatureExtractor:
+    """The extractor the model options describe (a DiTFExtractor or the lab baseline);
+    ``prompts`` (a run's per-image prompts) are encoded in one pass before the transformer."""
+    return extractor_from_config(
+        feature_config(args), task, runtime(args), warn=log.warning, prompts=prompts
+    )
 
 
 # -- the tracker: track and the video evaluations ---------------------------------------------
@@ -496,12 +501,12 @@ def add_matcher_options(parser: argparse.ArgumentParser, *, points: bool = True)
     )
 
 
-def matcher_from_args(args: argparse.Namespace) -> Matcher:
+def matcher_from_args(args: argparse.Namespace, prompts: Sequence[str] = ()) -> Matcher:
     """The pair matcher the model and matching options describe (the models loaded)."""
     refine = None
     if getattr(args, "refine", False):
         refine = SoftArgmax(args.refine_radius, args.refine_temperature)
-    extractor = extractor_from_args(args, "correspondence")
+    extractor = extractor_from_args(args, "correspondence", prompts)
     dinov2 = None
     if args.dinov2 is not None:
         dinov2 = DINOv2Extractor.from_pretrained(

@@ -27,6 +27,7 @@ from ..eval.runs.pairs import DETECTORS, HPatchesEvaluation, PCKEvaluation, open
 from ..outputs import RunDir, check_writable_file, listing_digest, refuse_input_overlap
 from ..presets import DEFAULT_PRESET, ResolvedPairProtocol, load_preset, resolve_pair_protocol
 from ..progress import ProgressEvent
+from ..prompts import PromptRule
 from ._options import (
     Handler,
     add_matcher_options,
@@ -188,7 +189,30 @@ def _add_pck(eval_sub: argparse._SubParsersAction, benchmark: _PCKBenchmark) -> 
     )
     if benchmark.categories:
         p.add_argument("--categories", type=_names, metavar="A,B", help="only these categories")
+    g = p.add_argument_group("per-image prompts (default: the preset's prompt, or --prompt)")
+    g.add_argument(
+        "--prompt-template",
+        metavar="TEXT",
+        help="each image's prompt from its category, e.g. 'a photo of a {category}'",
+    )
+    g.add_argument(
+        "--captions",
+        type=Path,
+        metavar="FILE.json",
+        help="each image's own caption: a JSON object mapping category + image file name (e.g. "
+        "car2008_007466.jpg) to the caption, the layout of the authors' "
+        "spair_detailed_captions.json; every image of the pairs to run needs one (wins over "
+        "--prompt-template)",
+    )
     p.set_defaults(handler=_run_pck, benchmark_key=benchmark.name)
+
+
+def _prompt_rule(args: argparse.Namespace) -> PromptRule:
+    """--prompt-template / --captions, checked before anything is read or loaded."""
+    rule = PromptRule.from_options(args.prompt_template, args.captions)
+    if args.captions is not None and args.prompt_template is not None:
+        log.warning("--prompt-template is not used: --captions gives every image its prompt")
+    return rule
 
 
 def _pck_pairs(args: argparse.Namespace) -> tuple[list[CorrespondencePair], dict[str, Any]]:
@@ -231,19 +255,26 @@ def _pair_protocol(args: argparse.Namespace, benchmark: str) -> ResolvedPairProt
 
 def _run_pck(args: argparse.Namespace) -> int:
     name = args.benchmark_key
+    rule = _prompt_rule(args)
     pairs, options = _pck_pairs(args)
     protocol = _pair_protocol(args, name)
-    run_dir = _open_eval_dir(args, name, PCKEvaluation.owned, [("data", args.data)])
+    prompts = rule.check_pairs(pairs)
+    inputs = [("data", args.data), ("captions file", args.captions)]
+    run_dir = _open_eval_dir(args, name, PCKEvaluation.owned, inputs)
     try:
+        matcher = matcher_from_args(args, prompts)
+        if prompts and matcher.extractor.identity().get("extractor") != "ditf":
+            log.warning("the prompts are unused: this extractor takes no text condition")
         run = PCKEvaluation(
             name,
             pairs,
-            matcher_from_args(args),
+            matcher,
             run_dir,
             options=options,
             protocol=protocol.to_dict(),
             resume=args.resume,
             overwrite=args.overwrite,
+            prompts=rule,
         )
         if run.num_resumable:
             print(f"resuming: {run.num_resumable} of {len(run)} pairs already done")

@@ -34,6 +34,7 @@ from ...errors import ConfigError, InputError
 from ...images import read_image
 from ...match import ImageFeatures, Matcher
 from ...outputs import RunDir
+from ...prompts import PromptRule
 from .._run import CONFIG_FILE, METRICS_FILE, ResumableRun, clip_queries
 from .._run import open_eval_dir as open_eval_dir  # the CLI opens the folder before the model
 from ..correspondence import (
@@ -98,7 +99,10 @@ class PCKEvaluation(ResumableRun[tuple[int, CorrespondencePair], PairOutcome]):
     the threshold rule); ``options`` (data root, split, subset, ...) go into config.json and,
     with the matcher identity, into the resume fingerprint. ``protocol`` is the resolved pair
     protocol (:meth:`~ditf_track.presets.ResolvedPairProtocol.to_dict`) the matcher was built
-    with: config.json and metrics.json record it (:func:`protocol_record`).
+    with: config.json and metrics.json record it (:func:`protocol_record`). ``prompts`` gives
+    each image its own prompt (a template on the category, or a captions file; checked for
+    every pair before the first is run); its :meth:`~ditf_track.prompts.PromptRule.record` is
+    part of config.json, metrics.json and the fingerprint.
     """
 
     owned = (CONFIG_FILE, LOG_FILE, METRICS_FILE, CATEGORY_FILE)
@@ -115,6 +119,7 @@ class PCKEvaluation(ResumableRun[tuple[int, CorrespondencePair], PairOutcome]):
         protocol: Mapping[str, Any] | None = None,
         resume: bool = False,
         overwrite: bool = False,
+        prompts: PromptRule | None = None,
     ) -> None:
         if benchmark not in PCK_PROTOCOLS:
             raise ConfigError(f"unknown benchmark {benchmark!r}; use one of {list(PCK_PROTOCOLS)}")
@@ -125,7 +130,13 @@ class PCKEvaluation(ResumableRun[tuple[int, CorrespondencePair], PairOutcome]):
         self.pairs = list(pairs)
         self.matcher = matcher
         self.pair_protocol = protocol_record(matcher, protocol)
-        opts = {**dict(options or {}), "pair_protocol": self.pair_protocol}
+        self.prompts = prompts or PromptRule()
+        self.prompts.check_pairs(self.pairs)
+        opts = {
+            **dict(options or {}),
+            "pair_protocol": self.pair_protocol,
+            "prompts": self.prompts.record(),
+        }
         fingerprint = {"benchmark": benchmark, **opts, "matcher": matcher.identity()}
         self._start(
             out,
@@ -154,7 +165,12 @@ class PCKEvaluation(ResumableRun[tuple[int, CorrespondencePair], PairOutcome]):
         image_b = _read_sized(pair.target_image, pair.target_hw)
         valid = np.asarray(pair.valid, dtype=bool)
         inside, clipped = clip_queries(pair.source_points[valid], pair.source_hw)
-        features = self.matcher.features_for_pair(image_a, image_b)
+        features = self.matcher.features_for_pair(
+            image_a,
+            image_b,
+            prompt_a=self.prompts.prompt_for(pair.category, pair.source_image),
+            prompt_b=self.prompts.prompt_for(pair.category, pair.target_image),
+        )
         pred, scores = self.matcher.match_points_in(features, inside)
         return {
             "key": pair.pair_id,
@@ -193,6 +209,7 @@ class PCKEvaluation(ResumableRun[tuple[int, CorrespondencePair], PairOutcome]):
         metrics["discarded_channels_pairs"] = {str(c): n for c, n in sorted(self._channels.items())}
         metrics["pair_protocol"] = self.pair_protocol
         metrics["matcher"] = self.matcher.identity()
+        metrics["prompts"] = self.prompts.record()
         alphas = self.protocol.alphas
         columns = ["category", "num_pairs", "num_points"]
         columns += [pck_key("pck_per_point", a) for a in alphas]
