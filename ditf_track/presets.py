@@ -161,7 +161,9 @@ class PairProtocol:
     The model input is ``long_side`` (aspect kept, each side rounded to a multiple of 16) or
     ``square`` × ``square`` (aspect ignored): exactly one is set. ``resize`` is the method
     (:data:`RESIZE_METHODS`), ``ensemble`` the noise draws averaged, ``upsample_from`` what the
-    target map is upsampled from (:data:`UPSAMPLE_FROM`). ``stated_for`` are the benchmarks
+    target map is upsampled from (:data:`UPSAMPLE_FROM`). ``prompt_template`` is each image's
+    prompt on its category where no captions file is given (None: the preset's prompt; the
+    authors never condition on the empty prompt). ``stated_for`` are the benchmarks
     whose settings the profile's source gives; ``assumption`` says what the others assume by
     reusing them (required when ``stated_for`` leaves any out).
     """
@@ -171,10 +173,15 @@ class PairProtocol:
     resize: str = "auto"
     ensemble: int = 1
     upsample_from: str = "raw"
+    prompt_template: str | None = None
     stated_for: tuple[str, ...] = PAIR_BENCHMARKS
     assumption: str | None = None
 
     def __post_init__(self) -> None:
+        if self.prompt_template is not None and "{category}" not in self.prompt_template:
+            raise ConfigError(
+                f"pairs protocol: prompt_template {self.prompt_template!r} has no {{category}}"
+            )
         sides = [v for v in (self.long_side, self.square) if v is not None]
         if len(sides) != 1:
             raise ConfigError(
@@ -224,6 +231,7 @@ class ResolvedPairProtocol:
     resize: str
     ensemble: int
     upsample_from: str
+    prompt_template: str | None = None
     assumption: str | None = None
     note: str | None = None
     overridden: tuple[str, ...] = ()
@@ -384,6 +392,7 @@ def resolve_pair_protocol(
         resize=pairs.resize,
         ensemble=pairs.ensemble,
         upsample_from=pairs.upsample_from,
+        prompt_template=pairs.prompt_template,
         assumption=assumption,
         note=note,
     )

@@ -443,6 +443,7 @@ def test_pck_runner_records_the_pair_protocol(
         )
         assert profile["assumption"] is None
         assert profile["overridden"] == ["long_side"]
+    assert metrics["prompts"] == {"rule": "template", "template": "a photo of a {category}"}
     matcher = config["fingerprint"]["matcher"]
     assert (matcher["long_side"], matcher["resize"], matcher["upsample_from"]) == (
         64,
@@ -459,6 +460,7 @@ def test_pck_runner_records_the_pair_protocol(
     assert (record["long_side"], record["resize"], record["ensemble"]) == (64, "auto", 2)
     assert record["upsample_from"] == "unit"
     assert record["profile"]["overridden"] == ["ensemble", "long_side", "upsample_from"]
+    assert json.loads((paper / "metrics.json").read_text())["prompts"]["rule"] == "preset"
     # PF-PASCAL: the authors' code evaluates SPair only, so its settings are an assumption
     pf_root, _ = pf_pascal_root
     pf = tmp_path / "pf"

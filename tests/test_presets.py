@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from ditf_track.errors import ConfigError
-from ditf_track.presets import DEFAULT_PRESET, available_presets, load_preset, preset_from_dict
+from ditf_track.presets import (
+    DEFAULT_PRESET,
+    PairProtocol,
+    available_presets,
+    load_preset,
+    preset_from_dict,
+    resolve_pair_protocol,
+)
 
 
 def test_presets_paper_table7() -> None:
@@ -152,8 +159,6 @@ def test_pair_protocol_per_profile_and_benchmark(
     """Issue 18: flux official = the authors' SPair script (long side 640, PIL bicubic, 8 draws,
     the unnormalised map upsampled), assumed for the other benchmarks and labelled so; paper =
     the paper's 960x960; official is paper for the presets without authors' code, with a note."""
-    from ditf_track.presets import resolve_pair_protocol
-
     preset = load_preset(name) if name is not None else None
     r = resolve_pair_protocol(preset, benchmark, profile)
     *settings, used, assumed = expected
@@ -170,8 +175,6 @@ def test_pair_protocol_per_profile_and_benchmark(
 
 
 def test_pair_protocol_overrides_and_errors() -> None:
-    from ditf_track.presets import resolve_pair_protocol
-
     flux = load_preset("flux")
     r = resolve_pair_protocol(flux, "spair", "official").replace(long_side=None, ensemble=2)
     assert (r.long_side, r.ensemble, r.resize, r.overridden) == (
@@ -221,3 +224,15 @@ def test_pair_protocol_overrides_and_errors() -> None:
         "sd3": None,
         "sd3.5": 1280,
     }
+
+
+def test_official_pair_protocol_prompts_each_image_with_its_category() -> None:
+    """The authors never condition on the empty prompt: without a captions file their SPair
+    script's per-category prompt; the paper's profile keeps the preset's prompt."""
+    flux = load_preset("flux")
+    official = resolve_pair_protocol(flux, "spair", "official")
+    assert official.prompt_template == "a photo of a {category}"
+    assert resolve_pair_protocol(flux, "spair", "paper").prompt_template is None
+    assert resolve_pair_protocol(load_preset("sd3"), "spair", "official").prompt_template is None
+    with pytest.raises(ConfigError, match="has no {category}"):
+        PairProtocol(long_side=640, prompt_template="a photo")

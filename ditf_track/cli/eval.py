@@ -255,9 +255,11 @@ def _pair_protocol(args: argparse.Namespace, benchmark: str) -> ResolvedPairProt
 
 def _run_pck(args: argparse.Namespace) -> int:
     name = args.benchmark_key
+    protocol = _pair_protocol(args, name)
+    if args.captions is None and args.prompt_template is None:
+        args.prompt_template = protocol.prompt_template
     rule = _prompt_rule(args)
     pairs, options = _pck_pairs(args)
-    protocol = _pair_protocol(args, name)
     prompts = rule.check_pairs(pairs)
     inputs = [("data", args.data), ("captions file", args.captions)]
     run_dir = _open_eval_dir(args, name, PCKEvaluation.owned, inputs)
