@@ -327,3 +327,49 @@ def test_more_cpu_workers_than_memory_holds_are_refused(
     assert line.startswith("ditf-track: error: one worker needs 1000000.0 GB (--worker-memory) but")
     assert line.endswith("GB; lower --worker-memory or add a larger node")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["jobs.csv"]
+
+
+# -- eval davis --data --ray ----------------------------------------------------------------------
+DAVIS_SEQUENCES = ("car-shadow", "bmx-trees", "motocross-jump")  # 40 frames each
+
+
+@pytest.mark.ray
+@pytest.mark.faults
+def test_eval_davis_on_ray_workers_equals_the_in_process_run_even_when_a_worker_dies(
+    shared_data: Path,
+    tmp_path: Path,
+    ray_cluster: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    split = tmp_path / "three.txt"
+    split.write_text("\n".join(DAVIS_SEQUENCES) + "\n")
+    base = ["eval", "davis", "--data", str(shared_data / "davis"), "--split", str(split)]
+    settings = ["--preset", "lab", "--short-side", "64", "--no-disk-cache", "--workers", "1"]
+    code, _, err = run([*base, "--out", str(tmp_path / "local"), *settings], capsys)
+    assert code == 0, err
+    monkeypatch.setenv(cli_batch.EXIT_AFTER_FRAMES_ENV, "5")  # each sequence's first worker dies
+    ray_args = ["--ray", "local", "--ray-workers", "2"]
+    code, stdout, err = run([*base, "--out", str(tmp_path / "ray"), *settings, *ray_args], capsys)
+    assert code == 0, err
+    assert re.search(
+        r"^Ray: 3 sequence\(s\) propagated; [45] worker\(s\), 3 replaced$", stdout, re.M
+    )
+    local, on_ray = snapshot(tmp_path / "local"), snapshot(tmp_path / "ray")
+    assert sorted(local) == sorted(on_ray)
+    assert len([name for name in local if name.endswith(".png")]) == 120
+    assert on_ray == local  # masks, run.json of each sequence, config.json, metrics and CSVs
+
+
+@pytest.mark.faults
+def test_eval_davis_without_ray_is_one_line(
+    shared_data: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)
+    args = ["eval", "davis", "--data", str(shared_data / "davis"), "--out", str(tmp_path / "o")]
+    code, _, err = run([*args, "--preset", "lab", "--ray", "auto"], capsys)
+    assert one_line_error(code, err).endswith("pip install 'ditf-track[ray]'")
+    assert not (tmp_path / "o").exists()

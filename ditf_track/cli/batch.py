@@ -43,8 +43,10 @@ from ..batch import (
 )
 from ..config import TrackerConfig
 from ..errors import ConfigError, DitfError, OutputError
+from ..eval.runs.davis import DavisRun, propagate_sequence, sequence_record
 from ..extractor import extractor_from_config
 from ..features import FeatureExtractor
+from ..masks import DAVIS_PALETTE
 from ..outputs import (
     CONFIG_FILE,
     STATE_FILE,
@@ -54,10 +56,10 @@ from ..outputs import (
     refuse_input_overlap,
 )
 from ..presets import load_preset
-from ..progress import ProgressEvent
+from ..progress import Progress, ProgressEvent
 from ..propagate import PointParams
 from . import track
-from ._options import add_tracker_options, positive_int
+from ._options import add_tracker_options, build_tracker, positive_int
 
 log = logging.getLogger("ditf_track")
 
@@ -100,15 +102,31 @@ def add_batch(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--across-cuts", action="store_true", help="carry labels and points across scene cuts"
     )
-    ray = p.add_argument_group("Ray (pip install 'ditf-track[ray]')")
+    add_ray_options(p, "--workers", "clips")
+    add_tracker_options(
+        p,
+        "model input short side in pixels (default: the preset's, 960)",
+        quiet=True,
+        point_defaults=PointParams.motion(),
+    )
+    p.set_defaults(handler=run_batch)
+
+
+def add_ray_options(parser: argparse.ArgumentParser, workers: str, items: str) -> None:
+    """``--ray`` and the worker settings (``workers``: the option naming the worker count)."""
+    ray = parser.add_argument_group("Ray (pip install 'ditf-track[ray]')")
     ray.add_argument(
         "--ray",
         metavar="auto|local|ADDRESS",
-        help="run on a Ray cluster: local starts one on this machine, auto joins the running "
-        "one (`ray start --head`), ADDRESS joins that one (host:port or ray://host:port)",
+        help=f"spread the {items} over Ray workers: local starts a cluster on this machine, "
+        "auto joins the running one (`ray start --head`), ADDRESS joins that one",
     )
     ray.add_argument(
-        "--workers", type=positive_int, default=2, help="Ray workers (default 2), one model each"
+        workers,
+        dest="ray_workers",
+        type=positive_int,
+        default=2,
+        help="Ray workers (default 2), one loaded model each",
     )
     ray.add_argument(
         "--gpus-per-worker",
@@ -133,16 +151,9 @@ def add_batch(sub: argparse._SubParsersAction) -> None:
         "--max-retries",
         type=int,
         default=2,
-        help="times a clip is sent again after its worker died (default 2); errors in the "
-        "input are never retried",
+        help=f"times one of the {items} is sent again after its worker died (default 2); "
+        "errors in the input are never retried",
     )
-    add_tracker_options(
-        p,
-        "model input short side in pixels (default: the preset's, 960)",
-        quiet=True,
-        point_defaults=PointParams.motion(),
-    )
-    p.set_defaults(handler=run_batch)
 
 
 # -- validate: every row, before a model loads --------------------------------------------------
@@ -223,6 +234,13 @@ def plan(args: argparse.Namespace, clips: list[Clip]) -> tuple[list[Planned], li
 
 
 # -- run ------------------------------------------------------------------------------------------
+def check_ray_options(args: argparse.Namespace) -> None:
+    if args.max_retries < 0:
+        raise ConfigError(f"--max-retries {args.max_retries} must be 0 or more")
+    if args.gpus_per_worker < 0:
+        raise ConfigError(f"--gpus-per-worker {args.gpus_per_worker:g} must be 0 or more")
+
+
 def load_extractor(config: TrackerConfig, threads: int | None = None) -> FeatureExtractor:
     """The one extractor of a batch process or Ray worker (``threads``: torch's, pinned)."""
     if threads is not None:
@@ -232,8 +250,7 @@ def load_extractor(config: TrackerConfig, threads: int | None = None) -> Feature
 
 def run_batch(args: argparse.Namespace) -> int:
     ray = import_ray() if args.ray else None
-    if args.max_retries < 0:
-        raise ConfigError(f"--max-retries {args.max_retries} must be 0 or more")
+    check_ray_options(args)
     clips = read_clips(args)
     planned, errors = plan(args, clips)
     for line in errors:
@@ -352,13 +369,7 @@ def stage_clip(extractor: FeatureExtractor, payload: Any, attempt: int) -> dict[
     write); returns the staged folder and the frame count."""
     args, exit_after = payload
     job = track.validate(args)
-    progress = None
-    if exit_after is not None and attempt == 0:
-
-        def progress(event: ProgressEvent) -> None:
-            if event.phase == "propagate" and event.done >= exit_after:
-                os._exit(3)  # a worker killed mid-clip (fault-injection tests)
-
+    progress = _fault_hook(exit_after, attempt)
     run_dir = RunDir(
         job.out, "track", inputs=job.inputs, patterns=track.TRACK_PATTERNS, overwrite=True
     ).open()
@@ -370,6 +381,23 @@ def stage_clip(extractor: FeatureExtractor, payload: Any, attempt: int) -> dict[
     finally:
         run_dir.close()
     return {"staged": str(out), "frames": state.num_frames}
+
+
+def _fault_hook(exit_after: int | None, attempt: int) -> Progress | None:
+    """The worker's exit after ``exit_after`` propagated frames of a first attempt (tests)."""
+    if exit_after is None or attempt > 0:
+        return None
+
+    def progress(event: ProgressEvent) -> None:
+        if event.phase == "propagate" and event.done >= exit_after:
+            os._exit(3)  # as if the worker were killed mid-clip
+
+    return progress
+
+
+def _exit_after() -> int | None:
+    value = os.environ.get(EXIT_AFTER_FRAMES_ENV)
+    return int(value) if value else None
 
 
 def publish_staged(run_dir: RunDir, staged: Path) -> Path:
@@ -410,7 +438,7 @@ def _run_on_ray(
     ray: Any, args: argparse.Namespace, planned: list[Planned], tally: Tally, failed: list[str]
 ) -> PoolStats:
     started = connect(ray, args.ray)
-    exit_after = os.environ.get(EXIT_AFTER_FRAMES_ENV)
+    exit_after = _exit_after()
     open_dirs: dict[int, RunDir] = {}
 
     def prepare(i: int) -> Any:
@@ -428,7 +456,7 @@ def _run_on_ray(
         staged = argparse.Namespace(
             **{**vars(p.args), "out": staging_path(p.job.out), "resume": False, "overwrite": True}
         )
-        return staged, int(exit_after) if exit_after else None
+        return staged, exit_after
 
     def finish(i: int, result: dict[str, Any]) -> None:
         run_dir = open_dirs.pop(i)
@@ -457,7 +485,7 @@ def _run_on_ray(
 
     try:
         per_worker = worker_memory(args, planned[0].job.config)
-        check_worker_memory(args.workers, per_worker, cluster_memory(ray))
+        check_worker_memory(args.ray_workers, per_worker, cluster_memory(ray))
         return run_pool(
             ray,
             range(len(planned)),
@@ -466,7 +494,7 @@ def _run_on_ray(
             prepare=prepare,
             finish=finish,
             fail=fail,
-            workers=args.workers,
+            workers=args.ray_workers,
             cpus_per_worker=args.cpus_per_worker,
             gpus_per_worker=args.gpus_per_worker,
             memory_per_worker=per_worker,
@@ -479,3 +507,80 @@ def _run_on_ray(
                 run_dir.close()
         if started:
             ray.shutdown()
+
+
+# -- eval davis --data --ray: sequences propagated by workers, written by the driver --------------
+def propagate_davis_sequence(extractor: FeatureExtractor, payload: Any, attempt: int) -> Any:
+    """On a worker: one DAVIS sequence by the official protocol; returns its masks (frame name,
+    ids), palette, frame count and ``run.json`` record for the driver to write."""
+    config, frames_root, gt_root, name, exit_after = payload
+    tracker = build_tracker(config, extractor)
+    try:
+        state, masks = propagate_sequence(
+            tracker, frames_root, gt_root, name, _fault_hook(exit_after, attempt)
+        )
+        frames = list(masks)
+        palette = state.palette or DAVIS_PALETTE
+        return frames, palette, state.num_frames, sequence_record(tracker, state)
+    finally:
+        tracker.cache.close()
+
+
+def propagate_davis_on_ray(args: argparse.Namespace, config: TrackerConfig, run: DavisRun) -> None:
+    """Propagate the sequences of ``run`` not yet complete on Ray workers; each finished one is
+    written by :meth:`DavisRun.write_sequence` here, on the driver, which holds the run's lock.
+    The run then replays them all, as a resumed in-process run would."""
+    ray = import_ray()
+    check_ray_options(args)
+    names = [name for name in run.sequences if not run.is_done(name)]
+    if not names:
+        return
+    started = connect(ray, args.ray)
+    exit_after = _exit_after()
+    failures: list[str] = []
+    bar = tqdm(total=len(names), desc="sequences", unit="seq", disable=None)
+
+    def finish(i: int, result: Any) -> None:
+        frames, palette, num_frames, record = result
+        run.write_sequence(names[i], frames, palette, num_frames, lambda: record)
+        bar.update(1)
+
+    def fail(i: int, message: str) -> None:
+        failures.append(names[i])
+        print(f"ditf-track: error: sequence {names[i]}: {message}", file=sys.stderr)
+        bar.update(1)
+
+    def on_change(stats: PoolStats) -> None:
+        bar.set_postfix({"workers": stats.alive}, refresh=True)
+
+    try:
+        per_worker = worker_memory(args, config)
+        check_worker_memory(args.ray_workers, per_worker, cluster_memory(ray))
+        stats = run_pool(
+            ray,
+            range(len(names)),
+            setup=functools.partial(load_extractor, config, args.cpus_per_worker),
+            work=propagate_davis_sequence,
+            prepare=lambda i: (config, run.frames_root, run.gt_root, names[i], exit_after),
+            finish=finish,
+            fail=fail,
+            workers=args.ray_workers,
+            cpus_per_worker=args.cpus_per_worker,
+            gpus_per_worker=args.gpus_per_worker,
+            memory_per_worker=per_worker,
+            max_retries=args.max_retries,
+            on_change=on_change,
+        )
+    finally:
+        bar.close()
+        if started:
+            ray.shutdown()
+    print(
+        f"Ray: {len(names) - len(failures)} sequence(s) propagated; {stats.started} worker(s), "
+        f"{stats.died} replaced"
+    )
+    if failures:
+        raise DitfError(
+            f"{len(failures)} of {len(names)} sequences failed ({', '.join(failures[:5])}); "
+            "the others are written: run again with --resume"
+        )
