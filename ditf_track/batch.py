@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import socket
 import time
 import warnings
 from collections import deque
@@ -191,6 +192,8 @@ def connect(ray: ModuleType, address: str) -> bool:
     started one (the caller shuts it down). A session already connected is reused."""
     if ray.is_initialized():
         return False
+    if address not in ("auto", "local"):
+        check_reachable(address)
     try:
         with warnings.catch_warnings():
             # Ray's notice of a future change for num_gpus=0 (CPU workers keep seeing no GPU)
@@ -205,6 +208,24 @@ def connect(ray: ModuleType, address: str) -> bool:
             "one with `ray start --head` or use --ray local"
         ) from exc
     return True
+
+
+def check_reachable(address: str) -> None:
+    """Fail in seconds on a cluster address nothing listens at (Ray itself retries for
+    minutes): ``HOST:PORT`` or ``ray://HOST:PORT``."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(
+            f"--ray {address} is not auto, local or an address HOST:PORT (ray://HOST:PORT); "
+            "give the address `ray start --head` printed"
+        )
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot reach a Ray cluster at --ray {address} ({exc.strerror or exc}); start one "
+            "with `ray start --head` there, or use --ray local"
+        ) from exc
 
 
 @dataclass
@@ -385,6 +406,7 @@ __all__ = [
     "Clip",
     "PoolStats",
     "Throughput",
+    "check_reachable",
     "check_worker_memory",
     "cluster_memory",
     "connect",

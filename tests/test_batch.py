@@ -4,6 +4,7 @@ bound; the Ray pool itself runs in tests/test_cli_batch.py."""
 from __future__ import annotations
 
 import json
+import socket
 import sys
 from pathlib import Path
 
@@ -120,3 +121,18 @@ def test_missing_ray_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     assert str(info.value) == (
         "--ray needs Ray, which is not installed: pip install 'ditf-track[ray]'"
     )
+
+
+@pytest.mark.faults
+def test_an_address_nothing_listens_at_fails_in_one_line() -> None:
+    with socket.socket() as sock:  # a port that was free a moment ago
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(ConfigError) as info:
+        batch.check_reachable(f"ray://127.0.0.1:{port}")
+    assert str(info.value) == (
+        f"cannot reach a Ray cluster at --ray ray://127.0.0.1:{port} (Connection refused); "
+        "start one with `ray start --head` there, or use --ray local"
+    )
+    with pytest.raises(ConfigError, match="--ray head-node is not auto, local or an address"):
+        batch.check_reachable("head-node")

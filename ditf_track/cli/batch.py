@@ -347,6 +347,7 @@ def _run_in_process(planned: list[Planned], tally: Tally, failed: list[str]) -> 
                     track.write(p.job, run_dir, tracker, state, record)
             finally:
                 run_dir.close()
+            remove_staging(staging_path(p.job.out))  # left by a Ray run killed earlier
         except DitfError as exc:
             print(f"ditf-track: error: {p.clip.where}: {exc}", file=sys.stderr)
             failed.append(p.clip.where)
