@@ -66,7 +66,8 @@ log = logging.getLogger("ditf_track")
 #: Fault injection for tests: a Ray worker exits (as if killed) after this many propagated
 #: frames of a clip's first attempt. Read by the driver and handed to the workers.
 EXIT_AFTER_FRAMES_ENV = "DITF_TRACK_TEST_WORKER_EXIT_AFTER_FRAMES"
-#: Called on the driver after each clip is published or skipped; tests stop the driver there.
+#: Called on the driver after each clip is published (in-process: or found complete); tests
+#: stop the driver there.
 after_clip: Callable[[Clip], None] | None = None
 #: Memory a CPU worker needs besides its model's weights (the process, a clip's frames).
 _WORKER_OVERHEAD_GB = 1.0
@@ -209,9 +210,11 @@ def read_clips(args: argparse.Namespace) -> list[Clip]:
     return read_jobs(args.jobs)
 
 
-def plan(args: argparse.Namespace, clips: list[Clip]) -> tuple[list[Planned], list[str]]:
+def plan(
+    args: argparse.Namespace, clips: list[Clip]
+) -> tuple[list[Planned], list[tuple[str, str]]]:
     """Validate every clip as ``track`` would (files, mask sizes, points) and the outs (one per
-    clip, none an input of any clip); returns the good ones and one line per bad row."""
+    clip, none an input of any clip); returns the good ones and each bad row's (where, error)."""
     errors: dict[int, str] = dict(duplicate_outs(clips))
     planned: dict[int, Planned] = {}
     for i, clip in enumerate(clips):
@@ -230,7 +233,7 @@ def plan(args: argparse.Namespace, clips: list[Clip]) -> tuple[list[Planned], li
         except DitfError as exc:
             errors[i] = str(exc)
     good = [p for i, p in sorted(planned.items()) if i not in errors]
-    return good, [f"{clips[i].where}: {msg}" for i, msg in sorted(errors.items())]
+    return good, [(clips[i].where, msg) for i, msg in sorted(errors.items())]
 
 
 # -- run ------------------------------------------------------------------------------------------
@@ -253,9 +256,9 @@ def run_batch(args: argparse.Namespace) -> int:
     check_ray_options(args)
     clips = read_clips(args)
     planned, errors = plan(args, clips)
-    for line in errors:
-        print(f"ditf-track: error: {line}", file=sys.stderr)
-    failed = [line.split(": ", 1)[0] for line in errors]
+    for where, message in errors:
+        print(f"ditf-track: error: {where}: {message}", file=sys.stderr)
+    failed = [where for where, _ in errors]
     tally = Tally(total=len(clips), quiet=args.quiet)
     stats: PoolStats | None = None
     try:
@@ -330,12 +333,17 @@ def _run_in_process(planned: list[Planned], tally: Tally, failed: list[str]) -> 
     fix_mmap_threshold()
     extractor = load_extractor(planned[0].job.config)
 
+    last = 0  # the propagate count of the clip being tracked
+
     def on_progress(event: ProgressEvent) -> None:
+        nonlocal last
         if event.phase == "propagate":
-            tally.throughput.frames += 1
+            tally.throughput.frames += max(event.done - last, 0)
+            last = event.done
             tally.refresh()
 
     for p in planned:
+        last = 0
         try:
             run_dir = _open(p)
             try:
