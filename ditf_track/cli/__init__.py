@@ -21,6 +21,7 @@ from ..errors import DitfError
 from ._logging import cli_logging
 from ._options import Handler
 from ._options import tracker_config as _tracker_config  # noqa: F401  (the plugin's tests)
+from .batch import add_batch
 from .cache import add_cache
 from .eval import add_eval
 from .features import add_extract, add_inspect
@@ -36,6 +37,7 @@ _SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_match,
     add_eval,
     add_reproduce,
+    add_batch,
 ]
 
 

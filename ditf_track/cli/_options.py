@@ -395,9 +395,10 @@ def tracker_config(
     )
 
 
-def build_tracker(config: TrackerConfig) -> Tracker:
-    """:meth:`Tracker.from_config`, which says in the log which given settings it has no use for."""
-    return Tracker.from_config(config, warn=log.warning)
+def build_tracker(config: TrackerConfig, extractor: FeatureExtractor | None = None) -> Tracker:
+    """:meth:`Tracker.from_config`, which says in the log which given settings it has no use for
+    (``extractor``: a model already loaded from the same ``config.features``, e.g. by ``batch``)."""
+    return Tracker.from_config(config, extractor=extractor, warn=log.warning)
 
 
 def tracker_from_args(

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from tqdm import tqdm
 
+from ..batch import import_ray
 from ..config import PointsMode, TrackerConfig
 from ..errors import ConfigError, InputError
 from ..eval import correspondence as corr
@@ -40,6 +41,7 @@ from ._options import (
     profile_numerics,
     tracker_config,
 )
+from .batch import add_ray_options, propagate_davis_on_ray
 
 if TYPE_CHECKING:
     from ..eval.runs.points import KeypointDataset
@@ -478,6 +480,7 @@ def _add_davis(eval_sub: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--no-disk-cache", action="store_true", help="keep features in memory only (no files)"
     )
+    add_ray_options(parser, "--ray-workers", "sequences")
     add_propagation_options(parser, label_default="nearest")
     add_model_options(parser)
     parser.set_defaults(handler=_run_davis)
@@ -551,6 +554,8 @@ def _run_davis(args: argparse.Namespace) -> int:
 
 def _run_davis_propagation(args: argparse.Namespace) -> int:
     """``eval davis --data``: propagate a split with the official protocol, then score it."""
+    if args.ray:
+        import_ray()  # before anything else: one line naming the extra
     if args.out is None:
         raise ConfigError("--data needs --out DIR for the masks and metrics")
     if args.preset is None and args.model is None:
@@ -580,6 +585,8 @@ def _propagate_davis(args: argparse.Namespace, config: TrackerConfig, run_dir: R
         resume=args.resume,
         overwrite=args.overwrite,
     )
+    if args.ray:
+        propagate_davis_on_ray(args, config, run)
     frames_bar = tqdm(desc="frames", unit="frame", position=1, disable=None, leave=False)
 
     def on_progress(event: ProgressEvent) -> None:

@@ -32,6 +32,7 @@ from ..coords import (
 )
 from ..cuts import detect_cuts
 from ..errors import ConfigError, InputError, OutputError
+from ..features import FeatureExtractor
 from ..masks import DAVIS_PALETTE, LabelMask, read_mask, require_objects, write_mask
 from ..outputs import (
     RunDir,
@@ -42,7 +43,7 @@ from ..outputs import (
     to_json_safe,
 )
 from ..precomputed import PrecomputedFeatures
-from ..progress import ProgressEvent
+from ..progress import Progress, ProgressEvent
 from ..propagate import PointParams
 from ..tracker import Tracker, TrackerState, run_facts
 from ..tracker.schedule import blank_frames
@@ -333,12 +334,18 @@ def run_track(args: argparse.Namespace) -> int:
 
 
 def run(
-    args: argparse.Namespace, job: TrackJob, run_dir: RunDir
+    args: argparse.Namespace,
+    job: TrackJob,
+    run_dir: RunDir,
+    *,
+    extractor: FeatureExtractor | None = None,
+    progress: Progress | None = None,
 ) -> tuple[Tracker, TrackerState, dict[str, Any]]:
-    """Load the model, annotate, record the run (refusing a resume with other facts), then
-    propagate, each mask written to the work folder as it comes."""
+    """Load the model (or take ``extractor``, loaded once for many clips by ``batch``), annotate,
+    record the run (refusing a resume with other facts), then propagate, each mask written to the
+    work folder as it comes; ``progress`` hears every extract/propagate event."""
     cuts = find_cuts(job.video, args.across_cuts, quiet=args.quiet)
-    tracker = build_tracker(job.config)
+    tracker = build_tracker(job.config, extractor)
     state = tracker.init_state(job.video, cuts=() if args.across_cuts else cuts)
     with warnings.catch_warnings():
         warnings.simplefilter("always")
@@ -361,6 +368,8 @@ def run(
     bars: dict[str, Any] = {}
 
     def on_progress(event: ProgressEvent) -> None:
+        if progress is not None:
+            progress(event)
         if args.quiet:
             return
         label = {"extract": "extract features", "propagate": "propagate"}[event.phase]

@@ -19,10 +19,12 @@ complete.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ..._atomic import atomic_path
 from ...errors import InputError, OutputError
@@ -37,7 +39,7 @@ from ...outputs import (
     write_json,
 )
 from ...progress import Progress
-from ...tracker import Tracker, run_facts
+from ...tracker import Tracker, TrackerState, run_facts
 from .._run import CONFIG_FILE, METRICS_FILE, ResumableRun
 from ..davis import DavisResult
 from ..davis_folders import evaluate_davis, write_davis_csvs
@@ -216,26 +218,39 @@ class DavisRun(ResumableRun[str, SequenceOutcome]):
         return SequenceOutcome(item, int(record["frames"]), resumed)
 
     def _run_sequence(self, name: str, progress: Progress | None) -> int:
-        tracker = self.tracker
-        state = tracker.init_state(self.frames_root / name)
-        first = self.gt_root / name / f"{state.frame_names[0]}.png"
-        if not first.is_file():
-            raise InputError(f"sequence {name!r} has no first-frame annotation {first}")
-        tracker.add_mask(state, 0, first)
-        palette = state.palette or DAVIS_PALETTE
+        state, masks = propagate_sequence(
+            self.tracker, self.frames_root, self.gt_root, name, progress
+        )
+        return self.write_sequence(
+            name,
+            masks,
+            state.palette or DAVIS_PALETTE,
+            state.num_frames,
+            lambda: sequence_record(self.tracker, state),
+        )
+
+    def write_sequence(
+        self,
+        name: str,
+        masks: Iterable[tuple[str, np.ndarray]],
+        palette: bytes,
+        num_frames: int,
+        record: Callable[[], dict[str, Any]],
+    ) -> int:
+        """Write a sequence's masks ``(frame name, (H, W) ids)`` as they come (propagated here
+        or by a Ray worker) into ``<name>.incomplete/``, then its ``run.json`` (``record()``,
+        asked once the masks are written) and rename the folder: the sequence is complete."""
         work = self.out / f"{name}.incomplete"
         _clear_sequence(work)
         _clear_sequence(self.out / name)  # not finished: refused unless empty
         work.mkdir(parents=True, exist_ok=True)
         written = 0
-        for result in tracker.propagate(state, progress=progress):
-            if result.labels is not None:
-                write_mask(work / f"{result.frame_name}.png", result.labels, palette)
-                written += 1
-        if written != state.num_frames:
-            raise OutputError(f"sequence {name!r}: {written} of {state.num_frames} masks written")
-        record = {"tool": TOOL, "versions": environment_versions(), **run_facts(tracker, state)}
-        write_json(work / SEQUENCE_FILE, record, "sequence configuration")
+        for frame_name, labels in masks:
+            write_mask(work / f"{frame_name}.png", labels, palette)
+            written += 1
+        if written != num_frames:
+            raise OutputError(f"sequence {name!r}: {written} of {num_frames} masks written")
+        write_json(work / SEQUENCE_FILE, record(), "sequence configuration")
         work.rename(self.out / name)
         return written
 
@@ -263,6 +278,26 @@ class DavisRun(ResumableRun[str, SequenceOutcome]):
 
         self._write_locked(write)
         return result
+
+
+def propagate_sequence(
+    tracker: Tracker, frames_root: Path, gt_root: Path, name: str, progress: Progress | None = None
+) -> tuple[TrackerState, Iterator[tuple[str, np.ndarray]]]:
+    """A sequence's state and its masks ``(frame name, (H, W) ids)``, propagated from its
+    first annotation as they are iterated (the official protocol's half that needs a model)."""
+    state = tracker.init_state(frames_root / name)
+    first = gt_root / name / f"{state.frame_names[0]}.png"
+    if not first.is_file():
+        raise InputError(f"sequence {name!r} has no first-frame annotation {first}")
+    tracker.add_mask(state, 0, first)
+    results = tracker.propagate(state, progress=progress)
+    masks = ((r.frame_name, r.labels) for r in results if r.labels is not None)
+    return state, masks
+
+
+def sequence_record(tracker: Tracker, state: TrackerState) -> dict[str, Any]:
+    """A finished sequence's ``run.json``: the run facts and the versions."""
+    return {"tool": TOOL, "versions": environment_versions(), **run_facts(tracker, state)}
 
 
 def open_davis_dir(

@@ -1,0 +1,418 @@
+"""Many clips in one job: the job list (a CSV/JSONL file or a DAVIS-layout root) and the Ray
+worker pool that spreads clips over a cluster.
+
+The pool knows nothing of tracking: each worker holds what ``setup`` returns (one loaded
+extractor) and runs ``work(state, payload, attempt)`` on the clips it is given. A worker that
+dies is replaced and its clip retried ``max_retries`` times; anything a clip raises (a one-line
+:class:`~ditf_track.errors.DitfError`) comes back as that clip's failure and is not retried.
+Workers only compute: the caller (the driver) hears every result and writes the run state.
+
+Ray is optional (``pip install 'ditf-track[ray]'``): nothing here imports it until a pool starts.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import time
+import warnings
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from .errors import ConfigError, DitfError, InputError
+
+#: The extra that brings Ray; named by the one-line error when it is missing.
+RAY_EXTRA = "pip install 'ditf-track[ray]'"
+#: Column names of a JOBS file (``mask`` and ``masks`` are the same column).
+JOB_COLUMNS = ("video", "mask", "masks", "points", "out")
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One row of a job: a video, its annotations and its output folder (absolute paths).
+
+    ``masks`` are ``[N:]FILE`` values as ``track --mask`` takes them; ``where`` names the row
+    in messages (``jobs.csv line 3``, ``sequence dog``).
+    """
+
+    name: str
+    video: Path
+    masks: tuple[str, ...]
+    points: Path | None
+    out: Path
+    where: str
+
+
+# -- the job list ------------------------------------------------------------------------------
+def read_jobs(path: str | os.PathLike[str]) -> list[Clip]:
+    """The clips of a CSV (header ``video,mask,points,out``; several masks joined by ``;``) or
+    JSON-lines file (``{"video": ..., "masks": [...], ...}``); paths relative to the file."""
+    jobs = Path(path)
+    try:
+        text = jobs.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read the jobs file {jobs} ({exc}); check the path") from exc
+    if jobs.suffix.lower() in (".jsonl", ".ndjson", ".json"):
+        rows = _jsonl_rows(jobs, text)
+    else:
+        rows = _csv_rows(jobs, text)
+    if not rows:
+        raise InputError(f"the jobs file {jobs} names no clip; add rows video,mask,points,out")
+    base = jobs.resolve().parent
+    return [_clip(base, line, f"{jobs.name} line {line}", row) for line, row in rows]
+
+
+def _csv_rows(jobs: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
+    reader = csv.DictReader(text.splitlines())
+    header = [c.strip() for c in reader.fieldnames or []]
+    unknown = [c for c in header if c not in JOB_COLUMNS]
+    if "video" not in header or "out" not in header or unknown:
+        raise InputError(
+            f"the jobs file {jobs} has the header {','.join(header)!r}; give the columns "
+            "video,mask,points,out (mask and points may be empty; several masks joined by ';')"
+        )
+    rows = []
+    for n, raw in enumerate(reader, start=2):
+        row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+        masks = row.get("masks") or row.get("mask") or ""
+        rows.append((n, {**row, "masks": [m for m in masks.split(";") if m.strip()]}))
+    return rows
+
+
+def _jsonl_rows(jobs: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
+    rows = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{jobs.name} line {n} is not JSON ({exc.msg}); fix the row") from exc
+        if not isinstance(row, dict) or set(row) - set(JOB_COLUMNS):
+            raise InputError(
+                f"{jobs.name} line {n} is not an object of {', '.join(JOB_COLUMNS)}; fix the row"
+            )
+        masks = row.get("masks", row.get("mask")) or []
+        rows.append((n, {**row, "masks": [masks] if isinstance(masks, str) else list(masks)}))
+    return rows
+
+
+def _clip(base: Path, line: int, where: str, row: dict[str, Any]) -> Clip:
+    if not row.get("video") or not row.get("out"):
+        raise InputError(f"{where} gives no video or no out; every row needs both")
+    video = base / str(row["video"])
+    return Clip(
+        name=video.stem if video.suffix else video.name,
+        video=video,
+        masks=tuple(_mask_path(base, str(m).strip()) for m in row["masks"]),
+        points=base / str(row["points"]) if row.get("points") else None,
+        out=base / str(row["out"]),
+        where=where,
+    )
+
+
+def _mask_path(base: Path, value: str) -> str:
+    """``[N:]FILE`` with FILE made absolute against the jobs file's folder."""
+    head, sep, tail = value.partition(":")
+    if sep and head.isdigit():
+        return f"{head}:{base / tail}"
+    return str(base / value)
+
+
+def davis_clips(
+    root: str | os.PathLike[str], split: str, out: str | os.PathLike[str]
+) -> list[Clip]:
+    """The sequences of a DAVIS-layout root (``JPEGImages/480p/SEQ`` and
+    ``Annotations/480p/SEQ/00000.png``) named by ``split``: a text file of sequence names, or
+    the name of one under ``ImageSets/`` (``val`` → ``ImageSets/2017/val.txt``)."""
+    data = Path(root)
+    names = _split_names(data, split)
+    return [
+        Clip(
+            name=seq,
+            video=data / "JPEGImages" / "480p" / seq,
+            masks=(str(data / "Annotations" / "480p" / seq / "00000.png"),),
+            points=None,
+            out=Path(out) / seq,
+            where=f"sequence {seq}",
+        )
+        for seq in names
+    ]
+
+
+def _split_names(root: Path, split: str) -> list[str]:
+    candidates = [Path(split), *(root / "ImageSets" / y / f"{split}.txt" for y in ("2017", "2016"))]
+    found = next((p for p in candidates if p.is_file()), None)
+    if found is None:
+        raise InputError(
+            f"--split {split} is neither a file nor a split under {root / 'ImageSets'}; give a "
+            "text file of sequence names (one a line) or a split name such as val"
+        )
+    names = [
+        line.split()[0] for line in found.read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
+    if not names:
+        raise InputError(f"the split file {found} names no sequence; one sequence name a line")
+    return list(dict.fromkeys(names))
+
+
+def duplicate_outs(clips: Sequence[Clip]) -> dict[int, str]:
+    """Rows whose ``out`` another row already uses (index → one-line message)."""
+    seen: dict[Path, Clip] = {}
+    errors = {}
+    for i, clip in enumerate(clips):
+        key = clip.out.resolve()
+        if key in seen:
+            errors[i] = (
+                f"out {clip.out} is also the out of {seen[key].where}; give each clip its own out"
+            )
+        else:
+            seen[key] = clip
+    return errors
+
+
+# -- the Ray pool --------------------------------------------------------------------------------
+def import_ray() -> ModuleType:
+    """Ray, or one line naming the extra that installs it."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise ConfigError(f"--ray needs Ray, which is not installed: {RAY_EXTRA}") from exc
+    return ray
+
+
+def connect(ray: ModuleType, address: str) -> bool:
+    """Join (``auto``, an address) or start (``local``) a Ray cluster; True if this call
+    started one (the caller shuts it down). A session already connected is reused."""
+    if ray.is_initialized():
+        return False
+    if address not in ("auto", "local"):
+        check_reachable(address)
+    try:
+        with warnings.catch_warnings():
+            # Ray's notice of a future change for num_gpus=0 (CPU workers keep seeing no GPU)
+            warnings.filterwarnings("ignore", "Tip: In future versions of Ray", FutureWarning)
+            if address == "local":
+                ray.init(include_dashboard=False, logging_level="WARNING")
+            else:
+                ray.init(address=address, logging_level="WARNING")
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise ConfigError(
+            f"cannot reach a Ray cluster at --ray {address} ({str(exc).splitlines()[0]}); start "
+            "one with `ray start --head` or use --ray local"
+        ) from exc
+    return True
+
+
+def check_reachable(address: str) -> None:
+    """Fail in seconds on a cluster address nothing listens at (Ray itself retries for
+    minutes): ``HOST:PORT`` or ``ray://HOST:PORT``."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(
+            f"--ray {address} is not auto, local or an address HOST:PORT (ray://HOST:PORT); "
+            "give the address `ray start --head` printed"
+        )
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot reach a Ray cluster at --ray {address} ({exc.strerror or exc}); start one "
+            "with `ray start --head` there, or use --ray local"
+        ) from exc
+
+
+@dataclass
+class PoolStats:
+    """What the pool reports as it goes (for one progress bar)."""
+
+    alive: int = 0
+    started: int = 0
+    died: int = 0
+
+
+class _Worker:
+    """The state one Ray actor holds (``setup()``, e.g. a loaded extractor) and the work it runs.
+
+    A ``setup`` that fails with a :class:`DitfError` is kept as the answer to every clip (the
+    model cannot load: retrying on another worker would fail the same way).
+    """
+
+    def __init__(self, setup: Callable[[], Any]) -> None:
+        self.state: Any = None
+        self.error: str | None = None
+        try:
+            self.state = setup()
+        except DitfError as exc:
+            self.error = str(exc)
+
+    def run(
+        self, work: Callable[[Any, Any, int], Any], payload: Any, attempt: int
+    ) -> tuple[bool, Any]:
+        if self.error is not None:
+            return False, self.error
+        try:
+            return True, work(self.state, payload, attempt)
+        except DitfError as exc:
+            return False, str(exc)
+
+
+@dataclass
+class _Task:
+    key: int
+    payload: Any
+    attempt: int = 0
+
+
+def run_pool(
+    ray: ModuleType,
+    keys: Sequence[int],
+    *,
+    setup: Callable[[], Any],
+    work: Callable[[Any, Any, int], Any],
+    prepare: Callable[[int], Any],
+    finish: Callable[[int, Any], None],
+    fail: Callable[[int, str], None],
+    workers: int,
+    cpus_per_worker: float = 1.0,
+    gpus_per_worker: float = 0.0,
+    memory_per_worker: int = 0,
+    max_retries: int = 2,
+    on_change: Callable[[PoolStats], None] | None = None,
+) -> PoolStats:
+    """Run ``work`` on every key over ``workers`` Ray actors.
+
+    ``prepare(key)`` runs on the driver right before a key is sent (returns its payload, or None
+    to skip it); ``finish(key, result)`` or ``fail(key, message)`` on the driver when it comes
+    back. A worker that dies (a crash, a killed process, a lost node) is replaced and its clip
+    sent again, at most ``max_retries`` times; then the clip fails.
+    """
+    actor_cls = ray.remote(_Worker).options(
+        num_cpus=cpus_per_worker,
+        num_gpus=gpus_per_worker,
+        memory=memory_per_worker or None,
+        max_restarts=0,
+    )
+    stats = PoolStats()
+
+    def spawn() -> Any:
+        stats.started += 1
+        stats.alive += 1
+        return actor_cls.remote(setup)
+
+    def changed() -> None:
+        if on_change is not None:
+            on_change(stats)
+
+    pending = deque(_Task(k, None) for k in keys)
+    idle: list[Any] = []
+    inflight: dict[Any, tuple[Any, _Task]] = {}
+    try:
+        while pending or inflight:
+            # workers start when there is a clip to give them: a re-run of finished clips
+            # loads no model
+            while pending and (idle or stats.alive < workers):
+                task = pending.popleft()
+                if task.payload is None:
+                    task.payload = prepare(task.key)
+                    if task.payload is None:
+                        continue
+                if not idle:
+                    idle.append(spawn())
+                    changed()
+                actor = idle.pop()
+                inflight[actor.run.remote(work, task.payload, task.attempt)] = (actor, task)
+            if not inflight:
+                continue
+            ready, _ = ray.wait(list(inflight), num_returns=1)
+            for ref in ready:
+                actor, task = inflight.pop(ref)
+                try:
+                    ok, value = ray.get(ref)
+                except ray.exceptions.RayActorError:
+                    stats.alive -= 1
+                    stats.died += 1
+                    ray.kill(actor)
+                    task.attempt += 1
+                    if task.attempt > max_retries:
+                        fail(
+                            task.key,
+                            f"its worker died {task.attempt} time(s) (the partial output is "
+                            "discarded); see the Ray logs, then run again",
+                        )
+                    else:
+                        pending.appendleft(task)
+                    changed()
+                    continue
+                idle.append(actor)
+                if ok:
+                    finish(task.key, value)
+                else:
+                    fail(task.key, value)
+                changed()
+    finally:
+        for actor, _ in inflight.values():
+            ray.kill(actor)
+        for actor in idle:
+            ray.kill(actor)
+        stats.alive = 0
+    return stats
+
+
+def cluster_memory(ray: ModuleType) -> int:
+    """Bytes of memory the cluster offers to tasks and actors (0 when it does not say)."""
+    return int(ray.cluster_resources().get("memory", 0))
+
+
+def check_worker_memory(workers: int, per_worker: int, available: int) -> None:
+    """Refuse more workers than the cluster's memory holds (a worker holds a whole model)."""
+    if per_worker <= 0 or available <= 0 or workers * per_worker <= available:
+        return
+    gb = 1 << 30
+    fits = available // per_worker
+    if fits == 0:
+        raise ConfigError(
+            f"one worker needs {per_worker / gb:.1f} GB (--worker-memory) but the Ray cluster "
+            f"offers {available / gb:.1f} GB; lower --worker-memory or add a larger node"
+        )
+    raise ConfigError(
+        f"--workers {workers} need {workers * per_worker / gb:.1f} GB "
+        f"({per_worker / gb:.1f} GB each, --worker-memory) but the Ray cluster offers "
+        f"{available / gb:.1f} GB; give --workers {fits} or fewer, or add nodes"
+    )
+
+
+class Throughput:
+    """Clips done and frames per second since the start (the batch progress bar's postfix)."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.frames = 0
+
+    def fps(self) -> float:
+        elapsed = time.perf_counter() - self.start
+        return self.frames / elapsed if elapsed > 0 else 0.0
+
+
+__all__ = [
+    "JOB_COLUMNS",
+    "RAY_EXTRA",
+    "Clip",
+    "PoolStats",
+    "Throughput",
+    "check_reachable",
+    "check_worker_memory",
+    "cluster_memory",
+    "connect",
+    "davis_clips",
+    "duplicate_outs",
+    "import_ray",
+    "read_jobs",
+    "run_pool",
+]
