@@ -1,12 +1,16 @@
 """Keep a long run's heap from growing with the video (glibc only).
 
 glibc serves an allocation above its mmap threshold with its own ``mmap``, returned to the
-system when freed, and raises that threshold (up to 32 MiB) each time such a block is freed.
-After the first frames every per-frame buffer (the decoded and resized frame, the upsampled
-label scores: 1–20 MB each) then comes from the heap, between the feature cache's long-lived
-entries, and the freed holes are not reused well: ``track --preset lab`` at short side 960
-grew by ~3 MB per frame (``benchmarks/long_video.py``). A fixed threshold keeps such buffers
-on ``mmap``.
+system when freed, and everything smaller from the heap. By default that threshold starts at
+128 KiB and rises (up to 32 MiB) each time such a block is freed, so after the first frames the
+per-frame buffers (the decoded and resized frame, a 410 kB label map at 854×480, the
+upsampled label scores: 0.1–20 MB each) all come from the heap, between the feature cache's
+long-lived entries, and the freed holes are not reused well: ``track --preset lab`` grew by
+~3 MB per frame at short side 960 and by 0.2–0.25 MB per frame at 240
+(``benchmarks/long_video.py``, RESULTS.md; how much depended on the machine's load). A fixed
+threshold of 128 KiB keeps every such buffer on ``mmap``; only small objects share the heap
+with the cache. (A 4 MiB threshold stopped the growth at 960 but not at 240; one malloc arena
+for all threads did not stop it either.)
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ import sys
 
 #: ``M_MMAP_THRESHOLD`` of glibc's ``<malloc.h>``.
 _M_MMAP_THRESHOLD = -3
-#: Buffers from this size on are mmapped: a frame at 960 short side and up.
-MMAP_THRESHOLD = 4 * 2**20
+#: Buffers from this size on are mmapped (glibc's initial value, no longer raised).
+MMAP_THRESHOLD = 128 * 2**10
 
 
 def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:

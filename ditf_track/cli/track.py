@@ -310,8 +310,8 @@ def run_fingerprint(
 
 # -- run: the model, the annotations, the propagation into OUT.incomplete/ -------------------
 def run_track(args: argparse.Namespace) -> int:
-    job = validate(args)
     fix_mmap_threshold()  # per-frame buffers back to the system: flat memory on long videos
+    job = validate(args)
     run_dir = RunDir(
         job.out,
         "track",
