@@ -253,3 +253,20 @@ def test_a_chunk_whose_worker_keeps_dying_stops_the_run_and_resume_finishes_it(
     code, _, err = run([*track_args(shared_data, local, tmp_path / "c1", 8), *LAB_ON_DISK], capsys)
     assert code == 0, err
     assert pngs(out) == pngs(local)
+
+
+@pytest.mark.ray
+@pytest.mark.faults
+def test_a_worker_larger_than_the_cluster_memory_is_refused_before_the_run(
+    shared_data: Path, tmp_path: Path, ray_cluster: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [*track_args(shared_data, tmp_path / "out", tmp_path / "c", 4), *LAB_ON_DISK]
+    ray_args = ["--ray", "local", "--worker-memory", "1e6"]
+    code, _, err = run([*args, *ray_args], capsys)
+    assert re.fullmatch(
+        r"ditf-track: error: one worker needs 1000000\.0 GB \(--worker-memory\) but the Ray "
+        r"cluster offers [\d.]+ GB; lower --worker-memory or add a larger node",
+        one_line_error(code, err),
+    )
+    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out.incomplete").exists()

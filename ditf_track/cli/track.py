@@ -329,6 +329,8 @@ def run_track(args: argparse.Namespace) -> int:
         return _run_track(args, job, None)
     started = connect(ray, args.ray)
     try:
+        per_worker = batch_command.worker_memory(args, job.config)
+        check_worker_memory(args.ray_workers, per_worker, cluster_memory(ray))
         return _run_track(args, job, ray)
     finally:
         if started:
@@ -485,8 +487,7 @@ def prefetch_on_ray(
         channels=clip.massive_channels,
         exit_at=int(exit_at) if exit_at else None,
     )
-    per_worker = batch_command.worker_memory(args, job.config)
-    check_worker_memory(args.ray_workers, per_worker, cluster_memory(ray))
+    per_worker = batch_command.worker_memory(args, job.config)  # checked by run_track
     total = sum(map(len, chunks))
     bar = tqdm(total=total, desc="extract features (Ray)", unit="frame", disable=args.quiet or None)
     outcome: dict[str, Any] = {}
