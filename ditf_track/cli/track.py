@@ -9,10 +9,15 @@ everything (tracks files, ``config.json``) is written.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import functools
 import logging
+import os
 import re
+import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +26,8 @@ import numpy as np
 from tqdm import tqdm
 
 from .._malloc import fix_mmap_threshold
+from ..batch import check_worker_memory, cluster_memory, connect, import_ray, run_pool
+from ..cache import cache_root
 from ..config import TrackerConfig
 from ..coords import (
     QueryPoints,
@@ -32,6 +39,7 @@ from ..coords import (
 )
 from ..cuts import detect_cuts
 from ..errors import ConfigError, InputError, OutputError
+from ..extractor import extractor_from_config
 from ..features import FeatureExtractor
 from ..masks import DAVIS_PALETTE, LabelMask, read_mask, require_objects, write_mask
 from ..outputs import (
@@ -46,9 +54,11 @@ from ..precomputed import PrecomputedFeatures
 from ..progress import Progress, ProgressEvent
 from ..propagate import PointParams
 from ..tracker import Tracker, TrackerState, run_facts
+from ..tracker.prefetch import ChunkGate, ChunkJob, StreamedCache, extract_chunk, plan_chunks
 from ..tracker.schedule import blank_frames
 from ..video import VideoSource, open_video
 from ..viz.overlay import FramePoints, write_overlay_video
+from . import batch as batch_command
 from ._options import add_tracker_options, build_tracker, tracker_config
 
 #: Files a track run writes into its folder (a fresh start clears them from OUT.incomplete/).
@@ -57,6 +67,7 @@ TRACK_PATTERNS = ("*.png", "tracks.csv", "tracks.npz")
 _UNFINGERPRINTED = frozenset(
     {"out", "overwrite", "resume", "quiet", "overlay", "verbose", "handler", "command"}
     | {"cache_dir", "no_disk_cache", "mask", "points", "video", "local_files_only"}
+    | {"ray", "ray_workers", "gpus_per_worker", "cpus_per_worker", "worker_memory", "max_retries"}
 )
 log = logging.getLogger("ditf_track")
 
@@ -135,6 +146,7 @@ def add_track(sub: argparse._SubParsersAction) -> None:
         quiet=True,
         point_defaults=PointParams.motion(),
     )
+    batch_command.add_ray_options(p, "--workers", "chunks of frames")
     p.set_defaults(handler=run_track)
 
 
@@ -311,7 +323,39 @@ def run_fingerprint(
 # -- run: the model, the annotations, the propagation into OUT.incomplete/ -------------------
 def run_track(args: argparse.Namespace) -> int:
     fix_mmap_threshold()  # per-frame buffers back to the system: flat memory on long videos
+    ray = check_ray(args) if args.ray else None
     job = validate(args)
+    if ray is None:
+        return _run_track(args, job, None)
+    started = connect(ray, args.ray)
+    try:
+        per_worker = batch_command.worker_memory(args, job.config)
+        check_worker_memory(args.ray_workers, per_worker, cluster_memory(ray))
+        return _run_track(args, job, ray)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def check_ray(args: argparse.Namespace) -> Any:
+    """Ray and the options ``--ray`` goes with (before anything is read): the workers hand the
+    features over through the on-disk feature cache, so there must be one."""
+    ray = import_ray()
+    batch_command.check_ray_options(args)
+    if args.no_disk_cache:
+        raise ConfigError(
+            "--ray hands the features to the driver through the on-disk feature cache; drop "
+            "--no-disk-cache (and give --cache-dir on a file system every node shares)"
+        )
+    if args.features is not None:
+        raise ConfigError(
+            "--features reads precomputed features: there is nothing for --ray workers to "
+            "extract; drop --ray"
+        )
+    return ray
+
+
+def _run_track(args: argparse.Namespace, job: TrackJob, ray: Any) -> int:
     run_dir = RunDir(
         job.out,
         "track",
@@ -325,7 +369,7 @@ def run_track(args: argparse.Namespace) -> int:
         if run_dir.complete:
             print(f"{run_dir.out} is already complete; nothing to do")
             return 0
-        tracker, state, record = run(args, job, run_dir)
+        tracker, state, record = run(args, job, run_dir, ray=ray)
         out, tracks = write(job, run_dir, tracker, state, record)
     finally:
         run_dir.close()
@@ -340,12 +384,15 @@ def run(
     *,
     extractor: FeatureExtractor | None = None,
     progress: Progress | None = None,
+    ray: Any = None,
 ) -> tuple[Tracker, TrackerState, dict[str, Any]]:
     """Load the model (or take ``extractor``, loaded once for many clips by ``batch``), annotate,
     record the run (refusing a resume with other facts), then propagate, each mask written to the
-    work folder as it comes; ``progress`` hears every extract/propagate event."""
+    work folder as it comes; ``progress`` hears every extract/propagate event. With ``ray`` (a
+    connected Ray module) the features of the frames after frame 0 are extracted by Ray
+    workers meanwhile (:func:`prefetch_on_ray`)."""
     cuts = find_cuts(job.video, args.across_cuts, quiet=args.quiet)
-    tracker = build_tracker(job.config, extractor)
+    tracker = build_tracker(job.config, extractor) if ray is None else streamed_tracker(job.config)
     state = tracker.init_state(job.video, cuts=() if args.across_cuts else cuts)
     with warnings.catch_warnings():
         warnings.simplefilter("always")
@@ -370,8 +417,8 @@ def run(
     def on_progress(event: ProgressEvent) -> None:
         if progress is not None:
             progress(event)
-        if args.quiet:
-            return
+        if args.quiet or (ray is not None and event.phase == "extract"):
+            return  # on Ray, the workers' chunks have their own bar
         label = {"extract": "extract features", "propagate": "propagate"}[event.phase]
         bar = bars.get(event.phase)
         if bar is None:
@@ -392,14 +439,110 @@ def run(
     # no more than its last few label maps in memory.
     state.masks.write_with(write_labels)
     try:
-        for _result in tracker.propagate(state, progress=on_progress):
-            pass
+        with contextlib.ExitStack() as stack:
+            if ray is not None:
+                stack.enter_context(prefetch_on_ray(ray, args, job, tracker, state))
+            for _result in tracker.propagate(state, progress=on_progress):
+                pass
     finally:
         state.masks.write_with(None)
         for bar in bars.values():
             bar.close()
         tracker.cache.close()
     return tracker, state, record
+
+
+def streamed_tracker(config: TrackerConfig) -> Tracker:
+    """The driver's tracker on Ray: its reads of a frame wait for the worker bringing it
+    (:class:`~ditf_track.tracker.prefetch.StreamedCache`, on the on-disk cache)."""
+    extractor = extractor_from_config(config.features, "video", config.runtime, warn=log.warning)
+    cache = StreamedCache(cache_root(config.runtime.cache_dir), device=extractor.device)
+    return Tracker.from_config(config, extractor=extractor, cache=cache, warn=log.warning)
+
+
+@contextlib.contextmanager
+def prefetch_on_ray(
+    ray: Any, args: argparse.Namespace, job: TrackJob, tracker: Tracker, state: TrackerState
+) -> Iterator[None]:
+    """Ray workers extract the frames propagation will read, in chunks of the tracker's batch
+    size, in the order it reads them, into the shared feature cache, at most ``2 * --workers``
+    chunks ahead of the one propagation reads; a thread hears them (:func:`run_pool`: a worker
+    that dies is replaced and its chunk sent again) while the caller propagates."""
+    assert isinstance(tracker.cache, StreamedCache)
+    assert tracker.cache.root is not None
+    clip = state.features  # frame 0's channels are fixed (run() asked for them)
+    chunks = plan_chunks(tracker, state)
+    gate = ChunkGate([[clip.key(f) for f in c] for c in chunks], 2 * args.ray_workers)
+    exit_at = os.environ.get(batch_command.EXIT_AFTER_FRAMES_ENV)
+    base = ChunkJob(
+        video=str(Path(job.video.path).resolve()),
+        start=args.start,
+        end=args.end,
+        stride=args.stride,
+        video_hash=clip.video_hash,
+        input_size=clip.input_size,
+        interpolation=clip.interpolation,
+        cache_dir=str(tracker.cache.root.resolve()),
+        frames=(),
+        channels=clip.massive_channels,
+        exit_at=int(exit_at) if exit_at else None,
+    )
+    per_worker = batch_command.worker_memory(args, job.config)  # checked by run_track
+    total = sum(map(len, chunks))
+    bar = tqdm(total=total, desc="extract features (Ray)", unit="frame", disable=args.quiet or None)
+    outcome: dict[str, Any] = {}
+
+    def prepare(i: int) -> ChunkJob | None:
+        return dataclasses.replace(base, frames=tuple(chunks[i])) if gate.admit(i) else None
+
+    def finish(i: int, frames: int) -> None:
+        tracker.extracted_frames += frames
+        bar.update(frames)
+        gate.done(i)
+
+    def fail(i: int, message: str) -> None:
+        gate.fail(f"the features of frames {chunks[i][0]}..{chunks[i][-1]} failed: {message}")
+
+    def pump() -> None:
+        try:
+            outcome["stats"] = run_pool(
+                ray,
+                range(len(chunks)),
+                setup=functools.partial(
+                    batch_command.load_extractor, job.config, args.cpus_per_worker
+                ),
+                work=extract_chunk,
+                prepare=prepare,
+                finish=finish,
+                fail=fail,
+                workers=args.ray_workers,
+                cpus_per_worker=args.cpus_per_worker,
+                gpus_per_worker=args.gpus_per_worker,
+                memory_per_worker=per_worker,
+                max_retries=args.max_retries,
+                on_change=lambda stats: bar.set_postfix({"workers": stats.alive}, refresh=True),
+            )
+        except Exception as exc:  # any: the driver must not wait forever
+            gate.fail(f"the Ray workers stopped ({str(exc).splitlines()[0]}); run again")
+        finally:  # a chunk never sent fails the read that waits for it
+            gate.fail("the Ray workers stopped before every chunk was extracted; run again")
+
+    tracker.cache.gate = gate
+    thread = threading.Thread(target=pump, name="ditf-track-ray", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        gate.stop()
+        thread.join()
+        tracker.cache.gate = None
+        bar.close()
+    stats = outcome.get("stats")
+    if stats is not None:
+        print(
+            f"Ray: {total} frame(s) extracted in {len(chunks)} chunk(s) by {stats.started} "
+            f"worker(s), {stats.died} replaced"
+        )
 
 
 def find_cuts(video: VideoSource, across: bool, *, quiet: bool) -> list[int]:
