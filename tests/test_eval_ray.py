@@ -1,0 +1,109 @@
+"""`eval spair|pf-pascal|ap-10k|hpatches --ray`: the pairs computed on Ray workers (each with its
+own matcher), recorded and scored by the driver in pair order, so the run folder is byte-identical
+to the in-process run's; a worker that dies is replaced and its pair sent again. Lab preset on
+the tiny SPair-layout fixture; torch threads pinned to 1 in every process."""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import test_cli_batch
+import test_eval_correspondence
+import torch
+from cli_helpers import one_line_error, run, snapshot
+
+from ditf_track.cli import batch as cli_batch
+
+spair_root = test_eval_correspondence.spair_root
+ray_cluster = test_cli_batch.ray_cluster
+
+LAB = ["--preset", "lab", "--long-side", "64"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """The same torch thread count as a Ray worker (--cpus-per-worker 1)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def spair(root: Path, out: Path, *extra: str) -> list[str]:
+    return ["eval", "spair", "--data", str(root), "--out", str(out), *LAB, *extra]
+
+
+@pytest.mark.ray
+@pytest.mark.faults
+def test_eval_spair_on_ray_workers_equals_the_in_process_run_even_when_workers_die(
+    spair_root: tuple[Path, list[dict[str, object]]],
+    tmp_path: Path,
+    ray_cluster: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root, _ = spair_root
+    code, _, err = run(spair(root, tmp_path / "local"), capsys)
+    assert code == 0, err
+    local = snapshot(tmp_path / "local")
+    assert sorted(local) == ["config.json", "metrics.json", "pairs.jsonl", "per_category.csv"]
+    ray_args = ["--ray", "local", "--ray-workers", "2"]
+    code, stdout, err = run(spair(root, tmp_path / "ray", *ray_args), capsys)
+    assert code == 0, err
+    assert re.search(r"^Ray: 4 pair\(s\) computed; 2 worker\(s\), 0 replaced$", stdout, re.M)
+    assert snapshot(tmp_path / "ray") == local
+    # every worker exits on the first attempt at its second pair: pairs 2 and 3 are retried
+    monkeypatch.setenv(cli_batch.EXIT_AFTER_FRAMES_ENV, "1")
+    code, stdout, err = run(spair(root, tmp_path / "dies", *ray_args), capsys)
+    assert code == 0, err
+    assert re.search(r"^Ray: 4 pair\(s\) computed; 4 worker\(s\), 2 replaced$", stdout, re.M)
+    assert snapshot(tmp_path / "dies") == local
+
+
+@pytest.mark.ray
+@pytest.mark.faults
+def test_a_pair_whose_workers_keep_dying_fails_in_one_line_and_the_run_resumes(
+    spair_root: tuple[Path, list[dict[str, object]]],
+    tmp_path: Path,
+    ray_cluster: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root, _ = spair_root
+    code, _, err = run(spair(root, tmp_path / "local"), capsys)
+    assert code == 0, err
+    monkeypatch.setenv(cli_batch.EXIT_AFTER_FRAMES_ENV, "1")
+    ray_args = ["--ray", "local", "--ray-workers", "1", "--max-retries", "0"]
+    code, _, err = run(spair(root, tmp_path / "ray", *ray_args), capsys)
+    message = one_line_error(code, err)
+    assert re.fullmatch(
+        r"ditf-track: error: pair \S+ failed on a Ray worker: its worker died 1 time\(s\) \(the "
+        r"partial output is discarded\); see the Ray logs, then run again \(the items before it "
+        r"are recorded: run again with --resume\)",
+        message,
+    ), message
+    assert not (tmp_path / "ray" / "metrics.json").exists()
+    assert len((tmp_path / "ray" / "pairs.jsonl").read_text().splitlines()) == 1
+    monkeypatch.delenv(cli_batch.EXIT_AFTER_FRAMES_ENV)
+    code, _, err = run(spair(root, tmp_path / "ray", "--resume", "--ray", "local"), capsys)
+    assert code == 0, err
+    assert snapshot(tmp_path / "ray") == snapshot(tmp_path / "local")
+
+
+@pytest.mark.faults
+def test_eval_pairs_without_ray_is_one_line(
+    spair_root: tuple[Path, list[dict[str, object]]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root, _ = spair_root
+    monkeypatch.setitem(sys.modules, "ray", None)
+    code, _, err = run(spair(root, tmp_path / "o", "--ray", "auto"), capsys)
+    assert one_line_error(code, err).endswith("pip install 'ditf-track[ray]'")
+    assert not (tmp_path / "o").exists()
