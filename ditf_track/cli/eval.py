@@ -133,11 +133,12 @@ def _drive(
 
 # -- items sharded over Ray workers (the pair runners) ------------------------------------------
 def _load_worker_run(
-    run: ResumableRun[Any, Any], args: argparse.Namespace, prompts: Any, threads: int
+    run: ResumableRun[Any, Any], build: Callable[[], Any], threads: int
 ) -> dict[str, Any]:
-    """On a Ray worker: the runner's worker copy with its own matcher, built as the driver's."""
+    """On a Ray worker: the runner's worker copy with its own model (``build``: the library's
+    builder with the driver's settings, :func:`matcher_from_args` or :func:`build_tracker`)."""
     torch.set_num_threads(threads)
-    return {"run": run.with_model(matcher_from_args(args, prompts)), "done": 0}
+    return {"run": run.with_model(build()), "done": 0}
 
 
 def _compute_on_worker(state: dict[str, Any], payload: Any, attempt: int) -> Record:
@@ -152,15 +153,17 @@ def _compute_on_worker(state: dict[str, Any], payload: Any, attempt: int) -> Rec
 
 
 def _ray_compute(
-    args: argparse.Namespace, run: ResumableRun[Any, Any], prompts: Any, what: str
+    args: argparse.Namespace,
+    run: ResumableRun[Any, Any],
+    build: Callable[[], Any],
+    what: str,
+    preset: str | None,
 ) -> Callable[[Sequence[Any]], Iterator[tuple[int, Record]]]:
     """The items of ``run`` computed on ``--ray-workers`` Ray actors, each holding a worker copy
-    of ``run`` with one matcher (for :meth:`~ResumableRun.iterate_with`); a worker that dies is
-    replaced and its item sent again (``--max-retries``)."""
+    of ``run`` with the model ``build`` makes (for :meth:`~ResumableRun.iterate_with`); a worker
+    that dies is replaced and its item sent again (``--max-retries``)."""
     ray = import_ray()
-    setup = functools.partial(
-        _load_worker_run, run.worker_copy(), args, prompts, args.cpus_per_worker
-    )
+    setup = functools.partial(_load_worker_run, run.worker_copy(), build, args.cpus_per_worker)
     exit_env = os.environ.get(EXIT_AFTER_FRAMES_ENV)
     exit_after = int(exit_env) if exit_env else None
 
@@ -168,7 +171,6 @@ def _ray_compute(
         stats = PoolStats()
         started = connect(ray, args.ray)
         try:
-            preset = args.preset or (DEFAULT_PRESET if args.model is None else None)
             per_worker = preset_worker_memory(args, preset)
             check_worker_memory(args.ray_workers, per_worker, cluster_memory(ray))
             results = pool_results(
@@ -203,12 +205,22 @@ def _ray_compute(
 
 
 def _sharded(
-    args: argparse.Namespace, run: ResumableRun[Any, T], prompts: Any, what: str
+    args: argparse.Namespace,
+    run: ResumableRun[Any, T],
+    build: Callable[[], Any],
+    what: str,
+    preset: str | None,
 ) -> Iterable[T]:
-    """``run`` iterated in process, or with its items computed on Ray workers (``--ray``)."""
+    """``run`` iterated in process, or with its items computed on Ray workers (``--ray``),
+    each worker's model made by ``build`` (its memory: ``preset``'s model size)."""
     if not args.ray:
         return run
-    return run.iterate_with(_ray_compute(args, run, prompts, what))
+    return run.iterate_with(_ray_compute(args, run, build, what, preset))
+
+
+def _pair_preset(args: argparse.Namespace) -> str | None:
+    """The preset the pair matcher loads (the default one when no --model is given)."""
+    return args.preset or (DEFAULT_PRESET if args.model is None else None)
 
 
 def _percent(value: float | None) -> str:
@@ -384,7 +396,13 @@ def _run_pck(args: argparse.Namespace) -> int:
         if run.num_resumable:
             print(f"resuming: {run.num_resumable} of {len(run)} pairs already done")
         _drive(
-            _sharded(args, run, prompts, "pair"),
+            _sharded(
+                args,
+                run,
+                functools.partial(matcher_from_args, args, prompts),
+                "pair",
+                _pair_preset(args),
+            ),
             name,
             "pair",
             lambda o: f"{o.category} PCK@0.10 {o.pck.get('pck@0.10', 0):.2f}",
@@ -474,7 +492,9 @@ def _run_hpatches(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
         )
         _drive(
-            _sharded(args, run, (), "pair"),
+            _sharded(
+                args, run, functools.partial(matcher_from_args, args), "pair", _pair_preset(args)
+            ),
             "hpatches",
             "pair",
             lambda o: f"{o.sequence}/{o.target} err {o.corner_error:.1f}",
@@ -791,6 +811,7 @@ def _add_keypoints(eval_sub: argparse._SubParsersAction) -> None:
     _add_tracking_run_options(
         p, _run_keypoints, None, "default: query for BADJA (as PIPs), heatmap for JHMDB (as CRW)"
     )
+    add_ray_options(p, "--ray-workers", "videos")
 
 
 def _run_tapvid(args: argparse.Namespace) -> int:
@@ -845,6 +866,9 @@ def _run_keypoints(args: argparse.Namespace) -> int:
     # scipy.io (0.3 s, JHMDB's .mat files) stays out of `ditf-track --help`.
     from ..eval.runs.points import KeypointEvaluation, badja_videos, jhmdb_videos
 
+    if args.ray:
+        import_ray()  # before anything else: one line naming the extra
+        check_ray_options(args)
     data: Path = args.data
     videos: list[Any]
     dataset: KeypointDataset
@@ -891,7 +915,13 @@ def _run_keypoints(args: argparse.Namespace) -> int:
             print(f"resuming: {run.num_resumable} of {len(run)} videos already done")
         try:
             _drive(
-                run,
+                _sharded(
+                    args,
+                    run,
+                    functools.partial(build_tracker, config),
+                    "video",
+                    config.features.preset,
+                ),
                 dataset,
                 "video",
                 lambda o: (
