@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import test_cli_batch
 import test_eval_correspondence
+import test_eval_hpatches
 import torch
 from cli_helpers import DOG, one_line_error, run, snapshot
 from PIL import Image
@@ -42,7 +43,7 @@ def spair(root: Path, out: Path, *extra: str) -> list[str]:
 
 @pytest.mark.ray
 @pytest.mark.faults
-def test_eval_spair_on_ray_workers_equals_the_in_process_run_even_when_workers_die(
+def test_eval_spair_on_ray_workers_equals_the_in_process_run_and_survives_worker_deaths(
     spair_root: tuple[Path, list[dict[str, object]]],
     tmp_path: Path,
     ray_cluster: Any,
@@ -65,23 +66,9 @@ def test_eval_spair_on_ray_workers_equals_the_in_process_run_even_when_workers_d
     assert code == 0, err
     assert re.search(r"^Ray: 4 pair\(s\) computed; 4 worker\(s\), 2 replaced$", stdout, re.M)
     assert snapshot(tmp_path / "dies") == local
-
-
-@pytest.mark.ray
-@pytest.mark.faults
-def test_a_pair_whose_workers_keep_dying_fails_in_one_line_and_the_run_resumes(
-    spair_root: tuple[Path, list[dict[str, object]]],
-    tmp_path: Path,
-    ray_cluster: Any,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    root, _ = spair_root
-    code, _, err = run(spair(root, tmp_path / "local"), capsys)
-    assert code == 0, err
-    monkeypatch.setenv(cli_batch.EXIT_AFTER_FRAMES_ENV, "1")
+    # with no retries left: one line, the pairs before it recorded, and --resume completes it
     ray_args = ["--ray", "local", "--ray-workers", "1", "--max-retries", "0"]
-    code, _, err = run(spair(root, tmp_path / "ray", *ray_args), capsys)
+    code, _, err = run(spair(root, tmp_path / "fails", *ray_args), capsys)
     assert code == 1
     # (Ray itself may log to stderr, e.g. of its metrics agent, before the one line)
     [message] = [line for line in err.splitlines() if line.startswith("ditf-track:")]
@@ -91,12 +78,12 @@ def test_a_pair_whose_workers_keep_dying_fails_in_one_line_and_the_run_resumes(
         r"are recorded: run again with --resume\)",
         message,
     ), message
-    assert not (tmp_path / "ray" / "metrics.json").exists()
-    assert len((tmp_path / "ray" / "pairs.jsonl").read_text().splitlines()) == 1
+    assert not (tmp_path / "fails" / "metrics.json").exists()
+    assert len((tmp_path / "fails" / "pairs.jsonl").read_text().splitlines()) == 1
     monkeypatch.delenv(cli_batch.EXIT_AFTER_FRAMES_ENV)
-    code, _, err = run(spair(root, tmp_path / "ray", "--resume", "--ray", "local"), capsys)
+    code, _, err = run(spair(root, tmp_path / "fails", "--resume", "--ray", "local"), capsys)
     assert code == 0, err
-    assert snapshot(tmp_path / "ray") == snapshot(tmp_path / "local")
+    assert snapshot(tmp_path / "fails") == local
 
 
 @pytest.mark.faults
@@ -153,3 +140,26 @@ def test_eval_keypoints_on_ray_workers_equals_the_in_process_run_even_when_a_wor
     assert code == 0, err
     assert re.search(r"^Ray: 3 video\(s\) computed; 3 worker\(s\), 1 replaced$", stdout, re.M)
     assert snapshot(tmp_path / "ray") == local  # tracks/*.npz written by the driver too
+
+
+hpatches_root = test_eval_hpatches.hpatches_root
+
+
+@pytest.mark.ray
+@pytest.mark.filterwarnings("ignore:.*high-resolution:UserWarning")
+def test_eval_hpatches_on_ray_workers_equals_the_in_process_run(
+    hpatches_root: tuple[Path, dict[str, list[np.ndarray]]],
+    tmp_path: Path,
+    ray_cluster: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Image 1's features are computed once per sequence per worker: the same bytes."""
+    root, _ = hpatches_root
+    base = ["eval", "hpatches", "--data", str(root), *LAB, "--limit", "1"]
+    code, _, err = run([*base, "--out", str(tmp_path / "local")], capsys)
+    assert code == 0, err
+    ray_args = ["--ray", "local", "--ray-workers", "2"]
+    code, stdout, err = run([*base, "--out", str(tmp_path / "ray"), *ray_args], capsys)
+    assert code == 0, err
+    assert re.search(r"^Ray: 5 pair\(s\) computed; 2 worker\(s\), 0 replaced$", stdout, re.M)
+    assert snapshot(tmp_path / "ray") == snapshot(tmp_path / "local")
