@@ -193,7 +193,8 @@ class ResumableRun(Generic[ItemT, OutcomeT]):
     def iterate_with(self, compute_many: ComputeMany) -> Iterator[OutcomeT]:
         """Iterate as :meth:`__iter__` does, the items to compute given to ``compute_many`` in
         item order; its records, in any order, are committed and scored in item order (results
-        that come early wait on the driver), so every file equals the in-process run's."""
+        that come early wait on the driver), so every file equals the in-process run's. The
+        items are listed up front: for runners whose items are light (paths, annotations)."""
         if self.iterate_once and self._consumed:
             raise RuntimeError(f"{type(self).__name__} can be iterated only once")
         self._consumed = True
