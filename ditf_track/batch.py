@@ -19,7 +19,7 @@ import socket
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -293,13 +293,55 @@ def run_pool(
     back. A worker that dies (a crash, a killed process, a lost node) is replaced and its clip
     sent again, at most ``max_retries`` times; then the clip fails.
     """
+    stats = PoolStats()
+    for key, ok, value in pool_results(
+        ray,
+        keys,
+        setup=setup,
+        work=work,
+        prepare=prepare,
+        workers=workers,
+        cpus_per_worker=cpus_per_worker,
+        gpus_per_worker=gpus_per_worker,
+        memory_per_worker=memory_per_worker,
+        max_retries=max_retries,
+        on_change=on_change,
+        stats=stats,
+    ):
+        if ok:
+            finish(key, value)
+        else:
+            fail(key, value)
+        if on_change is not None:
+            on_change(stats)
+    return stats
+
+
+def pool_results(
+    ray: ModuleType,
+    keys: Sequence[int],
+    *,
+    setup: Callable[[], Any],
+    work: Callable[[Any, Any, int], Any],
+    prepare: Callable[[int], Any],
+    workers: int,
+    cpus_per_worker: float = 1.0,
+    gpus_per_worker: float = 0.0,
+    memory_per_worker: int = 0,
+    max_retries: int = 2,
+    on_change: Callable[[PoolStats], None] | None = None,
+    stats: PoolStats | None = None,
+) -> Iterator[tuple[int, bool, Any]]:
+    """The pool of :func:`run_pool` as a generator: ``(key, True, result)`` or ``(key, False,
+    message)`` as each key comes back, in the order they finish; at most ``workers`` keys are
+    out at once. Closing it kills the workers."""
     actor_cls = ray.remote(_Worker).options(
         num_cpus=cpus_per_worker,
         num_gpus=gpus_per_worker,
         memory=memory_per_worker or None,
         max_restarts=0,
     )
-    stats = PoolStats()
+    stats = stats if stats is not None else PoolStats()
 
     def spawn() -> Any:
         stats.started += 1
@@ -341,8 +383,9 @@ def run_pool(
                     ray.kill(actor)
                     task.attempt += 1
                     if task.attempt > max_retries:
-                        fail(
+                        yield (
                             task.key,
+                            False,
                             f"its worker died {task.attempt} time(s) (the partial output is "
                             "discarded); see the Ray logs, then run again",
                         )
@@ -351,18 +394,13 @@ def run_pool(
                     changed()
                     continue
                 idle.append(actor)
-                if ok:
-                    finish(task.key, value)
-                else:
-                    fail(task.key, value)
-                changed()
+                yield task.key, ok, value
     finally:
         for actor, _ in inflight.values():
             ray.kill(actor)
         for actor in idle:
             ray.kill(actor)
         stats.alive = 0
-    return stats
 
 
 def cluster_memory(ray: ModuleType) -> int:
@@ -413,6 +451,7 @@ __all__ = [
     "davis_clips",
     "duplicate_outs",
     "import_ray",
+    "pool_results",
     "read_jobs",
     "run_pool",
 ]

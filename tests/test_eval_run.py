@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ast
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ EVAL_DIR = Path(ditf_track.eval.__file__).parent
 class Squares(ResumableRun[int, tuple[int, int, bool]]):
     owned = ("config.json", "items.jsonl", "metrics.json")
     log_file = "items.jsonl"
+    model_attr = "power"  # what a worker copy is given (the toy's "model")
 
     def __init__(
         self, items: Sequence[int], out: Path, power: int = 2, *, resume: bool = False
@@ -86,6 +87,33 @@ def test_records_are_computed_once_and_replayed_on_resume(tmp_path: Path) -> Non
 
     with pytest.raises(ConfigError, match="power"):
         Squares([3], out, power=3, resume=True)  # other settings: the fingerprint refuses
+
+
+def test_items_computed_elsewhere_in_any_order_are_recorded_in_item_order(
+    tmp_path: Path,
+) -> None:
+    """iterate_with (the Ray path): a worker copy without run state computes the items not
+    replayed; they come back reversed and are committed and scored in item order."""
+    in_process = Squares([3, 1, 2, 5], tmp_path / "a")
+    expected = list(in_process)
+    out = tmp_path / "b"
+    first = Squares([3, 1], out)
+    list(first)
+    run = Squares([3, 1, 2, 5], out, resume=True)
+    worker = run.worker_copy()
+    assert not hasattr(worker, "_run_dir")
+    assert vars(worker)["power"] is None
+    worker = worker.with_model(2)
+    asked: list[list[int]] = []
+
+    def compute_many(items: Sequence[int]) -> Iterator[tuple[int, dict[str, Any]]]:
+        asked.append(list(items))
+        for index in reversed(range(len(items))):
+            yield index, worker.compute(items[index])
+
+    assert [o[:2] for o in run.iterate_with(compute_many)] == [o[:2] for o in expected]
+    assert asked == [[2, 5]]
+    assert (out / "items.jsonl").read_bytes() == (tmp_path / "a" / "items.jsonl").read_bytes()
 
 
 def test_every_runner_is_a_resumable_run() -> None:

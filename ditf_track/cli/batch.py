@@ -435,9 +435,13 @@ def remove_staging(staged: Path) -> None:
 
 def worker_memory(args: argparse.Namespace, config: TrackerConfig) -> int:
     """Bytes one worker asks Ray for: --worker-memory, else the preset's model + overhead."""
+    return preset_worker_memory(args, config.features.preset)
+
+
+def preset_worker_memory(args: argparse.Namespace, preset: str | None) -> int:
+    """:func:`worker_memory` for a worker that loads ``preset`` (the pair matcher's)."""
     gb = args.worker_memory
     if gb is None:
-        preset = config.features.preset
         model_gb = load_preset(preset).resources.gpu_gb if preset is not None else 0.0
         gb = (0.0 if args.gpus_per_worker else model_gb) + _WORKER_OVERHEAD_GB
     return int(gb * (1 << 30))

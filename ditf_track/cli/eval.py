@@ -8,18 +8,29 @@ resumable run folder (:mod:`ditf_track.eval.runs`).
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
-from collections.abc import Callable, Iterable, Sequence
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import torch
 from tqdm import tqdm
 
-from ..batch import import_ray
+from ..batch import (
+    PoolStats,
+    check_worker_memory,
+    cluster_memory,
+    connect,
+    import_ray,
+    pool_results,
+)
 from ..config import PointsMode, TrackerConfig
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, DitfError, InputError
 from ..eval import correspondence as corr
+from ..eval._run import Record, ResumableRun
 from ..eval.correspondence import AP10K_SUBSETS, SPAIR_SPLITS, CorrespondencePair
 from ..eval.davis_folders import evaluate_davis, write_davis_csvs, write_davis_json
 from ..eval.hpatches import MAX_KEYPOINTS, load_hpatches
@@ -41,7 +52,13 @@ from ._options import (
     profile_numerics,
     tracker_config,
 )
-from .batch import add_ray_options, propagate_davis_on_ray
+from .batch import (
+    EXIT_AFTER_FRAMES_ENV,
+    add_ray_options,
+    check_ray_options,
+    preset_worker_memory,
+    propagate_davis_on_ray,
+)
 
 if TYPE_CHECKING:
     from ..eval.runs.points import KeypointDataset
@@ -112,6 +129,98 @@ def _drive(
     with tqdm(run, total=total, desc=desc, unit=unit, disable=None) as bar:
         for outcome in bar:
             bar.set_postfix_str(describe(outcome))
+
+
+# -- items sharded over Ray workers (the pair runners) ------------------------------------------
+def _load_worker_run(
+    run: ResumableRun[Any, Any], build: Callable[[], Any], threads: int
+) -> dict[str, Any]:
+    """On a Ray worker: the runner's worker copy with its own model (``build``: the library's
+    builder with the driver's settings, :func:`matcher_from_args` or :func:`build_tracker`)."""
+    torch.set_num_threads(threads)
+    return {"run": run.with_model(build()), "done": 0}
+
+
+def _compute_on_worker(state: dict[str, Any], payload: Any, attempt: int) -> Record:
+    """On a Ray worker: one item's record. The test hook (``EXIT_AFTER_FRAMES_ENV``, counted in
+    items here) exits a worker that has computed that many items, on an item's first attempt."""
+    item, exit_after = payload
+    if exit_after is not None and attempt == 0 and state["done"] >= exit_after:
+        os._exit(3)  # as if the worker were killed
+    record: Record = state["run"].compute(item)
+    state["done"] += 1
+    return record
+
+
+def _ray_compute(
+    args: argparse.Namespace,
+    run: ResumableRun[Any, Any],
+    build: Callable[[], Any],
+    what: str,
+    preset: str | None,
+) -> Callable[[Sequence[Any]], Iterator[tuple[int, Record]]]:
+    """The items of ``run`` computed on ``--ray-workers`` Ray actors, each holding a worker copy
+    of ``run`` with the model ``build`` makes (for :meth:`~ResumableRun.iterate_with`); a worker
+    that dies is replaced and its item sent again (``--max-retries``)."""
+    ray = import_ray()
+    setup = functools.partial(_load_worker_run, run.worker_copy(), build, args.cpus_per_worker)
+    exit_env = os.environ.get(EXIT_AFTER_FRAMES_ENV)
+    exit_after = int(exit_env) if exit_env else None
+
+    def compute_many(items: Sequence[Any]) -> Iterator[tuple[int, Record]]:
+        stats = PoolStats()
+        started = connect(ray, args.ray)
+        try:
+            per_worker = preset_worker_memory(args, preset)
+            check_worker_memory(args.ray_workers, per_worker, cluster_memory(ray))
+            results = pool_results(
+                ray,
+                range(len(items)),
+                setup=setup,
+                work=_compute_on_worker,
+                prepare=lambda i: (items[i], exit_after),
+                workers=args.ray_workers,
+                cpus_per_worker=args.cpus_per_worker,
+                gpus_per_worker=args.gpus_per_worker,
+                memory_per_worker=per_worker,
+                max_retries=args.max_retries,
+                stats=stats,
+            )
+            for index, ok, value in results:
+                if not ok:
+                    raise DitfError(
+                        f"{what} {run._key(items[index])} failed on a Ray worker: {value} "
+                        "(the items before it are recorded: run again with --resume)"
+                    )
+                yield index, value
+        finally:
+            if started:
+                ray.shutdown()
+        print(
+            f"Ray: {len(items)} {what}(s) computed; {stats.started} worker(s), "
+            f"{stats.died} replaced"
+        )
+
+    return compute_many
+
+
+def _sharded(
+    args: argparse.Namespace,
+    run: ResumableRun[Any, T],
+    build: Callable[[], Any],
+    what: str,
+    preset: str | None,
+) -> Iterable[T]:
+    """``run`` iterated in process, or with its items computed on Ray workers (``--ray``),
+    each worker's model made by ``build`` (its memory: ``preset``'s model size)."""
+    if not args.ray:
+        return run
+    return run.iterate_with(_ray_compute(args, run, build, what, preset))
+
+
+def _pair_preset(args: argparse.Namespace) -> str | None:
+    """The preset the pair matcher loads (the default one when no --model is given)."""
+    return args.preset or (DEFAULT_PRESET if args.model is None else None)
 
 
 def _percent(value: float | None) -> str:
@@ -206,6 +315,7 @@ def _add_pck(eval_sub: argparse._SubParsersAction, benchmark: _PCKBenchmark) -> 
         "spair_detailed_captions.json; every image of the pairs to run needs one (wins over "
         "--prompt-template)",
     )
+    add_ray_options(p, "--ray-workers", "pairs")
     p.set_defaults(handler=_run_pck, benchmark_key=benchmark.name)
 
 
@@ -256,6 +366,9 @@ def _pair_protocol(args: argparse.Namespace, benchmark: str) -> ResolvedPairProt
 
 
 def _run_pck(args: argparse.Namespace) -> int:
+    if args.ray:
+        import_ray()  # before anything else: one line naming the extra
+        check_ray_options(args)
     name = args.benchmark_key
     protocol = _pair_protocol(args, name)
     if args.captions is None and args.prompt_template is None:
@@ -283,7 +396,13 @@ def _run_pck(args: argparse.Namespace) -> int:
         if run.num_resumable:
             print(f"resuming: {run.num_resumable} of {len(run)} pairs already done")
         _drive(
-            run,
+            _sharded(
+                args,
+                run,
+                functools.partial(matcher_from_args, args, prompts),
+                "pair",
+                _pair_preset(args),
+            ),
             name,
             "pair",
             lambda o: f"{o.category} PCK@0.10 {o.pck.get('pck@0.10', 0):.2f}",
@@ -342,10 +461,14 @@ def _add_hpatches(eval_sub: argparse._SubParsersAction) -> None:
     _add_run_options(p)
     add_model_options(p)
     add_matcher_options(p, points=False)
+    add_ray_options(p, "--ray-workers", "pairs")
     p.set_defaults(handler=_run_hpatches)
 
 
 def _run_hpatches(args: argparse.Namespace) -> int:
+    if args.ray:
+        import_ray()  # before anything else: one line naming the extra
+        check_ray_options(args)
     sequences = _limited(
         load_hpatches(args.data, exclude_high_res=args.exclude_high_res), args.limit
     )
@@ -369,7 +492,9 @@ def _run_hpatches(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
         )
         _drive(
-            run,
+            _sharded(
+                args, run, functools.partial(matcher_from_args, args), "pair", _pair_preset(args)
+            ),
             "hpatches",
             "pair",
             lambda o: f"{o.sequence}/{o.target} err {o.corner_error:.1f}",
@@ -686,6 +811,7 @@ def _add_keypoints(eval_sub: argparse._SubParsersAction) -> None:
     _add_tracking_run_options(
         p, _run_keypoints, None, "default: query for BADJA (as PIPs), heatmap for JHMDB (as CRW)"
     )
+    add_ray_options(p, "--ray-workers", "videos")
 
 
 def _run_tapvid(args: argparse.Namespace) -> int:
@@ -740,6 +866,9 @@ def _run_keypoints(args: argparse.Namespace) -> int:
     # scipy.io (0.3 s, JHMDB's .mat files) stays out of `ditf-track --help`.
     from ..eval.runs.points import KeypointEvaluation, badja_videos, jhmdb_videos
 
+    if args.ray:
+        import_ray()  # before anything else: one line naming the extra
+        check_ray_options(args)
     data: Path = args.data
     videos: list[Any]
     dataset: KeypointDataset
@@ -786,7 +915,13 @@ def _run_keypoints(args: argparse.Namespace) -> int:
             print(f"resuming: {run.num_resumable} of {len(run)} videos already done")
         try:
             _drive(
-                run,
+                _sharded(
+                    args,
+                    run,
+                    functools.partial(build_tracker, config),
+                    "video",
+                    config.features.preset,
+                ),
                 dataset,
                 "video",
                 lambda o: (

@@ -15,6 +15,11 @@ with a ``key``. :class:`ResumableRun` holds the protocol they share, on top of
 3. **finish** — the subclass scores the whole run and writes its summary files under the lock
    (:meth:`~ResumableRun._write_locked`).
 
+:meth:`~ResumableRun.iterate_with` runs step 2 with the items to compute handed to another
+engine (Ray workers, each holding a :meth:`~ResumableRun.worker_copy` of the runner): the
+records come back in any order and are committed and scored in item order, so the record log
+and the summary are those of the in-process run; only the driver writes run state.
+
 The record log (``log_file``, JSON lines keyed by ``"key"``) is the resume state of the pair and
 video runners; the DAVIS runner keeps its state in the sequence folders instead and overrides
 the replay and commit steps.
@@ -36,6 +41,8 @@ METRICS_FILE = "metrics.json"
 ItemT = TypeVar("ItemT")
 OutcomeT = TypeVar("OutcomeT")
 Record = dict[str, Any]
+#: Computes the given items elsewhere: yields ``(position in the list, record)`` in any order.
+ComputeMany = Callable[[Sequence[Any]], Iterator[tuple[int, Record]]]
 #: A summary CSV: file name in the run folder, rows, columns, and what it is (for errors).
 Table = tuple[str, Sequence[Mapping[str, Any]], Sequence[str], str]
 
@@ -78,6 +85,10 @@ class ResumableRun(Generic[ItemT, OutcomeT]):
     log_file: ClassVar[str | None] = None
     #: Whether a second iteration is refused (the runners that accumulate scores while iterated).
     iterate_once: ClassVar[bool] = True
+    #: The attribute holding the loaded model (a worker copy gets its own; "": not shardable).
+    model_attr: ClassVar[str] = ""
+    #: Attributes a worker copy leaves behind: the run folder and its state are the driver's.
+    _driver_only: ClassVar[tuple[str, ...]] = ("_run_dir", "_log", "_done")
 
     out: Path
     _run_dir: RunDir
@@ -178,6 +189,59 @@ class ResumableRun(Generic[ItemT, OutcomeT]):
 
     def __iter__(self) -> Iterator[OutcomeT]:
         return self._iterate()
+
+    def iterate_with(self, compute_many: ComputeMany) -> Iterator[OutcomeT]:
+        """Iterate as :meth:`__iter__` does, the items to compute given to ``compute_many`` in
+        item order; its records, in any order, are committed and scored in item order (results
+        that come early wait on the driver), so every file equals the in-process run's. The
+        items are listed up front: for runners whose items are light (paths, annotations)."""
+        if self.iterate_once and self._consumed:
+            raise RuntimeError(f"{type(self).__name__} can be iterated only once")
+        self._consumed = True
+        with self._run_dir.locked():
+            items = list(self._items())
+            replayed = [self._replay(item, self._key(item)) for item in items]
+            todo = [n for n, record in enumerate(replayed) if record is None]
+            results = compute_many([items[n] for n in todo]) if todo else iter(())
+            early: dict[int, Record] = {}
+            position = 0
+            try:
+                for item, record in zip(items, replayed):
+                    resumed = record is not None
+                    if record is None:
+                        while position not in early:
+                            done, computed = next(results)
+                            early[done] = computed
+                        record = early.pop(position)
+                        position += 1
+                        self._commit(record)
+                    yield self._score(item, record, resumed)
+                for _ in results:  # nothing is left: let ``compute_many`` end (and report)
+                    pass
+            finally:
+                close = getattr(results, "close", None)
+                if close is not None:
+                    close()
+
+    def worker_copy(self) -> ResumableRun[ItemT, OutcomeT]:
+        """This runner without its run state or model, for a worker to :meth:`_compute` items
+        with the model it loads itself (:meth:`with_model`)."""
+        if not self.model_attr:
+            raise TypeError(f"{type(self).__name__} cannot compute its items on workers")
+        copy = object.__new__(type(self))
+        state = {k: v for k, v in vars(self).items() if k not in self._driver_only}
+        copy.__dict__.update(state)
+        setattr(copy, self.model_attr, None)
+        return copy
+
+    def with_model(self, model: Any) -> ResumableRun[ItemT, OutcomeT]:
+        """A worker copy given the model its worker loaded."""
+        setattr(self, self.model_attr, model)
+        return self
+
+    def compute(self, item: ItemT) -> Record:
+        """One item's record (on a worker: :meth:`worker_copy` with :meth:`with_model`)."""
+        return self._compute(item)
 
     def _write_locked(self, write: Callable[[], None]) -> None:
         """Write the summary files with the folder locked."""

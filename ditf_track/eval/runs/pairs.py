@@ -107,6 +107,7 @@ class PCKEvaluation(ResumableRun[tuple[int, CorrespondencePair], PairOutcome]):
 
     owned = (CONFIG_FILE, LOG_FILE, METRICS_FILE, CATEGORY_FILE)
     log_file = LOG_FILE
+    model_attr = "matcher"
 
     def __init__(
         self,
@@ -298,6 +299,7 @@ class HPatchesEvaluation(ResumableRun[tuple[HPatchesSequence, int], HomographyOu
 
     owned = (CONFIG_FILE, LOG_FILE, METRICS_FILE, CATEGORY_FILE, PAIR_FILE)
     log_file = LOG_FILE
+    model_attr = "matcher"
 
     def __init__(
         self,

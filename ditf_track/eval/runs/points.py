@@ -63,6 +63,8 @@ from ..tapvid import TAPVID_THRESHOLDS, QueryMode, TapVidSample, compute_tapvid_
 LOG_FILE = "videos.jsonl"
 VIDEO_FILE = "per_video.csv"
 TRACKS_DIR = "tracks"
+#: Where a computed record holds its track arrays until the driver writes them (never logged).
+TRACKS_RECORD = "_tracks"
 
 #: Per-video TAP-Vid values, in the reference's names.
 TAPVID_KEYS: tuple[str, ...] = (
@@ -349,6 +351,7 @@ class KeypointEvaluation(ResumableRun[BadjaVideo | JhmdbVideo, VideoOutcome]):
 
     owned = (CONFIG_FILE, LOG_FILE, METRICS_FILE, VIDEO_FILE, f"{TRACKS_DIR}/*.npz")
     log_file = LOG_FILE
+    model_attr = "tracker"
 
     def __init__(
         self,
@@ -409,7 +412,14 @@ class KeypointEvaluation(ResumableRun[BadjaVideo | JhmdbVideo, VideoOutcome]):
         return item.name
 
     def _compute(self, item: BadjaVideo | JhmdbVideo) -> dict[str, Any]:
+        """The record, with the video's track arrays under ``TRACKS_RECORD`` for :meth:`_commit`
+        (on the driver: a Ray worker writes nothing)."""
         return self._badja(item) if isinstance(item, BadjaVideo) else self._jhmdb_video(item)
+
+    def _commit(self, record: dict[str, Any]) -> None:
+        """``tracks/<video>.npz``, then the record (without the arrays) in the log."""
+        _save_tracks(self.out / TRACKS_DIR, record["key"], **record.pop(TRACKS_RECORD))
+        super()._commit(record)
 
     def _score(
         self, video: BadjaVideo | JhmdbVideo, record: Mapping[str, Any], resumed: bool
@@ -453,15 +463,13 @@ class KeypointEvaluation(ResumableRun[BadjaVideo | JhmdbVideo, VideoOutcome]):
         pred = np.full((len(frames), len(query.visible), 2), np.nan)
         pred[:, queried] = tracks[positions]
         pck = badja_pck(pred, frames)
-        _save_tracks(
-            self.out / TRACKS_DIR,
-            video.name,
-            tracks=tracks,
-            visible=visible,
-            joints=queried,
-            annotated_frames=np.array([f.frame_index for f in frames]),
-        )
         return {
+            TRACKS_RECORD: {
+                "tracks": tracks,
+                "visible": visible,
+                "joints": queried,
+                "annotated_frames": np.array([f.frame_index for f in frames]),
+            },
             "key": video.name,
             "metrics": pck,
             "num_points": len(queried),
@@ -481,8 +489,8 @@ class KeypointEvaluation(ResumableRun[BadjaVideo | JhmdbVideo, VideoOutcome]):
         tracks, visible, clipped = track_queries(
             self.tracker, clip, np.zeros(JHMDB_NUM_JOINTS, np.int64), gt[0]
         )
-        _save_tracks(self.out / TRACKS_DIR, video.name, tracks=tracks, visible=visible)
         return {
+            TRACKS_RECORD: {"tracks": tracks, "visible": visible},
             "key": video.name,
             "metrics": jhmdb_pck(tracks, gt),
             "pred_yx": np.round(tracks, 3).tolist(),

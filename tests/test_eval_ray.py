@@ -1,0 +1,165 @@
+"""`eval spair|pf-pascal|ap-10k|hpatches --ray`: the pairs computed on Ray workers (each with its
+own matcher), recorded and scored by the driver in pair order, so the run folder is byte-identical
+to the in-process run's; a worker that dies is replaced and its pair sent again. Lab preset on
+the tiny SPair-layout fixture; torch threads pinned to 1 in every process."""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import test_cli_batch
+import test_eval_correspondence
+import test_eval_hpatches
+import torch
+from cli_helpers import DOG, one_line_error, run, snapshot
+from PIL import Image
+
+from ditf_track.cli import batch as cli_batch
+
+spair_root = test_eval_correspondence.spair_root
+ray_cluster = test_cli_batch.ray_cluster
+
+LAB = ["--preset", "lab", "--long-side", "64"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """The same torch thread count as a Ray worker (--cpus-per-worker 1)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def spair(root: Path, out: Path, *extra: str) -> list[str]:
+    return ["eval", "spair", "--data", str(root), "--out", str(out), *LAB, *extra]
+
+
+@pytest.mark.ray
+@pytest.mark.faults
+def test_eval_spair_on_ray_workers_equals_the_in_process_run_and_survives_worker_deaths(
+    spair_root: tuple[Path, list[dict[str, object]]],
+    tmp_path: Path,
+    ray_cluster: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root, _ = spair_root
+    code, _, err = run(spair(root, tmp_path / "local"), capsys)
+    assert code == 0, err
+    local = snapshot(tmp_path / "local")
+    assert sorted(local) == ["config.json", "metrics.json", "pairs.jsonl", "per_category.csv"]
+    ray_args = ["--ray", "local", "--ray-workers", "2"]
+    code, stdout, err = run(spair(root, tmp_path / "ray", *ray_args), capsys)
+    assert code == 0, err
+    assert re.search(r"^Ray: 4 pair\(s\) computed; 2 worker\(s\), 0 replaced$", stdout, re.M)
+    assert snapshot(tmp_path / "ray") == local
+    # every worker exits on the first attempt at its second pair: pairs 2 and 3 are retried
+    monkeypatch.setenv(cli_batch.EXIT_AFTER_FRAMES_ENV, "1")
+    code, stdout, err = run(spair(root, tmp_path / "dies", *ray_args), capsys)
+    assert code == 0, err
+    assert re.search(r"^Ray: 4 pair\(s\) computed; 4 worker\(s\), 2 replaced$", stdout, re.M)
+    assert snapshot(tmp_path / "dies") == local
+    # with no retries left: one line, the pairs before it recorded, and --resume completes it
+    ray_args = ["--ray", "local", "--ray-workers", "1", "--max-retries", "0"]
+    code, _, err = run(spair(root, tmp_path / "fails", *ray_args), capsys)
+    assert code == 1
+    # (Ray itself may log to stderr, e.g. of its metrics agent, before the one line)
+    [message] = [line for line in err.splitlines() if line.startswith("ditf-track:")]
+    assert re.fullmatch(
+        r"ditf-track: error: pair \S+ failed on a Ray worker: its worker died 1 time\(s\) \(the "
+        r"partial output is discarded\); see the Ray logs, then run again \(the items before it "
+        r"are recorded: run again with --resume\)",
+        message,
+    ), message
+    assert not (tmp_path / "fails" / "metrics.json").exists()
+    assert len((tmp_path / "fails" / "pairs.jsonl").read_text().splitlines()) == 1
+    monkeypatch.delenv(cli_batch.EXIT_AFTER_FRAMES_ENV)
+    code, _, err = run(spair(root, tmp_path / "fails", "--resume", "--ray", "local"), capsys)
+    assert code == 0, err
+    assert snapshot(tmp_path / "fails") == local
+
+
+@pytest.mark.faults
+def test_eval_pairs_without_ray_is_one_line(
+    spair_root: tuple[Path, list[dict[str, object]]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root, _ = spair_root
+    monkeypatch.setitem(sys.modules, "ray", None)
+    code, _, err = run(spair(root, tmp_path / "o", "--ray", "auto"), capsys)
+    assert one_line_error(code, err).endswith("pip install 'ditf-track[ray]'")
+    assert not (tmp_path / "o").exists()
+
+
+def jhmdb_videos(shared_data: Path, root: Path, count: int) -> Path:
+    """``count`` still 3-frame videos in JHMDB's layout, each with its own joints."""
+    import scipy.io
+
+    frame = Image.open(shared_data / DOG / "00000.jpg").resize((160, 120))
+    rng = np.random.default_rng(0)
+    for name in "abc"[:count]:
+        folder = root / "Rename_Images" / "walk" / name
+        folder.mkdir(parents=True)
+        for k in range(3):
+            frame.save(folder / f"{k + 1:05d}.png")
+        joints = rng.uniform([20, 20], [140, 100], size=(15, 2))
+        mat = root / "joint_positions" / "walk" / name / "joint_positions.mat"
+        mat.parent.mkdir(parents=True)
+        scipy.io.savemat(mat, {"pos_img": np.repeat((joints.T + 1)[:, :, None], 3, axis=2)})
+    return root
+
+
+@pytest.mark.ray
+@pytest.mark.faults
+def test_eval_keypoints_on_ray_workers_equals_the_in_process_run_even_when_a_worker_dies(
+    shared_data: Path,
+    tmp_path: Path,
+    ray_cluster: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    data = jhmdb_videos(shared_data, tmp_path / "jhmdb", 3)
+    base = ["eval", "keypoints", "--data", str(data), "--preset", "lab", "--short-side", "64"]
+    base.append("--no-disk-cache")
+    code, _, err = run([*base, "--out", str(tmp_path / "local")], capsys)
+    assert code == 0, err
+    local = snapshot(tmp_path / "local")
+    assert sum(name.endswith(".npz") for name in local) == 3
+    monkeypatch.setenv(cli_batch.EXIT_AFTER_FRAMES_ENV, "1")  # the third video is retried
+    ray_args = ["--ray", "local", "--ray-workers", "2"]
+    code, stdout, err = run([*base, "--out", str(tmp_path / "ray"), *ray_args], capsys)
+    assert code == 0, err
+    assert re.search(r"^Ray: 3 video\(s\) computed; 3 worker\(s\), 1 replaced$", stdout, re.M)
+    assert snapshot(tmp_path / "ray") == local  # tracks/*.npz written by the driver too
+
+
+hpatches_root = test_eval_hpatches.hpatches_root
+
+
+@pytest.mark.ray
+@pytest.mark.filterwarnings("ignore:.*high-resolution:UserWarning")
+def test_eval_hpatches_on_ray_workers_equals_the_in_process_run(
+    hpatches_root: tuple[Path, dict[str, list[np.ndarray]]],
+    tmp_path: Path,
+    ray_cluster: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Image 1's features are computed once per sequence per worker: the same bytes."""
+    root, _ = hpatches_root
+    base = ["eval", "hpatches", "--data", str(root), *LAB, "--limit", "1"]
+    code, _, err = run([*base, "--out", str(tmp_path / "local")], capsys)
+    assert code == 0, err
+    ray_args = ["--ray", "local", "--ray-workers", "2"]
+    code, stdout, err = run([*base, "--out", str(tmp_path / "ray"), *ray_args], capsys)
+    assert code == 0, err
+    assert re.search(r"^Ray: 5 pair\(s\) computed; 2 worker\(s\), 0 replaced$", stdout, re.M)
+    assert snapshot(tmp_path / "ray") == snapshot(tmp_path / "local")
