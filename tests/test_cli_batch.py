@@ -21,6 +21,7 @@ from PIL import Image
 from ditf_track import extractor as extractor_module
 from ditf_track.cli import batch as cli_batch
 from ditf_track.cli import track as cli_track
+from ditf_track.cli._ray import EXIT_AFTER_FRAMES_ENV
 
 __all__ = ["clip", "no_model"]  # fixtures taken from cli_helpers
 
@@ -277,7 +278,7 @@ def test_a_worker_that_dies_mid_clip_is_replaced_and_the_clip_retried(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setenv(cli_batch.EXIT_AFTER_FRAMES_ENV, "3")  # every clip's first worker dies
+    monkeypatch.setenv(EXIT_AFTER_FRAMES_ENV, "3")  # every clip's first worker dies
     jobs = write_jobs(shared_data, tmp_path)
     code, stdout, err = run(["batch", str(jobs), "--ray", "local", *SETTINGS], capsys)
     assert code == 0, err
@@ -300,7 +301,7 @@ def test_a_clip_whose_workers_keep_dying_fails_and_leaves_nothing(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setenv(cli_batch.EXIT_AFTER_FRAMES_ENV, "2")
+    monkeypatch.setenv(EXIT_AFTER_FRAMES_ENV, "2")
     jobs = write_jobs(shared_data, tmp_path)
     args = ["batch", str(jobs), "--ray", "local", "--max-retries", "0", *SETTINGS]
     code, _, err = run(args, capsys)
@@ -351,7 +352,7 @@ def test_eval_davis_on_ray_workers_equals_the_in_process_run_even_when_a_worker_
     settings = ["--preset", "lab", "--short-side", "64", "--no-disk-cache", "--workers", "1"]
     code, _, err = run([*base, "--out", str(tmp_path / "local"), *settings], capsys)
     assert code == 0, err
-    monkeypatch.setenv(cli_batch.EXIT_AFTER_FRAMES_ENV, "5")  # each sequence's first worker dies
+    monkeypatch.setenv(EXIT_AFTER_FRAMES_ENV, "5")  # each sequence's first worker dies
     ray_args = ["--ray", "local", "--ray-workers", "2"]
     code, stdout, err = run([*base, "--out", str(tmp_path / "ray"), *settings, *ray_args], capsys)
     assert code == 0, err

@@ -20,7 +20,7 @@ import torch
 from cli_helpers import DOG, one_line_error, run, snapshot
 from PIL import Image
 
-from ditf_track.cli import batch as cli_batch
+from ditf_track.cli._ray import EXIT_AFTER_FRAMES_ENV
 
 spair_root = test_eval_correspondence.spair_root
 ray_cluster = test_cli_batch.ray_cluster
@@ -61,7 +61,7 @@ def test_eval_spair_on_ray_workers_equals_the_in_process_run_and_survives_worker
     assert re.search(r"^Ray: 4 pair\(s\) computed; 2 worker\(s\), 0 replaced$", stdout, re.M)
     assert snapshot(tmp_path / "ray") == local
     # every worker exits on the first attempt at its second pair: pairs 2 and 3 are retried
-    monkeypatch.setenv(cli_batch.EXIT_AFTER_FRAMES_ENV, "1")
+    monkeypatch.setenv(EXIT_AFTER_FRAMES_ENV, "1")
     code, stdout, err = run(spair(root, tmp_path / "dies", *ray_args), capsys)
     assert code == 0, err
     assert re.search(r"^Ray: 4 pair\(s\) computed; 4 worker\(s\), 2 replaced$", stdout, re.M)
@@ -80,7 +80,7 @@ def test_eval_spair_on_ray_workers_equals_the_in_process_run_and_survives_worker
     ), message
     assert not (tmp_path / "fails" / "metrics.json").exists()
     assert len((tmp_path / "fails" / "pairs.jsonl").read_text().splitlines()) == 1
-    monkeypatch.delenv(cli_batch.EXIT_AFTER_FRAMES_ENV)
+    monkeypatch.delenv(EXIT_AFTER_FRAMES_ENV)
     code, _, err = run(spair(root, tmp_path / "fails", "--resume", "--ray", "local"), capsys)
     assert code == 0, err
     assert snapshot(tmp_path / "fails") == local
@@ -134,7 +134,7 @@ def test_eval_keypoints_on_ray_workers_equals_the_in_process_run_even_when_a_wor
     assert code == 0, err
     local = snapshot(tmp_path / "local")
     assert sum(name.endswith(".npz") for name in local) == 3
-    monkeypatch.setenv(cli_batch.EXIT_AFTER_FRAMES_ENV, "1")  # the third video is retried
+    monkeypatch.setenv(EXIT_AFTER_FRAMES_ENV, "1")  # the third video is retried
     ray_args = ["--ray", "local", "--ray-workers", "2"]
     code, stdout, err = run([*base, "--out", str(tmp_path / "ray"), *ray_args], capsys)
     assert code == 0, err

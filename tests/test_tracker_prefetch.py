@@ -19,7 +19,7 @@ import pytest
 import torch
 from cli_helpers import DOG, DOG_MASK, one_line_error, run, snapshot
 
-from ditf_track.cli import batch as cli_batch
+from ditf_track.cli._ray import EXIT_AFTER_FRAMES_ENV
 from ditf_track.errors import DitfError
 from ditf_track.tracker.prefetch import ChunkGate
 
@@ -170,7 +170,7 @@ def test_a_worker_that_dies_mid_chunk_is_replaced_and_the_outputs_are_the_same(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setenv(cli_batch.EXIT_AFTER_FRAMES_ENV, "5")  # the worker on frame 5 dies once
+    monkeypatch.setenv(EXIT_AFTER_FRAMES_ENV, "5")  # the worker on frame 5 dies once
     stdout, _ = compare(shared_data, tmp_path, LAB_ON_DISK, capsys, 8)
     assert re.search(
         r"^Ray: 7 frame\(s\) extracted .* by [23] worker\(s\), 1 replaced$", stdout, re.M
@@ -232,7 +232,7 @@ def test_a_chunk_whose_worker_keeps_dying_stops_the_run_and_resume_finishes_it(
 ) -> None:
     out = tmp_path / "out"
     args = [*track_args(shared_data, out, tmp_path / "c", 8), *LAB_ON_DISK, "--ray", "local"]
-    monkeypatch.setenv(cli_batch.EXIT_AFTER_FRAMES_ENV, "5")
+    monkeypatch.setenv(EXIT_AFTER_FRAMES_ENV, "5")
     code, _, err = run([*args, "--max-retries", "0"], capsys)
     assert code == 1
     # (Ray itself tells of the death on stderr before the error)
@@ -243,7 +243,7 @@ def test_a_chunk_whose_worker_keeps_dying_stops_the_run_and_resume_finishes_it(
     ), err
     assert not out.exists()
     assert (tmp_path / "out.incomplete").is_dir()
-    monkeypatch.delenv(cli_batch.EXIT_AFTER_FRAMES_ENV)
+    monkeypatch.delenv(EXIT_AFTER_FRAMES_ENV)
     code, stdout, err = run([*args, "--resume"], capsys)
     assert code == 0, err
     assert len(pngs(out)) == 8

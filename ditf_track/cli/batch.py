@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm import tqdm
 
 from .._malloc import fix_mmap_threshold
@@ -44,7 +43,6 @@ from ..batch import (
 from ..config import TrackerConfig
 from ..errors import ConfigError, DitfError, OutputError
 from ..eval.runs.davis import DavisRun, propagate_sequence, sequence_record
-from ..extractor import extractor_from_config
 from ..features import FeatureExtractor
 from ..masks import DAVIS_PALETTE
 from ..outputs import (
@@ -55,22 +53,23 @@ from ..outputs import (
     read_state,
     refuse_input_overlap,
 )
-from ..presets import load_preset
 from ..progress import Progress, ProgressEvent
 from ..propagate import PointParams
 from . import track
-from ._options import add_tracker_options, build_tracker, positive_int
+from ._options import add_tracker_options, build_tracker
+from ._ray import (
+    add_ray_options,
+    check_ray_options,
+    load_extractor,
+    worker_exit_after,
+    worker_memory,
+)
 
 log = logging.getLogger("ditf_track")
 
-#: Fault injection for tests: a Ray worker exits (as if killed) after this many propagated
-#: frames of a clip's first attempt. Read by the driver and handed to the workers.
-EXIT_AFTER_FRAMES_ENV = "DITF_TRACK_TEST_WORKER_EXIT_AFTER_FRAMES"
 #: Called on the driver after each clip is published (in-process: or found complete); tests
 #: stop the driver there.
 after_clip: Callable[[Clip], None] | None = None
-#: Memory a CPU worker needs besides its model's weights (the process, a clip's frames).
-_WORKER_OVERHEAD_GB = 1.0
 
 
 def add_batch(sub: argparse._SubParsersAction) -> None:
@@ -111,50 +110,6 @@ def add_batch(sub: argparse._SubParsersAction) -> None:
         point_defaults=PointParams.motion(),
     )
     p.set_defaults(handler=run_batch)
-
-
-def add_ray_options(parser: argparse.ArgumentParser, workers: str, items: str) -> None:
-    """``--ray`` and the worker settings (``workers``: the option naming the worker count)."""
-    ray = parser.add_argument_group("Ray (pip install 'ditf-track[ray]')")
-    ray.add_argument(
-        "--ray",
-        metavar="auto|local|ADDRESS",
-        help=f"spread the {items} over Ray workers: local starts a cluster on this machine, "
-        "auto joins the running one (`ray start --head`), ADDRESS joins that one",
-    )
-    ray.add_argument(
-        workers,
-        dest="ray_workers",
-        type=positive_int,
-        default=2,
-        help="Ray workers (default 2), one loaded model each",
-    )
-    ray.add_argument(
-        "--gpus-per-worker",
-        type=float,
-        default=0.0,
-        help="GPUs each worker holds (default 0: CPU workers)",
-    )
-    ray.add_argument(
-        "--cpus-per-worker",
-        type=positive_int,
-        default=1,
-        help="CPU cores (and torch threads) per worker (default 1)",
-    )
-    ray.add_argument(
-        "--worker-memory",
-        type=float,
-        metavar="GB",
-        help="memory one CPU worker needs (default: the preset's model size + 1 GB); more "
-        "workers than the cluster's memory holds are refused",
-    )
-    ray.add_argument(
-        "--max-retries",
-        type=int,
-        default=2,
-        help=f"times one of the {items} is sent again after its worker died (default 2); "
-        "errors in the input are never retried",
-    )
 
 
 # -- validate: every row, before a model loads --------------------------------------------------
@@ -237,20 +192,6 @@ def plan(
 
 
 # -- run ------------------------------------------------------------------------------------------
-def check_ray_options(args: argparse.Namespace) -> None:
-    if args.max_retries < 0:
-        raise ConfigError(f"--max-retries {args.max_retries} must be 0 or more")
-    if args.gpus_per_worker < 0:
-        raise ConfigError(f"--gpus-per-worker {args.gpus_per_worker:g} must be 0 or more")
-
-
-def load_extractor(config: TrackerConfig, threads: int | None = None) -> FeatureExtractor:
-    """The one extractor of a batch process or Ray worker (``threads``: torch's, pinned)."""
-    if threads is not None:
-        torch.set_num_threads(threads)
-    return extractor_from_config(config.features, "video", config.runtime, warn=log.warning)
-
-
 def run_batch(args: argparse.Namespace) -> int:
     ray = import_ray() if args.ray else None
     check_ray_options(args)
@@ -404,11 +345,6 @@ def _fault_hook(exit_after: int | None, attempt: int) -> Progress | None:
     return progress
 
 
-def _exit_after() -> int | None:
-    value = os.environ.get(EXIT_AFTER_FRAMES_ENV)
-    return int(value) if value else None
-
-
 def publish_staged(run_dir: RunDir, staged: Path) -> Path:
     """Move a worker's finished clip into OUT's work folder and publish it with the same
     ``config.json`` record (the driver's only write of OUT's run state)."""
@@ -433,25 +369,11 @@ def remove_staging(staged: Path) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def worker_memory(args: argparse.Namespace, config: TrackerConfig) -> int:
-    """Bytes one worker asks Ray for: --worker-memory, else the preset's model + overhead."""
-    return preset_worker_memory(args, config.features.preset)
-
-
-def preset_worker_memory(args: argparse.Namespace, preset: str | None) -> int:
-    """:func:`worker_memory` for a worker that loads ``preset`` (the pair matcher's)."""
-    gb = args.worker_memory
-    if gb is None:
-        model_gb = load_preset(preset).resources.gpu_gb if preset is not None else 0.0
-        gb = (0.0 if args.gpus_per_worker else model_gb) + _WORKER_OVERHEAD_GB
-    return int(gb * (1 << 30))
-
-
 def _run_on_ray(
     ray: Any, args: argparse.Namespace, planned: list[Planned], tally: Tally, failed: list[str]
 ) -> PoolStats:
     started = connect(ray, args.ray)
-    exit_after = _exit_after()
+    exit_after = worker_exit_after()
     open_dirs: dict[int, RunDir] = {}
 
     def prepare(i: int) -> Any:
@@ -549,7 +471,7 @@ def propagate_davis_on_ray(args: argparse.Namespace, config: TrackerConfig, run:
     if not names:
         return
     started = connect(ray, args.ray)
-    exit_after = _exit_after()
+    exit_after = worker_exit_after()
     failures: list[str] = []
     bar = tqdm(total=len(names), desc="sequences", unit="seq", disable=None)
 

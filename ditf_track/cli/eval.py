@@ -52,13 +52,13 @@ from ._options import (
     profile_numerics,
     tracker_config,
 )
-from .batch import (
+from ._ray import (
     EXIT_AFTER_FRAMES_ENV,
     add_ray_options,
     check_ray_options,
     preset_worker_memory,
-    propagate_davis_on_ray,
 )
+from .batch import propagate_davis_on_ray
 
 if TYPE_CHECKING:
     from ..eval.runs.points import KeypointDataset

@@ -58,7 +58,7 @@ from ..tracker.prefetch import ChunkGate, ChunkJob, StreamedCache, extract_chunk
 from ..tracker.schedule import blank_frames
 from ..video import VideoSource, open_video
 from ..viz.overlay import FramePoints, write_overlay_video
-from . import batch as batch_command
+from . import _ray
 from ._options import add_tracker_options, build_tracker, tracker_config
 
 #: Files a track run writes into its folder (a fresh start clears them from OUT.incomplete/).
@@ -146,7 +146,7 @@ def add_track(sub: argparse._SubParsersAction) -> None:
         quiet=True,
         point_defaults=PointParams.motion(),
     )
-    batch_command.add_ray_options(p, "--workers", "chunks of frames")
+    _ray.add_ray_options(p, "--workers", "chunks of frames")
     p.set_defaults(handler=run_track)
 
 
@@ -329,7 +329,7 @@ def run_track(args: argparse.Namespace) -> int:
         return _run_track(args, job, None)
     started = connect(ray, args.ray)
     try:
-        per_worker = batch_command.worker_memory(args, job.config)
+        per_worker = _ray.worker_memory(args, job.config)
         check_worker_memory(args.ray_workers, per_worker, cluster_memory(ray))
         return _run_track(args, job, ray)
     finally:
@@ -341,7 +341,7 @@ def check_ray(args: argparse.Namespace) -> Any:
     """Ray and the options ``--ray`` goes with (before anything is read): the workers hand the
     features over through the on-disk feature cache, so there must be one."""
     ray = import_ray()
-    batch_command.check_ray_options(args)
+    _ray.check_ray_options(args)
     if args.no_disk_cache:
         raise ConfigError(
             "--ray hands the features to the driver through the on-disk feature cache; drop "
@@ -473,7 +473,7 @@ def prefetch_on_ray(
     clip = state.features  # frame 0's channels are fixed (run() asked for them)
     chunks = plan_chunks(tracker, state)
     gate = ChunkGate([[clip.key(f) for f in c] for c in chunks], 2 * args.ray_workers)
-    exit_at = os.environ.get(batch_command.EXIT_AFTER_FRAMES_ENV)
+    exit_at = os.environ.get(_ray.EXIT_AFTER_FRAMES_ENV)
     base = ChunkJob(
         video=str(Path(job.video.path).resolve()),
         start=args.start,
@@ -487,7 +487,7 @@ def prefetch_on_ray(
         channels=clip.massive_channels,
         exit_at=int(exit_at) if exit_at else None,
     )
-    per_worker = batch_command.worker_memory(args, job.config)  # checked by run_track
+    per_worker = _ray.worker_memory(args, job.config)  # checked by run_track
     total = sum(map(len, chunks))
     bar = tqdm(total=total, desc="extract features (Ray)", unit="frame", disable=args.quiet or None)
     outcome: dict[str, Any] = {}
@@ -508,9 +508,7 @@ def prefetch_on_ray(
             outcome["stats"] = run_pool(
                 ray,
                 range(len(chunks)),
-                setup=functools.partial(
-                    batch_command.load_extractor, job.config, args.cpus_per_worker
-                ),
+                setup=functools.partial(_ray.load_extractor, job.config, args.cpus_per_worker),
                 work=extract_chunk,
                 prepare=prepare,
                 finish=finish,
