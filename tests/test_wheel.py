@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from ditf_track import presets
+from ditf_track.eval.reproduce import load_rows
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,6 +28,7 @@ import sys
 from pathlib import Path
 import ditf_track, ditf_track.configs
 from ditf_track.presets import available_presets, load_preset
+from ditf_track.eval.reproduce import load_rows
 site = Path(sys.argv[1]).resolve()
 for module in (ditf_track, ditf_track.configs):
     assert Path(module.__file__).resolve().is_relative_to(site), module.__file__
@@ -34,6 +36,7 @@ names = available_presets()
 for name in names:
     load_preset(name)
 print(" ".join(names))
+print(len(load_rows()), file=sys.stderr)
 """
 
 
@@ -81,6 +84,7 @@ def test_wheel_holds_every_package_and_loads_every_preset(tmp_path: Path) -> Non
     )
     shipped = {p.stem for p in (REPO_ROOT / "configs").glob("*.yaml")}
     assert set(run.stdout.split()) == shipped
+    assert int(run.stderr) == len(load_rows())  # the paper's rows ship too
     assert {"lab", "pixart-alpha", "flux"} <= shipped
 
 
