@@ -228,6 +228,18 @@ def check_reachable(address: str) -> None:
         ) from exc
 
 
+@dataclass(frozen=True)
+class WorkerPool:
+    """The Ray actors a pool runs on: how many, what each holds (CPU cores, GPUs, memory in
+    bytes; 0: unknown), and how often a key is sent again after its worker died."""
+
+    workers: int
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    memory_per_worker: int = 0
+    max_retries: int = 2
+
+
 @dataclass
 class PoolStats:
     """What the pool reports as it goes (for one progress bar)."""
@@ -279,14 +291,10 @@ def run_pool(
     prepare: Callable[[int], Any],
     finish: Callable[[int, Any], None],
     fail: Callable[[int, str], None],
-    workers: int,
-    cpus_per_worker: float = 1.0,
-    gpus_per_worker: float = 0.0,
-    memory_per_worker: int = 0,
-    max_retries: int = 2,
+    pool: WorkerPool,
     on_change: Callable[[PoolStats], None] | None = None,
 ) -> PoolStats:
-    """Run ``work`` on every key over ``workers`` Ray actors.
+    """Run ``work`` on every key over the ``pool``'s Ray actors.
 
     ``prepare(key)`` runs on the driver right before a key is sent (returns its payload, or None
     to skip it); ``finish(key, result)`` or ``fail(key, message)`` on the driver when it comes
@@ -300,11 +308,7 @@ def run_pool(
         setup=setup,
         work=work,
         prepare=prepare,
-        workers=workers,
-        cpus_per_worker=cpus_per_worker,
-        gpus_per_worker=gpus_per_worker,
-        memory_per_worker=memory_per_worker,
-        max_retries=max_retries,
+        pool=pool,
         on_change=on_change,
         stats=stats,
     ):
@@ -324,21 +328,17 @@ def pool_results(
     setup: Callable[[], Any],
     work: Callable[[Any, Any, int], Any],
     prepare: Callable[[int], Any],
-    workers: int,
-    cpus_per_worker: float = 1.0,
-    gpus_per_worker: float = 0.0,
-    memory_per_worker: int = 0,
-    max_retries: int = 2,
+    pool: WorkerPool,
     on_change: Callable[[PoolStats], None] | None = None,
     stats: PoolStats | None = None,
 ) -> Iterator[tuple[int, bool, Any]]:
     """The pool of :func:`run_pool` as a generator: ``(key, True, result)`` or ``(key, False,
-    message)`` as each key comes back, in the order they finish; at most ``workers`` keys are
-    out at once. Closing it kills the workers."""
+    message)`` as each key comes back, in the order they finish; at most ``pool.workers`` keys
+    are out at once. Closing it kills the workers."""
     actor_cls = ray.remote(_Worker).options(
-        num_cpus=cpus_per_worker,
-        num_gpus=gpus_per_worker,
-        memory=memory_per_worker or None,
+        num_cpus=pool.cpus_per_worker,
+        num_gpus=pool.gpus_per_worker,
+        memory=pool.memory_per_worker or None,
         max_restarts=0,
     )
     stats = stats if stats is not None else PoolStats()
@@ -359,7 +359,7 @@ def pool_results(
         while pending or inflight:
             # workers start when there is a clip to give them: a re-run of finished clips
             # loads no model
-            while pending and (idle or stats.alive < workers):
+            while pending and (idle or stats.alive < pool.workers):
                 task = pending.popleft()
                 if task.payload is None:
                     task.payload = prepare(task.key)
@@ -382,7 +382,7 @@ def pool_results(
                     stats.died += 1
                     ray.kill(actor)
                     task.attempt += 1
-                    if task.attempt > max_retries:
+                    if task.attempt > pool.max_retries:
                         yield (
                             task.key,
                             False,
@@ -444,6 +444,7 @@ __all__ = [
     "Clip",
     "PoolStats",
     "Throughput",
+    "WorkerPool",
     "check_reachable",
     "check_worker_memory",
     "cluster_memory",

@@ -12,6 +12,7 @@ import os
 
 import torch
 
+from ..batch import WorkerPool
 from ..config import TrackerConfig
 from ..errors import ConfigError
 from ..extractor import extractor_from_config
@@ -103,3 +104,14 @@ def preset_worker_memory(args: argparse.Namespace, preset: str | None) -> int:
         model_gb = load_preset(preset).resources.gpu_gb if preset is not None else 0.0
         gb = (0.0 if args.gpus_per_worker else model_gb) + _WORKER_OVERHEAD_GB
     return int(gb * (1 << 30))
+
+
+def worker_pool(args: argparse.Namespace, memory_per_worker: int) -> WorkerPool:
+    """The Ray actors the options ask for (``memory_per_worker``: :func:`worker_memory`)."""
+    return WorkerPool(
+        workers=args.ray_workers,
+        cpus_per_worker=args.cpus_per_worker,
+        gpus_per_worker=args.gpus_per_worker,
+        memory_per_worker=memory_per_worker,
+        max_retries=args.max_retries,
+    )

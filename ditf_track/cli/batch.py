@@ -63,6 +63,7 @@ from ._ray import (
     load_extractor,
     worker_exit_after,
     worker_memory,
+    worker_pool,
 )
 
 log = logging.getLogger("ditf_track")
@@ -419,8 +420,8 @@ def _run_on_ray(
         tally.refresh()
 
     try:
-        per_worker = worker_memory(args, planned[0].job.config)
-        check_worker_memory(args.ray_workers, per_worker, cluster_memory(ray))
+        pool = worker_pool(args, worker_memory(args, planned[0].job.config))
+        check_worker_memory(pool.workers, pool.memory_per_worker, cluster_memory(ray))
         return run_pool(
             ray,
             range(len(planned)),
@@ -429,11 +430,7 @@ def _run_on_ray(
             prepare=prepare,
             finish=finish,
             fail=fail,
-            workers=args.ray_workers,
-            cpus_per_worker=args.cpus_per_worker,
-            gpus_per_worker=args.gpus_per_worker,
-            memory_per_worker=per_worker,
-            max_retries=args.max_retries,
+            pool=pool,
             on_change=on_change,
         )
     finally:
@@ -489,8 +486,8 @@ def propagate_davis_on_ray(args: argparse.Namespace, config: TrackerConfig, run:
         bar.set_postfix({"workers": stats.alive}, refresh=True)
 
     try:
-        per_worker = worker_memory(args, config)
-        check_worker_memory(args.ray_workers, per_worker, cluster_memory(ray))
+        pool = worker_pool(args, worker_memory(args, config))
+        check_worker_memory(pool.workers, pool.memory_per_worker, cluster_memory(ray))
         stats = run_pool(
             ray,
             range(len(names)),
@@ -499,11 +496,7 @@ def propagate_davis_on_ray(args: argparse.Namespace, config: TrackerConfig, run:
             prepare=lambda i: (config, run.frames_root, run.gt_root, names[i], exit_after),
             finish=finish,
             fail=fail,
-            workers=args.ray_workers,
-            cpus_per_worker=args.cpus_per_worker,
-            gpus_per_worker=args.gpus_per_worker,
-            memory_per_worker=per_worker,
-            max_retries=args.max_retries,
+            pool=pool,
             on_change=on_change,
         )
     finally:

@@ -53,10 +53,11 @@ from ._options import (
     tracker_config,
 )
 from ._ray import (
-    EXIT_AFTER_FRAMES_ENV,
     add_ray_options,
     check_ray_options,
     preset_worker_memory,
+    worker_exit_after,
+    worker_pool,
 )
 from .batch import propagate_davis_on_ray
 
@@ -164,26 +165,21 @@ def _ray_compute(
     that dies is replaced and its item sent again (``--max-retries``)."""
     ray = import_ray()
     setup = functools.partial(_load_worker_run, run.worker_copy(), build, args.cpus_per_worker)
-    exit_env = os.environ.get(EXIT_AFTER_FRAMES_ENV)
-    exit_after = int(exit_env) if exit_env else None
+    exit_after = worker_exit_after()
 
     def compute_many(items: Sequence[Any]) -> Iterator[tuple[int, Record]]:
         stats = PoolStats()
         started = connect(ray, args.ray)
         try:
-            per_worker = preset_worker_memory(args, preset)
-            check_worker_memory(args.ray_workers, per_worker, cluster_memory(ray))
+            pool = worker_pool(args, preset_worker_memory(args, preset))
+            check_worker_memory(pool.workers, pool.memory_per_worker, cluster_memory(ray))
             results = pool_results(
                 ray,
                 range(len(items)),
                 setup=setup,
                 work=_compute_on_worker,
                 prepare=lambda i: (items[i], exit_after),
-                workers=args.ray_workers,
-                cpus_per_worker=args.cpus_per_worker,
-                gpus_per_worker=args.gpus_per_worker,
-                memory_per_worker=per_worker,
-                max_retries=args.max_retries,
+                pool=pool,
                 stats=stats,
             )
             for index, ok, value in results:

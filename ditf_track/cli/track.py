@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import functools
 import logging
-import os
 import re
 import threading
 import warnings
@@ -329,8 +328,8 @@ def run_track(args: argparse.Namespace) -> int:
         return _run_track(args, job, None)
     started = connect(ray, args.ray)
     try:
-        per_worker = _ray.worker_memory(args, job.config)
-        check_worker_memory(args.ray_workers, per_worker, cluster_memory(ray))
+        pool = _ray.worker_pool(args, _ray.worker_memory(args, job.config))
+        check_worker_memory(pool.workers, pool.memory_per_worker, cluster_memory(ray))
         return _run_track(args, job, ray)
     finally:
         if started:
@@ -473,7 +472,6 @@ def prefetch_on_ray(
     clip = state.features  # frame 0's channels are fixed (run() asked for them)
     chunks = plan_chunks(tracker, state)
     gate = ChunkGate([[clip.key(f) for f in c] for c in chunks], 2 * args.ray_workers)
-    exit_at = os.environ.get(_ray.EXIT_AFTER_FRAMES_ENV)
     base = ChunkJob(
         video=str(Path(job.video.path).resolve()),
         start=args.start,
@@ -485,9 +483,9 @@ def prefetch_on_ray(
         cache_dir=str(tracker.cache.root.resolve()),
         frames=(),
         channels=clip.massive_channels,
-        exit_at=int(exit_at) if exit_at else None,
+        exit_at=_ray.worker_exit_after(),
     )
-    per_worker = _ray.worker_memory(args, job.config)  # checked by run_track
+    pool = _ray.worker_pool(args, _ray.worker_memory(args, job.config))  # checked by run_track
     total = sum(map(len, chunks))
     bar = tqdm(total=total, desc="extract features (Ray)", unit="frame", disable=args.quiet or None)
     outcome: dict[str, Any] = {}
@@ -513,11 +511,7 @@ def prefetch_on_ray(
                 prepare=prepare,
                 finish=finish,
                 fail=fail,
-                workers=args.ray_workers,
-                cpus_per_worker=args.cpus_per_worker,
-                gpus_per_worker=args.gpus_per_worker,
-                memory_per_worker=per_worker,
-                max_retries=args.max_retries,
+                pool=pool,
                 on_change=lambda stats: bar.set_postfix({"workers": stats.alive}, refresh=True),
             )
         except Exception as exc:  # any: the driver must not wait forever
