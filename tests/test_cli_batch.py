@@ -377,3 +377,25 @@ def test_eval_davis_without_ray_is_one_line(
     code, _, err = run([*args, "--preset", "lab", "--ray", "auto"], capsys)
     assert one_line_error(code, err).endswith("pip install 'ditf-track[ray]'")
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.faults
+def test_remove_staging_deletes_only_ditf_track_run_folders(tmp_path: Path) -> None:
+    """A folder named like a clip's staging folder that is not a ditf-track run (a user's)
+    is left as it is; a staging run folder and an empty one are removed."""
+    staged = cli_batch.staging_path(tmp_path / "out")
+    assert staged == tmp_path / ".out.staging"
+    staged.mkdir()
+    (staged / "notes.txt").write_text("mine")
+    (staged / "config.json").write_text('{"tool": "someone-else"}')
+    incomplete = staged.with_name(f"{staged.name}.incomplete")
+    incomplete.mkdir()  # empty: nothing of anyone's to lose
+    cli_batch.remove_staging(staged)
+    assert sorted(p.name for p in staged.iterdir()) == ["config.json", "notes.txt"]
+    assert not incomplete.exists()
+    (staged / "notes.txt").unlink()
+    (staged / "config.json").write_text('{"tool": "ditf-track", "files": []}')
+    (staged / "00000.png").write_bytes(b"png")
+    cli_batch.remove_staging(staged)
+    assert not staged.exists()
+    assert [p.name for p in tmp_path.iterdir()] == []
