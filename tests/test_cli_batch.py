@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import sys
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -225,19 +224,7 @@ def test_without_ray_the_option_is_one_line_and_in_process_works(
     assert outputs(tmp_path / "out") == reference
 
 
-# -- on a local Ray cluster -----------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[Any]:
-    """One local Ray cluster for the module: 2 CPUs, no dashboard."""
-    import ray
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Tip: In future versions of Ray", FutureWarning)
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
+# -- on a local Ray cluster (the shared `ray_cluster` fixture) -------------------------------------
 
 
 def staging_left(folder: Path) -> list[str]:

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import test_cli_batch
 import test_eval_correspondence
 import test_eval_hpatches
 import torch
@@ -23,7 +22,6 @@ from PIL import Image
 from ditf_track.cli._ray import EXIT_AFTER_FRAMES_ENV
 
 spair_root = test_eval_correspondence.spair_root
-ray_cluster = test_cli_batch.ray_cluster
 
 LAB = ["--preset", "lab", "--long-side", "64"]
 

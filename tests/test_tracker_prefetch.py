@@ -10,7 +10,6 @@ import re
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -62,19 +61,7 @@ def test_the_gate_holds_chunks_beyond_the_lookahead_until_propagation_reads_or_w
     gate.wait("elsewhere")  # a key no chunk brings: never waits
 
 
-# -- on a local Ray cluster -----------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[Any]:
-    """One local Ray cluster for the module: 2 CPUs, no dashboard."""
-    import ray
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Tip: In future versions of Ray", FutureWarning)
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
+# -- on a local Ray cluster (the shared `ray_cluster` fixture) -------------------------------------
 
 
 def track_args(shared_data: Path, out: Path, cache: Path, end: int) -> list[str]:

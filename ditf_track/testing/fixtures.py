@@ -8,8 +8,10 @@ module (it imports pytest); ``ditf_track`` never does.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -39,6 +41,21 @@ def _isolated_caches(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     """``tiny_model("flux", **options)``: a tiny pipeline folder in the hub's layout, built once."""
     return tiny_model_factory(tmp_path_factory.mktemp)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[Any]:
+    """One local Ray cluster per test module (2 CPUs, no dashboard); the tests that take it are
+    marked ``ray``."""
+    import ray  # the ray extra: only the tests that take this fixture need it
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Tip: In future versions of Ray", FutureWarning)
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
