@@ -40,6 +40,26 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     }
 
 
+def davis_root(
+    shared_data: Path, root: Path, sequences: list[str], frames: int | None = None
+) -> Path:
+    """A DAVIS-2017-layout ``root`` (val split = ``sequences``) linking to the shared clips, read
+    in place: whole sequence folders, or links to the first ``frames`` frames of each."""
+    for kind, ext in (("JPEGImages", "jpg"), ("Annotations", "png")):
+        (root / kind / "480p").mkdir(parents=True)
+        for seq in sequences:
+            source = shared_data / "davis" / kind / "480p" / seq
+            if frames is None:
+                (root / kind / "480p" / seq).symlink_to(source)
+                continue
+            (root / kind / "480p" / seq).mkdir()
+            for name in (f"{i:05d}.{ext}" for i in range(frames)):
+                (root / kind / "480p" / seq / name).symlink_to(source / name)
+    (root / "ImageSets" / "2017").mkdir(parents=True)
+    (root / "ImageSets" / "2017" / "val.txt").write_text("\n".join(sequences) + "\n")
+    return root
+
+
 def davis_args(shared_data: Path, out: Path, end: int = 4) -> list[str]:
     """``track`` on the first ``end`` frames of DAVIS dog from its first annotation."""
     clip = shared_data / DOG

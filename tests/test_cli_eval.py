@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import test_eval_correspondence
-from cli_helpers import DOG, one_line_error, run, snapshot
+from cli_helpers import DOG, davis_root, one_line_error, run, snapshot
 from PIL import Image
 from test_eval_davis_folders import EXACT, OFFICIAL_BINARY, STATS, official_global, tiny_case
 
@@ -116,12 +116,7 @@ def test_eval_run_folder_refusals(
 def test_eval_davis_overwrite_keeps_a_sequence_folder_it_did_not_write(
     shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    root = tmp_path / "DAVIS"
-    for kind in ("JPEGImages", "Annotations"):
-        (root / kind / "480p").mkdir(parents=True)
-        (root / kind / "480p" / "dog").symlink_to(shared_data / "davis" / kind / "480p" / "dog")
-    (root / "ImageSets" / "2017").mkdir(parents=True)
-    (root / "ImageSets" / "2017" / "val.txt").write_text("dog\n")
+    root = davis_root(shared_data, tmp_path / "DAVIS", ["dog"])
     out = tmp_path / "run"
     args = ["eval", "davis", "--data", str(root), "--preset", "lab", "--short-side", "64"]
     args += ["--no-disk-cache", "--out", str(out)]
@@ -142,16 +137,7 @@ def test_eval_davis_numerics_official_runs_and_is_recorded(
 ) -> None:
     """Two 4-frame sequences (links to the shared clips' first frames) with the authors' bf16,
     tie-keeping propagation; the lab preset has no authors' code, so its default is exact."""
-    root = tmp_path / "DAVIS"
-    for seq in ("blackswan", "dog"):
-        for kind, ext in (("JPEGImages", "jpg"), ("Annotations", "png")):
-            folder = root / kind / "480p" / seq
-            folder.mkdir(parents=True)
-            for i in range(4):
-                name = f"{i:05d}.{ext}"
-                (folder / name).symlink_to(shared_data / "davis" / kind / "480p" / seq / name)
-    (root / "ImageSets" / "2017").mkdir(parents=True)
-    (root / "ImageSets" / "2017" / "val.txt").write_text("blackswan\ndog\n")
+    root = davis_root(shared_data, tmp_path / "DAVIS", ["blackswan", "dog"], frames=4)
     args = ["eval", "davis", "--data", str(root), "--preset", "lab", "--short-side", "64"]
     args += ["--no-disk-cache", "--workers", "1"]
     numerics = {}
@@ -188,12 +174,7 @@ def test_eval_runs_check_their_settings_before_opening_out(
     shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A benchmark never picks a model silently, and a bad setting leaves no --out behind."""
-    root = tmp_path / "DAVIS"
-    for kind in ("JPEGImages", "Annotations"):
-        (root / kind / "480p").mkdir(parents=True)
-        (root / kind / "480p" / "dog").symlink_to(shared_data / "davis" / kind / "480p" / "dog")
-    (root / "ImageSets" / "2017").mkdir(parents=True)
-    (root / "ImageSets" / "2017" / "val.txt").write_text("dog\n")
+    root = davis_root(shared_data, tmp_path / "DAVIS", ["dog"])
     out = tmp_path / "run"
     davis = ["eval", "davis", "--data", str(root), "--out", str(out)]
     code, _, err = run(davis, capsys)

@@ -14,7 +14,7 @@ from typing import Any
 
 import cli_helpers
 import pytest
-from cli_helpers import davis_args, one_line_error, run, snapshot
+from cli_helpers import davis_args, davis_root, one_line_error, run, snapshot
 from PIL import Image
 
 import ditf_track
@@ -195,12 +195,7 @@ def test_other_commands_out_that_is_or_holds_an_input(
         code, _, err = run([*args, *preset], capsys)
         assert "is or holds the " in one_line_error(code, err), args
     # a DAVIS root as --out of its own evaluation (eval davis --overwrite deleted sequences)
-    root = tmp_path / "DAVIS"
-    for kind in ("JPEGImages", "Annotations"):
-        (root / kind / "480p").mkdir(parents=True)
-        (root / kind / "480p" / "dog").symlink_to(shared_data / "davis" / kind / "480p" / "dog")
-    (root / "ImageSets" / "2017").mkdir(parents=True)
-    (root / "ImageSets" / "2017" / "val.txt").write_text("dog\n")
+    root = davis_root(shared_data, tmp_path / "DAVIS", ["dog"])
     for out in (root, root / "JPEGImages" / "480p"):
         args = ["eval", "davis", "--data", str(root), "--out", str(out), flag, "--preset", "lab"]
         code, _, err = run(args, capsys)

@@ -13,7 +13,7 @@ from typing import Any
 import cli_helpers
 import pytest
 import test_eval_correspondence
-from cli_helpers import one_line_error, run, snapshot
+from cli_helpers import davis_root, one_line_error, run, snapshot
 
 from ditf_track import cli
 from ditf_track.cli import reproduce as reproduce_cli
@@ -25,19 +25,6 @@ no_model = cli_helpers.no_model
 #: Point a Flux row at the tiny Flux on the CPU, at a small size (k 3: its one single block).
 TINY_PAIRS = ["--t", "260", "--k", "3", "--long-side", "64", "--device", "cpu"]
 TINY_PAIRS += ["--dtype", "float32", "--limit", "2"]
-
-
-def davis_layout(shared_data: Path, root: Path, frames: int = 4) -> Path:
-    """A DAVIS-2017 root with one short sequence (links to the shared dog clip's first frames)."""
-    for kind, ext in (("JPEGImages", "jpg"), ("Annotations", "png")):
-        folder = root / kind / "480p" / "dog"
-        folder.mkdir(parents=True)
-        for i in range(frames):
-            name = f"{i:05d}.{ext}"
-            (folder / name).symlink_to(shared_data / "davis" / kind / "480p" / "dog" / name)
-    (root / "ImageSets" / "2017").mkdir(parents=True)
-    (root / "ImageSets" / "2017" / "val.txt").write_text("dog\n")
-    return root
 
 
 def test_list_prints_every_row_and_every_command_parses(
@@ -121,7 +108,7 @@ def test_reproduce_davis_row_end_to_end_names_profile_and_numerics(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    root = davis_layout(shared_data, tmp_path / "DAVIS")
+    root = davis_root(shared_data, tmp_path / "DAVIS", ["dog"], frames=4)
     tiny = ["--model", str(tiny_model("flux")), "--k", "3", "--short-side", "64"]
     tiny += ["--device", "cpu", "--dtype", "float32", "--no-disk-cache", "--workers", "1"]
     out = tmp_path / "t9"
@@ -212,7 +199,7 @@ def test_reproduce_full_disk_keeps_the_evaluations_metrics(
     """A write that fails while the paper's numbers are added leaves metrics.json as the
     evaluation wrote it, no temporary file, and the folder unlocked (the weight-free lab
     baseline replaces the row's model after --, an 8-frame clip)."""
-    root = davis_layout(shared_data, tmp_path / "DAVIS", frames=8)
+    root = davis_root(shared_data, tmp_path / "DAVIS", ["dog"], frames=8)
     out = tmp_path / "run"
     args = ["reproduce", "table9-davis-flux", "--data", str(root), "--out", str(out), "--"]
     args += ["--preset", "lab", "--short-side", "64", "--no-disk-cache", "--workers", "1"]
@@ -253,7 +240,7 @@ def test_reproduce_refuses_an_out_that_holds_the_input(
     shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], no_model: None
 ) -> None:
     """The eval command's own refusal, before any model is resolved; the data is untouched."""
-    root = davis_layout(shared_data, tmp_path / "DAVIS", frames=2)
+    root = davis_root(shared_data, tmp_path / "DAVIS", ["dog"], frames=2)
     before = snapshot(tmp_path)
     args = ["reproduce", "table9-davis-flux", "--data", str(root), "--out", str(tmp_path)]
     code, _, err = run(args, capsys)

@@ -6,27 +6,16 @@ import json
 from pathlib import Path
 
 import pytest
+from cli_helpers import davis_root
 
 from ditf_track import cli
-
-
-def davis_root(shared_data: Path, tmp_path: Path, sequences: list[str]) -> Path:
-    """A DAVIS-2017-layout root whose sequence folders link to the shared clips (read in place)."""
-    root = tmp_path / "DAVIS"
-    for kind in ("JPEGImages", "Annotations"):
-        (root / kind / "480p").mkdir(parents=True)
-        for seq in sequences:
-            (root / kind / "480p" / seq).symlink_to(shared_data / "davis" / kind / "480p" / seq)
-    (root / "ImageSets" / "2017").mkdir(parents=True)
-    (root / "ImageSets" / "2017" / "val.txt").write_text("\n".join(sequences) + "\n")
-    return root
 
 
 @pytest.mark.slow
 def test_davis_runner_lab_end_to_end_and_resume(
     shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    root = davis_root(shared_data, tmp_path, ["blackswan", "car-shadow"])
+    root = davis_root(shared_data, tmp_path / "DAVIS", ["blackswan", "car-shadow"])
     out = tmp_path / "run"
     args = [
         "eval",
@@ -80,7 +69,7 @@ def test_davis_runner_lab_end_to_end_and_resume(
 def test_davis_runner_errors(
     shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    root = davis_root(shared_data, tmp_path, ["dog"])
+    root = davis_root(shared_data, tmp_path / "DAVIS", ["dog"])
     cases = [
         (["--data", str(tmp_path / "nowhere")], "does not exist"),
         (["--data", str(root), "--split", "train"], "no split file"),
