@@ -18,6 +18,7 @@ GPU scaling is not measured here (the lent GPU machines have one GPU).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import tempfile
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Tip: In future versions of Ray", FutureWarning)
-        ray.init(num_cpus=max(counts), include_dashboard=False, logging_level="ERROR")
+        ray.init(num_cpus=max(counts), include_dashboard=False, logging_level=logging.ERROR)
     frames = len(clips) * args.end
     rows = []
     try:

@@ -7,6 +7,7 @@ module (it imports pytest); ``ditf_track`` never does.
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from collections.abc import Callable, Iterator
@@ -51,7 +52,7 @@ def ray_cluster() -> Iterator[Any]:
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Tip: In future versions of Ray", FutureWarning)
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
     try:
         yield ray
     finally:
