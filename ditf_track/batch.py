@@ -12,6 +12,7 @@ Ray is optional (``pip install 'ditf-track[ray]'``): nothing here imports it unt
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -19,7 +20,7 @@ import socket
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -323,7 +324,7 @@ def run_pool(
 
 def pool_results(
     ray: ModuleType,
-    keys: Sequence[int],
+    keys: Iterable[int],
     *,
     setup: Callable[[], Any],
     work: Callable[[Any, Any, int], Any],
@@ -333,74 +334,126 @@ def pool_results(
     stats: PoolStats | None = None,
 ) -> Iterator[tuple[int, bool, Any]]:
     """The pool of :func:`run_pool` as a generator: ``(key, True, result)`` or ``(key, False,
-    message)`` as each key comes back, in the order they finish; at most ``pool.workers`` keys
-    are out at once. Closing it kills the workers."""
-    actor_cls = ray.remote(_Worker).options(
-        num_cpus=pool.cpus_per_worker,
-        num_gpus=pool.gpus_per_worker,
-        memory=pool.memory_per_worker or None,
-        max_restarts=0,
-    )
-    stats = stats if stats is not None else PoolStats()
+    message)`` as each key comes back, in the order they finish; ``keys`` are read (and
+    prepared) only when a worker is free, so at most ``pool.workers`` keys are out at once.
+    Closing it kills the workers."""
+    with contextlib.closing(RayPool(ray, setup, work, pool, on_change, stats)) as workers:
+        source = iter(keys)
+        while True:
+            while workers.has_room():
+                key = next(source, None)
+                if key is None:
+                    break
+                payload = prepare(key)
+                if payload is not None:
+                    workers.submit(key, payload)
+            if not workers.busy:
+                return
+            yield workers.next_result()
 
-    def spawn() -> Any:
-        stats.started += 1
-        stats.alive += 1
-        return actor_cls.remote(setup)
 
-    def changed() -> None:
-        if on_change is not None:
-            on_change(stats)
+class RayPool:
+    """Ray actors, each holding ``setup()``, that run ``work(state, payload, attempt)`` on the
+    payloads submitted to them, one at a time each: the caller submits while :meth:`has_room`
+    and hears each result from :meth:`next_result`, so it decides how far ahead it reads.
 
-    pending = deque(_Task(k, None) for k in keys)
-    idle: list[Any] = []
-    inflight: dict[Any, tuple[Any, _Task]] = {}
-    try:
-        while pending or inflight:
-            # workers start when there is a clip to give them: a re-run of finished clips
-            # loads no model
-            while pending and (idle or stats.alive < pool.workers):
-                task = pending.popleft()
-                if task.payload is None:
-                    task.payload = prepare(task.key)
-                    if task.payload is None:
-                        continue
-                if not idle:
-                    idle.append(spawn())
-                    changed()
-                actor = idle.pop()
-                inflight[actor.run.remote(work, task.payload, task.attempt)] = (actor, task)
-            if not inflight:
+    Actors start with the first payload that needs one (a run with nothing to compute loads no
+    model). A worker that dies is replaced and its payload sent again first, at most
+    ``pool.max_retries`` times; after that the key comes back as failed.
+    """
+
+    def __init__(
+        self,
+        ray: ModuleType,
+        setup: Callable[[], Any],
+        work: Callable[[Any, Any, int], Any],
+        pool: WorkerPool,
+        on_change: Callable[[PoolStats], None] | None = None,
+        stats: PoolStats | None = None,
+    ) -> None:
+        self._ray = ray
+        self._actor_cls = ray.remote(_Worker).options(
+            num_cpus=pool.cpus_per_worker,
+            num_gpus=pool.gpus_per_worker,
+            memory=pool.memory_per_worker or None,
+            max_restarts=0,
+        )
+        self._setup, self._work, self.pool = setup, work, pool
+        self._on_change = on_change
+        self.stats = stats if stats is not None else PoolStats()
+        self._idle: list[Any] = []
+        self._inflight: dict[Any, tuple[Any, _Task]] = {}
+        self._retry: deque[_Task] = deque()
+
+    def has_room(self) -> bool:
+        """Whether a new payload would start at once (a worker idle or still to start, and no
+        payload of a dead worker waiting to be sent again)."""
+        return not self._retry and (bool(self._idle) or self.stats.alive < self.pool.workers)
+
+    @property
+    def busy(self) -> int:
+        """Payloads submitted whose result has not come back yet."""
+        return len(self._inflight) + len(self._retry)
+
+    def submit(self, key: int, payload: Any) -> None:
+        """Send ``payload`` to a free worker (starting one if the pool is not full)."""
+        self._send(_Task(key, payload))
+
+    def _send(self, task: _Task) -> None:
+        if not self._idle:
+            if self.stats.alive >= self.pool.workers:
+                raise RuntimeError("RayPool.submit without room; call next_result first")
+            self.stats.started += 1
+            self.stats.alive += 1
+            self._idle.append(self._actor_cls.remote(self._setup))
+            self._changed()
+        actor = self._idle.pop()
+        self._inflight[actor.run.remote(self._work, task.payload, task.attempt)] = (actor, task)
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change(self.stats)
+
+    def next_result(self) -> tuple[int, bool, Any]:
+        """The next payload to finish: ``(key, True, result)`` or ``(key, False, message)``."""
+        ray = self._ray
+        while True:
+            while self._retry and (self._idle or self.stats.alive < self.pool.workers):
+                self._send(self._retry.popleft())
+            if not self._inflight:
+                raise RuntimeError("RayPool.next_result with nothing submitted")
+            ready, _ = ray.wait(list(self._inflight), num_returns=1)
+            actor, task = self._inflight.pop(ready[0])
+            try:
+                ok, value = ray.get(ready[0])
+            except ray.exceptions.RayActorError:
+                self.stats.alive -= 1
+                self.stats.died += 1
+                ray.kill(actor)
+                task.attempt += 1
+                self._changed()
+                if task.attempt > self.pool.max_retries:
+                    return (
+                        task.key,
+                        False,
+                        f"its worker died {task.attempt} time(s) (the partial output is "
+                        "discarded); see the Ray logs, then run again",
+                    )
+                self._retry.appendleft(task)
                 continue
-            ready, _ = ray.wait(list(inflight), num_returns=1)
-            for ref in ready:
-                actor, task = inflight.pop(ref)
-                try:
-                    ok, value = ray.get(ref)
-                except ray.exceptions.RayActorError:
-                    stats.alive -= 1
-                    stats.died += 1
-                    ray.kill(actor)
-                    task.attempt += 1
-                    if task.attempt > pool.max_retries:
-                        yield (
-                            task.key,
-                            False,
-                            f"its worker died {task.attempt} time(s) (the partial output is "
-                            "discarded); see the Ray logs, then run again",
-                        )
-                    else:
-                        pending.appendleft(task)
-                    changed()
-                    continue
-                idle.append(actor)
-                yield task.key, ok, value
-    finally:
-        for actor, _ in inflight.values():
-            ray.kill(actor)
-        for actor in idle:
-            ray.kill(actor)
-        stats.alive = 0
+            self._idle.append(actor)
+            return task.key, ok, value
+
+    def close(self) -> None:
+        """Kill every worker (payloads still out are abandoned)."""
+        for actor, _ in self._inflight.values():
+            self._ray.kill(actor)
+        for actor in self._idle:
+            self._ray.kill(actor)
+        self._inflight.clear()
+        self._idle.clear()
+        self._retry.clear()
+        self.stats.alive = 0
 
 
 def cluster_memory(ray: ModuleType) -> int:
@@ -443,6 +496,7 @@ __all__ = [
     "RAY_EXTRA",
     "Clip",
     "PoolStats",
+    "RayPool",
     "Throughput",
     "WorkerPool",
     "check_reachable",

@@ -89,31 +89,99 @@ def test_records_are_computed_once_and_replayed_on_resume(tmp_path: Path) -> Non
         Squares([3], out, power=3, resume=True)  # other settings: the fingerprint refuses
 
 
+class LastInFirstOut:
+    """A toy :class:`~ditf_track.eval._run.ItemEngine`: ``slots`` items at once, computed by a
+    worker copy, each result given back newest first (the worst order for the driver)."""
+
+    def __init__(self, worker: Squares, slots: int) -> None:
+        self.worker, self.slots = worker, slots
+        self.inflight: list[tuple[int, int]] = []
+        self.submitted: list[int] = []
+        self.closed = False
+
+    def has_room(self) -> bool:
+        return len(self.inflight) < self.slots
+
+    def submit(self, position: int, item: Any) -> None:
+        assert self.has_room()
+        self.submitted.append(item)
+        self.inflight.append((position, item))
+
+    def next_result(self) -> tuple[int, dict[str, Any]]:
+        position, item = self.inflight.pop()
+        return position, self.worker.compute(item)
+
+    def close(self) -> None:
+        self.closed = True
+
+
 def test_items_computed_elsewhere_in_any_order_are_recorded_in_item_order(
     tmp_path: Path,
 ) -> None:
     """iterate_with (the Ray path): a worker copy without run state computes the items not
-    replayed; they come back reversed and are committed and scored in item order."""
-    in_process = Squares([3, 1, 2, 5], tmp_path / "a")
+    replayed; they come back newest first and are committed and scored in item order."""
+    in_process = Squares([3, 1, 2, 5, 7, 4], tmp_path / "a")
     expected = list(in_process)
     out = tmp_path / "b"
     first = Squares([3, 1], out)
     list(first)
-    run = Squares([3, 1, 2, 5], out, resume=True)
+    run = Squares([3, 1, 2, 5, 7, 4], out, resume=True)
     worker = run.worker_copy()
     assert not hasattr(worker, "_run_dir")
     assert vars(worker)["power"] is None
-    worker = worker.with_model(2)
-    asked: list[list[int]] = []
-
-    def compute_many(items: Sequence[int]) -> Iterator[tuple[int, dict[str, Any]]]:
-        asked.append(list(items))
-        for index in reversed(range(len(items))):
-            yield index, worker.compute(items[index])
-
-    assert [o[:2] for o in run.iterate_with(compute_many)] == [o[:2] for o in expected]
-    assert asked == [[2, 5]]
+    engine = LastInFirstOut(worker.with_model(2), slots=2)
+    assert [o[:2] for o in run.iterate_with(engine, window=3)] == [o[:2] for o in expected]
+    assert engine.submitted == [2, 5, 7, 4]
+    assert engine.closed
     assert (out / "items.jsonl").read_bytes() == (tmp_path / "a" / "items.jsonl").read_bytes()
+
+
+class Counted(Squares):
+    """Squares whose items are read lazily, counting how many were read."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.read = 0
+        super().__init__(*args, **kwargs)
+
+    def _items(self) -> Iterator[int]:  # type: ignore[override]
+        for item in self.items:
+            self.read += 1
+            yield item
+
+
+@pytest.mark.parametrize("window", [1, 2, 5])
+def test_iterate_with_reads_at_most_window_items_ahead_of_the_scoring(
+    tmp_path: Path, window: int
+) -> None:
+    """Items may hold whole videos (TAP-Vid): however the engine orders its results and however
+    many items a resumed run replays, no more than ``window`` are read and not yet scored."""
+    items = list(range(40))
+    out = tmp_path / "run"
+    list(Squares(items[:15], out))  # a resumed run: 15 replayed, 25 to compute
+    run = Counted(items, out, resume=True)
+    engine = LastInFirstOut(run.worker_copy().with_model(2), slots=4)  # type: ignore[arg-type]
+    scored = 0
+    for _, value, resumed in run.iterate_with(engine, window=window):
+        scored += 1
+        assert run.read - scored <= window - 1  # the one just scored is no longer held
+        assert len(engine.inflight) <= window
+        assert resumed == (value < 15**2)
+    assert scored == 40
+    assert run.read == 40
+    assert engine.submitted == items[15:]
+    lines = (out / "items.jsonl").read_text().splitlines()
+    assert [json.loads(line)["value"] for line in lines] == [i * i for i in items]
+
+
+def test_iterate_with_closes_the_engine_when_the_caller_stops(tmp_path: Path) -> None:
+    run = Squares([1, 2, 3, 4], tmp_path / "run")
+    engine = LastInFirstOut(run.worker_copy().with_model(2), slots=2)
+    outcomes = run.iterate_with(engine, window=2)
+    assert next(outcomes) == (1, 1, False)
+    outcomes.close()
+    assert engine.closed
+    lines = (tmp_path / "run" / "items.jsonl").read_text().splitlines()
+    assert [json.loads(line)["value"] for line in lines] == [1]  # only what was committed
 
 
 def test_every_runner_is_a_resumable_run() -> None:

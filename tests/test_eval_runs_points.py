@@ -41,10 +41,12 @@ def block_video(n_frames: int, seed: int, size: int = 256) -> tuple[np.ndarray, 
     return np.stack([np.roll(base, CELL * k, axis=1) for k in range(n_frames)]), cells
 
 
-def tapvid_pickle(path: Path) -> dict[str, dict[str, np.ndarray]]:
-    """Two 256x256 videos; tracks at cell centres moving one cell right per frame."""
+def tapvid_pickle(
+    path: Path, videos: tuple[str, ...] = ("blocks", "other")
+) -> dict[str, dict[str, np.ndarray]]:
+    """256x256 videos (two by default); tracks at cell centres moving one cell right a frame."""
     data = {}
-    for name, seed in (("blocks", 0), ("other", 1)):
+    for seed, name in enumerate(videos):
         video, cells = block_video(6, seed)
         rng = np.random.default_rng(seed + 10)
         start = rng.integers(0, [cells, cells - 6], size=(5, 2))  # (row, col), never wrapping

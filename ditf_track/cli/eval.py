@@ -11,7 +11,7 @@ import argparse
 import functools
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -21,11 +21,11 @@ from tqdm import tqdm
 
 from ..batch import (
     PoolStats,
+    RayPool,
     check_worker_memory,
     cluster_memory,
     connect,
     import_ray,
-    pool_results,
 )
 from ..config import PointsMode, TrackerConfig
 from ..errors import ConfigError, DitfError, InputError
@@ -132,7 +132,7 @@ def _drive(
             bar.set_postfix_str(describe(outcome))
 
 
-# -- items sharded over Ray workers (the pair runners) ------------------------------------------
+# -- items sharded over Ray workers (pair and point runners) -------------------------------------
 def _load_worker_run(
     run: ResumableRun[Any, Any], build: Callable[[], Any], threads: int
 ) -> dict[str, Any]:
@@ -153,51 +153,72 @@ def _compute_on_worker(state: dict[str, Any], payload: Any, attempt: int) -> Rec
     return record
 
 
-def _ray_compute(
-    args: argparse.Namespace,
-    run: ResumableRun[Any, Any],
-    build: Callable[[], Any],
-    what: str,
-    preset: str | None,
-) -> Callable[[Sequence[Any]], Iterator[tuple[int, Record]]]:
+class _RayItems:
     """The items of ``run`` computed on ``--ray-workers`` Ray actors, each holding a worker copy
-    of ``run`` with the model ``build`` makes (for :meth:`~ResumableRun.iterate_with`); a worker
-    that dies is replaced and its item sent again (``--max-retries``)."""
-    ray = import_ray()
-    setup = functools.partial(_load_worker_run, run.worker_copy(), build, args.cpus_per_worker)
-    exit_after = worker_exit_after()
+    of ``run`` with the model ``build`` makes (an :class:`~ditf_track.eval._run.ItemEngine`); a
+    worker that dies is replaced and its item sent again (``--max-retries``). Ray is joined and
+    the workers started with the first item: a re-run with nothing left to compute loads no
+    model."""
 
-    def compute_many(items: Sequence[Any]) -> Iterator[tuple[int, Record]]:
-        stats = PoolStats()
-        started = connect(ray, args.ray)
-        try:
-            pool = worker_pool(args, preset_worker_memory(args, preset))
-            check_worker_memory(pool.workers, pool.memory_per_worker, cluster_memory(ray))
-            results = pool_results(
-                ray,
-                range(len(items)),
-                setup=setup,
-                work=_compute_on_worker,
-                prepare=lambda i: (items[i], exit_after),
-                pool=pool,
-                stats=stats,
-            )
-            for index, ok, value in results:
-                if not ok:
-                    raise DitfError(
-                        f"{what} {run._key(items[index])} failed on a Ray worker: {value} "
-                        "(the items before it are recorded: run again with --resume)"
-                    )
-                yield index, value
-        finally:
-            if started:
-                ray.shutdown()
-        print(
-            f"Ray: {len(items)} {what}(s) computed; {stats.started} worker(s), "
-            f"{stats.died} replaced"
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        run: ResumableRun[Any, Any],
+        build: Callable[[], Any],
+        what: str,
+        preset: str | None,
+    ) -> None:
+        self._args, self._run, self._what, self._preset = args, run, what, preset
+        self._setup = functools.partial(
+            _load_worker_run, run.worker_copy(), build, args.cpus_per_worker
         )
+        self._exit_after = worker_exit_after()
+        self._ray: Any = None
+        self._started = False
+        self._pool: RayPool | None = None
+        self._keys: dict[int, str] = {}
+        self._stats = PoolStats()
+        self._computed = 0
 
-    return compute_many
+    def _workers(self) -> RayPool:
+        if self._pool is None:
+            self._ray = import_ray()
+            self._started = connect(self._ray, self._args.ray)
+            pool = worker_pool(self._args, preset_worker_memory(self._args, self._preset))
+            check_worker_memory(pool.workers, pool.memory_per_worker, cluster_memory(self._ray))
+            self._pool = RayPool(
+                self._ray, self._setup, _compute_on_worker, pool, stats=self._stats
+            )
+        return self._pool
+
+    def has_room(self) -> bool:
+        return self._workers().has_room()
+
+    def submit(self, position: int, item: Any) -> None:
+        self._keys[position] = self._run._key(item)
+        self._workers().submit(position, (item, self._exit_after))
+
+    def next_result(self) -> tuple[int, Record]:
+        position, ok, value = self._workers().next_result()
+        if not ok:
+            raise DitfError(
+                f"{self._what} {self._keys[position]} failed on a Ray worker: {value} "
+                "(the items before it are recorded: run again with --resume)"
+            )
+        del self._keys[position]
+        self._computed += 1
+        return position, value
+
+    def close(self) -> None:
+        if self._pool is None:
+            return
+        self._pool.close()
+        if self._started:
+            self._ray.shutdown()
+        print(
+            f"Ray: {self._computed} {self._what}(s) computed; "
+            f"{self._stats.started} worker(s), {self._stats.died} replaced"
+        )
 
 
 def _sharded(
@@ -208,10 +229,12 @@ def _sharded(
     preset: str | None,
 ) -> Iterable[T]:
     """``run`` iterated in process, or with its items computed on Ray workers (``--ray``),
-    each worker's model made by ``build`` (its memory: ``preset``'s model size)."""
+    each worker's model made by ``build`` (its memory: ``preset``'s model size), at most twice
+    as many items read ahead as there are workers."""
     if not args.ray:
         return run
-    return run.iterate_with(_ray_compute(args, run, build, what, preset))
+    engine = _RayItems(args, run, build, what, preset)
+    return run.iterate_with(engine, window=2 * args.ray_workers)
 
 
 def _pair_preset(args: argparse.Namespace) -> str | None:
@@ -774,6 +797,7 @@ def _add_tapvid(eval_sub: argparse._SubParsersAction) -> None:
         "--query-mode", choices=["first", "strided"], default="first", help="default first"
     )
     _add_tracking_run_options(p, _run_tapvid)
+    add_ray_options(p, "--ray-workers", "videos")
 
 
 def _add_keypoints(eval_sub: argparse._SubParsersAction) -> None:
@@ -814,6 +838,9 @@ def _run_tapvid(args: argparse.Namespace) -> int:
     # scipy.io (0.3 s, JHMDB's .mat files) stays out of `ditf-track --help`.
     from ..eval.runs.points import TapVidEvaluation
 
+    if args.ray:
+        import_ray()  # before anything else: one line naming the extra
+        check_ray_options(args)
     if not args.data.exists():
         raise InputError(f"TAP-Vid path {args.data} does not exist; pass tapvid_davis.pkl")
     _limited([], args.limit)
@@ -833,7 +860,13 @@ def _run_tapvid(args: argparse.Namespace) -> int:
         )
         try:
             _drive(
-                run,
+                _sharded(
+                    args,
+                    run,
+                    functools.partial(build_tracker, config),
+                    "video",
+                    config.features.preset,
+                ),
                 "tapvid",
                 "video",
                 lambda o: f"{o.video} AJ {o.metrics['average_jaccard']:.3f}",

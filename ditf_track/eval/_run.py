@@ -15,8 +15,9 @@ with a ``key``. :class:`ResumableRun` holds the protocol they share, on top of
 3. **finish** — the subclass scores the whole run and writes its summary files under the lock
    (:meth:`~ResumableRun._write_locked`).
 
-:meth:`~ResumableRun.iterate_with` runs step 2 with the items to compute handed to another
-engine (Ray workers, each holding a :meth:`~ResumableRun.worker_copy` of the runner): the
+:meth:`~ResumableRun.iterate_with` runs step 2 with the items to compute handed to an
+:class:`ItemEngine` (Ray workers, each holding a :meth:`~ResumableRun.worker_copy` of the
+runner): items are read lazily with a bound on how many are read and not yet scored, the
 records come back in any order and are committed and scored in item order, so the record log
 and the summary are those of the in-process run; only the driver writes run state.
 
@@ -27,9 +28,10 @@ the replay and commit steps.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import numpy as np
 
@@ -41,8 +43,31 @@ METRICS_FILE = "metrics.json"
 ItemT = TypeVar("ItemT")
 OutcomeT = TypeVar("OutcomeT")
 Record = dict[str, Any]
-#: Computes the given items elsewhere: yields ``(position in the list, record)`` in any order.
-ComputeMany = Callable[[Sequence[Any]], Iterator[tuple[int, Record]]]
+_END: Any = object()
+
+
+class ItemEngine(Protocol):
+    """Computes a run's items elsewhere (Ray workers, each with its own model) for
+    :meth:`ResumableRun.iterate_with`, which submits items while the engine has room and
+    collects the records, in whatever order they finish."""
+
+    def has_room(self) -> bool:
+        """Whether a submitted item would start at once."""
+        ...
+
+    def submit(self, position: int, item: Any) -> None:
+        """Start computing ``item``; its record comes back under ``position``."""
+        ...
+
+    def next_result(self) -> tuple[int, Record]:
+        """The next finished ``(position, record)``; raises when an item cannot be computed."""
+        ...
+
+    def close(self) -> None:
+        """Stop (also when the run stops early) and report."""
+        ...
+
+
 #: A summary CSV: file name in the run folder, rows, columns, and what it is (for errors).
 Table = tuple[str, Sequence[Mapping[str, Any]], Sequence[str], str]
 
@@ -186,42 +211,70 @@ class ResumableRun(Generic[ItemT, OutcomeT]):
                     record = self._compute(item)
                     self._commit(record)
                 yield self._score(item, record, resumed)
+        self._check_iterated()
 
     def __iter__(self) -> Iterator[OutcomeT]:
         return self._iterate()
 
-    def iterate_with(self, compute_many: ComputeMany) -> Iterator[OutcomeT]:
-        """Iterate as :meth:`__iter__` does, the items to compute given to ``compute_many`` in
-        item order; its records, in any order, are committed and scored in item order (results
-        that come early wait on the driver), so every file equals the in-process run's. The
-        items are listed up front: for runners whose items are light (paths, annotations)."""
+    def iterate_with(self, engine: ItemEngine, window: int) -> Iterator[OutcomeT]:
+        """Iterate as :meth:`__iter__` does, the items to compute handed to ``engine`` in item
+        order; their records, in any order, are committed and scored in item order (results that
+        come early wait on the driver), so every file equals the in-process run's.
+
+        Items are read lazily, at most ``window`` of them read and not yet scored: that bounds
+        what the driver holds (items that carry whole videos, records that came early) however
+        long the run is and however the engine orders its results. The engine is closed at the
+        end, also when the caller stops early.
+        """
+        if window < 1:
+            raise ValueError(f"window must be at least 1, got {window}")
         if self.iterate_once and self._consumed:
             raise RuntimeError(f"{type(self).__name__} can be iterated only once")
         self._consumed = True
-        with self._run_dir.locked():
-            items = list(self._items())
-            replayed = [self._replay(item, self._key(item)) for item in items]
-            todo = [n for n, record in enumerate(replayed) if record is None]
-            results = compute_many([items[n] for n in todo]) if todo else iter(())
-            early: dict[int, Record] = {}
-            position = 0
-            try:
-                for item, record in zip(items, replayed):
+        items = iter(self._items())
+        #: read and not yet scored: (item, its replayed record or None, position among the sent)
+        ahead: deque[tuple[ItemT, Record | None, int]] = deque()
+        unsent: deque[int] = deque()  # positions read and not yet submitted, oldest first
+        sent_items: dict[int, ItemT] = {}
+        early: dict[int, Record] = {}
+        exhausted = False
+        sent = 0
+        try:
+            with self._run_dir.locked():
+                while True:
+                    while not exhausted and len(ahead) < window:
+                        item = next(items, _END)
+                        if item is _END:
+                            exhausted = True
+                            break
+                        record = self._replay(item, self._key(item))
+                        ahead.append((item, record, -1 if record is not None else sent))
+                        if record is None:
+                            sent_items[sent] = item
+                            unsent.append(sent)
+                            sent += 1
+                    while unsent and engine.has_room():
+                        position = unsent.popleft()
+                        engine.submit(position, sent_items.pop(position))
+                    if not ahead:
+                        break
+                    item, record, position = ahead[0]
                     resumed = record is not None
                     if record is None:
-                        while position not in early:
-                            done, computed = next(results)
+                        if position not in early:
+                            done, computed = engine.next_result()
                             early[done] = computed
+                            continue  # send what now has room, then look again
                         record = early.pop(position)
-                        position += 1
                         self._commit(record)
+                    ahead.popleft()
                     yield self._score(item, record, resumed)
-                for _ in results:  # nothing is left: let ``compute_many`` end (and report)
-                    pass
-            finally:
-                close = getattr(results, "close", None)
-                if close is not None:
-                    close()
+        finally:
+            engine.close()
+        self._check_iterated()
+
+    def _check_iterated(self) -> None:
+        """Called after a complete iteration (either loop): a runner's check of the whole run."""
 
     def worker_copy(self) -> ResumableRun[ItemT, OutcomeT]:
         """This runner without its run state or model, for a worker to :meth:`_compute` items

@@ -316,23 +316,18 @@ def _named_examples(data: Any, prefix: str) -> Iterator[tuple[str, Mapping[str, 
         )
 
 
-def iter_tapvid(
-    path: str | Path,
-    query_mode: QueryMode = "first",
-    resolution: tuple[int, int] | None = TAPVID_RESOLUTION,
-) -> Iterator[TapVidSample]:
-    """Iterate over a TAP-Vid split on disk, one :class:`TapVidSample` per video.
+def iter_tapvid_examples(path: str | Path) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """The stored videos of a TAP-Vid split, ``(video name, example)`` as the pickles hold them
+    (nothing decoded: :func:`tapvid_sample` turns one into a sample), one shard in memory at a
+    time.
 
     Args:
         path: ``tapvid_davis.pkl`` (a dict video name → example), any pickle holding a list of
             examples (RGB-Stacking), or a folder of TAP-Vid-Kinetics shards ``*_of_0010.pkl``
             (lists of examples with JPEG-encoded frames), read in name order.
-        query_mode: ``"first"`` or ``"strided"``.
-        resolution: (H, W) the frames and points are brought to; None keeps the stored size.
 
     Pickles are trusted input: only open files from the TAP-Vid release.
     """
-    _check_query_mode(query_mode)
     path = Path(path)
     if path.is_dir():
         shards = sorted(path.glob(KINETICS_SHARD_GLOB))
@@ -346,5 +341,22 @@ def iter_tapvid(
     else:
         raise InputError(f"TAP-Vid path {path} does not exist; pass a .pkl file or shard folder")
     for shard in shards:
-        for name, example in _named_examples(_load_pickle(shard), shard.stem):
-            yield tapvid_sample(name, example, query_mode, resolution)
+        yield from _named_examples(_load_pickle(shard), shard.stem)
+
+
+def iter_tapvid(
+    path: str | Path,
+    query_mode: QueryMode = "first",
+    resolution: tuple[int, int] | None = TAPVID_RESOLUTION,
+) -> Iterator[TapVidSample]:
+    """Iterate over a TAP-Vid split on disk (see :func:`iter_tapvid_examples`), one
+    :class:`TapVidSample` per video.
+
+    Args:
+        path: a TAP-Vid pickle or a folder of Kinetics shards.
+        query_mode: ``"first"`` or ``"strided"``.
+        resolution: (H, W) the frames and points are brought to; None keeps the stored size.
+    """
+    _check_query_mode(query_mode)
+    for name, example in iter_tapvid_examples(path):
+        yield tapvid_sample(name, example, query_mode, resolution)

@@ -11,7 +11,7 @@ Iterating a run yields one outcome per video, replayed from ``videos.jsonl`` whe
 Features are *not* extracted from the 256 × 256 frames — a 16-pixel token grid would have
 16 × 16 cells — but from the frames as stored in the pickle (480p for DAVIS), resized by the
 tracker to its short side (the preset's video setting; ``--short-side``) with the aspect kept.
-Queries are the stored normalised points times the stored frame size (``iter_tapvid(...,
+Queries are the stored normalised points times the stored frame size (``tapvid_sample(...,
 resolution=None)``), and the tracks are mapped to 256 × 256 by the same plain scaling
 (:func:`ditf_track.coords.points_to_tapvid_tracks`), so the ground truth equals the
 reference loader's ``points × 256``. ``occluded`` is the tracker's ``not visible``.
@@ -33,7 +33,7 @@ import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -58,7 +58,13 @@ from ..keypoints import (
     load_badja,
     load_jhmdb_joints,
 )
-from ..tapvid import TAPVID_THRESHOLDS, QueryMode, TapVidSample, compute_tapvid_metrics, iter_tapvid
+from ..tapvid import (
+    TAPVID_THRESHOLDS,
+    QueryMode,
+    compute_tapvid_metrics,
+    iter_tapvid_examples,
+    tapvid_sample,
+)
 
 LOG_FILE = "videos.jsonl"
 VIDEO_FILE = "per_video.csv"
@@ -119,18 +125,43 @@ def _finite_mean(values: Iterable[float]) -> float | None:
     return float(arr.mean()) if arr.size else None
 
 
+VideoT = TypeVar("VideoT")
+
+
+class _PointRun(ResumableRun[VideoT, VideoOutcome]):
+    """What the point-tracking runs share: their files, the tracker as the model a Ray worker
+    loads, and ``tracks/<video>.npz`` written by the driver when it commits a record."""
+
+    owned = (CONFIG_FILE, LOG_FILE, METRICS_FILE, VIDEO_FILE, f"{TRACKS_DIR}/*.npz")
+    log_file = LOG_FILE
+    model_attr = "tracker"
+
+    def _commit(self, record: dict[str, Any]) -> None:
+        """``tracks/<video>.npz`` (the arrays a computed record holds under ``TRACKS_RECORD``,
+        on the driver: a Ray worker writes nothing), then the record without them in the log."""
+        _save_tracks(self.out / TRACKS_DIR, record["key"], **record.pop(TRACKS_RECORD))
+        super()._commit(record)
+
+
 # ----------------------------------------------------------------------------------------------
 # TAP-Vid
 
 
-class TapVidEvaluation(ResumableRun[TapVidSample, VideoOutcome]):
+@dataclass(frozen=True)
+class TapVidVideo:
+    """One TAP-Vid video as its pickle stores it (``example``: ``video``, ``points``,
+    ``occluded``), decoded and its queries sampled only where it is tracked (the driver, or the
+    Ray worker it is sent to)."""
+
+    name: str
+    example: Mapping[str, Any]
+
+
+class TapVidEvaluation(_PointRun[TapVidVideo]):
     """TAP-Vid on a pickle (DAVIS) or a folder of Kinetics shards: iterate, then :meth:`finish`.
 
     ``query_mode`` is ``"first"`` or ``"strided"``; ``limit`` keeps the first videos only.
     """
-
-    owned = (CONFIG_FILE, LOG_FILE, METRICS_FILE, VIDEO_FILE, f"{TRACKS_DIR}/*.npz")
-    log_file = LOG_FILE
 
     def __init__(
         self,
@@ -173,33 +204,32 @@ class TapVidEvaluation(ResumableRun[TapVidSample, VideoOutcome]):
         self._start(out, "tapvid", fingerprint, config, resume=resume, overwrite=overwrite)
         self._rows: list[dict[str, Any]] = []
 
-    def __iter__(self) -> Iterator[VideoOutcome]:
-        yield from self._iterate()
+    def _check_iterated(self) -> None:
         if not self._rows:
             raise InputError(f"no TAP-Vid video in {self.data}; check --data")
 
-    def _items(self) -> Iterator[TapVidSample]:
-        samples = iter_tapvid(self.data, self.query_mode, resolution=None)
-        for count, sample in enumerate(samples):
+    def _items(self) -> Iterator[TapVidVideo]:
+        for count, (name, example) in enumerate(iter_tapvid_examples(self.data)):
             if self.limit is not None and count >= self.limit:
                 break
-            yield sample
+            yield TapVidVideo(name, example)
 
-    def _key(self, item: TapVidSample) -> str:
-        return item.video_name
+    def _key(self, item: TapVidVideo) -> str:
+        return item.name
 
-    def _score(self, item: TapVidSample, record: Mapping[str, Any], resumed: bool) -> VideoOutcome:
+    def _score(self, item: TapVidVideo, record: Mapping[str, Any], resumed: bool) -> VideoOutcome:
         metrics = {k: record["metrics"][k] for k in TAPVID_KEYS}
-        self._rows.append({"video": item.video_name, **metrics, **_counts(record)})
+        self._rows.append({"video": item.name, **metrics, **_counts(record)})
         return VideoOutcome(
-            item.video_name,
+            item.name,
             {k: (math.nan if v is None else float(v)) for k, v in metrics.items()},
             int(record["num_points"]),
             int(record["num_frames"]),
             resumed,
         )
 
-    def _compute(self, sample: TapVidSample) -> dict[str, Any]:
+    def _compute(self, item: TapVidVideo) -> dict[str, Any]:
+        sample = tapvid_sample(item.name, item.example, self.query_mode, resolution=None)
         frames = sample.frames
         hw = (int(frames.shape[1]), int(frames.shape[2]))
         query_t = np.round(sample.query_points[:, 0]).astype(np.int64)
@@ -217,16 +247,14 @@ class TapVidEvaluation(ResumableRun[TapVidSample, VideoOutcome]):
             pred[None],
             self.query_mode,
         )
-        _save_tracks(
-            self.out / TRACKS_DIR,
-            sample.video_name,
-            query_points=queries.astype(np.float32),
-            tracks=pred.astype(np.float32),
-            occluded=~visible.T,
-            gt_tracks=gt.astype(np.float32),
-            gt_occluded=sample.occluded,
-        )
         return {
+            TRACKS_RECORD: {
+                "query_points": queries.astype(np.float32),
+                "tracks": pred.astype(np.float32),
+                "occluded": ~visible.T,
+                "gt_tracks": gt.astype(np.float32),
+                "gt_occluded": sample.occluded,
+            },
             "key": sample.video_name,
             "metrics": {k: float(result[k][0]) for k in TAPVID_KEYS},
             "num_points": len(query_t),
@@ -346,12 +374,8 @@ def jhmdb_videos(root: str | Path, video_list: str | Path | None = None) -> list
     return videos
 
 
-class KeypointEvaluation(ResumableRun[BadjaVideo | JhmdbVideo, VideoOutcome]):
+class KeypointEvaluation(_PointRun[BadjaVideo | JhmdbVideo]):
     """Keypoint tracking PCK on BADJA or JHMDB videos: iterate, then :meth:`finish`."""
-
-    owned = (CONFIG_FILE, LOG_FILE, METRICS_FILE, VIDEO_FILE, f"{TRACKS_DIR}/*.npz")
-    log_file = LOG_FILE
-    model_attr = "tracker"
 
     def __init__(
         self,
@@ -412,14 +436,7 @@ class KeypointEvaluation(ResumableRun[BadjaVideo | JhmdbVideo, VideoOutcome]):
         return item.name
 
     def _compute(self, item: BadjaVideo | JhmdbVideo) -> dict[str, Any]:
-        """The record, with the video's track arrays under ``TRACKS_RECORD`` for :meth:`_commit`
-        (on the driver: a Ray worker writes nothing)."""
         return self._badja(item) if isinstance(item, BadjaVideo) else self._jhmdb_video(item)
-
-    def _commit(self, record: dict[str, Any]) -> None:
-        """``tracks/<video>.npz``, then the record (without the arrays) in the log."""
-        _save_tracks(self.out / TRACKS_DIR, record["key"], **record.pop(TRACKS_RECORD))
-        super()._commit(record)
 
     def _score(
         self, video: BadjaVideo | JhmdbVideo, record: Mapping[str, Any], resumed: bool
@@ -538,6 +555,7 @@ __all__ = [
     "JhmdbVideo",
     "KeypointEvaluation",
     "TapVidEvaluation",
+    "TapVidVideo",
     "VideoOutcome",
     "badja_videos",
     "jhmdb_videos",
