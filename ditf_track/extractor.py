@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .backbones import TOKEN_STRIDE, BlockCapture, DiTBackbone, backbone_class
+from .backbones import TOKEN_STRIDE, BackbonePlan, BlockCapture, DiTBackbone, backbone_class
 from .devices import dtype_name, out_of_memory_as_error, resolve_device, resolve_dtype
 from .errors import ConfigError, InputError
 from .features import (
@@ -60,7 +60,7 @@ class DiTFExtractor:
 
     def __init__(
         self,
-        backbone: DiTBackbone,
+        backbone: DiTBackbone | BackbonePlan,
         settings: DiTFSettings,
         *,
         batch_size: int | None = None,
@@ -84,7 +84,9 @@ class DiTFExtractor:
                 f"discard channels {list(fixed)} are not all channels of this model (it has "
                 f"{width}: 0..{width - 1}); give channels below {width} or --discard-channels auto"
             )
-        self.backbone = backbone
+        #: the model as described before loading (identity, device, dtype: no weights needed)
+        self._described: DiTBackbone | BackbonePlan = backbone
+        self._backbone = backbone if isinstance(backbone, DiTBackbone) else None
         self.settings = settings
         self.profile = profile or resolve_profile(None, "video", DEFAULT_PROFILE)
         self._channels_checked = False
@@ -109,6 +111,7 @@ class DiTFExtractor:
         batch_size: int | None = None,
         profile: str = DEFAULT_PROFILE,
         prompts: Sequence[str] = (),
+        defer_load: bool = False,
         **overrides: Any,
     ) -> DiTFExtractor:
         """A preset's model with its ``task`` settings under ``profile``; ``overrides`` replace
@@ -116,7 +119,9 @@ class DiTFExtractor:
 
         ``model`` replaces the preset's hub id with another id or a local folder (same family).
         ``prompts`` (the per-image prompts a run will pass to :meth:`extract`) are encoded with
-        the settings' prompt in one pass, before the transformer loads.
+        the settings' prompt in one pass, before the transformer loads. ``defer_load``: read
+        and check the model's config only, and load the model (and encode the prompts) when it
+        is first used — :meth:`identity` needs no weights (a Ray driver whose workers extract).
         A profile whose fixed channels index another width than the loaded model's (a tiny test
         model under the ``flux`` preset) does not apply to those weights: the paper's profile is
         used, with one logged warning, and ``identity()`` records it.
@@ -136,6 +141,7 @@ class DiTFExtractor:
             cache_dir=cache_dir,
             max_sequence_length=preset.max_sequence_length,
             prompts=prompts,
+            defer_load=defer_load,
         )
         width = backbone.hidden_size
         if resolved.model_channels is not None and width != resolved.model_channels:
@@ -175,6 +181,7 @@ class DiTFExtractor:
         preset: str | None = None,
         profile: str | ResolvedProfile = DEFAULT_PROFILE,
         prompts: Sequence[str] = (),
+        defer_load: bool = False,
         **fields: Any,
     ) -> DiTFExtractor:
         """Load blocks 0..k of ``model`` (hub id or folder in the hub's layout) of ``family``.
@@ -200,6 +207,7 @@ class DiTFExtractor:
             cache_dir=cache_dir,
             max_sequence_length=max_sequence_length,
             prompts=prompts,
+            defer_load=defer_load,
         )
         return cls(
             backbone,
@@ -223,34 +231,53 @@ class DiTFExtractor:
         cache_dir: str | os.PathLike[str] | None,
         max_sequence_length: int | None,
         prompts: Sequence[str] = (),
-    ) -> DiTBackbone:
+        defer_load: bool = False,
+    ) -> DiTBackbone | BackbonePlan:
         """Blocks 0..k of ``model`` and what encodes ``settings.prompt`` and ``prompts`` (all
-        encoded first, with one text-encoder load)."""
+        encoded first, with one text-encoder load); with ``defer_load`` only its checked plan
+        (the config read, nothing loaded until the extractor first needs the model)."""
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
+        plan = backbone_class(family).plan(
+            model,
+            k=settings.k,
+            revision=revision,
+            device=dev,
+            dtype=dt,
+            local_files_only=local_files_only,
+            cache_dir=cache_dir,
+            max_sequence_length=max_sequence_length,
+            prompts=(settings.prompt, *_check_prompts(prompts)),
+        )
+        if defer_load:
+            return plan
         with out_of_memory_as_error("loading the model"):
-            backbone = backbone_class(family).load(
-                model,
-                k=settings.k,
-                revision=revision,
-                device=dev,
-                dtype=dt,
-                local_files_only=local_files_only,
-                cache_dir=cache_dir,
-                max_sequence_length=max_sequence_length,
-                prompts=(settings.prompt, *_check_prompts(prompts)),
-            )
-        return backbone
+            return plan.load()
+
+    @property
+    def backbone(self) -> DiTBackbone:
+        """The loaded model; an extractor built with ``defer_load`` loads it here, on first use."""
+        if self._backbone is None:
+            assert isinstance(self._described, BackbonePlan)
+            with out_of_memory_as_error("loading the model"):
+                self._backbone = self._described.load()
+            self._described = self._backbone
+        return self._backbone
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the model's weights are loaded (False until first use with ``defer_load``)."""
+        return self._backbone is not None
 
     @property
     def device(self) -> torch.device:
-        return self.backbone.device
+        return self._described.device
 
     # -- protocol ----------------------------------------------------------------------------
     def identity(self, prompt: str | None = None) -> dict[str, Any]:
         """Everything that changes the features (cache keys, config.json); ``prompt``: the
         identity of a feature extracted with that per-image prompt instead of the settings'."""
-        b = self.backbone
+        b = self._described
         settings = self.settings.to_dict()
         if prompt is not None:
             settings["prompt"] = prompt
@@ -546,9 +573,11 @@ def extractor_from_config(
     *,
     warn: Callable[[str], None] | None = None,
     prompts: Sequence[str] = (),
+    defer_load: bool = False,
 ) -> FeatureExtractor:
     """The extractor a :class:`~ditf_track.config.FeatureConfig` describes, for ``task``;
-    ``prompts`` as in :func:`build_extractor`.
+    ``prompts`` as in :func:`build_extractor`, ``defer_load`` as in
+    :meth:`DiTFExtractor.from_preset` (a DiT's weights load on first use).
 
     A weight-free preset (``lab``) takes no model nor DiTF settings: they are dropped, and
     ``warn`` (a front end's ``log.warning``, say) is told so in one line (``features.unused()``).
@@ -575,5 +604,6 @@ def extractor_from_config(
         batch_size=run.batch_size,
         profile=features.profile,
         prompts=prompts,
+        defer_load=defer_load,
         **features.overrides(),
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import torch
 from cli_helpers import DOG, one_line_error, run, snapshot
 from PIL import Image
 
+from ditf_track.backbones import DiTBackbone
 from ditf_track.cli._ray import EXIT_AFTER_FRAMES_ENV
 
 spair_root = test_eval_correspondence.spair_root
@@ -227,3 +228,32 @@ def test_eval_tapvid_without_ray_is_one_line(
     code, _, err = run([*args, "--out", str(tmp_path / "o")], capsys)
     assert one_line_error(code, err).endswith("pip install 'ditf-track[ray]'")
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.ray
+def test_eval_on_ray_loads_no_model_on_the_driver(
+    tmp_path: Path,
+    tiny_model: Callable[..., Path],
+    ray_cluster: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The driver needs the tracker's identity only (run fingerprint, config.json): its DiT is
+    planned from the config, never loaded; the workers load theirs. Same folder as in-process."""
+    data = tmp_path / "tapvid_davis.pkl"
+    test_eval_runs_points.tapvid_pickle(data)
+    model = ["--model", str(tiny_model("flux")), "--family", "flux", "--t", "90", "--k", "3"]
+    base = ["eval", "tapvid", "--data", str(data), *model, "--short-side", "64"]
+    base.append("--no-disk-cache")
+    code, _, err = run([*base, "--out", str(tmp_path / "local")], capsys)
+    assert code == 0, err
+
+    def refuse(cls: Any, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the driver loaded a model")
+
+    monkeypatch.setattr(DiTBackbone, "load", classmethod(refuse))  # this process only
+    ray_args = ["--ray", "local", "--ray-workers", "2"]
+    code, stdout, err = run([*base, "--out", str(tmp_path / "ray"), *ray_args], capsys)
+    assert code == 0, err
+    assert re.search(r"^Ray: 2 video\(s\) computed; 2 worker\(s\), 0 replaced$", stdout, re.M)
+    assert snapshot(tmp_path / "ray") == snapshot(tmp_path / "local")

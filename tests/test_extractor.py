@@ -667,3 +667,37 @@ def test_prompts_encoded_after_loading_move_the_transformer_aside_once(
     assert moves == ["cpu", "cuda"]
     # condition() moves the transformer only for a prompt missing here: none is
     assert backbone.conditioner.missing(CAPTIONS) == []
+
+
+@pytest.mark.parametrize("tiny", ["pixart", "sd3", "flux"])
+def test_deferred_load_has_the_identity_of_a_loaded_model_and_loads_on_first_use(
+    tiny_model: Callable[..., Path], tiny: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ray driver builds its extractor with ``defer_load``: the config is read and checked,
+    the identity (cache keys, run fingerprints) is the loaded model's, and no weight is read
+    until the first extract, whose features are the eager extractor's."""
+    folder = tiny_model(tiny)
+    family = "sd3" if tiny == "sd3" else tiny
+    eager = DiTFExtractor.from_pretrained(folder, family=family, t=100, k=1)
+    loads: list[str] = []
+    real_load = type(eager.backbone).load.__func__  # type: ignore[attr-defined]
+
+    def counted(cls: Any, *args: Any, **kwargs: Any) -> Any:
+        loads.append(cls.family)
+        return real_load(cls, *args, **kwargs)
+
+    monkeypatch.setattr(type(eager.backbone), "load", classmethod(counted))
+    deferred = DiTFExtractor.from_pretrained(folder, family=family, t=100, k=1, defer_load=True)
+    assert deferred.identity() == eager.identity()
+    assert deferred.identity("a photo of a dog") == eager.identity("a photo of a dog")
+    assert deferred.device == eager.device
+    assert not deferred.loaded
+    assert loads == []
+    images = np.random.default_rng(0).integers(0, 256, (1, 32, 48, 3), dtype=np.uint8)
+    torch.testing.assert_close(deferred.extract(images).features, eager.extract(images).features)
+    assert deferred.loaded
+    assert loads == [family]
+    deferred.extract(images)
+    assert loads == [family]  # loaded once
+    with pytest.raises(ConfigError, match="out of range"):
+        DiTFExtractor.from_pretrained(folder, family=family, t=100, k=99, defer_load=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 from ..hub import ModelSource
-from .base import TOKEN_STRIDE, BlockCapture, DiTBackbone
+from .base import TOKEN_STRIDE, BackbonePlan, BlockCapture, DiTBackbone
 from .flux import FluxBackbone
 from .pixart import PixArtBackbone
 from .sd3 import SD3Backbone
@@ -35,6 +35,7 @@ def backbone_class(family: str) -> type[DiTBackbone]:
 __all__ = [
     "BACKBONES",
     "TOKEN_STRIDE",
+    "BackbonePlan",
     "BlockCapture",
     "DiTBackbone",
     "FluxBackbone",

@@ -15,11 +15,12 @@ safetensors shards (only the shards that hold them are downloaded), straight to 
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -52,6 +53,24 @@ class BlockCapture:
     gate: torch.Tensor
     grid: tuple[int, int]
     eps: float
+
+
+@dataclass(frozen=True)
+class BackbonePlan:
+    """A backbone before its weights load: what the model's config says (family, described id,
+    block count, channel width) and how it would be placed (device, dtype). Enough for an
+    extractor's identity and checks, so a process that never extracts (a Ray driver) loads no
+    model; ``load()`` gives the :class:`DiTBackbone`."""
+
+    family: str
+    model_id: str
+    revision: str | None
+    device: torch.device
+    dtype: torch.dtype
+    k_max: int
+    num_blocks: int
+    hidden_size: int
+    load: Callable[[], DiTBackbone]
 
 
 class TruncatedHead(nn.Module):
@@ -113,6 +132,81 @@ class DiTBackbone(ABC):
 
     # -- loading -----------------------------------------------------------------------------
     @classmethod
+    def _checked_config(
+        cls,
+        model: str | os.PathLike[str],
+        k: int,
+        revision: str | None,
+        local_files_only: bool | None,
+        hub_cache_dir: str | os.PathLike[str] | None,
+    ) -> tuple[ModelSource, dict[str, Any], int]:
+        """The model's source, its transformer config and block count, checked against this
+        family and ``k`` (the config file only: fails before any weight is read)."""
+        source = ModelSource(
+            model, revision=revision, local_files_only=local_files_only, cache_dir=hub_cache_dir
+        )
+        source.require_subfolders(list(cls.required_subfolders))
+        config = source.load_config("transformer")
+        if config.get("_class_name") not in (None, cls.transformer_class_name):
+            raise ModelLoadError(
+                f"{source.describe()} holds a {config.get('_class_name')}, not the "
+                f"{cls.transformer_class_name} of family {cls.family!r}; pass the right --family"
+            )
+        num_blocks = cls.count_blocks(config)
+        if not 0 <= k < num_blocks:
+            raise ConfigError(
+                f"block index k={k} is out of range for {source.describe()}, which has "
+                f"{num_blocks} blocks; pick k in 0..{num_blocks - 1}"
+            )
+        return source, config, num_blocks
+
+    @classmethod
+    def plan(
+        cls,
+        model: str | os.PathLike[str],
+        *,
+        k: int,
+        revision: str | None = None,
+        device: torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+        local_files_only: bool | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        hub_cache_dir: str | os.PathLike[str] | None = None,
+        max_sequence_length: int | None = None,
+        prompts: tuple[str, ...] = ("",),
+    ) -> BackbonePlan:
+        """What :meth:`load` would load, from the transformer's config alone (no weight read):
+        the checks of the model and ``k``, and what an extractor's identity needs. Its
+        ``load()`` loads the backbone with these arguments."""
+        text_cache_dir(cache_dir)  # a file given as the cache folder fails here
+        source, config, num_blocks = cls._checked_config(
+            model, k, revision, local_files_only, hub_cache_dir
+        )
+        return BackbonePlan(
+            family=cls.family,
+            model_id=source.describe(),
+            revision=revision,
+            device=device or torch.device("cpu"),
+            dtype=dtype,
+            k_max=k,
+            num_blocks=num_blocks,
+            hidden_size=int(config["num_attention_heads"] * config["attention_head_dim"]),
+            load=functools.partial(
+                cls.load,
+                model,
+                k=k,
+                revision=revision,
+                device=device,
+                dtype=dtype,
+                local_files_only=local_files_only,
+                cache_dir=cache_dir,
+                hub_cache_dir=hub_cache_dir,
+                max_sequence_length=max_sequence_length,
+                prompts=prompts,
+            ),
+        )
+
+    @classmethod
     def load(
         cls,
         model: str | os.PathLike[str],
@@ -136,22 +230,9 @@ class DiTBackbone(ABC):
         # A file given as the cache folder fails here, before any download.
         text_folder = text_cache_dir(cache_dir)
         device = device or torch.device("cpu")
-        source = ModelSource(
-            model, revision=revision, local_files_only=local_files_only, cache_dir=hub_cache_dir
+        source, config, num_blocks = cls._checked_config(
+            model, k, revision, local_files_only, hub_cache_dir
         )
-        source.require_subfolders(list(cls.required_subfolders))
-        config = source.load_config("transformer")
-        if config.get("_class_name") not in (None, cls.transformer_class_name):
-            raise ModelLoadError(
-                f"{source.describe()} holds a {config.get('_class_name')}, not the "
-                f"{cls.transformer_class_name} of family {cls.family!r}; pass the right --family"
-            )
-        num_blocks = cls.count_blocks(config)
-        if not 0 <= k < num_blocks:
-            raise ConfigError(
-                f"block index k={k} is out of range for {source.describe()}, which has "
-                f"{num_blocks} blocks; pick k in 0..{num_blocks - 1}"
-            )
 
         def encode_text(prompts: Sequence[str]) -> list[TextCondition]:
             return cls.encode_prompts_with_pipeline(

@@ -192,12 +192,18 @@ def runtime(args: argparse.Namespace) -> Runtime:
 
 
 def extractor_from_args(
-    args: argparse.Namespace, task: Task, prompts: Sequence[str] = ()
+    args: argparse.Namespace, task: Task, prompts: Sequence[str] = (), *, defer_load: bool = False
 ) -> FeatureExtractor:
     """The extractor the model options describe (a DiTFExtractor or the lab baseline);
-    ``prompts`` (a run's per-image prompts) are encoded in one pass before the transformer."""
+    ``prompts`` (a run's per-image prompts) are encoded in one pass before the transformer;
+    ``defer_load``: both happen on first use."""
     return extractor_from_config(
-        feature_config(args), task, runtime(args), warn=log.warning, prompts=prompts
+        feature_config(args),
+        task,
+        runtime(args),
+        warn=log.warning,
+        prompts=prompts,
+        defer_load=defer_load,
     )
 
 
@@ -395,10 +401,13 @@ def tracker_config(
     )
 
 
-def build_tracker(config: TrackerConfig, extractor: FeatureExtractor | None = None) -> Tracker:
+def build_tracker(
+    config: TrackerConfig, extractor: FeatureExtractor | None = None, *, defer_load: bool = False
+) -> Tracker:
     """:meth:`Tracker.from_config`, which says in the log which given settings it has no use for
-    (``extractor``: a model already loaded from the same ``config.features``, e.g. by ``batch``)."""
-    return Tracker.from_config(config, extractor=extractor, warn=log.warning)
+    (``extractor``: a model already loaded from the same ``config.features``, e.g. by ``batch``;
+    ``defer_load``: the model loads on first use, for a Ray driver whose workers extract)."""
+    return Tracker.from_config(config, extractor=extractor, warn=log.warning, defer_load=defer_load)
 
 
 def tracker_from_args(
@@ -502,12 +511,15 @@ def add_matcher_options(parser: argparse.ArgumentParser, *, points: bool = True)
     )
 
 
-def matcher_from_args(args: argparse.Namespace, prompts: Sequence[str] = ()) -> Matcher:
-    """The pair matcher the model and matching options describe (the models loaded)."""
+def matcher_from_args(
+    args: argparse.Namespace, prompts: Sequence[str] = (), *, defer_load: bool = False
+) -> Matcher:
+    """The pair matcher the model and matching options describe (the models loaded; with
+    ``defer_load`` the DiT loads on first use, for a Ray driver whose workers match)."""
     refine = None
     if getattr(args, "refine", False):
         refine = SoftArgmax(args.refine_radius, args.refine_temperature)
-    extractor = extractor_from_args(args, "correspondence", prompts)
+    extractor = extractor_from_args(args, "correspondence", prompts, defer_load=defer_load)
     dinov2 = None
     if args.dinov2 is not None:
         dinov2 = DINOv2Extractor.from_pretrained(

@@ -398,7 +398,7 @@ def _run_pck(args: argparse.Namespace) -> int:
     inputs = [("data", args.data), ("captions file", args.captions)]
     run_dir = _open_eval_dir(args, name, PCKEvaluation.owned, inputs)
     try:
-        matcher = matcher_from_args(args, prompts)
+        matcher = matcher_from_args(args, prompts, defer_load=bool(args.ray))
         if prompts and matcher.extractor.identity().get("extractor") != "ditf":
             log.warning("the prompts are unused: this extractor takes no text condition")
         run = PCKEvaluation(
@@ -496,7 +496,7 @@ def _run_hpatches(args: argparse.Namespace) -> int:
     try:
         run = HPatchesEvaluation(
             sequences,
-            matcher_from_args(args),
+            matcher_from_args(args, defer_load=bool(args.ray)),
             run_dir,
             detector=args.detector,
             max_keypoints=args.max_keypoints,
@@ -720,7 +720,7 @@ def _run_davis_propagation(args: argparse.Namespace) -> int:
 
 def _propagate_davis(args: argparse.Namespace, config: TrackerConfig, run_dir: RunDir) -> int:
     """The model-dependent part of ``eval davis --data``, once ``--out`` is open and locked."""
-    tracker = build_tracker(config)
+    tracker = build_tracker(config, defer_load=bool(args.ray))
     run = DavisRun(
         args.data,
         tracker,
@@ -847,7 +847,7 @@ def _run_tapvid(args: argparse.Namespace) -> int:
     config = tracker_config(args, args.points_mode)  # checked before --out is opened
     run_dir = _open_eval_dir(args, "tapvid", TapVidEvaluation.owned, [("data", args.data)])
     try:
-        tracker = build_tracker(config)
+        tracker = build_tracker(config, defer_load=bool(args.ray))
         run = TapVidEvaluation(
             args.data,
             tracker,
@@ -924,7 +924,7 @@ def _run_keypoints(args: argparse.Namespace) -> int:
     config = tracker_config(args, mode)  # checked before --out is opened
     run_dir = _open_eval_dir(args, "keypoints", KeypointEvaluation.owned, inputs)
     try:
-        tracker = build_tracker(config)
+        tracker = build_tracker(config, defer_load=bool(args.ray))
         options = {
             "data": str(data.resolve()),
             "frames": str(args.frames.resolve()) if args.frames else None,

@@ -242,6 +242,7 @@ class Tracker:
         extractor: FeatureExtractor | None = None,
         cache: FeatureCache | None = None,
         warn: Callable[[str], None] | None = None,
+        defer_load: bool = False,
     ) -> Tracker:
         """The tracker ``config`` describes: its extractor, feature cache and settings.
 
@@ -249,13 +250,17 @@ class Tracker:
         ``config.features`` and ``config.runtime`` (a front end that changed only propagation
         settings keeps its loaded model and cached features). ``warn`` is told, in one line, of
         settings the new extractor has no use for (see
-        :func:`~ditf_track.extractor.extractor_from_config`).
+        :func:`~ditf_track.extractor.extractor_from_config`). ``defer_load``: a DiT's weights
+        load when features are first extracted (a Ray driver, whose workers extract, needs the
+        tracker's identity only).
         """
         from ..extractor import extractor_from_config
 
         features, runtime = config.features, config.runtime
         if extractor is None:
-            extractor = extractor_from_config(features, "video", runtime, warn=warn)
+            extractor = extractor_from_config(
+                features, "video", runtime, warn=warn, defer_load=defer_load
+            )
         if cache is None:
             on_disk = runtime.disk_cache and features.features_file is None  # a file is a cache
             cache = FeatureCache(
