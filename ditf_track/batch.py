@@ -20,7 +20,7 @@ import socket
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -456,27 +456,106 @@ class RayPool:
         self.stats.alive = 0
 
 
-def cluster_memory(ray: ModuleType) -> int:
-    """Bytes of memory the cluster offers to tasks and actors (0 when it does not say)."""
-    return int(ray.cluster_resources().get("memory", 0))
+#: Ray counts CPUs and GPUs in units of 1/10000 (ten workers of 0.1 GPU fill one GPU).
+_RAY_UNITS = {"CPU": 10_000, "GPU": 10_000, "memory": 1}
+#: Each resource a worker asks for: the option that sets it.
+_WORKER_OPTIONS = {
+    "GPU": "--gpus-per-worker",
+    "CPU": "--cpus-per-worker",
+    "memory": "--worker-memory",
+}
 
 
-def check_worker_memory(workers: int, per_worker: int, available: int) -> None:
-    """Refuse more workers than the cluster's memory holds (a worker holds a whole model)."""
-    if per_worker <= 0 or available <= 0 or workers * per_worker <= available:
-        return
-    gb = 1 << 30
-    fits = available // per_worker
-    if fits == 0:
-        raise ConfigError(
-            f"one worker needs {per_worker / gb:.1f} GB (--worker-memory) but the Ray cluster "
-            f"offers {available / gb:.1f} GB; lower --worker-memory or add a larger node"
-        )
-    raise ConfigError(
-        f"--workers {workers} need {workers * per_worker / gb:.1f} GB "
-        f"({per_worker / gb:.1f} GB each, --worker-memory) but the Ray cluster offers "
-        f"{available / gb:.1f} GB; give --workers {fits} or fewer, or add nodes"
+def _worker_needs(pool: WorkerPool) -> dict[str, float]:
+    """What one worker asks Ray for, by Ray's resource names (memory in bytes; 0: unknown)."""
+    needs = {
+        "GPU": pool.gpus_per_worker,
+        "CPU": pool.cpus_per_worker,
+        "memory": float(pool.memory_per_worker),
+    }
+    return {name: amount for name, amount in needs.items() if amount > 0}
+
+
+def _fit(has: float, need: float, name: str) -> int:
+    """Workers needing ``need`` of resource ``name`` that ``has`` of it places (Ray's units)."""
+    unit = _RAY_UNITS[name]
+    return round(has * unit) // max(round(need * unit), 1)
+
+
+def _amount(name: str, amount: float) -> str:
+    if name == "memory":
+        return f"{amount / (1 << 30):.1f} GB"
+    return f"{amount:g} {name}{'s' if amount > 1 else ''}"
+
+
+def check_nodes_fit(
+    nodes: Sequence[Mapping[str, Any]], pool: WorkerPool, workers_option: str = "--workers"
+) -> None:
+    """Refuse a pool whose workers the cluster cannot all place, instead of Ray leaving the
+    actors pending for ever. ``nodes``: :func:`ray.nodes` (``Alive``, ``Resources`` with
+    ``CPU``, ``GPU``, ``memory`` in bytes; a resource a node lacks is absent). A worker is
+    placed on one node, so a node holds the fewest of its resources' ``floor(has / need)``,
+    and the cluster the sum over its alive nodes. ``workers_option``: the option naming the
+    worker count in the message."""
+    alive = [node.get("Resources") or {} for node in nodes if node.get("Alive")]
+    if not alive:
+        raise ConfigError("the Ray cluster has no alive node; start one with `ray start --head`")
+    needs = _worker_needs(pool)
+    if not any("memory" in node for node in alive):
+        needs.pop("memory", None)  # the cluster does not say: Ray decides
+    fits = sum(
+        min((_fit(node.get(name, 0.0), need, name) for name, need in needs.items()), default=0)
+        if needs
+        else pool.workers
+        for node in alive
     )
+    if fits >= pool.workers:
+        return
+    if fits == 0:
+        for name, need in needs.items():
+            largest = max(node.get(name, 0.0) for node in alive)
+            if _fit(largest, need, name) > 0:
+                continue
+            option = _WORKER_OPTIONS[name]
+            if name == "GPU" and largest == 0:
+                raise ConfigError(
+                    f"{option} {need:g} but no node of the Ray cluster has a GPU; add a GPU "
+                    f"node (ray start --num-gpus N) or drop {option}"
+                )
+            raise ConfigError(
+                f"one worker needs {_amount(name, need)} ({option}) but the largest node of the "
+                f"Ray cluster offers {_amount(name, largest)}; lower {option} or add a larger node"
+            )
+        # each resource is on some node, but no node has them all: name those some lack
+        lacking = {
+            name: need
+            for name, need in needs.items()
+            if any(_fit(node.get(name, 0.0), need, name) == 0 for node in alive)
+        }
+        asked = ", ".join(f"{_amount(n, a)} ({_WORKER_OPTIONS[n]})" for n, a in lacking.items())
+        lower = " or ".join(_WORKER_OPTIONS[name] for name in lacking)
+        raise ConfigError(
+            f"one worker needs {asked} but no node of the Ray cluster has all of them; add a "
+            f"node that has, or lower {lower}"
+        )
+    short = {
+        name: need
+        for name, need in needs.items()
+        if sum(_fit(node.get(name, 0.0), need, name) for node in alive) < pool.workers
+    } or needs
+    each = ", ".join(f"{_amount(n, a)} ({_WORKER_OPTIONS[n]})" for n, a in short.items())
+    raise ConfigError(
+        f"{workers_option} {pool.workers} need {each} each but the nodes of the Ray cluster "
+        f"hold {fits} such worker(s), each on one node; give {workers_option} {fits} or fewer, "
+        "or add nodes"
+    )
+
+
+def check_cluster_fits(
+    ray: ModuleType, pool: WorkerPool, workers_option: str = "--workers"
+) -> None:
+    """:func:`check_nodes_fit` on the cluster ``ray`` is connected to (before any worker starts)."""
+    check_nodes_fit(ray.nodes(), pool, workers_option)
 
 
 class Throughput:
@@ -499,9 +578,9 @@ __all__ = [
     "RayPool",
     "Throughput",
     "WorkerPool",
+    "check_cluster_fits",
+    "check_nodes_fit",
     "check_reachable",
-    "check_worker_memory",
-    "cluster_memory",
     "connect",
     "davis_clips",
     "duplicate_outs",

@@ -1,5 +1,5 @@
-"""ditf_track.batch: the job list (CSV, JSONL, DAVIS layout), its row checks and the worker-memory
-bound; the Ray pool itself runs in tests/test_cli_batch.py."""
+"""ditf_track.batch: the job list (CSV, JSONL, DAVIS layout), its row checks and the check that
+every worker fits on a node; the Ray pool itself runs in tests/test_cli_batch.py."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -100,16 +101,104 @@ def test_duplicate_outs_name_the_first_row(tmp_path: Path) -> None:
     }
 
 
+GB = 1 << 30
+
+
+def node(cpus: float = 4, gpus: float = 0, memory_gb: float = 10, alive: bool = True) -> dict:
+    """One entry of ``ray.nodes()`` (Ray leaves out a resource a node has none of)."""
+    resources = {"CPU": cpus, "GPU": gpus, "memory": memory_gb * GB, "node:10.0.0.1": 1.0}
+    return {"Alive": alive, "Resources": {k: v for k, v in resources.items() if v}}
+
+
+def refusal(nodes: list[dict], option: str = "--workers", **pool: Any) -> str | None:
+    """The one line :func:`batch.check_nodes_fit` refuses the pool with (None: it fits)."""
+    try:
+        batch.check_nodes_fit(nodes, batch.WorkerPool(**pool), option)
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
 @pytest.mark.faults
-def test_more_workers_than_memory_are_refused() -> None:
-    gb = 1 << 30
-    batch.check_worker_memory(2, 18 * gb, 40 * gb)
-    batch.check_worker_memory(8, 0, 1)  # unknown need: Ray schedules
-    with pytest.raises(ConfigError) as info:
-        batch.check_worker_memory(3, 18 * gb, 40 * gb)
-    assert str(info.value) == (
-        "--workers 3 need 54.0 GB (18.0 GB each, --worker-memory) but the Ray cluster offers "
-        "40.0 GB; give --workers 2 or fewer, or add nodes"
+def test_a_worker_is_placed_on_one_node_not_on_the_cluster_memory() -> None:
+    two_small = [node(memory_gb=10), node(memory_gb=10)]  # 20 GB in all
+    assert refusal(two_small, workers=2, memory_per_worker=18 * GB) == (
+        "one worker needs 18.0 GB (--worker-memory) but the largest node of the Ray cluster "
+        "offers 10.0 GB; lower --worker-memory or add a larger node"
+    )
+    assert refusal(two_small, workers=2, memory_per_worker=9 * GB) is None
+    # 10 // 4 = 2 per node: 4 fit although 20 GB would hold 5
+    assert refusal(two_small, workers=5, memory_per_worker=4 * GB) == (
+        "--workers 5 need 4.0 GB (--worker-memory) each but the nodes of the Ray cluster hold "
+        "4 such worker(s), each on one node; give --workers 4 or fewer, or add nodes"
+    )
+    assert refusal(two_small, workers=8, memory_per_worker=0) is None  # unknown need: Ray decides
+
+
+@pytest.mark.faults
+def test_gpu_workers_on_a_cluster_without_gpu_are_refused() -> None:
+    assert refusal([node(), node()], workers=1, gpus_per_worker=1) == (
+        "--gpus-per-worker 1 but no node of the Ray cluster has a GPU; add a GPU node (ray "
+        "start --num-gpus N) or drop --gpus-per-worker"
+    )
+    assert refusal([node(gpus=1)], workers=1, gpus_per_worker=2) == (
+        "one worker needs 2 GPUs (--gpus-per-worker) but the largest node of the Ray cluster "
+        "offers 1 GPU; lower --gpus-per-worker or add a larger node"
+    )
+    # four workers of 0.25 GPU share one GPU exactly; a fifth has none
+    assert refusal([node(gpus=1)], workers=4, gpus_per_worker=0.25) is None
+    assert refusal([node(gpus=1, cpus=8)], "--ray-workers", workers=5, gpus_per_worker=0.25) == (
+        "--ray-workers 5 need 0.25 GPU (--gpus-per-worker) each but the nodes of the Ray "
+        "cluster hold 4 such worker(s), each on one node; give --ray-workers 4 or fewer, or add "
+        "nodes"
+    )
+
+
+@pytest.mark.faults
+def test_cpus_are_counted_per_node() -> None:
+    four_cores = [node(cpus=4), node(cpus=4)]
+    assert refusal(four_cores, workers=1, cpus_per_worker=8) == (
+        "one worker needs 8 CPUs (--cpus-per-worker) but the largest node of the Ray cluster "
+        "offers 4 CPUs; lower --cpus-per-worker or add a larger node"
+    )
+    assert refusal(four_cores, workers=2, cpus_per_worker=3) is None
+    assert refusal(four_cores, workers=3, cpus_per_worker=3) == (
+        "--workers 3 need 3 CPUs (--cpus-per-worker) each but the nodes of the Ray cluster hold "
+        "2 such worker(s), each on one node; give --workers 2 or fewer, or add nodes"
+    )
+
+
+@pytest.mark.faults
+def test_mixed_nodes_hold_the_sum_of_their_fewest_resource() -> None:
+    nodes = [
+        node(cpus=16, gpus=2, memory_gb=50),  # min(16, 2, 2) = 2
+        node(cpus=2, gpus=0, memory_gb=10),  # no GPU, too little memory: 0
+        node(cpus=8, gpus=4, memory_gb=40),  # min(8, 4, 2) = 2
+        node(cpus=64, gpus=8, memory_gb=512, alive=False),  # dead: not counted
+    ]
+    pool = {"cpus_per_worker": 1, "gpus_per_worker": 1, "memory_per_worker": 20 * GB}
+    assert refusal(nodes, workers=4, **pool) is None
+    # GPUs alone would hold 6 and CPUs 26: memory (2 + 0 + 2) is the short one
+    assert refusal(nodes, workers=5, **pool) == (
+        "--workers 5 need 20.0 GB (--worker-memory) each but the nodes of the Ray cluster hold "
+        "4 such worker(s), each on one node; give --workers 4 or fewer, or add nodes"
+    )
+    # with 200 GB on the GPU-less node no resource alone is short: all are named
+    nodes[1] = node(cpus=2, gpus=0, memory_gb=200)
+    assert refusal(nodes, workers=5, **pool) == (
+        "--workers 5 need 1 GPU (--gpus-per-worker), 1 CPU (--cpus-per-worker), 20.0 GB "
+        "(--worker-memory) each but the nodes of the Ray cluster hold 4 such worker(s), each on "
+        "one node; give --workers 4 or fewer, or add nodes"
+    )
+    # no resource alone is short: the one node with a GPU has too little memory
+    apart = [node(cpus=4, gpus=1, memory_gb=4), node(cpus=4, memory_gb=64)]
+    assert refusal(apart, workers=1, **pool) == (
+        "one worker needs 1 GPU (--gpus-per-worker), 20.0 GB (--worker-memory) but no node of "
+        "the Ray cluster has all of them; add a node that has, or lower --gpus-per-worker or "
+        "--worker-memory"
+    )
+    assert refusal([node(alive=False)], workers=1) == (
+        "the Ray cluster has no alive node; start one with `ray start --head`"
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,39 @@ def test_eval_spair_on_ray_workers_equals_the_in_process_run_and_survives_worker
     code, _, err = run(spair(root, tmp_path / "fails", "--resume", "--ray", "local"), capsys)
     assert code == 0, err
     assert snapshot(tmp_path / "fails") == local
+
+
+@pytest.mark.ray
+@pytest.mark.faults
+def test_workers_no_node_can_place_are_refused_in_one_line_before_any_starts(
+    spair_root: tuple[Path, list[dict[str, object]]],
+    tmp_path: Path,
+    ray_cluster: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Ray would leave such workers pending for ever: a GPU on a cluster without one, more
+    CPU workers than the 2 CPUs of the test cluster's one node."""
+    root, _ = spair_root
+    started = time.monotonic()
+    code, _, err = run(
+        spair(root, tmp_path / "gpu", "--ray", "local", "--gpus-per-worker", "1"), capsys
+    )
+    assert one_line_error(code, err) == (
+        "ditf-track: error: --gpus-per-worker 1 but no node of the Ray cluster has a GPU; add a "
+        "GPU node (ray start --num-gpus N) or drop --gpus-per-worker"
+    )
+    code, _, err = run(
+        spair(root, tmp_path / "cpus", "--ray", "local", "--ray-workers", "3"), capsys
+    )
+    assert one_line_error(code, err) == (
+        "ditf-track: error: --ray-workers 3 need 1 CPU (--cpus-per-worker) each but the nodes of "
+        "the Ray cluster hold 2 such worker(s), each on one node; give --ray-workers 2 or fewer, "
+        "or add nodes"
+    )
+    assert time.monotonic() - started < 60
+    # the run folders hold their settings only: no pair recorded, no metrics.json
+    assert [p.name for p in (tmp_path / "gpu").iterdir()] == ["config.json"]
+    assert [p.name for p in (tmp_path / "cpus").iterdir()] == ["config.json"]
 
 
 @pytest.mark.faults

@@ -251,8 +251,8 @@ def test_a_worker_larger_than_the_cluster_memory_is_refused_before_the_run(
     ray_args = ["--ray", "local", "--worker-memory", "1e6"]
     code, _, err = run([*args, *ray_args], capsys)
     assert re.fullmatch(
-        r"ditf-track: error: one worker needs 1000000\.0 GB \(--worker-memory\) but the Ray "
-        r"cluster offers [\d.]+ GB; lower --worker-memory or add a larger node",
+        r"ditf-track: error: one worker needs 1000000\.0 GB \(--worker-memory\) but the largest "
+        r"node of the Ray cluster offers [\d.]+ GB; lower --worker-memory or add a larger node",
         one_line_error(code, err),
     )
     assert not (tmp_path / "out").exists()

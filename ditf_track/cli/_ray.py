@@ -62,7 +62,7 @@ def add_ray_options(parser: argparse.ArgumentParser, workers: str, items: str) -
         type=float,
         metavar="GB",
         help="memory one CPU worker needs (default: the preset's model size + 1 GB); more "
-        "workers than the cluster's memory holds are refused",
+        "workers than the nodes' memory holds (each on one node) are refused",
     )
     ray.add_argument(
         "--max-retries",

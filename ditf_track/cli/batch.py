@@ -31,8 +31,7 @@ from ..batch import (
     Clip,
     PoolStats,
     Throughput,
-    check_worker_memory,
-    cluster_memory,
+    check_cluster_fits,
     connect,
     davis_clips,
     duplicate_outs,
@@ -421,7 +420,7 @@ def _run_on_ray(
 
     try:
         pool = worker_pool(args, worker_memory(args, planned[0].job.config))
-        check_worker_memory(pool.workers, pool.memory_per_worker, cluster_memory(ray))
+        check_cluster_fits(ray, pool, "--workers")
         return run_pool(
             ray,
             range(len(planned)),
@@ -487,7 +486,7 @@ def propagate_davis_on_ray(args: argparse.Namespace, config: TrackerConfig, run:
 
     try:
         pool = worker_pool(args, worker_memory(args, config))
-        check_worker_memory(pool.workers, pool.memory_per_worker, cluster_memory(ray))
+        check_cluster_fits(ray, pool, "--workers")
         stats = run_pool(
             ray,
             range(len(names)),

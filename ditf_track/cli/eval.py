@@ -22,8 +22,7 @@ from tqdm import tqdm
 from ..batch import (
     PoolStats,
     RayPool,
-    check_worker_memory,
-    cluster_memory,
+    check_cluster_fits,
     connect,
     import_ray,
 )
@@ -185,7 +184,7 @@ class _RayItems:
             self._ray = import_ray()
             self._started = connect(self._ray, self._args.ray)
             pool = worker_pool(self._args, preset_worker_memory(self._args, self._preset))
-            check_worker_memory(pool.workers, pool.memory_per_worker, cluster_memory(self._ray))
+            check_cluster_fits(self._ray, pool, "--ray-workers")
             self._pool = RayPool(
                 self._ray, self._setup, _compute_on_worker, pool, stats=self._stats
             )

@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .._malloc import fix_mmap_threshold
-from ..batch import check_worker_memory, cluster_memory, connect, import_ray, run_pool
+from ..batch import check_cluster_fits, connect, import_ray, run_pool
 from ..cache import cache_root
 from ..config import TrackerConfig
 from ..coords import (
@@ -329,7 +329,7 @@ def run_track(args: argparse.Namespace) -> int:
     started = connect(ray, args.ray)
     try:
         pool = _ray.worker_pool(args, _ray.worker_memory(args, job.config))
-        check_worker_memory(pool.workers, pool.memory_per_worker, cluster_memory(ray))
+        check_cluster_fits(ray, pool, "--workers")
         return _run_track(args, job, ray)
     finally:
         if started:
