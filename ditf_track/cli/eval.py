@@ -102,13 +102,47 @@ def _add_run_options(parser: argparse.ArgumentParser, items: str = "pairs") -> N
     )
 
 
+def _ray_session(handler: Handler) -> Handler:
+    """``handler`` with ``--ray``: the Ray extra checked first (one line naming it), and a
+    cluster the handler started (``--ray local``) stopped at its end, whatever happened."""
+
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        if not args.ray:
+            return handler(args)
+        ray = import_ray()  # before anything else: one line naming the extra
+        check_ray_options(args)
+        was_up = ray.is_initialized()
+        try:
+            return handler(args)
+        finally:
+            if not was_up and ray.is_initialized():
+                ray.shutdown()
+
+    return run
+
+
+def _join_ray(args: argparse.Namespace) -> None:
+    """With --ray: join (or start) the cluster and refuse, in one line, workers that no node
+    can place — before the run folder is opened or a model resolved."""
+    if not args.ray:
+        return
+    ray = import_ray()
+    connect(ray, args.ray)
+    pool = worker_pool(args, preset_worker_memory(args, _pair_preset(args)))
+    check_cluster_fits(ray, pool, "--ray-workers")
+
+
 def _open_eval_dir(
     args: argparse.Namespace,
     benchmark: str,
     owned: Sequence[str],
     inputs: Sequence[tuple[str, Path | None]],
 ) -> RunDir:
-    """An evaluation's --out, checked and locked before any model is resolved."""
+    """An evaluation's --out, checked and locked before any model is resolved (with --ray,
+    after the cluster is joined and the workers' placement checked: a refusal leaves no
+    folder)."""
+    _join_ray(args)
     return open_eval_dir(
         args.out, benchmark, owned, inputs=inputs, resume=args.resume, overwrite=args.overwrite
     )
@@ -155,9 +189,9 @@ def _compute_on_worker(state: dict[str, Any], payload: Any, attempt: int) -> Rec
 class _RayItems:
     """The items of ``run`` computed on ``--ray-workers`` Ray actors, each holding a worker copy
     of ``run`` with the model ``build`` makes (an :class:`~ditf_track.eval._run.ItemEngine`); a
-    worker that dies is replaced and its item sent again (``--max-retries``). Ray is joined and
-    the workers started with the first item: a re-run with nothing left to compute loads no
-    model."""
+    worker that dies is replaced and its item sent again (``--max-retries``). The cluster is
+    joined before the run folder opens (:func:`_join_ray`); the workers start with the first
+    item, so a re-run with nothing left to compute loads no model."""
 
     def __init__(
         self,
@@ -172,8 +206,6 @@ class _RayItems:
             _load_worker_run, run.worker_copy(), build, args.cpus_per_worker
         )
         self._exit_after = worker_exit_after()
-        self._ray: Any = None
-        self._started = False
         self._pool: RayPool | None = None
         self._keys: dict[int, str] = {}
         self._stats = PoolStats()
@@ -181,12 +213,9 @@ class _RayItems:
 
     def _workers(self) -> RayPool:
         if self._pool is None:
-            self._ray = import_ray()
-            self._started = connect(self._ray, self._args.ray)
             pool = worker_pool(self._args, preset_worker_memory(self._args, self._preset))
-            check_cluster_fits(self._ray, pool, "--ray-workers")
             self._pool = RayPool(
-                self._ray, self._setup, _compute_on_worker, pool, stats=self._stats
+                import_ray(), self._setup, _compute_on_worker, pool, stats=self._stats
             )
         return self._pool
 
@@ -212,8 +241,6 @@ class _RayItems:
         if self._pool is None:
             return
         self._pool.close()
-        if self._started:
-            self._ray.shutdown()
         print(
             f"Ray: {self._computed} {self._what}(s) computed; "
             f"{self._stats.started} worker(s), {self._stats.died} replaced"
@@ -383,10 +410,8 @@ def _pair_protocol(args: argparse.Namespace, benchmark: str) -> ResolvedPairProt
     return resolved
 
 
+@_ray_session
 def _run_pck(args: argparse.Namespace) -> int:
-    if args.ray:
-        import_ray()  # before anything else: one line naming the extra
-        check_ray_options(args)
     name = args.benchmark_key
     protocol = _pair_protocol(args, name)
     if args.captions is None and args.prompt_template is None:
@@ -483,10 +508,8 @@ def _add_hpatches(eval_sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_run_hpatches)
 
 
+@_ray_session
 def _run_hpatches(args: argparse.Namespace) -> int:
-    if args.ray:
-        import_ray()  # before anything else: one line naming the extra
-        check_ray_options(args)
     sequences = _limited(
         load_hpatches(args.data, exclude_high_res=args.exclude_high_res), args.limit
     )
@@ -695,10 +718,9 @@ def _run_davis(args: argparse.Namespace) -> int:
     return 0
 
 
+@_ray_session
 def _run_davis_propagation(args: argparse.Namespace) -> int:
     """``eval davis --data``: propagate a split with the official protocol, then score it."""
-    if args.ray:
-        import_ray()  # before anything else: one line naming the extra
     if args.out is None:
         raise ConfigError("--data needs --out DIR for the masks and metrics")
     if args.preset is None and args.model is None:
@@ -710,6 +732,7 @@ def _run_davis_propagation(args: argparse.Namespace) -> int:
     args.numerics = profile_numerics(args)
     # The official DiTF DAVIS script: long side floored to a multiple of 32, OpenCV bilinear.
     config = tracker_config(args, long_multiple=32, rounding="floor", interpolation="bilinear")
+    _join_ray(args)
     run_dir = open_davis_dir(args.out, args.split, args.data, args.resume, args.overwrite)
     try:
         return _propagate_davis(args, config, run_dir)
@@ -833,13 +856,11 @@ def _add_keypoints(eval_sub: argparse._SubParsersAction) -> None:
     add_ray_options(p, "--ray-workers", "videos")
 
 
+@_ray_session
 def _run_tapvid(args: argparse.Namespace) -> int:
     # scipy.io (0.3 s, JHMDB's .mat files) stays out of `ditf-track --help`.
     from ..eval.runs.points import TapVidEvaluation
 
-    if args.ray:
-        import_ray()  # before anything else: one line naming the extra
-        check_ray_options(args)
     if not args.data.exists():
         raise InputError(f"TAP-Vid path {args.data} does not exist; pass tapvid_davis.pkl")
     _limited([], args.limit)
@@ -890,13 +911,11 @@ def _run_tapvid(args: argparse.Namespace) -> int:
     return 0
 
 
+@_ray_session
 def _run_keypoints(args: argparse.Namespace) -> int:
     # scipy.io (0.3 s, JHMDB's .mat files) stays out of `ditf-track --help`.
     from ..eval.runs.points import KeypointEvaluation, badja_videos, jhmdb_videos
 
-    if args.ray:
-        import_ray()  # before anything else: one line naming the extra
-        check_ray_options(args)
     data: Path = args.data
     videos: list[Any]
     dataset: KeypointDataset
