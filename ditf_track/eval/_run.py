@@ -232,13 +232,13 @@ class ResumableRun(Generic[ItemT, OutcomeT]):
             raise RuntimeError(f"{type(self).__name__} can be iterated only once")
         self._consumed = True
         items = iter(self._items())
-        #: read and not yet scored: (item, its replayed record or None, position among the sent)
+        # read and not yet scored: (item, its replayed record or None, its position among the
+        # items to compute); of those to compute, the ones not yet submitted; records come early
         ahead: deque[tuple[ItemT, Record | None, int]] = deque()
-        unsent: deque[int] = deque()  # positions read and not yet submitted, oldest first
-        sent_items: dict[int, ItemT] = {}
+        unsent: deque[tuple[int, ItemT]] = deque()
         early: dict[int, Record] = {}
         exhausted = False
-        sent = 0
+        to_compute = 0
         try:
             with self._run_dir.locked():
                 while True:
@@ -248,14 +248,12 @@ class ResumableRun(Generic[ItemT, OutcomeT]):
                             exhausted = True
                             break
                         record = self._replay(item, self._key(item))
-                        ahead.append((item, record, -1 if record is not None else sent))
+                        ahead.append((item, record, -1 if record is not None else to_compute))
                         if record is None:
-                            sent_items[sent] = item
-                            unsent.append(sent)
-                            sent += 1
+                            unsent.append((to_compute, item))
+                            to_compute += 1
                     while unsent and engine.has_room():
-                        position = unsent.popleft()
-                        engine.submit(position, sent_items.pop(position))
+                        engine.submit(*unsent.popleft())
                     if not ahead:
                         break
                     item, record, position = ahead[0]
