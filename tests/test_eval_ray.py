@@ -22,7 +22,7 @@ import torch
 from cli_helpers import DOG, one_line_error, run, snapshot
 from PIL import Image
 
-from ditf_track.backbones import DiTBackbone
+import ditf_track.backbones.base as backbones_base
 from ditf_track.cli._ray import EXIT_AFTER_FRAMES_ENV
 
 spair_root = test_eval_correspondence.spair_root
@@ -282,10 +282,10 @@ def test_eval_on_ray_loads_no_model_on_the_driver(
     code, _, err = run([*base, "--out", str(tmp_path / "local")], capsys)
     assert code == 0, err
 
-    def refuse(cls: Any, *args: Any, **kwargs: Any) -> Any:
+    def refuse(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("the driver loaded a model")
 
-    monkeypatch.setattr(DiTBackbone, "load", classmethod(refuse))  # this process only
+    monkeypatch.setattr(backbones_base, "load_truncated_weights", refuse)  # this process only
     ray_args = ["--ray", "local", "--ray-workers", "2"]
     code, stdout, err = run([*base, "--out", str(tmp_path / "ray"), *ray_args], capsys)
     assert code == 0, err

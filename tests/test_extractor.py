@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+import ditf_track.backbones.base as base_module
 from ditf_track.config import FeatureConfig, Runtime, TrackerConfig
 from ditf_track.errors import ConfigError, DeviceError, InputError
 from ditf_track.extractor import DiTFExtractor, build_extractor, extractor_from_config
@@ -680,13 +681,13 @@ def test_deferred_load_has_the_identity_of_a_loaded_model_and_loads_on_first_use
     family = "sd3" if tiny == "sd3" else tiny
     eager = DiTFExtractor.from_pretrained(folder, family=family, t=100, k=1)
     loads: list[str] = []
-    real_load = type(eager.backbone).load.__func__  # type: ignore[attr-defined]
+    real_read = base_module.load_truncated_weights
 
-    def counted(cls: Any, *args: Any, **kwargs: Any) -> Any:
-        loads.append(cls.family)
-        return real_load(cls, *args, **kwargs)
+    def counted(transformer: Any, *args: Any, **kwargs: Any) -> Any:
+        loads.append(family)
+        return real_read(transformer, *args, **kwargs)
 
-    monkeypatch.setattr(type(eager.backbone), "load", classmethod(counted))
+    monkeypatch.setattr(base_module, "load_truncated_weights", counted)
     deferred = DiTFExtractor.from_pretrained(folder, family=family, t=100, k=1, defer_load=True)
     assert deferred.identity() == eager.identity()
     assert deferred.identity("a photo of a dog") == eager.identity("a photo of a dog")

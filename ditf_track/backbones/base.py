@@ -22,6 +22,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -178,7 +179,9 @@ class DiTBackbone(ABC):
         """What :meth:`load` would load, from the transformer's config alone (no weight read):
         the checks of the model and ``k``, and what an extractor's identity needs. Its
         ``load()`` loads the backbone with these arguments."""
-        text_cache_dir(cache_dir)  # a file given as the cache folder fails here
+        # A file given as the cache folder fails here, before any download.
+        text_folder = text_cache_dir(cache_dir)
+        device = device or torch.device("cpu")
         source, config, num_blocks = cls._checked_config(
             model, k, revision, local_files_only, hub_cache_dir
         )
@@ -186,21 +189,21 @@ class DiTBackbone(ABC):
             family=cls.family,
             model_id=source.describe(),
             revision=revision,
-            device=device or torch.device("cpu"),
+            device=device,
             dtype=dtype,
             k_max=k,
             num_blocks=num_blocks,
             hidden_size=int(config["num_attention_heads"] * config["attention_head_dim"]),
             load=functools.partial(
-                cls.load,
-                model,
+                cls._load_planned,
+                source,
+                config,
+                num_blocks,
                 k=k,
                 revision=revision,
                 device=device,
                 dtype=dtype,
-                local_files_only=local_files_only,
-                cache_dir=cache_dir,
-                hub_cache_dir=hub_cache_dir,
+                text_folder=text_folder,
                 max_sequence_length=max_sequence_length,
                 prompts=prompts,
             ),
@@ -227,12 +230,35 @@ class DiTBackbone(ABC):
         of them, then released), so the text encoders and the transformer are never on the
         device together.
         """
-        # A file given as the cache folder fails here, before any download.
-        text_folder = text_cache_dir(cache_dir)
-        device = device or torch.device("cpu")
-        source, config, num_blocks = cls._checked_config(
-            model, k, revision, local_files_only, hub_cache_dir
-        )
+        return cls.plan(
+            model,
+            k=k,
+            revision=revision,
+            device=device,
+            dtype=dtype,
+            local_files_only=local_files_only,
+            cache_dir=cache_dir,
+            hub_cache_dir=hub_cache_dir,
+            max_sequence_length=max_sequence_length,
+            prompts=prompts,
+        ).load()
+
+    @classmethod
+    def _load_planned(
+        cls,
+        source: ModelSource,
+        config: dict[str, Any],
+        num_blocks: int,
+        *,
+        k: int,
+        revision: str | None,
+        device: torch.device,
+        dtype: torch.dtype,
+        text_folder: Path,
+        max_sequence_length: int | None,
+        prompts: tuple[str, ...],
+    ) -> DiTBackbone:
+        """:meth:`load` once :meth:`plan` has read and checked the config."""
 
         def encode_text(prompts: Sequence[str]) -> list[TextCondition]:
             return cls.encode_prompts_with_pipeline(
