@@ -44,6 +44,7 @@ from .images import model_input_size, read_image
 from .lab import LabExtractor
 from .masks import DAVIS_PALETTE, LabelMask, read_mask, write_mask
 from .match import Matcher
+from .precomputed import PrecomputedFeatures
 from .presets import DEFAULT_PRESET, Preset, TaskSettings, available_presets, load_preset
 from .propagate import PointParams, PropagationParams
 from .tracker import FrameResult, ProgressEvent, SmallObjectWarning, Tracker, TrackerState
@@ -70,6 +71,7 @@ __all__ = [
     "ModelLoadError",
     "OutputError",
     "PointParams",
+    "PrecomputedFeatures",
     "Preset",
     "ProgressEvent",
     "PropagationParams",

@@ -40,6 +40,13 @@ def masks(tracker: Tracker, frames: Path, mask: Path, **selection: int) -> list[
     return [r.labels for r in tracker.propagate(state)]
 
 
+def test_precomputed_features_are_public_api() -> None:
+    import ditf_track
+
+    assert ditf_track.PrecomputedFeatures is PrecomputedFeatures
+    assert "PrecomputedFeatures" in ditf_track.__all__
+
+
 def test_frame_index_inverts_the_noise_id() -> None:
     assert [frame_index(frame_noise_id(i)) for i in (0, 7, 1234)] == [0, 7, 1234]
     with pytest.raises(InputError, match="per video frame"):
