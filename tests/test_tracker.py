@@ -797,3 +797,25 @@ def test_cuts_bound_segments_blank_unannotated_shots_and_stop_points(shared_data
     again = {r.frame_idx: r for r in tracker.propagate(state)}
     assert all(again[f].labels.any() and again[f].object_ids == (2,) for f in again)
     assert tracker.pending_frames(state) == []
+
+
+def test_points_read_the_features_of_their_own_shot_only(shared_data: Path) -> None:
+    """A point queried in the second shot (positions 10-19 of bikes.mp4 20..39) is tracked
+    there: the run yields every frame (NaN in the first shot) but extracts the second shot's
+    features only (and frame 0, whose massive channels every frame's key holds), and the
+    extraction progress counts that frame too."""
+    video = shared_data / "videos/bikes.mp4"
+    tracker = Tracker(LabExtractor(), short_side=48)
+    state = tracker.init_state(video, start=20, end=40, cuts=[30])
+    tracker.add_points(state, 12, [[150.0, 320.0]])
+    events: list[ProgressEvent] = []
+    results = {r.frame_idx: r for r in tracker.propagate(state, progress=events.append)}
+    assert sorted(results) == list(range(20))
+    assert tracker.extracted_frames == 1 + 10
+    extract = [(e.done, e.total) for e in events if e.phase == "extract"]
+    assert extract[0] == (0, 11)
+    assert extract[-1] == (11, 11)
+    points, visible = state.point_tracks()
+    assert np.isnan(points[:10]).all()
+    assert not visible[:10].any()
+    assert np.isfinite(points[10:]).all()

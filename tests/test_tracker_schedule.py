@@ -24,7 +24,7 @@ def test_segments_run_forward_to_the_next_annotation_and_backward_from_the_first
 
 def test_only_stale_segments_are_scheduled() -> None:
     """A correction on frame 6 recomputes 6 … 8 only: nothing before it, no backward fill."""
-    plan = plan_run([3, 6], {6}, set(), 9, first_query=None, points_stale=False)
+    plan = plan_run([3, 6], {6}, set(), 9, query_frames=(), points_stale=False)
     assert plan.segments == [Segment(6, [7, 8], False)]
     assert plan.frames == plan.mask_frames == [6, 7, 8]
     assert plan.feature_frames() == [6, 7, 8]
@@ -34,16 +34,16 @@ def test_only_stale_segments_are_scheduled() -> None:
 
 
 def test_points_add_the_uncovered_frames_backward_then_forward_from_the_first_query() -> None:
-    plan = plan_run([4], {4}, set(), 8, first_query=2, points_stale=True)
+    plan = plan_run([4], {4}, set(), 8, query_frames={2}, points_stale=True)
     assert plan.mask_frames == [4, 5, 6, 7]
     assert plan.point_frames == [1, 0, 2, 3]
     assert plan.frames == [4, 5, 6, 7, 1, 0, 2, 3]
     assert plan.feature_frames() == [4, 5, 6, 7, 1, 0, 2, 3]
     # points up to date: no point frames, even with queries
-    fresh = plan_run([4], {4}, set(), 8, first_query=2, points_stale=False)
+    fresh = plan_run([4], {4}, set(), 8, query_frames={2}, points_stale=False)
     assert fresh.point_frames == []
     # points only
-    only = plan_run([], set(), set(), 4, first_query=1, points_stale=True)
+    only = plan_run([], set(), set(), 4, query_frames={1}, points_stale=True)
     assert only.frames == [0, 1, 2, 3]
 
 
@@ -86,7 +86,7 @@ def test_segments_stop_at_cuts_and_each_shot_runs_its_own_backward_segment() -> 
         {1, 6},
         {1, 6},
         12,
-        first_query=None,
+        query_frames=(),
         points_stale=False,
         starts=[4, 8],
         blanks_stale=True,
@@ -94,13 +94,13 @@ def test_segments_stop_at_cuts_and_each_shot_runs_its_own_backward_segment() -> 
     assert plan.frames == [0, 1, 2, 3, 5, 4, 6, 7, 8, 9, 10, 11]
     assert plan.feature_frames() == [1, 0, 2, 3, 6, 5, 4, 7]  # blank frames need no features
     # blanks already yielded: a re-run after a correction on 6 recomputes 6-7 only
-    again = plan_run([1, 6], {6}, set(), 12, first_query=None, points_stale=False, starts=[4, 8])
+    again = plan_run([1, 6], {6}, set(), 12, query_frames=(), points_stale=False, starts=[4, 8])
     assert again.frames == [6, 7]
 
 
 def test_points_cover_what_masks_and_blanks_do_not() -> None:
     plan = plan_run(
-        [5], {5}, {5}, 8, first_query=1, points_stale=True, starts=[4], blanks_stale=True
+        [5], {5}, {5}, 8, query_frames={1}, points_stale=True, starts=[4], blanks_stale=True
     )
     assert plan.mask_frames == [4, 5, 6, 7]
     assert plan.blank_frames == [0, 1, 2, 3]
@@ -122,3 +122,16 @@ def test_governing_anchor_within_the_shot() -> None:
         None,
         None,
     ]
+
+
+def test_points_need_the_features_of_the_shots_holding_a_query_only() -> None:
+    """Shots 0-3, 4-7, 8-11; a mask on 6 and a point queried on 1: the point is tracked in
+    the first shot only (NaN elsewhere), so the third shot's features are never read."""
+    plan = plan_run([6], {6}, {6}, 12, query_frames={1}, points_stale=True, starts=[4, 8])
+    assert plan.point_shots == [(0, 4)]
+    assert plan.frames == [5, 4, 6, 7, 0, 1, 2, 3, 8, 9, 10, 11]
+    assert plan.feature_frames() == [6, 5, 4, 7, 0, 1, 2, 3]
+    # queries in two shots: both shots, the mask's frames first
+    two = plan_run([6], {6}, {6}, 12, query_frames={1, 9}, points_stale=True, starts=[4, 8])
+    assert two.point_shots == [(0, 4), (8, 12)]
+    assert two.feature_frames() == [6, 5, 4, 7, 0, 1, 2, 3, 8, 9, 10, 11]

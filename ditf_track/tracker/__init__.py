@@ -596,7 +596,7 @@ class Tracker:
             state.dirty,
             state.backward_dirty,
             state.num_frames,
-            first_query=min((q[0] for q in state.point_queries.values()), default=None),
+            query_frames={q[0] for q in state.point_queries.values()},
             points_stale=points_stale,
             starts=state.shot_starts,
             blanks_stale=state.blanks_stale,
@@ -648,11 +648,14 @@ class Tracker:
         missing = clip.missing(needed)
         extract_total, extract_done = len(missing), 0
         if bootstrap:
-            # Frame 0 first: the channels found on it are part of every frame's key.
+            # Frame 0 first: the channels found on it are part of every frame's key (it is
+            # extracted for them even when the run reads no feature of it).
+            if 0 not in missing:
+                extract_total += 1
             emit(ProgressEvent("extract", 0, extract_total))
             self.massive_channels(state)
             extract_done = 1
-            missing = missing[1:]
+            missing = [f for f in missing if f != 0]
         emit(ProgressEvent("extract", extract_done, extract_total))
         emit(ProgressEvent("propagate", 0, propagate_total))
         pending = set(missing)

@@ -43,8 +43,10 @@ class Segment(NamedTuple):
 class Schedule:
     """One run's plan: ``segments`` (stale mask segments), ``mask_frames`` (the frames they
     yield, in order), ``point_frames`` (frames only the points need, in order), whether the
-    point tracks are recomputed (``points_stale``) and ``blank_frames`` (frames of shots
-    without an annotation, yielded with empty label maps after the segments; no features)."""
+    point tracks are recomputed (``points_stale``), ``blank_frames`` (frames of shots
+    without an annotation, yielded with empty label maps after the segments; no features) and
+    ``point_shots`` (``(first, stop)`` of the shots holding a point query: the only frames
+    whose features the points read; a point is not tracked across a cut)."""
 
     segments: list[Segment]
     mask_frames: list[int]
@@ -52,6 +54,7 @@ class Schedule:
     points_stale: bool
     num_frames: int
     blank_frames: list[int] = field(default_factory=list)
+    point_shots: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def frames(self) -> list[int]:
@@ -60,10 +63,12 @@ class Schedule:
 
     def feature_frames(self) -> list[int]:
         """The frames whose features the run reads, in the order it first needs them (each
-        segment's anchor before its frames; with stale points, then every other frame)."""
+        segment's anchor before its frames; with stale points, then every other frame of the
+        shots holding a query)."""
         needed = [f for s in self.segments for f in (s.anchor, *s.frames)]
         if self.points_stale:
-            needed = [*needed, *self.point_frames, *range(self.num_frames)]
+            tracked = [*self.point_frames, *range(self.num_frames)]
+            needed += [f for f in tracked if any(a <= f < b for a, b in self.point_shots)]
         return list(dict.fromkeys(needed))
 
 
@@ -139,29 +144,37 @@ def plan_run(
     backward_dirty: Collection[int],
     num_frames: int,
     *,
-    first_query: int | None,
+    query_frames: Collection[int],
     points_stale: bool,
     starts: Sequence[int] = (),
     blanks_stale: bool = False,
 ) -> Schedule:
-    """The :class:`Schedule` of one run; ``first_query`` is the earliest point query frame
-    (None without points), ``points_stale`` whether the point tracks must be recomputed,
-    ``starts`` the positions that start a shot and ``blanks_stale`` whether the blank frames
-    are yielded."""
+    """The :class:`Schedule` of one run; ``query_frames`` are the point query frames (empty
+    without points), ``points_stale`` whether the point tracks must be recomputed, ``starts``
+    the positions that start a shot and ``blanks_stale`` whether the blank frames are
+    yielded."""
     segments = stale_segments(anchors, dirty, backward_dirty, num_frames, starts)
     mask_frames = [
         f for s in segments for f in ([*s.frames] if s.backward else [s.anchor, *s.frames])
     ]
     blanks = blank_frames(anchors, num_frames, starts) if blanks_stale else []
     point_frames: list[int] = []
-    if points_stale and first_query is not None:
+    point_shots = [
+        (first, stop)
+        for first, stop in _shots(starts, num_frames)
+        if any(first <= q < stop for q in query_frames)
+    ]
+    if points_stale and query_frames:
+        first_query = min(query_frames)
         covered = {*mask_frames, *blanks}
         point_frames = [
             f
             for f in [*range(first_query - 1, -1, -1), *range(first_query, num_frames)]
             if f not in covered
         ]
-    return Schedule(segments, mask_frames, point_frames, points_stale, num_frames, blanks)
+    return Schedule(
+        segments, mask_frames, point_frames, points_stale, num_frames, blanks, point_shots
+    )
 
 
 def governing_anchor(
