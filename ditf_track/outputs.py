@@ -257,6 +257,34 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def discard_run(folder: str | os.PathLike[str], patterns: Sequence[str]) -> bool:
+    """Delete what an abandoned ditf-track run left in ``folder`` (a worker's staging folder):
+    the files its record (``config.json`` or ``run.json``) lists, those matching ``patterns``
+    (what the command writes), its lock and temporary files, the record last; then the
+    subfolders and ``folder`` where that emptied them. A folder without a ditf-track record is
+    left as it is unless empty, and any other file stays (with its folders). Returns whether
+    ``folder`` is gone."""
+    root = Path(folder)
+    if not root.is_dir():
+        return not root.exists()
+    records = [root / CONFIG_FILE, root / STATE_FILE]
+    ours = [r for r in records if is_run_record(r)]
+    if ours:
+        inside = root.resolve()
+        listed = {str(n) for r in ours for n in read_state(r).get("files") or []}
+        doomed = {root / n for n in (*listed, *_BOOKKEEPING)}
+        doomed.update(p for pattern in (*patterns, TEMP_PATTERN) for p in root.glob(pattern))
+        for path in [*sorted(doomed - set(records)), *records]:
+            if path.is_file() and inside in path.resolve().parents:
+                path.unlink()
+        for sub in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            if sub.is_dir() and not any(sub.iterdir()):
+                sub.rmdir()
+    if not any(root.iterdir()):
+        root.rmdir()
+    return not root.exists()
+
+
 class RunDir:
     """The output folder of one run: refusal rules, a lock, atomic state, input fingerprints.
 

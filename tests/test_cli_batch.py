@@ -386,3 +386,11 @@ def test_remove_staging_deletes_only_ditf_track_run_folders(tmp_path: Path) -> N
     cli_batch.remove_staging(staged)
     assert not staged.exists()
     assert [p.name for p in tmp_path.iterdir()] == []
+    # a staging run folder the user put a file in: the run's files go, theirs stays
+    staged.mkdir()
+    (staged / "config.json").write_text('{"tool": "ditf-track", "files": ["00000.png"]}')
+    (staged / "00000.png").write_bytes(b"png")
+    (staged / "00001.png").write_bytes(b"png")  # a frame written before the worker died
+    (staged / "mine.txt").write_text("mine")
+    cli_batch.remove_staging(staged)
+    assert [p.name for p in staged.iterdir()] == ["mine.txt"]

@@ -11,7 +11,7 @@ from filelock import FileLock
 
 from ditf_track import outputs
 from ditf_track.errors import ConfigError, OutputError
-from ditf_track.outputs import LOCK_FILE, OWNER_FILE, RunDir, input_digest
+from ditf_track.outputs import LOCK_FILE, OWNER_FILE, RunDir, discard_run, input_digest
 
 
 def finished_run(out: Path, files: dict[str, bytes], **kwargs: object) -> None:
@@ -182,3 +182,33 @@ def test_input_digest_follows_content_not_names(tmp_path: Path) -> None:
     (b / "00000.jpg").write_bytes(b"other")
     assert input_digest(a) != input_digest(b)
     assert input_digest(a / "00000.jpg") != input_digest(b / "00000.jpg")
+
+
+def test_discard_run_deletes_only_what_the_run_writes(tmp_path: Path) -> None:
+    """An abandoned run folder: its listed files, its pattern's files, a stale lock, a temporary
+    file and its record go, and the folder with them; a file it does not write keeps the folder;
+    a folder without a ditf-track record is left alone."""
+    run = tmp_path / "run"
+    (run / "sub").mkdir(parents=True)
+    (run / "sub" / "a.png").write_bytes(b"a")
+    (run / "00000.png").write_bytes(b"0")
+    (run / LOCK_FILE).write_text("")
+    (run / ".x.tmp123").write_text("")
+    (run / "run.json").write_text('{"tool": "ditf-track", "files": ["sub/a.png", "../out.txt"]}')
+    (tmp_path / "out.txt").write_text("outside: never")
+    assert discard_run(run, ["*.png"])
+    assert not run.exists()
+    assert (tmp_path / "out.txt").read_text() == "outside: never"
+
+    run.mkdir()
+    (run / "00000.png").write_bytes(b"0")
+    (run / "notes.txt").write_text("mine")
+    (run / "config.json").write_text('{"tool": "ditf-track", "files": []}')
+    assert not discard_run(run, ["*.png"])
+    assert [p.name for p in run.iterdir()] == ["notes.txt"]
+
+    (run / "config.json").write_text('{"tool": "someone-else"}')
+    (run / "00000.png").write_bytes(b"0")
+    assert not discard_run(run, ["*.png"])
+    assert sorted(p.name for p in run.iterdir()) == ["00000.png", "config.json", "notes.txt"]
+    assert discard_run(tmp_path / "missing", ["*.png"])

@@ -17,7 +17,6 @@ import contextlib
 import functools
 import logging
 import os
-import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,9 +45,8 @@ from ..features import FeatureExtractor
 from ..masks import DAVIS_PALETTE
 from ..outputs import (
     CONFIG_FILE,
-    STATE_FILE,
     RunDir,
-    is_run_record,
+    discard_run,
     read_state,
     refuse_input_overlap,
 )
@@ -360,13 +358,10 @@ def publish_staged(run_dir: RunDir, staged: Path) -> Path:
 
 
 def remove_staging(staged: Path) -> None:
-    """Delete a clip's staging folders, only where they are ditf-track run folders."""
+    """Delete a clip's staging folders: what the worker's ``track`` run wrote there, never a
+    file it does not write (:func:`~ditf_track.outputs.discard_run`)."""
     for folder in (staged, staged.with_name(f"{staged.name}.incomplete")):
-        if not folder.is_dir():
-            continue
-        ours = [folder / CONFIG_FILE, folder / STATE_FILE]
-        if any(is_run_record(f) for f in ours) or not any(folder.iterdir()):
-            shutil.rmtree(folder, ignore_errors=True)
+        discard_run(folder, track.TRACK_PATTERNS)
 
 
 def _run_on_ray(
