@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +27,7 @@ SEQUENCES = ("dog", "car-shadow", "blackswan")
 SETTINGS = [*LAB, "--end", "6"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """The same torch thread count as a Ray worker (--cpus-per-worker 1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # the threads of a Ray worker
 
 
 def write_jobs(shared_data: Path, folder: Path, out: str = "out") -> Path:

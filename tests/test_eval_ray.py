@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,6 @@ import pytest
 import test_eval_correspondence
 import test_eval_hpatches
 import test_eval_runs_points
-import torch
 from cli_helpers import DOG, one_line_error, run, snapshot
 from PIL import Image
 
@@ -30,13 +29,7 @@ spair_root = test_eval_correspondence.spair_root
 LAB = ["--preset", "lab", "--long-side", "64"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """The same torch thread count as a Ray worker (--cpus-per-worker 1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # the threads of a Ray worker
 
 
 def spair(root: Path, out: Path, *extra: str) -> list[str]:

@@ -10,12 +10,11 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from cli_helpers import DOG, DOG_MASK, one_line_error, run, snapshot
 
 from ditf_track.cli._ray import EXIT_AFTER_FRAMES_ENV
@@ -25,13 +24,7 @@ from ditf_track.tracker.prefetch import ChunkGate
 LAB_ON_DISK = ["--preset", "lab", "--short-side", "64", "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """The same torch thread count as a Ray worker (--cpus-per-worker 1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # the threads of a Ray worker
 
 
 # -- the gate ------------------------------------------------------------------------------------

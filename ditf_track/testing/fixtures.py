@@ -59,6 +59,16 @@ def ray_cluster() -> Iterator[Any]:
         ray.shutdown()
 
 
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """The torch thread count of a Ray worker (``--cpus-per-worker 1``) in this process, so an
+    in-process run and a Ray run compute with the same threads (byte-equal outputs)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip ``gpu`` tests without CUDA and ``gui`` tests without a display, saying why."""
     no_cuda = pytest.mark.skip(reason="needs a CUDA GPU")
