@@ -22,6 +22,7 @@ from tqdm import tqdm
 from ..batch import (
     PoolStats,
     RayPool,
+    WorkerPool,
     check_cluster_fits,
     connect,
     import_ray,
@@ -129,8 +130,7 @@ def _join_ray(args: argparse.Namespace) -> None:
         return
     ray = import_ray()
     connect(ray, args.ray)
-    pool = worker_pool(args, preset_worker_memory(args, _pair_preset(args)))
-    check_cluster_fits(ray, pool, "--ray-workers")
+    check_cluster_fits(ray, _eval_workers(args), "--ray-workers")
 
 
 def _open_eval_dir(
@@ -199,9 +199,8 @@ class _RayItems:
         run: ResumableRun[Any, Any],
         build: Callable[[], Any],
         what: str,
-        preset: str | None,
     ) -> None:
-        self._args, self._run, self._what, self._preset = args, run, what, preset
+        self._args, self._run, self._what = args, run, what
         self._setup = functools.partial(
             _load_worker_run, run.worker_copy(), build, args.cpus_per_worker
         )
@@ -213,9 +212,12 @@ class _RayItems:
 
     def _workers(self) -> RayPool:
         if self._pool is None:
-            pool = worker_pool(self._args, preset_worker_memory(self._args, self._preset))
             self._pool = RayPool(
-                import_ray(), self._setup, _compute_on_worker, pool, stats=self._stats
+                import_ray(),
+                self._setup,
+                _compute_on_worker,
+                _eval_workers(self._args),
+                stats=self._stats,
             )
         return self._pool
 
@@ -252,20 +254,21 @@ def _sharded(
     run: ResumableRun[Any, T],
     build: Callable[[], Any],
     what: str,
-    preset: str | None,
 ) -> Iterable[T]:
     """``run`` iterated in process, or with its items computed on Ray workers (``--ray``),
-    each worker's model made by ``build`` (its memory: ``preset``'s model size), at most twice
-    as many items read ahead as there are workers."""
+    each worker's model made by ``build``, at most twice as many items read ahead as there are
+    workers."""
     if not args.ray:
         return run
-    engine = _RayItems(args, run, build, what, preset)
+    engine = _RayItems(args, run, build, what)
     return run.iterate_with(engine, window=2 * args.ray_workers)
 
 
-def _pair_preset(args: argparse.Namespace) -> str | None:
-    """The preset the pair matcher loads (the default one when no --model is given)."""
-    return args.preset or (DEFAULT_PRESET if args.model is None else None)
+def _eval_workers(args: argparse.Namespace) -> WorkerPool:
+    """The Ray workers of an evaluation, each asking for the memory of the preset its model
+    comes from (the default one when no --model is given, as the builders resolve it)."""
+    preset = args.preset or (DEFAULT_PRESET if args.model is None else None)
+    return worker_pool(args, preset_worker_memory(args, preset))
 
 
 def _percent(value: float | None) -> str:
@@ -444,7 +447,6 @@ def _run_pck(args: argparse.Namespace) -> int:
                 run,
                 functools.partial(matcher_from_args, args, prompts),
                 "pair",
-                _pair_preset(args),
             ),
             name,
             "pair",
@@ -533,9 +535,7 @@ def _run_hpatches(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
         )
         _drive(
-            _sharded(
-                args, run, functools.partial(matcher_from_args, args), "pair", _pair_preset(args)
-            ),
+            _sharded(args, run, functools.partial(matcher_from_args, args), "pair"),
             "hpatches",
             "pair",
             lambda o: f"{o.sequence}/{o.target} err {o.corner_error:.1f}",
@@ -885,7 +885,6 @@ def _run_tapvid(args: argparse.Namespace) -> int:
                     run,
                     functools.partial(build_tracker, config),
                     "video",
-                    config.features.preset,
                 ),
                 "tapvid",
                 "video",
@@ -967,7 +966,6 @@ def _run_keypoints(args: argparse.Namespace) -> int:
                     run,
                     functools.partial(build_tracker, config),
                     "video",
-                    config.features.preset,
                 ),
                 dataset,
                 "video",
