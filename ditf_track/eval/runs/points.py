@@ -128,7 +128,7 @@ def _finite_mean(values: Iterable[float]) -> float | None:
 VideoT = TypeVar("VideoT")
 
 
-class _PointRun(ResumableRun[VideoT, VideoOutcome]):
+class _PointTrackingEvaluation(ResumableRun[VideoT, VideoOutcome]):
     """What the point-tracking runs share: their files, the tracker as the model a Ray worker
     loads, and ``tracks/<video>.npz`` written by the driver when it commits a record."""
 
@@ -157,7 +157,7 @@ class TapVidVideo:
     example: Mapping[str, Any]
 
 
-class TapVidEvaluation(_PointRun[TapVidVideo]):
+class TapVidEvaluation(_PointTrackingEvaluation[TapVidVideo]):
     """TAP-Vid on a pickle (DAVIS) or a folder of Kinetics shards: iterate, then :meth:`finish`.
 
     ``query_mode`` is ``"first"`` or ``"strided"``; ``limit`` keeps the first videos only.
@@ -374,7 +374,7 @@ def jhmdb_videos(root: str | Path, video_list: str | Path | None = None) -> list
     return videos
 
 
-class KeypointEvaluation(_PointRun[BadjaVideo | JhmdbVideo]):
+class KeypointEvaluation(_PointTrackingEvaluation[BadjaVideo | JhmdbVideo]):
     """Keypoint tracking PCK on BADJA or JHMDB videos: iterate, then :meth:`finish`."""
 
     def __init__(
